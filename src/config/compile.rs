@@ -1,0 +1,742 @@
+//! raw TOML → `Compiled`. `check`, `run` and reload share this one function; every error names
+//! the file, the line and the key (`file:line: key: message`), and all errors found are reported
+//! at once rather than the first only.
+use super::raw::{Effect, RawConfig, RawProxy, SizeOrInt};
+use super::units::{parse_duration, parse_size};
+use super::{Compiled, Limits, Proxy, Server, TlsTarget, Upstream};
+use crate::canon;
+use crate::secret;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file, self.line, self.key, self.message
+        )
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and compiles a config file.
+pub fn compile_file(path: &Path) -> Result<Compiled, ConfigErrors> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: display.clone(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    compile_str(&display, &text, &base)
+}
+
+/// Compiles config text. `name` is used in error messages, `base_dir` resolves relative paths.
+pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, ConfigErrors> {
+    let mut cx = Cx {
+        file: name,
+        text,
+        errors: Vec::new(),
+        base_dir,
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => return Err(ConfigErrors(vec![cx.toml_error(&e)])),
+    };
+    let compiled = cx.compile(raw);
+    if cx.errors.is_empty()
+        && let Some(c) = compiled
+    {
+        return Ok(c);
+    }
+    cx.errors.sort_by_key(|e| e.line);
+    Err(ConfigErrors(cx.errors))
+}
+
+struct Cx<'a> {
+    file: &'a str,
+    text: &'a str,
+    base_dir: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Cx<'_> {
+    fn line_at(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        1 + memchr::memchr_iter(b'\n', &self.text.as_bytes()[..end]).count()
+    }
+
+    fn err<T>(&mut self, spanned: &Spanned<T>, key: impl Into<String>, msg: impl Into<String>) {
+        let line = self.line_at(spanned.span().start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            key: key.into(),
+            message: msg.into(),
+        });
+    }
+
+    /// Turns a TOML/serde error into `file:line: key: message`, finding the key from the message
+    /// (missing/unknown field) or from the text of the offending line.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let line = self.line_at(offset);
+        let msg = e.message().trim().to_string();
+        let line_text = self.text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+        let quoted = |prefix: &str| -> Option<String> {
+            let rest = &msg[msg.find(prefix)? + prefix.len()..];
+            let end = rest.find('`')?;
+            Some(rest[..end].to_string())
+        };
+        let key = quoted("missing field `")
+            .or_else(|| quoted("unknown field `"))
+            .or_else(|| {
+                line_text
+                    .split_once('=')
+                    .map(|(k, _)| k.trim().to_string())
+                    .filter(|k| !k.is_empty() && !k.starts_with('['))
+            })
+            .or_else(|| {
+                let t = line_text.trim();
+                (!t.is_empty()).then(|| t.chars().take(60).collect())
+            })
+            .unwrap_or_else(|| "-".into());
+        let message = msg.lines().next().unwrap_or("invalid TOML").to_string();
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            key,
+            message,
+        }
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Ok(d) if d.is_zero() => {
+                    self.err(s, key, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    self.err(s, key, m);
+                    default
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, v: &Option<Spanned<SizeOrInt>>, key: &str, default: u64) -> u64 {
+        let Some(s) = v else { return default };
+        let parsed = match s.get_ref() {
+            SizeOrInt::Int(n) if *n > 0 => Ok(*n as u64),
+            SizeOrInt::Int(_) => Err("must be greater than zero".to_string()),
+            SizeOrInt::Text(t) => parse_size(t),
+        };
+        match parsed {
+            Ok(0) => {
+                self.err(s, key, "must be greater than zero");
+                default
+            }
+            Ok(n) => n,
+            Err(m) => {
+                self.err(s, key, m);
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, v: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    v,
+                    key,
+                    format!("{:?} is not an IP:port address", v.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
+        let server = self.server(&raw);
+        let limits = self.limits(&raw);
+        let demo = raw.demo.as_ref().and_then(|d| {
+            let a = self.socket_addr(&d.get_ref().listen, "demo.listen")?;
+            if !a.ip().is_loopback() {
+                self.err(
+                    &d.get_ref().listen,
+                    "demo.listen",
+                    "the demo upstream listens on loopback only",
+                );
+            }
+            Some(a)
+        });
+        let mut proxies = Vec::with_capacity(raw.proxies.len());
+        let mut by_name = HashMap::new();
+        let mut tls_cache: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>> = HashMap::new();
+        let mut warnings = Vec::new();
+        for (i, p) in raw.proxies.iter().enumerate() {
+            if let Some(proxy) = self.proxy(i, p, &mut tls_cache) {
+                if by_name.contains_key(&proxy.name) {
+                    self.err(
+                        &p.get_ref().name,
+                        format!("proxies[{i}].name"),
+                        format!("duplicate proxy name {:?}", proxy.name),
+                    );
+                    continue;
+                }
+                if proxy.default_effect != Effect::Allow {
+                    warnings.push(format!(
+                        "{}:{}: proxies[{i}]: proxy {:?} has no rules and default_effect is not allow: it refuses every call",
+                        self.file, self.line_at(p.span().start), proxy.name));
+                }
+                by_name.insert(proxy.name.clone(), proxies.len());
+                proxies.push(proxy);
+            }
+        }
+        if proxies.is_empty() && self.errors.is_empty() {
+            warnings.push(format!(
+                "{}: no [[proxies]] configured: every call gets unknown_proxy",
+                self.file
+            ));
+        }
+        let mut server = server?;
+        if let Some(d) = &raw.server.get_ref().default_proxy {
+            match by_name.get(d.get_ref()) {
+                Some(i) => server.default_proxy = Some(*i),
+                None => self.err(
+                    d,
+                    "server.default_proxy",
+                    format!("no proxy named {:?}", d.get_ref()),
+                ),
+            }
+        }
+        Some(Compiled {
+            source: self.file.to_string(),
+            server,
+            limits,
+            demo,
+            proxies,
+            by_name,
+            warnings,
+        })
+    }
+
+    fn server(&mut self, raw: &RawConfig) -> Option<Server> {
+        let s = raw.server.get_ref();
+        let mut listen = Vec::new();
+        if s.listen.get_ref().is_empty() {
+            self.err(
+                &s.listen,
+                "server.listen",
+                "at least one listen address is required",
+            );
+        }
+        for (i, l) in s.listen.get_ref().iter().enumerate() {
+            if let Some(a) = self.socket_addr(l, &format!("server.listen[{i}]")) {
+                listen.push(a);
+            }
+        }
+        let workers = match &s.workers {
+            None => 0,
+            Some(w) if (0..=1024).contains(w.get_ref()) => *w.get_ref() as usize,
+            Some(w) => {
+                self.err(
+                    w,
+                    "server.workers",
+                    "must be between 0 (one per core) and 1024",
+                );
+                0
+            }
+        };
+        let admin_listen = s
+            .admin_listen
+            .as_ref()
+            .and_then(|a| self.socket_addr(a, "server.admin_listen"));
+        let admin_token = match &s.admin_token {
+            None => None,
+            Some(t) => match secret::resolve(t.get_ref(), self.base_dir) {
+                Ok(sec) => Some(sec),
+                Err(e) => {
+                    self.err(t, "server.admin_token", e.to_string());
+                    None
+                }
+            },
+        };
+        Some(Server {
+            listen,
+            workers,
+            admin_listen,
+            admin_token: admin_token.map(Arc::new),
+            default_proxy: None,
+        })
+    }
+
+    fn limits(&mut self, raw: &RawConfig) -> Limits {
+        let l = &raw.limits;
+        let d = Limits::default();
+        let max_headers = match &l.max_headers {
+            None => d.max_headers,
+            Some(n) if (1..=256).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.err(n, "limits.max_headers", "must be between 1 and 256");
+                d.max_headers
+            }
+        };
+        let max_head = self.size(
+            &l.max_request_head,
+            "limits.max_request_head",
+            d.max_head as u64,
+        );
+        if let Some(s) = &l.max_request_head
+            && !(1024..=1 << 20).contains(&max_head)
+        {
+            self.err(
+                s,
+                "limits.max_request_head",
+                "must be between 1KiB and 1MiB",
+            );
+        }
+        let max_body = self.size(&l.max_request_body, "limits.max_request_body", d.max_body);
+        if let Some(s) = &l.max_request_body
+            && max_body > 1 << 30
+        {
+            self.err(
+                s,
+                "limits.max_request_body",
+                "must be at most 1GiB (bodies are held whole for scanning)",
+            );
+        }
+        Limits {
+            max_head: max_head.min(1 << 20) as usize,
+            max_headers,
+            max_body,
+            head_timeout: self.duration(&l.head_timeout, "limits.head_timeout", d.head_timeout),
+            idle_timeout: self.duration(&l.idle_timeout, "limits.idle_timeout", d.idle_timeout),
+            connect_timeout: self.duration(
+                &l.upstream_connect_timeout,
+                "limits.upstream_connect_timeout",
+                d.connect_timeout,
+            ),
+            upstream_timeout: self.duration(
+                &l.upstream_timeout,
+                "limits.upstream_timeout",
+                d.upstream_timeout,
+            ),
+            upstream_idle_timeout: self.duration(
+                &l.upstream_idle_timeout,
+                "limits.upstream_idle_timeout",
+                d.upstream_idle_timeout,
+            ),
+            drain_timeout: self.duration(&l.drain_timeout, "limits.drain_timeout", d.drain_timeout),
+        }
+    }
+
+    fn proxy(
+        &mut self,
+        i: usize,
+        p: &Spanned<RawProxy>,
+        tls_cache: &mut HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
+    ) -> Option<Proxy> {
+        let p = p.get_ref();
+        let name = p.name.get_ref();
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            self.err(
+                &p.name,
+                format!("proxies[{i}].name"),
+                "must be 1-64 characters of a-z, 0-9, '-' or '_' (it is the first path segment)",
+            );
+        }
+        let key = format!("proxies[{i}].upstream");
+        let parsed = match parse_upstream(p.upstream.get_ref()) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                self.err(&p.upstream, &key, m);
+                None
+            }
+        };
+        let ca_file = p
+            .ca_file
+            .as_ref()
+            .map(|c| (c, self.base_dir.join(c.get_ref())));
+        let mut tls = None;
+        if let Some(u) = &parsed {
+            if u.https {
+                let cache_key = ca_file.as_ref().map(|(_, p)| p.clone());
+                let config = match tls_cache.get(&cache_key) {
+                    Some(c) => Some(c.clone()),
+                    None => match crate::upstream::tls::client_config(cache_key.as_deref()) {
+                        Ok(c) => {
+                            tls_cache.insert(cache_key, c.clone());
+                            Some(c)
+                        }
+                        Err(m) => {
+                            match &ca_file {
+                                Some((s, _)) => self.err(s, format!("proxies[{i}].ca_file"), m),
+                                None => self.err(&p.upstream, &key, m),
+                            }
+                            None
+                        }
+                    },
+                };
+                let server_name = rustls::pki_types::ServerName::try_from(u.host.clone());
+                match (config, server_name) {
+                    (Some(config), Ok(server_name)) => {
+                        tls = Some(TlsTarget {
+                            config,
+                            server_name,
+                        })
+                    }
+                    (_, Err(_)) => {
+                        self.err(&p.upstream, &key, "host is not a valid TLS server name")
+                    }
+                    _ => {}
+                }
+            } else if let Some((s, _)) = &ca_file {
+                self.err(
+                    s,
+                    format!("proxies[{i}].ca_file"),
+                    "ca_file is only used with an https upstream",
+                );
+            }
+        }
+        let u = parsed?;
+        if u.https && tls.is_none() {
+            return None;
+        }
+        if !name_ok {
+            return None;
+        }
+        let addr = u
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, u.port));
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (u.https, &u.host, u.port, ca_file.as_ref().map(|(_, p)| p)).hash(&mut h);
+            h.finish()
+        };
+        Some(Proxy {
+            name: name.clone(),
+            upstream: Upstream {
+                https: u.https,
+                host: u.host,
+                port: u.port,
+                explicit_port: u.explicit_port,
+                authority: u.authority,
+                base_path: u.base_path,
+                addr,
+                tls,
+                pool_key,
+            },
+            default_effect: p
+                .default_effect
+                .as_ref()
+                .map(|e| *e.get_ref())
+                .unwrap_or(Effect::Deny),
+        })
+    }
+}
+
+pub(crate) struct ParsedUpstream {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+    pub explicit_port: bool,
+    pub authority: String,
+    pub base_path: String,
+}
+
+/// `http[s]://host[:port][/base/path]`. No userinfo, query or fragment. The base path must be
+/// canonical; a trailing slash is dropped (`/api/` and `/api` are the same base).
+pub(crate) fn parse_upstream(url: &str) -> Result<ParsedUpstream, String> {
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{url:?}: the upstream must be an http:// or https:// URL"
+        ));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!("{url:?}: an upstream URL has no query or fragment"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?}: credentials in the URL are not allowed; use auth"
+        ));
+    }
+    let (host, port_str) = if let Some(h) = authority.strip_prefix('[') {
+        let end = h
+            .find(']')
+            .ok_or_else(|| format!("{url:?}: unterminated IPv6 address"))?;
+        let after = &h[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{url:?}: invalid authority")),
+        };
+        (format!("[{}]", &h[..end]), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+            None => (authority.to_ascii_lowercase(), None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if !host_ok {
+        return Err(format!("{url:?}: invalid host"));
+    }
+    if host.starts_with('[')
+        && host[1..host.len() - 1]
+            .parse::<std::net::Ipv6Addr>()
+            .is_err()
+    {
+        return Err(format!("{url:?}: invalid IPv6 address"));
+    }
+    let default_port = if https { 443 } else { 80 };
+    let port = match port_str {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{url:?}: invalid port"))?,
+    };
+    let base_path = if path.is_empty() || path == "/" {
+        String::new()
+    } else {
+        let c =
+            canon::canonicalize(path.as_bytes()).map_err(|e| format!("{url:?}: base path: {e}"))?;
+        let c = c.trim_end_matches('/').to_string();
+        if c != path.trim_end_matches('/') {
+            return Err(format!(
+                "{url:?}: base path is not canonical (it would be {c:?})"
+            ));
+        }
+        c
+    };
+    let explicit_port = port_str.is_some();
+    let authority = if explicit_port {
+        format!("{host}:{port}")
+    } else {
+        host.clone()
+    };
+    Ok(ParsedUpstream {
+        https,
+        host,
+        port,
+        explicit_port,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(toml: &str) -> Vec<String> {
+        match compile_str("t.toml", toml, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const OK: &str = "[server]\nlisten = [\"127.0.0.1:8080\"]\n\n[[proxies]]\nname = \"crm\"\nupstream = \"http://127.0.0.1:9/api/\"\ndefault_effect = \"allow\"\n";
+
+    #[test]
+    fn minimal_compiles() {
+        let c = compile_str("t.toml", OK, Path::new(".")).unwrap();
+        let p = &c.proxies[0];
+        assert_eq!(p.upstream.base_path, "/api");
+        assert_eq!(p.upstream.authority, "127.0.0.1:9");
+        assert_eq!(p.upstream.addr, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(c.proxy_index("crm"), Some(0));
+        assert_eq!(c.limits.max_head, 16 * 1024);
+    }
+
+    #[test]
+    fn error_table_names_file_line_and_key() {
+        let table: &[(&str, &str, &str)] = &[
+            (
+                "unknown key",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\nbogus = 1\n",
+                "t.toml:3: bogus: unknown field",
+            ),
+            (
+                "bad duration",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nhead_timeout = \"5 parsecs\"\n",
+                "t.toml:4: limits.head_timeout: invalid duration",
+            ),
+            (
+                "bad size",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nmax_request_body = \"1 lots\"\n",
+                "t.toml:4: limits.max_request_body: invalid size",
+            ),
+            (
+                "missing upstream",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\n",
+                "upstream: missing field",
+            ),
+            (
+                "ftp",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"ftp://x\"\n",
+                "t.toml:5: proxies[0].upstream: \"ftp://x\": the upstream must be",
+            ),
+            (
+                "dup name",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\n[[proxies]]\nname = \"a\"\nupstream = \"http://y\"\n",
+                "t.toml:7: proxies[1].name: duplicate proxy name",
+            ),
+            (
+                "empty listen",
+                "[server]\nlisten = []\n",
+                "t.toml:2: server.listen: at least one",
+            ),
+            (
+                "bad addr",
+                "[server]\nlisten = [\"localhost\"]\n",
+                "t.toml:2: server.listen[0]: \"localhost\" is not an IP:port",
+            ),
+            ("syntax", "[server\nlisten = []\n", "t.toml:1:"),
+            (
+                "bad name",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"A/B\"\nupstream = \"http://x\"\n",
+                "t.toml:4: proxies[0].name: must be",
+            ),
+            (
+                "base not canonical",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x/a/../b\"\n",
+                "base path is not canonical",
+            ),
+            (
+                "ca_file on http",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\nca_file = \"ca.pem\"\n",
+                "t.toml:6: proxies[0].ca_file: ca_file is only used",
+            ),
+            (
+                "bad effect",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\ndefault_effect = \"maybe\"\n",
+                "t.toml:6: default_effect: unknown variant",
+            ),
+            (
+                "bad default proxy",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\ndefault_proxy = \"x\"\n",
+                "t.toml:3: server.default_proxy: no proxy named \"x\"",
+            ),
+            (
+                "literal token",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\nadmin_token = \"hunter2\"\n",
+                "t.toml:3: server.admin_token: expected a reference",
+            ),
+        ];
+        for (name, toml, want) in table {
+            let e = errs(toml);
+            assert!(
+                e.iter().any(|l| l.contains(want)),
+                "{name}: got {e:?}, want {want:?}"
+            );
+        }
+        // a literal secret is never echoed in the error
+        assert!(
+            !errs("[server]\nlisten = [\"127.0.0.1:1\"]\nadmin_token = \"hunter2\"\n")
+                .concat()
+                .contains("hunter2")
+        );
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let e = errs(
+            "[server]\nlisten = [\"x\"]\n[limits]\nhead_timeout = \"1y\"\nidle_timeout = \"0s\"\n",
+        );
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u = parse_upstream("https://API.example.com").unwrap();
+        assert!(
+            u.https && u.port == 443 && u.authority == "api.example.com" && u.base_path.is_empty()
+        );
+        let u = parse_upstream("http://[::1]:8080/v2/").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.authority.as_str(),
+                u.base_path.as_str()
+            ),
+            ("[::1]", 8080, "[::1]:8080", "/v2")
+        );
+        for bad in [
+            "http://",
+            "http://u:p@x",
+            "http://x:0",
+            "http://x:99999",
+            "http://x/?q",
+            "http://x y",
+            "http://[::1",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The compiled config snapshot. Built once by `compile` (for `check`, `run` and every reload)
+//! and shared read-only by the workers as an `Arc<Compiled>`; the hot path does no string work
+//! on config.
+pub mod compile;
+pub mod raw;
+pub mod units;
+
+pub use compile::{ConfigError, ConfigErrors, compile_file, compile_str};
+pub use raw::Effect;
+
+use crate::secret::Secret;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The embedded quickstart config (`portcullis run` without `-c`).
+pub const QUICKSTART: &str = include_str!("../../configs/quickstart.toml");
+
+pub struct Compiled {
+    /// The file this was compiled from (for logs).
+    pub source: String,
+    pub server: Server,
+    pub limits: Limits,
+    /// Address of the built-in demo upstream, if `[demo]` is configured.
+    pub demo: Option<SocketAddr>,
+    pub proxies: Vec<Proxy>,
+    by_name: HashMap<String, usize>,
+    /// Non-fatal findings, printed by `check` and logged by `run`.
+    pub warnings: Vec<String>,
+}
+
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    /// 0 = one worker per available core.
+    pub workers: usize,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<Arc<Secret>>,
+    /// Index of the proxy that takes paths whose first segment names no proxy.
+    pub default_proxy: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_headers: usize,
+    pub max_body: u64,
+    pub head_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    /// How long an idle upstream keep-alive connection stays pooled (kept below the usual
+    /// upstream keep-alive timeouts so the gateway rarely reuses a connection being closed).
+    pub upstream_idle_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 16 * 1024,
+            max_headers: 100,
+            max_body: 1 << 20,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(4),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Proxy {
+    pub name: String,
+    pub upstream: Upstream,
+    pub default_effect: Effect,
+}
+
+pub struct Upstream {
+    pub https: bool,
+    /// Lower-cased host name or IP literal (IPv6 in brackets).
+    pub host: String,
+    pub port: u16,
+    /// Whether the URL named the port (then it is part of `authority`).
+    pub explicit_port: bool,
+    /// The `Host` header value sent upstream.
+    pub authority: String,
+    /// Canonical base path without trailing slash; "" for the root.
+    pub base_path: String,
+    /// Set when the host is an IP literal (no resolution needed).
+    pub addr: Option<SocketAddr>,
+    pub tls: Option<TlsTarget>,
+    /// Identifies interchangeable upstream connections across reloads.
+    pub pool_key: u64,
+}
+
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Compiled {
+    /// The proxy named by the first path segment.
+    #[inline]
+    pub fn proxy_index(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Absolute-form routing: the proxy whose upstream host and port match, and whose base path
+    /// contains `path` on a segment boundary (longest base path wins). A target without a port
+    /// matches an upstream on its scheme's default port whatever the scheme, so
+    /// `GET http://api.example.com/...` reaches an `https://api.example.com` upstream over TLS.
+    pub fn proxy_for_origin(&self, host: &str, port: Option<u16>, path: &str) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, p) in self.proxies.iter().enumerate() {
+            let u = &p.upstream;
+            if !u.host.eq_ignore_ascii_case(host) {
+                continue;
+            }
+            let port_ok = match port {
+                Some(port) => port == u.port,
+                None => !u.explicit_port || u.port == if u.https { 443 } else { 80 },
+            };
+            if !port_ok {
+                continue;
+            }
+            let base = u.base_path.as_str();
+            let under = path.starts_with(base)
+                && (path.len() == base.len() || path.as_bytes().get(base.len()) == Some(&b'/'));
+            if under && best.is_none_or(|(_, len)| base.len() > len) {
+                best = Some((i, base.len()));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+}

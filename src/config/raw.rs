@@ -1,0 +1,78 @@
+//! The TOML as written: serde structs with `deny_unknown_fields` and spans, so that `compile()`
+//! can point at the line of any value it rejects. Nothing here is used on the hot path.
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: Spanned<RawServer>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub demo: Option<Spanned<RawDemo>>,
+    #[serde(default)]
+    pub proxies: Vec<Spanned<RawProxy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub workers: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub admin_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub admin_token: Option<Spanned<String>>,
+    /// Proxy for paths whose first segment names no proxy (the whole path is forwarded).
+    #[serde(default)]
+    pub default_proxy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_head: Option<Spanned<SizeOrInt>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub max_request_body: Option<Spanned<SizeOrInt>>,
+    pub head_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub upstream_connect_timeout: Option<Spanned<String>>,
+    pub upstream_timeout: Option<Spanned<String>>,
+    pub upstream_idle_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+/// A size written as `"16KiB"` or as a plain number of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeOrInt {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDemo {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub name: Spanned<String>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub default_effect: Option<Spanned<Effect>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+    Approve,
+}

@@ -1,0 +1,151 @@
+//! The one refusal enum. Every response the gateway makes on its own behalf comes from a
+//! `Refusal`, and `status()` / `code()` are exhaustive, so the compiler checks the mapping to
+//! the spec's error codes. Messages are static text: nothing from a request, a config secret or
+//! an upstream ever lands in them.
+
+/// Why the gateway answered a call itself instead of forwarding (or finishing forwarding) it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No proxy credential, or one that matches no agent.
+    Unauthenticated,
+    /// The agent key or token is past its `expires_at` / `exp`.
+    CredentialExpired,
+    /// No rule matched and the proxy's `default_effect` is deny.
+    NoRuleMatched,
+    /// A `deny` rule matched.
+    DeniedByRule,
+    /// A scanner hit in the request body (names the scanner, never the content).
+    PayloadBlocked { scanner: String },
+    /// The first path segment names no proxy.
+    UnknownProxy,
+    /// An absolute-form request whose origin and base path fall under no proxy.
+    UnknownOrigin,
+    /// A meter ran out; retry after this many seconds.
+    RateLimited { retry_after: u64 },
+    /// The request body is larger than `max_request_body`.
+    BodyTooLarge,
+    /// The request is malformed or ambiguous; the reason is a short static text.
+    BadRequest(&'static str),
+    /// The upstream could not be reached or answered with something unusable.
+    UpstreamUnreachable(&'static str),
+    /// The upstream did not send a response head within `upstream_timeout`.
+    UpstreamTimeout,
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Unauthenticated | Refusal::CredentialExpired => 401,
+            Refusal::NoRuleMatched
+            | Refusal::DeniedByRule
+            | Refusal::PayloadBlocked { .. }
+            | Refusal::UnknownOrigin => 403,
+            Refusal::UnknownProxy => 404,
+            Refusal::RateLimited { .. } => 429,
+            Refusal::BodyTooLarge => 413,
+            Refusal::BadRequest(_) => 400,
+            Refusal::UpstreamUnreachable(_) => 502,
+            Refusal::UpstreamTimeout => 504,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::CredentialExpired => "credential_expired",
+            Refusal::NoRuleMatched => "no_rule_matched",
+            Refusal::DeniedByRule => "denied_by_rule",
+            Refusal::PayloadBlocked { .. } => "payload_blocked",
+            Refusal::UnknownProxy => "unknown_proxy",
+            Refusal::UnknownOrigin => "unknown_origin",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::UpstreamUnreachable(_) => "upstream_unreachable",
+            Refusal::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// Human-readable explanation for the JSON error body.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Unauthenticated => "a valid proxy credential is required".into(),
+            Refusal::CredentialExpired => "the proxy credential has expired".into(),
+            Refusal::NoRuleMatched => "no rule allows this call".into(),
+            Refusal::DeniedByRule => "a rule denies this call".into(),
+            Refusal::PayloadBlocked { scanner } => {
+                format!("the request body was blocked by scanner '{scanner}'")
+            }
+            Refusal::UnknownProxy => "no proxy with this name".into(),
+            Refusal::UnknownOrigin => "no proxy is configured for this origin".into(),
+            Refusal::RateLimited { retry_after } => {
+                format!("rate limit exceeded; retry after {retry_after} s")
+            }
+            Refusal::BodyTooLarge => "the request body exceeds max_request_body".into(),
+            Refusal::BadRequest(why) => format!("bad request: {why}"),
+            Refusal::UpstreamUnreachable(why) => format!("upstream unreachable: {why}"),
+            Refusal::UpstreamTimeout => "the upstream did not answer in time".into(),
+        }
+    }
+
+    /// The reason phrase for the status line.
+    pub fn reason(&self) -> &'static str {
+        reason_phrase(self.status())
+    }
+}
+
+/// Canonical reason phrases for the statuses the gateway produces itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_codes_and_statuses() {
+        let table: &[(Refusal, u16, &str)] = &[
+            (Refusal::Unauthenticated, 401, "unauthenticated"),
+            (Refusal::CredentialExpired, 401, "credential_expired"),
+            (Refusal::NoRuleMatched, 403, "no_rule_matched"),
+            (Refusal::DeniedByRule, 403, "denied_by_rule"),
+            (
+                Refusal::PayloadBlocked {
+                    scanner: "s".into(),
+                },
+                403,
+                "payload_blocked",
+            ),
+            (Refusal::UnknownProxy, 404, "unknown_proxy"),
+            (Refusal::UnknownOrigin, 403, "unknown_origin"),
+            (Refusal::RateLimited { retry_after: 1 }, 429, "rate_limited"),
+            (Refusal::BodyTooLarge, 413, "body_too_large"),
+            (Refusal::BadRequest("x"), 400, "bad_request"),
+            (
+                Refusal::UpstreamUnreachable("x"),
+                502,
+                "upstream_unreachable",
+            ),
+            (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
+        ];
+        for (r, status, code) in table {
+            assert_eq!(r.status(), *status, "{code}");
+            assert_eq!(r.code(), *code);
+            assert!(!r.reason().is_empty());
+        }
+    }
+}

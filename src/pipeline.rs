@@ -1,0 +1,394 @@
+//! The one place where the order of a call lives:
+//! head → canonical path → route → authorization → body → upstream request → response → agent.
+//! Each stage is a plain function in its own module; a `Refusal` jumps straight to the writer.
+use crate::config::{Compiled, Effect, Limits};
+use crate::error::Refusal;
+use crate::exchange::{Exchange, RequestId};
+use crate::http::body::{self, BodyFail};
+use crate::http::head::{self, BodyKind, HeadError, RequestHead, ResponseHead, Version};
+use crate::http::write::{self, CONTINUE_100, Framing};
+use crate::io::{IoFail, read_append, write_all};
+use crate::route;
+use crate::upstream::conn::UpConn;
+use crate::upstream::request;
+use crate::upstream::response::{self, HeadFail, StreamEnd, StreamIo};
+use crate::worker::Worker;
+use monoio::net::TcpStream;
+
+/// Per-request working memory, pooled per worker so a call allocates nothing on the way.
+#[derive(Default)]
+pub struct Scratch {
+    /// Bytes read from the agent: the head, then (after the call) any pipelined bytes.
+    pub rbuf: Vec<u8>,
+    /// Bytes read from the upstream.
+    pub ubuf: Vec<u8>,
+    /// Bytes being written: the outbound request head, then the agent's response head.
+    pub out: Vec<u8>,
+    /// The request body.
+    pub body: Vec<u8>,
+    pub head: RequestHead,
+    pub resp: ResponseHead,
+    /// The canonical path.
+    pub path: String,
+}
+
+/// Bodies up to this size are copied behind the outbound head and sent in one write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+enum HeadRead {
+    Ok,
+    /// Nothing to answer: the agent closed, stalled or the read failed.
+    Quiet,
+    Bad(&'static str),
+}
+
+/// Serves one call on `client`. Returns whether the agent connection stays open; `s.rbuf`
+/// then holds only the bytes of the next (pipelined) request.
+pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bool {
+    let cfg = w.config();
+    let lim = &cfg.limits;
+
+    // 1. head
+    match read_head(client, s, lim).await {
+        HeadRead::Ok => {}
+        HeadRead::Quiet => return false,
+        HeadRead::Bad(why) => {
+            let mut ex = Exchange::new(w.next_id());
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::BadRequest(why),
+                false,
+                Version::Http11,
+                lim,
+            )
+            .await;
+        }
+    }
+    let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
+    let mut ex = Exchange::new(id);
+    let version = s.head.version;
+    let head_len = s.head.head_len;
+    // a refusal before the body is read keeps the connection only if there is no body
+    let keep = s.head.keep_alive && !w.draining.get();
+    let keep_if_no_body = keep && s.head.body == BodyKind::None;
+
+    // 2. canonical path and route
+    let route = match route::resolve(&cfg, s.head.target.get(&s.rbuf), &mut s.path) {
+        Ok(r) => r,
+        Err(r) => return refuse(client, s, &mut ex, r, keep_if_no_body, version, lim).await,
+    };
+    ex.proxy = Some(route.proxy);
+    let proxy = &cfg.proxies[route.proxy];
+
+    // 3. authorization (rules arrive with the authorization work; today the default effect)
+    if proxy.default_effect != Effect::Allow {
+        return refuse(
+            client,
+            s,
+            &mut ex,
+            Refusal::NoRuleMatched,
+            keep_if_no_body,
+            version,
+            lim,
+        )
+        .await;
+    }
+
+    // 4. body, read whole before anything goes upstream
+    if let BodyKind::Length(n) = s.head.body {
+        if n > lim.max_body {
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::BodyTooLarge,
+                false,
+                version,
+                lim,
+            )
+            .await;
+        }
+        if s.head.expect_continue && n > 0 && s.rbuf.len() == head_len {
+            s.out.clear();
+            s.out.extend_from_slice(CONTINUE_100);
+            if write_all(client, &mut s.out, lim.idle_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    } else if s.head.body == BodyKind::Chunked && s.head.expect_continue && s.rbuf.len() == head_len
+    {
+        s.out.clear();
+        s.out.extend_from_slice(CONTINUE_100);
+        if write_all(client, &mut s.out, lim.idle_timeout)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    let kind = s.head.body;
+    let body_end = match body::read(
+        client,
+        &mut s.rbuf,
+        head_len,
+        kind,
+        lim.max_body,
+        &mut s.body,
+        lim.idle_timeout,
+    )
+    .await
+    {
+        Ok(end) => end,
+        Err(BodyFail::Gone) => return false,
+        Err(BodyFail::TooLarge) => {
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::BodyTooLarge,
+                false,
+                version,
+                lim,
+            )
+            .await;
+        }
+        Err(BodyFail::Bad(why)) => {
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::BadRequest(why),
+                false,
+                version,
+                lim,
+            )
+            .await;
+        }
+    };
+    ex.bytes_in = (head_len + s.body.len()) as u64;
+
+    // 5. outbound request
+    s.out.clear();
+    let target = s.head.target.get(&s.rbuf);
+    let query = &target[route.query.0..route.query.1];
+    let rest_path = &s.path[route.rest_start..];
+    request::build(
+        &mut s.out,
+        &s.rbuf,
+        &s.head,
+        &proxy.upstream,
+        rest_path,
+        query,
+        ex.id.as_str(),
+        s.body.len() as u64,
+    );
+    let method_is_head = s.head.method.get(&s.rbuf) == b"HEAD";
+    let idempotent = request::idempotent(s.head.method.get(&s.rbuf));
+    // the request is consumed; what follows it (pipelined bytes) stays for the next call
+    body::consume(&mut s.rbuf, body_end);
+    s.head.head_len = 0;
+    if s.body.len() <= COALESCE_BODY {
+        s.out.extend_from_slice(&s.body);
+        s.body.clear();
+    }
+
+    // 6. upstream: send, then the response head
+    ex.upstream_started = Some(crate::clock::now());
+    let mut conn = match send_request(w, &cfg, route.proxy, s, idempotent, method_is_head).await {
+        Ok(c) => c,
+        Err(r) => return refuse(client, s, &mut ex, r, keep, version, lim).await,
+    };
+    ex.upstream_us = ex.upstream_started.map(|t| t.elapsed().as_micros() as u64);
+    ex.upstream_status = Some(s.resp.status);
+
+    // 7. response to the agent
+    let status = s.resp.status;
+    let no_body = method_is_head || status == 204 || status == 304;
+    let framing = match s.resp.body {
+        _ if no_body => Framing::NoBody(if status == 204 {
+            None
+        } else {
+            response::content_length(&s.resp, &s.ubuf)
+        }),
+        BodyKind::None => Framing::Length(0),
+        BodyKind::Length(n) => Framing::Length(n),
+        BodyKind::Chunked | BodyKind::CloseDelimited if version == Version::Http11 => {
+            Framing::Chunked
+        }
+        BodyKind::Chunked | BodyKind::CloseDelimited => Framing::Close,
+    };
+    let keep = keep && framing != Framing::Close;
+    s.out.clear();
+    write::response_head(
+        &mut s.out,
+        status,
+        s.resp.reason.get(&s.ubuf),
+        &s.ubuf,
+        &s.resp.headers,
+        s.resp.connection.map(|c| c.get(&s.ubuf)),
+        ex.id.as_str(),
+        framing,
+        keep,
+        version,
+    );
+    ex.status = status;
+    let resp_head_len = s.resp.head_len;
+    let upstream_keep = s.resp.keep_alive;
+    let end = response::stream_body(
+        StreamIo {
+            conn: &mut conn,
+            client,
+            ubuf: &mut s.ubuf,
+            out: &mut s.out,
+            read_timeout: lim.upstream_timeout,
+            write_timeout: lim.idle_timeout,
+            bytes_out: &mut ex.bytes_out,
+        },
+        resp_head_len,
+        if no_body { BodyKind::None } else { s.resp.body },
+        framing,
+    )
+    .await;
+    match end {
+        StreamEnd::Reusable if upstream_keep && !w.draining.get() => {
+            w.pool.put(cfg.proxies[route.proxy].upstream.pool_key, conn);
+            keep
+        }
+        StreamEnd::Reusable | StreamEnd::Complete => keep,
+        StreamEnd::UpstreamFailed => {
+            tracing::warn!(
+                request_id = ex.id.as_str(),
+                "upstream failed mid-response; closing the agent connection"
+            );
+            false
+        }
+        StreamEnd::AgentGone => false,
+    }
+}
+
+/// Reads one request head into `s.rbuf` (which may already hold pipelined bytes).
+async fn read_head(client: &mut TcpStream, s: &mut Scratch, lim: &Limits) -> HeadRead {
+    let limits = head::Limits {
+        max_head: lim.max_head,
+        max_headers: lim.max_headers,
+    };
+    let deadline = crate::clock::now() + lim.head_timeout;
+    loop {
+        if !s.rbuf.is_empty() {
+            match head::parse_request(&s.rbuf, &limits, &mut s.head) {
+                Ok(true) => return HeadRead::Ok,
+                Ok(false) => {}
+                Err(HeadError::TooLarge) => return HeadRead::Bad("request head too large"),
+                Err(HeadError::TooManyHeaders) => return HeadRead::Bad("too many header fields"),
+                Err(e @ HeadError::Invalid(_)) => return HeadRead::Bad(e.message()),
+            }
+        }
+        let room = (lim.max_head + 1).saturating_sub(s.rbuf.len()).max(1);
+        match read_append(client, &mut s.rbuf, room, deadline).await {
+            Ok(0) if s.rbuf.is_empty() => return HeadRead::Quiet,
+            Ok(0) => return HeadRead::Bad("connection closed mid-head"),
+            Ok(_) => {}
+            Err(IoFail::Timeout) | Err(IoFail::Io(_)) => return HeadRead::Quiet,
+        }
+    }
+}
+
+/// The agent's `X-Request-Id`, if it sent a usable one.
+fn agent_request_id(head: &RequestHead, src: &[u8]) -> Option<RequestId> {
+    head.headers
+        .iter()
+        .find(|h| h.name.get(src).eq_ignore_ascii_case(b"x-request-id"))
+        .and_then(|h| RequestId::from_agent(h.value.get(src)))
+}
+
+/// Sends `s.out` (+ `s.body`) upstream and reads the response head into `s.ubuf`/`s.resp`.
+/// A pooled connection that turns out to be dead is replaced once by a fresh one for
+/// idempotent methods.
+async fn send_request(
+    w: &Worker,
+    cfg: &Compiled,
+    proxy: usize,
+    s: &mut Scratch,
+    idempotent: bool,
+    method_is_head: bool,
+) -> Result<UpConn, Refusal> {
+    let up = &cfg.proxies[proxy].upstream;
+    let lim = &cfg.limits;
+    let mut retried = false;
+    loop {
+        let (mut conn, reused) = match w.pool.take(up.pool_key, lim.upstream_idle_timeout) {
+            Some(c) => (c, true),
+            None => (w.pool.connect(up, lim.connect_timeout).await?, false),
+        };
+        let deadline = crate::clock::now() + lim.upstream_timeout;
+        let out_len = s.out.len();
+        let mut sent =
+            crate::io::write_range(&mut conn, &mut s.out, 0..out_len, lim.upstream_timeout).await;
+        if sent.is_ok() && !s.body.is_empty() {
+            let body_len = s.body.len();
+            sent =
+                crate::io::write_range(&mut conn, &mut s.body, 0..body_len, lim.upstream_timeout)
+                    .await;
+        }
+        let res = match sent {
+            Ok(()) => {
+                response::read_head(
+                    &mut conn,
+                    &mut s.ubuf,
+                    &mut s.resp,
+                    method_is_head,
+                    deadline,
+                )
+                .await
+            }
+            Err(IoFail::Timeout) => Err(HeadFail::Refused(Refusal::UpstreamTimeout)),
+            Err(IoFail::Io(_)) => Err(HeadFail::ClosedEarly),
+        };
+        match res {
+            Ok(()) => return Ok(conn),
+            Err(HeadFail::ClosedEarly) if reused && idempotent && !retried => {
+                retried = true;
+                continue;
+            }
+            Err(HeadFail::ClosedEarly) => {
+                return Err(Refusal::UpstreamUnreachable(
+                    "upstream closed the connection without a response",
+                ));
+            }
+            Err(HeadFail::Refused(r)) => return Err(r),
+        }
+    }
+}
+
+/// Writes the gateway's own answer. Returns whether the connection stays open.
+async fn refuse(
+    client: &mut TcpStream,
+    s: &mut Scratch,
+    ex: &mut Exchange,
+    refusal: Refusal,
+    keep: bool,
+    version: Version,
+    lim: &Limits,
+) -> bool {
+    if !keep {
+        s.rbuf.clear();
+    } else {
+        // a refused request without a body: drop its head (zero once consumed), keep
+        // pipelined bytes
+        body::consume(&mut s.rbuf, s.head.head_len);
+    }
+    ex.status = refusal.status();
+    ex.code = Some(refusal.code());
+    s.out.clear();
+    write::error_response(&mut s.out, &refusal, ex.id.as_str(), keep, version);
+    ex.bytes_out = s.out.len() as u64;
+    write_all(client, &mut s.out, lim.idle_timeout)
+        .await
+        .is_ok()
+        && keep
+}

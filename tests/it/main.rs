@@ -1,0 +1,19 @@
+//! Black-box integration tests for the `portcullis` binary.
+//!
+//! Every test starts its own gateway process (see `support::Gateway`) against std-thread mock
+//! upstreams (`support::MockUpstream`) and talks raw HTTP/1.1 bytes to it (`support::Conn`,
+//! `support::send_raw`), so what is asserted is exactly what goes over the wire.
+//!
+//! The house rules in clippy.toml (no `Instant::now`, `thread::sleep` or `Mutex`) guard the
+//! gateway's data plane; this harness is deliberately blocking std code on its own threads.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod support;
+
+mod configs;
+mod forwarding;
+mod lifecycle;
+mod routing;
+mod smuggling;
+mod tls;
+mod upstream_errors;

@@ -1,0 +1,120 @@
+//! Upstreams that refuse, stall, hang up or answer garbage.
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+fn gateway_for(upstream: &str, limits: &str) -> Gateway {
+    Gateway::start(&config_with(2, limits, &[proxy("up", upstream)]))
+}
+
+#[test]
+fn connection_refused_is_502_upstream_unreachable() {
+    let dead = free_port();
+    let gw = gateway_for(&format!("http://127.0.0.1:{dead}"), "");
+    let mut c = gw.conn();
+    let resp = c.roundtrip(b"GET /up/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: dead-1\r\n\r\n");
+    let id = assert_gateway_error(&resp, 502, "upstream_unreachable");
+    assert_eq!(
+        id, "dead-1",
+        "the client's request id is kept on gateway errors"
+    );
+    assert!(
+        !resp.says_close(),
+        "a 502 need not close the client connection: {}",
+        show(&resp.raw)
+    );
+    // And again on the same connection.
+    let resp = c.roundtrip(&get("/up/x"));
+    assert_gateway_error(&resp, 502, "upstream_unreachable");
+}
+
+#[test]
+fn no_response_head_within_upstream_timeout_is_504() {
+    let mock = MockUpstream::start(|_| {
+        Reply::actions(vec![
+            Action::Sleep(Duration::from_secs(4)),
+            Action::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()),
+        ])
+    });
+    let gw = gateway_for(&mock.url(), "upstream_timeout = \"1s\"");
+    let mut c = gw.conn();
+    let start = Instant::now();
+    let resp = c.roundtrip(&get("/up/slow"));
+    let took = start.elapsed();
+    assert_gateway_error(&resp, 504, "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(900),
+        "504 after only {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(3500),
+        "504 took {took:?} with upstream_timeout = 1s"
+    );
+    assert_eq!(mock.count(), 1);
+}
+
+#[test]
+fn upstream_closing_before_any_response_is_502() {
+    let mock = MockUpstream::start(|_| Reply::actions(vec![Action::Close]));
+    let gw = gateway_for(&mock.url(), "");
+    let resp = gw.conn().roundtrip(&get("/up/x"));
+    assert_gateway_error(&resp, 502, "upstream_unreachable");
+    assert!(mock.count() >= 1);
+}
+
+/// Each upstream answer here is unusable; the client must get the gateway's 502 instead.
+#[test]
+fn truncated_or_malformed_upstream_heads_are_502() {
+    let table: &[(&str, &[u8])] = &[
+        ("closes_mid_head", b"HTTP/1.1 200 OK\r\nContent-Le"),
+        ("closes_after_status_line", b"HTTP/1.1 200 OK\r\n"),
+        (
+            "content_length_and_chunked",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "conflicting_content_lengths",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        ("not_http", b"hello there\r\n\r\n"),
+        (
+            "bad_status_code",
+            b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
+            "header_without_colon",
+            b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 0\r\n\r\n",
+        ),
+        ("bare_lf_head", b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes) in table {
+        let bytes = bytes.to_vec();
+        let mock = MockUpstream::start(move |_| Reply::close_after(bytes.clone()));
+        let gw = gateway_for(&mock.url(), "");
+        let mut c = gw.conn();
+        c.send(&get("/up/x"));
+        match c.try_read_response() {
+            Ok(resp) => {
+                let ok = resp.status == 502
+                    && resp.header("content-type") == Some("application/json")
+                    && serde_json::from_slice::<serde_json::Value>(&resp.body)
+                        .ok()
+                        .and_then(|v| {
+                            v.pointer("/error/code")
+                                .and_then(|c| c.as_str())
+                                .map(str::to_string)
+                        })
+                        .as_deref()
+                        == Some("upstream_unreachable");
+                if !ok {
+                    failures.push(format!(
+                        "[{name}] expected 502 upstream_unreachable, got: {}",
+                        show(&resp.raw)
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("[{name}] no usable response: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
