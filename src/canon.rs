@@ -1,28 +1,433 @@
-// TEMPORARY SHIM (replaced by the real canonicaliser)
+//! The path canonicaliser: a pure function from the raw path of a request target (without the
+//! query) to the one canonical form that rules are matched against and that is forwarded.
+//!
+//! Rules (SPEC "Config"):
+//! - the path is absolute (`/...`) and at most [`MAX_PATH_LEN`] bytes;
+//! - percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, every other
+//!   escape is kept with upper-case hex digits;
+//! - escapes that would change the path's structure or smuggle bytes are refused: `%2F` (`/`),
+//!   `%5C` (`\`), `%00`, other control characters; a raw `\`, NUL, control character, space or
+//!   `#` is refused as well;
+//! - raw characters that may not appear in a path (`"<>^`{|}` and every byte ≥ 0x80) are
+//!   percent-encoded; after decoding, the path must be valid UTF-8;
+//! - `.` and `..` segments are removed (RFC 3986 §5.2.4); a dot segment spelt with an escape
+//!   (`%2e`, `.%2E`, ...) is refused, and so is a `..` that would climb above the root;
+//! - empty segments are collapsed (`//` → `/`); a trailing slash is kept (one), as is the slash
+//!   that a trailing `.` or `..` leaves.
+//!
+//! The function is idempotent: the canonical form of a canonical path is itself.
+
+/// Longest raw path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 8192;
+
+/// Why a path has no canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanonError {
     NotAbsolute,
+    EncodedSlash,
+    Backslash,
+    Nul,
+    ControlChar,
+    EncodedDotSegment,
+    AboveRoot,
+    BadPercent,
+    InvalidUtf8,
+    Fragment,
+    TooLong,
 }
+
 impl CanonError {
+    /// The message that goes into the 400's JSON error.
     pub fn message(self) -> &'static str {
-        "bad path"
+        match self {
+            CanonError::NotAbsolute => "path must start with /",
+            CanonError::EncodedSlash => "path holds an encoded slash (%2F)",
+            CanonError::Backslash => "path holds a backslash",
+            CanonError::Nul => "path holds a NUL byte",
+            CanonError::ControlChar => "path holds a control character or space",
+            CanonError::EncodedDotSegment => "path holds a percent-encoded dot segment",
+            CanonError::AboveRoot => "path climbs above the root with ..",
+            CanonError::BadPercent => "path holds a malformed percent-escape",
+            CanonError::InvalidUtf8 => "path is not valid UTF-8 once decoded",
+            CanonError::Fragment => "request target holds a fragment (#)",
+            CanonError::TooLong => "path is too long",
+        }
     }
 }
+
 impl std::fmt::Display for CanonError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.message())
     }
 }
+
 impl std::error::Error for CanonError {}
-pub fn canonicalize_into(path: &[u8], out: &mut String) -> Result<(), CanonError> {
-    if path.first() != Some(&b'/') {
-        return Err(CanonError::NotAbsolute);
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+#[inline]
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Raw characters that RFC 3986 does not allow in a path but that clients send anyway; they are
+/// forwarded percent-encoded.
+#[inline]
+fn must_encode(b: u8) -> bool {
+    matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}') || b >= 0x80
+}
+
+#[inline]
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
-    out.push_str(std::str::from_utf8(path).map_err(|_| CanonError::NotAbsolute)?);
+}
+
+#[inline]
+fn push_escaped(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 0xf)] as char);
+}
+
+/// Incremental UTF-8 check over the decoded bytes of one segment.
+#[derive(Default)]
+struct Utf8 {
+    buf: [u8; 4],
+    have: usize,
+    want: usize,
+}
+
+impl Utf8 {
+    #[inline]
+    fn feed(&mut self, b: u8) -> Result<(), CanonError> {
+        if self.want == 0 {
+            if b < 0x80 {
+                return Ok(());
+            }
+            self.want = match b {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return Err(CanonError::InvalidUtf8),
+            };
+            self.buf[0] = b;
+            self.have = 1;
+            return Ok(());
+        }
+        if !(0x80..=0xBF).contains(&b) {
+            return Err(CanonError::InvalidUtf8);
+        }
+        self.buf[self.have] = b;
+        self.have += 1;
+        if self.have == self.want {
+            // overlong forms, surrogates and values above U+10FFFF are caught here
+            std::str::from_utf8(&self.buf[..self.want]).map_err(|_| CanonError::InvalidUtf8)?;
+            self.want = 0;
+            self.have = 0;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn finish(&mut self) -> Result<(), CanonError> {
+        if self.want != 0 {
+            return Err(CanonError::InvalidUtf8);
+        }
+        Ok(())
+    }
+}
+
+/// Appends the canonical form of the segment `seg` (no slashes in it) to `out`. Returns whether
+/// any `.` in it was spelt as an escape.
+fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
+    let mut utf8 = Utf8::default();
+    let mut encoded_dot = false;
+    let mut i = 0;
+    while i < seg.len() {
+        let b = seg[i];
+        if b == b'%' {
+            let (h, l) = match (seg.get(i + 1), seg.get(i + 2)) {
+                (Some(&h), Some(&l)) => (h, l),
+                _ => return Err(CanonError::BadPercent),
+            };
+            let v = match (hex_val(h), hex_val(l)) {
+                (Some(h), Some(l)) => (h << 4) | l,
+                _ => return Err(CanonError::BadPercent),
+            };
+            match v {
+                b'/' => return Err(CanonError::EncodedSlash),
+                b'\\' => return Err(CanonError::Backslash),
+                0 => return Err(CanonError::Nul),
+                0x01..=0x1f | 0x7f => return Err(CanonError::ControlChar),
+                _ => {}
+            }
+            utf8.feed(v)?;
+            if is_unreserved(v) {
+                encoded_dot |= v == b'.';
+                out.push(v as char);
+            } else {
+                push_escaped(out, v);
+            }
+            i += 3;
+            continue;
+        }
+        match b {
+            b'\\' => return Err(CanonError::Backslash),
+            0 => return Err(CanonError::Nul),
+            b'#' => return Err(CanonError::Fragment),
+            0x01..=0x20 | 0x7f => return Err(CanonError::ControlChar),
+            _ => {}
+        }
+        utf8.feed(b)?;
+        if must_encode(b) {
+            push_escaped(out, b);
+        } else {
+            out.push(b as char);
+        }
+        i += 1;
+    }
+    utf8.finish()?;
+    Ok(encoded_dot)
+}
+
+/// Appends the canonical form of `path` to `out`. On error, `out` may hold a partial result.
+pub fn canonicalize_into(path: &[u8], out: &mut String) -> Result<(), CanonError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(CanonError::TooLong);
+    }
+    let rest = match path.split_first() {
+        Some((b'/', rest)) => rest,
+        _ => return Err(CanonError::NotAbsolute),
+    };
+    let base = out.len();
+    // whether the output must end with a slash (empty last segment, or a dot segment last)
+    let mut trailing = false;
+    for seg in rest.split(|&b| b == b'/') {
+        let start = out.len();
+        out.push('/');
+        let encoded_dot = push_segment(seg, out)?;
+        let s = &out[start + 1..];
+        let dots = match s {
+            "" => 0,
+            "." => 1,
+            ".." => 2,
+            _ => {
+                trailing = false;
+                continue;
+            }
+        };
+        if encoded_dot {
+            return Err(CanonError::EncodedDotSegment);
+        }
+        out.truncate(start);
+        if dots == 2 {
+            match out[base..].rfind('/') {
+                Some(i) => out.truncate(base + i),
+                None => return Err(CanonError::AboveRoot),
+            }
+        }
+        trailing = true;
+    }
+    if trailing || out.len() == base {
+        out.push('/');
+    }
     Ok(())
 }
+
+/// The canonical form of `path`.
 pub fn canonicalize(path: &[u8]) -> Result<String, CanonError> {
-    let mut s = String::new();
+    let mut s = String::with_capacity(path.len() + 1);
     canonicalize_into(path, &mut s)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use CanonError::*;
+
+    /// (name, input, canonical form or error)
+    const TABLE: &[(&str, &str, Result<&str, CanonError>)] = &[
+        ("root", "/", Ok("/")),
+        ("simple", "/a/b", Ok("/a/b")),
+        ("trailing_slash_kept", "/a/b/", Ok("/a/b/")),
+        ("double_slash_collapsed", "//a//b", Ok("/a/b")),
+        ("many_slashes", "/a///b////", Ok("/a/b/")),
+        ("only_slashes", "////", Ok("/")),
+        ("dot", "/a/./b", Ok("/a/b")),
+        ("leading_dot", "/./a", Ok("/a")),
+        ("trailing_dot", "/a/.", Ok("/a/")),
+        ("dotdot", "/a/b/../c", Ok("/a/c")),
+        ("trailing_dotdot", "/a/b/..", Ok("/a/")),
+        ("dotdot_to_root", "/a/..", Ok("/")),
+        ("dotdot_twice", "/a/b/../../c", Ok("/c")),
+        ("dotdot_after_empty", "/a//../b", Ok("/b")),
+        ("dotdot_above_root", "/..", Err(AboveRoot)),
+        ("dotdot_above_root_later", "/a/../../b", Err(AboveRoot)),
+        ("dot_then_dotdot_above", "/./..", Err(AboveRoot)),
+        ("three_dots_is_a_name", "/a/.../b", Ok("/a/.../b")),
+        ("dot_prefix_is_a_name", "/a/.b/..c", Ok("/a/.b/..c")),
+        ("dotdot_suffix_is_a_name", "/a/b../c", Ok("/a/b../c")),
+        ("decode_tilde_lower", "/%7e", Ok("/~")),
+        ("decode_tilde_upper", "/%7E", Ok("/~")),
+        ("decode_alpha", "/%41%62c", Ok("/Abc")),
+        ("decode_digit", "/v%31", Ok("/v1")),
+        ("decode_marks", "/a%2Db%2E%5Fc", Ok("/a-b._c")),
+        ("keep_colon_upper", "/a%3ab", Ok("/a%3Ab")),
+        ("keep_space", "/a%20b", Ok("/a%20b")),
+        ("keep_percent", "/100%25", Ok("/100%25")),
+        ("keep_question", "/a%3fb", Ok("/a%3Fb")),
+        ("keep_hash", "/a%23b", Ok("/a%23b")),
+        ("keep_utf8_escape", "/%c3%a9", Ok("/%C3%A9")),
+        ("encode_raw_utf8", "/\u{e9}t\u{e9}", Ok("/%C3%A9t%C3%A9")),
+        ("encode_raw_emoji", "/\u{1f600}", Ok("/%F0%9F%98%80")),
+        ("encode_raw_quote", "/a\"b", Ok("/a%22b")),
+        ("encode_raw_braces", "/{id}", Ok("/%7Bid%7D")),
+        ("encode_raw_pipe_caret", "/a|b^c", Ok("/a%7Cb%5Ec")),
+        ("encode_raw_angle_backtick", "/<a>`", Ok("/%3Ca%3E%60")),
+        ("raw_subdelims_kept", "/a!$&'()*+,;=:@b", Ok("/a!$&'()*+,;=:@b")),
+        ("raw_brackets_kept", "/[x]", Ok("/[x]")),
+        ("not_absolute_empty", "", Err(NotAbsolute)),
+        ("not_absolute_relative", "a/b", Err(NotAbsolute)),
+        ("not_absolute_star", "*", Err(NotAbsolute)),
+        ("encoded_slash_lower", "/a%2fb", Err(EncodedSlash)),
+        ("encoded_slash_upper", "/a%2Fb", Err(EncodedSlash)),
+        ("encoded_backslash", "/a%5cb", Err(Backslash)),
+        ("raw_backslash", "/a\\b", Err(Backslash)),
+        ("encoded_nul", "/a%00b", Err(Nul)),
+        ("raw_nul", "/a\0b", Err(Nul)),
+        ("encoded_control", "/a%0ab", Err(ControlChar)),
+        ("encoded_del", "/a%7fb", Err(ControlChar)),
+        ("raw_tab", "/a\tb", Err(ControlChar)),
+        ("raw_space", "/a b", Err(ControlChar)),
+        ("raw_del", "/a\x7fb", Err(ControlChar)),
+        ("raw_fragment", "/a#b", Err(Fragment)),
+        ("encoded_dotdot", "/a/%2e%2e/b", Err(EncodedDotSegment)),
+        ("encoded_dotdot_upper", "/a/%2E%2E", Err(EncodedDotSegment)),
+        ("half_encoded_dotdot", "/a/.%2e/b", Err(EncodedDotSegment)),
+        ("half_encoded_dotdot_2", "/a/%2e./b", Err(EncodedDotSegment)),
+        ("encoded_dot", "/a/%2e/b", Err(EncodedDotSegment)),
+        ("encoded_dot_in_name_ok", "/a%2eb", Ok("/a.b")),
+        ("encoded_dots_in_name_ok", "/%2e%2e%2e", Ok("/...")),
+        ("bad_percent_short", "/a%2", Err(BadPercent)),
+        ("bad_percent_end", "/a%", Err(BadPercent)),
+        ("bad_percent_nonhex", "/a%zz", Err(BadPercent)),
+        ("bad_percent_half_hex", "/a%4g", Err(BadPercent)),
+        ("bad_percent_before_slash", "/a%/b", Err(BadPercent)),
+        ("invalid_utf8_escape", "/%ff", Err(InvalidUtf8)),
+        ("invalid_utf8_lone_continuation", "/%80", Err(InvalidUtf8)),
+        ("invalid_utf8_truncated", "/%c3", Err(InvalidUtf8)),
+        ("invalid_utf8_split_by_slash", "/%c3/%a9", Err(InvalidUtf8)),
+        ("invalid_utf8_overlong_slash", "/%c0%af", Err(InvalidUtf8)),
+        ("invalid_utf8_overlong_3", "/%e0%80%af", Err(InvalidUtf8)),
+        ("invalid_utf8_surrogate", "/%ed%a0%80", Err(InvalidUtf8)),
+        ("invalid_utf8_above_max", "/%f4%90%80%80", Err(InvalidUtf8)),
+        ("mixed_raw_and_escaped_utf8", "/\u{e9}%C3%A9", Ok("/%C3%A9%C3%A9")),
+    ];
+
+    #[test]
+    fn canonicalisation_table() {
+        assert!(TABLE.len() >= 60);
+        for (name, input, want) in TABLE {
+            let got = canonicalize(input.as_bytes());
+            assert_eq!(got.as_deref().map_err(|e| *e), *want, "{name}");
+            if let Ok(c) = &got {
+                assert_eq!(canonicalize(c.as_bytes()).as_ref(), Ok(c), "{name}: idempotent");
+            }
+        }
+    }
+
+    #[test]
+    fn raw_invalid_utf8_is_refused() {
+        assert_eq!(canonicalize(b"/a\xffb"), Err(InvalidUtf8));
+        assert_eq!(canonicalize(b"/\xc3"), Err(InvalidUtf8));
+        assert_eq!(canonicalize(b"/\xc3%a9"), Ok("/%C3%A9".to_string()));
+    }
+
+    #[test]
+    fn length_limit() {
+        let mut p = vec![b'/'];
+        p.resize(MAX_PATH_LEN, b'a');
+        assert!(canonicalize(&p).is_ok());
+        p.push(b'a');
+        assert_eq!(canonicalize(&p), Err(TooLong));
+    }
+
+    #[test]
+    fn appends_after_existing_content() {
+        let mut s = String::from("prefix");
+        canonicalize_into(b"/a/../b", &mut s).unwrap();
+        assert_eq!(s, "prefix/b");
+        let mut s = String::from("/x");
+        assert_eq!(canonicalize_into(b"/..", &mut s), Err(AboveRoot));
+    }
+
+    fn path_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"/".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b"%2e".to_vec()),
+            Just(b"%2F".to_vec()),
+            Just(b"%41".to_vec()),
+            Just(b"%c3%a9".to_vec()),
+            Just(b"%".to_vec()),
+            Just("\u{e9}".as_bytes().to_vec()),
+            "[a-zA-Z0-9._~!$&'()*+,;=:@-]{1,4}".prop_map(|s| s.into_bytes()),
+            any::<u8>().prop_map(|b| vec![b]),
+        ];
+        prop::collection::vec(piece, 0..16).prop_map(|v| {
+            let mut p = vec![b'/'];
+            for x in v {
+                p.extend(x);
+            }
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn never_panics_on_any_bytes(p in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = canonicalize(&p);
+        }
+
+        #[test]
+        fn output_is_canonical_and_idempotent(p in path_strategy()) {
+            if let Ok(c) = canonicalize(&p) {
+                prop_assert!(c.starts_with('/'));
+                prop_assert!(!c.contains("//"), "{c}");
+                prop_assert!(!c.contains("/./") && !c.ends_with("/."), "{c}");
+                prop_assert!(!c.contains("/../") && !c.ends_with("/.."), "{c}");
+                prop_assert!(c.bytes().all(|b| b.is_ascii_graphic()), "{c}");
+                prop_assert!(!c.contains('\\') && !c.contains('#'), "{c}");
+                prop_assert_eq!(canonicalize(c.as_bytes()), Ok(c.clone()));
+            }
+        }
+
+        #[test]
+        fn escaping_unreserved_never_changes_the_result(
+            p in "(/[a-zA-Z0-9._~-]{0,6}){1,6}",
+            mask in any::<u64>(),
+            upper in any::<bool>(),
+        ) {
+            let mut enc = String::new();
+            for (i, ch) in p.chars().enumerate() {
+                if ch != '/' && ch != '.' && mask & (1 << (i % 64)) != 0 {
+                    if upper { enc.push_str(&format!("%{:02X}", ch as u8)); }
+                    else { enc.push_str(&format!("%{:02x}", ch as u8)); }
+                } else {
+                    enc.push(ch);
+                }
+            }
+            prop_assert_eq!(canonicalize(enc.as_bytes()), canonicalize(p.as_bytes()));
+        }
+    }
 }

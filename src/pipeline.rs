@@ -77,7 +77,11 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     // 2. canonical path and route
     let route = match route::resolve(&cfg, s.head.target.get(&s.rbuf), &mut s.path) {
         Ok(r) => r,
-        Err(r) => return refuse(client, s, &mut ex, r, keep_if_no_body, version, lim).await,
+        Err(r) => {
+            // a malformed target closes the connection, like every other 400
+            let keep = keep_if_no_body && !matches!(r, Refusal::BadRequest(_));
+            return refuse(client, s, &mut ex, r, keep, version, lim).await;
+        }
     };
     ex.proxy = Some(route.proxy);
     let proxy = &cfg.proxies[route.proxy];

@@ -5,6 +5,7 @@ use crate::config::Compiled;
 use crate::exchange::{IdGen, RequestId};
 use crate::pipeline::{self, Scratch};
 use crate::upstream::pool::Pool;
+use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -93,17 +94,23 @@ pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
 }
 
 /// The worker's main task: accept until told to drain, then wait for in-flight calls.
+///
+/// Accepts are never raced against anything with `select!`: under io_uring, dropping an accept
+/// that the kernel has already completed leaks the accepted socket (the client hangs). The
+/// control channel is read here while the accept loops run as their own tasks, and draining
+/// stops them through a `Canceller`, which lets every accept complete or fail cleanly.
 pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver<Msg>) {
-    let listeners: Vec<Rc<TcpListener>> = listeners.into_iter().map(Rc::new).collect();
-    // one accept loop per extra listener; the first one runs here with the control channel
+    let canceller = Canceller::new();
     let stop = Rc::new(Cell::new(false));
-    for l in listeners.iter().skip(1) {
-        let (l, w, stop) = (l.clone(), w.clone(), stop.clone());
-        monoio::spawn(async move {
+    let mut loops = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let (w, stop, cancel) = (w.clone(), stop.clone(), canceller.handle());
+        loops.push(monoio::spawn(async move {
             while !stop.get() {
-                accept_one(&l, &w).await;
+                accept_one(&l, &w, cancel.clone()).await;
             }
-        });
+            // `l` drops here: the listening socket closes once every accept is done
+        }));
     }
     let sweeper = {
         let w = w.clone();
@@ -115,24 +122,22 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
             }
         })
     };
-    let first = listeners[0].clone();
     loop {
-        monoio::select! {
-            _ = accept_one(&first, &w) => {}
-            msg = rx.recv_async() => match msg {
-                Ok(Msg::Reload(cfg, ack)) => {
-                    *w.cfg.borrow_mut() = cfg;
-                    let _ = ack.send(w.id);
-                }
-                Ok(Msg::Drain) | Err(_) => break,
+        match rx.recv_async().await {
+            Ok(Msg::Reload(cfg, ack)) => {
+                *w.cfg.borrow_mut() = cfg;
+                let _ = ack.send(w.id);
             }
+            Ok(Msg::Drain) | Err(_) => break,
         }
     }
     // drain: stop accepting, let calls in flight finish
     stop.set(true);
     w.draining.set(true);
-    drop(listeners);
-    drop(first);
+    let _ = canceller.cancel();
+    for l in loops {
+        l.await;
+    }
     drop(sweeper);
     w.pool.clear();
     let deadline = crate::clock::now() + w.config().limits.drain_timeout;
@@ -148,12 +153,13 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
     }
 }
 
-async fn accept_one(l: &TcpListener, w: &Rc<Worker>) {
-    match l.accept().await {
+async fn accept_one(l: &TcpListener, w: &Rc<Worker>, cancel: CancelHandle) {
+    match l.cancelable_accept(cancel).await {
         Ok((stream, _peer)) => {
             let _ = stream.set_nodelay(true);
             monoio::spawn(serve(stream, w.clone()));
         }
+        Err(_) if w.draining.get() => {}
         Err(e) => {
             // EMFILE and friends: back off instead of spinning
             tracing::warn!(worker = w.id, error = %e, "accept failed");
