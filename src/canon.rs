@@ -249,8 +249,8 @@ pub fn canonicalize(path: &[u8]) -> Result<String, CanonError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use CanonError::*;
+    use proptest::prelude::*;
 
     /// (name, input, canonical form or error)
     const TABLE: &[(&str, &str, Result<&str, CanonError>)] = &[
@@ -291,7 +291,11 @@ mod tests {
         ("encode_raw_braces", "/{id}", Ok("/%7Bid%7D")),
         ("encode_raw_pipe_caret", "/a|b^c", Ok("/a%7Cb%5Ec")),
         ("encode_raw_angle_backtick", "/<a>`", Ok("/%3Ca%3E%60")),
-        ("raw_subdelims_kept", "/a!$&'()*+,;=:@b", Ok("/a!$&'()*+,;=:@b")),
+        (
+            "raw_subdelims_kept",
+            "/a!$&'()*+,;=:@b",
+            Ok("/a!$&'()*+,;=:@b"),
+        ),
         ("raw_brackets_kept", "/[x]", Ok("/[x]")),
         ("not_absolute_empty", "", Err(NotAbsolute)),
         ("not_absolute_relative", "a/b", Err(NotAbsolute)),
@@ -328,7 +332,11 @@ mod tests {
         ("invalid_utf8_overlong_3", "/%e0%80%af", Err(InvalidUtf8)),
         ("invalid_utf8_surrogate", "/%ed%a0%80", Err(InvalidUtf8)),
         ("invalid_utf8_above_max", "/%f4%90%80%80", Err(InvalidUtf8)),
-        ("mixed_raw_and_escaped_utf8", "/\u{e9}%C3%A9", Ok("/%C3%A9%C3%A9")),
+        (
+            "mixed_raw_and_escaped_utf8",
+            "/\u{e9}%C3%A9",
+            Ok("/%C3%A9%C3%A9"),
+        ),
     ];
 
     #[test]
@@ -338,7 +346,11 @@ mod tests {
             let got = canonicalize(input.as_bytes());
             assert_eq!(got.as_deref().map_err(|e| *e), *want, "{name}");
             if let Ok(c) = &got {
-                assert_eq!(canonicalize(c.as_bytes()).as_ref(), Ok(c), "{name}: idempotent");
+                assert_eq!(
+                    canonicalize(c.as_bytes()).as_ref(),
+                    Ok(c),
+                    "{name}: idempotent"
+                );
             }
         }
     }

@@ -122,14 +122,10 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
             }
         })
     };
-    loop {
-        match rx.recv_async().await {
-            Ok(Msg::Reload(cfg, ack)) => {
-                *w.cfg.borrow_mut() = cfg;
-                let _ = ack.send(w.id);
-            }
-            Ok(Msg::Drain) | Err(_) => break,
-        }
+    // a closed channel (control thread gone) drains like Msg::Drain
+    while let Ok(Msg::Reload(cfg, ack)) = rx.recv_async().await {
+        *w.cfg.borrow_mut() = cfg;
+        let _ = ack.send(w.id);
     }
     // drain: stop accepting, let calls in flight finish
     stop.set(true);

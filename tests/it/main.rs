@@ -10,6 +10,7 @@
 
 mod support;
 
+mod admin;
 mod configs;
 mod forwarding;
 mod lifecycle;
