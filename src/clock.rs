@@ -15,3 +15,11 @@ pub fn unix_now() -> Duration {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
 }
+
+/// Monotonic nanoseconds since the first call in this process (for meters).
+#[inline]
+pub fn mono_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(now);
+    u64::try_from(now().duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}

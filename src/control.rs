@@ -227,9 +227,18 @@ fn worker_thread(
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
+    // COOP_TASKRUN: completions raised from another core (loopback receive runs on the
+    // sender's core) are run at this thread's next syscall instead of interrupting it with an
+    // IPI; SINGLE_ISSUER: only this thread submits. Kernels without them (< 6.0) fall back to
+    // epoll through the fusion driver.
+    let mut urb = io_uring::IoUring::builder();
+    if std::env::var_os("PORTCULLIS_URING_PLAIN").is_none() {
+        urb.setup_coop_taskrun().setup_single_issuer();
+    }
     let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .with_entries(4096)
+        .uring_builder(urb)
         .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
         .build();
     let mut rt = match rt {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod exchange;
 pub mod http;
 pub mod io;
+pub mod meter;
 pub mod pipeline;
 pub mod route;
 pub mod secret;

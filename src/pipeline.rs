@@ -8,6 +8,7 @@ use crate::http::body::{self, BodyFail};
 use crate::http::head::{self, BodyKind, HeadError, RequestHead, ResponseHead, Version};
 use crate::http::write::{self, CONTINUE_100, Framing};
 use crate::io::{IoFail, read_append, write_all};
+use crate::meter::Verdict;
 use crate::route;
 use crate::upstream::conn::UpConn;
 use crate::upstream::request;
@@ -30,6 +31,8 @@ pub struct Scratch {
     pub resp: ResponseHead,
     /// The canonical path.
     pub path: String,
+    /// Header lines the gateway adds to its answer (`RateLimit-*`).
+    pub extra: Vec<u8>,
 }
 
 /// Bodies up to this size are copied behind the outbound head and sent in one write.
@@ -48,6 +51,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let cfg = w.config();
     let lim = &cfg.limits;
 
+    s.extra.clear();
     // 1. head
     match read_head(client, s, lim).await {
         HeadRead::Ok => {}
@@ -100,7 +104,39 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         .await;
     }
 
-    // 4. body, read whole before anything goes upstream
+    // 4. meter
+    if let Some(m) = &proxy.meter {
+        match m.check(None, crate::clock::mono_ns()) {
+            Verdict::Allowed(snap) => {
+                write::rate_limit_headers(&mut s.extra, snap.limit, snap.remaining, snap.reset_secs())
+            }
+            Verdict::Limited {
+                snapshot,
+                retry_after_ns,
+                ..
+            } => {
+                write::rate_limit_headers(
+                    &mut s.extra,
+                    snapshot.limit,
+                    snapshot.remaining,
+                    snapshot.reset_secs(),
+                );
+                let retry_after = Verdict::retry_after_secs(retry_after_ns);
+                return refuse(
+                    client,
+                    s,
+                    &mut ex,
+                    Refusal::RateLimited { retry_after },
+                    keep_if_no_body,
+                    version,
+                    lim,
+                )
+                .await;
+            }
+        }
+    }
+
+    // 5. body, read whole before anything goes upstream
     if let BodyKind::Length(n) = s.head.body {
         if n > lim.max_body {
             return refuse(
@@ -176,7 +212,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     };
     ex.bytes_in = (head_len + s.body.len()) as u64;
 
-    // 5. outbound request
+    // 6. outbound request
     s.out.clear();
     let target = s.head.target.get(&s.rbuf);
     let query = &target[route.query.0..route.query.1];
@@ -201,7 +237,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         s.body.clear();
     }
 
-    // 6. upstream: send, then the response head
+    // 7. upstream: send, then the response head
     ex.upstream_started = Some(crate::clock::now());
     let mut conn = match send_request(w, &cfg, route.proxy, s, idempotent, method_is_head).await {
         Ok(c) => c,
@@ -210,7 +246,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     ex.upstream_us = ex.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     ex.upstream_status = Some(s.resp.status);
 
-    // 7. response to the agent
+    // 8. response to the agent
     let status = s.resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
     let framing = match s.resp.body {
@@ -236,6 +272,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         &s.resp.headers,
         s.resp.connection.map(|c| c.get(&s.ubuf)),
         ex.id.as_str(),
+        &s.extra,
         framing,
         keep,
         version,
@@ -389,7 +426,7 @@ async fn refuse(
     ex.status = refusal.status();
     ex.code = Some(refusal.code());
     s.out.clear();
-    write::error_response(&mut s.out, &refusal, ex.id.as_str(), keep, version);
+    write::error_response(&mut s.out, &refusal, ex.id.as_str(), &s.extra, keep, version);
     ex.bytes_out = s.out.len() as u64;
     write_all(client, &mut s.out, lim.idle_timeout)
         .await

@@ -371,6 +371,62 @@ impl Cx<'_> {
         }
     }
 
+    /// `meter` and `quota` of proxy `i` → its (reload-surviving) buckets.
+    fn meter(&mut self, i: usize, p: &RawProxy) -> Option<Arc<crate::meter::ProxyMeter>> {
+        use crate::config::raw::MeterByRaw;
+        use crate::meter::{MeterBy, MeterSpec, Rate};
+        if p.meter.is_none() && p.quota.is_none() {
+            return None;
+        }
+        let mut ok = true;
+        let positive = |cx: &mut Self, v: &Spanned<i64>, key: String, ok: &mut bool| -> u64 {
+            match u64::try_from(*v.get_ref()) {
+                Ok(n) if n > 0 && n <= 1_000_000_000 => n,
+                _ => {
+                    cx.err(v, key, "must be a whole number from 1 to 1000000000");
+                    *ok = false;
+                    1
+                }
+            }
+        };
+        let mut by = None;
+        let rate = p.meter.as_ref().map(|m| {
+            let m = m.get_ref();
+            let rate = positive(self, &m.rate, format!("proxies[{i}].meter.rate"), &mut ok);
+            let burst = match &m.burst {
+                Some(b) => positive(self, b, format!("proxies[{i}].meter.burst"), &mut ok),
+                None => rate,
+            };
+            let per = self.duration(&m.per, &format!("proxies[{i}].meter.per"), Duration::from_secs(1));
+            by = m.by.as_ref().map(|b| (*b.get_ref(), b.span()));
+            Rate { rate, per, burst }
+        });
+        let quota = p.quota.as_ref().map(|q| {
+            let q = q.get_ref();
+            let limit = positive(self, &q.limit, format!("proxies[{i}].quota.limit"), &mut ok);
+            let per = self.duration(&Some(q.per.clone()), &format!("proxies[{i}].quota.per"), Duration::from_secs(86_400));
+            if let Some(b) = &q.by {
+                match by {
+                    Some((prev, _)) if prev != *b.get_ref() => {
+                        self.err(b, format!("proxies[{i}].quota.by"), "must be the same as meter.by (one set of buckets per proxy)");
+                        ok = false;
+                    }
+                    _ => by = Some((*b.get_ref(), b.span())),
+                }
+            }
+            Rate { rate: limit, per, burst: limit }
+        });
+        if !ok {
+            return None;
+        }
+        let by = match by.map(|(b, _)| b) {
+            Some(MeterByRaw::Agent) => MeterBy::Agent,
+            Some(MeterByRaw::Proxy) | None => MeterBy::Proxy,
+        };
+        let spec = MeterSpec { by, rate, quota };
+        Some(crate::meter::global().meter(p.name.get_ref(), spec))
+    }
+
     fn proxy(
         &mut self,
         i: usize,
@@ -464,7 +520,9 @@ impl Cx<'_> {
             (u.https, &u.host, u.port, ca_file.as_ref().map(|(_, p)| p)).hash(&mut h);
             h.finish()
         };
+        let meter = self.meter(i, p);
         Some(Proxy {
+            meter,
             name: name.clone(),
             upstream: Upstream {
                 https: u.https,

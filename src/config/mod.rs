@@ -76,6 +76,8 @@ pub struct Proxy {
     pub name: String,
     pub upstream: Upstream,
     pub default_effect: Effect,
+    /// Token buckets (`meter`, `quota`), shared by every worker and kept across reloads.
+    pub meter: Option<Arc<crate::meter::ProxyMeter>>,
 }
 
 pub struct Upstream {

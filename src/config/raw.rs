@@ -67,6 +67,40 @@ pub struct RawProxy {
     pub default_effect: Option<Spanned<Effect>>,
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
+    /// `meter = { rate = 50, per = "1s", burst = 100, by = "agent" }`
+    #[serde(default)]
+    pub meter: Option<Spanned<RawMeter>>,
+    /// `quota = { limit = 20000, per = "1d" }`: a longer allowance beside the rate.
+    #[serde(default)]
+    pub quota: Option<Spanned<RawQuota>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeter {
+    pub rate: Spanned<i64>,
+    #[serde(default)]
+    pub per: Option<Spanned<String>>,
+    #[serde(default)]
+    pub burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub by: Option<Spanned<MeterByRaw>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    pub limit: Spanned<i64>,
+    pub per: Spanned<String>,
+    #[serde(default)]
+    pub by: Option<Spanned<MeterByRaw>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeterByRaw {
+    Proxy,
+    Agent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

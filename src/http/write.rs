@@ -34,6 +34,7 @@ pub fn response_head(
     headers: &[HeaderSpan],
     connection: Option<&[u8]>,
     request_id: &str,
+    extra: &[u8],
     framing: Framing,
     keep_alive: bool,
     agent_version: Version,
@@ -56,6 +57,7 @@ pub fn response_head(
     out.extend_from_slice(b"X-Request-Id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
     match framing {
         Framing::Length(n) | Framing::NoBody(Some(n)) => {
             out.extend_from_slice(b"Content-Length: ");
@@ -82,6 +84,7 @@ pub fn error_response(
     out: &mut Vec<u8>,
     refusal: &Refusal,
     request_id: &str,
+    extra: &[u8],
     keep_alive: bool,
     agent_version: Version,
 ) {
@@ -107,9 +110,21 @@ pub fn error_response(
         push_u64(out, *retry_after);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(extra);
     connection_header(out, keep_alive, agent_version);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds) header lines.
+pub fn rate_limit_headers(out: &mut Vec<u8>, limit: u64, remaining: u64, reset_secs: u64) {
+    out.extend_from_slice(b"RateLimit-Limit: ");
+    push_u64(out, limit);
+    out.extend_from_slice(b"\r\nRateLimit-Remaining: ");
+    push_u64(out, remaining);
+    out.extend_from_slice(b"\r\nRateLimit-Reset: ");
+    push_u64(out, reset_secs);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `data` as one chunk (nothing for empty data: an empty chunk would end the body).
@@ -133,6 +148,7 @@ mod tests {
             &mut out,
             &Refusal::UnknownProxy,
             "rid-1",
+            b"",
             true,
             Version::Http11,
         );

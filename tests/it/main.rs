@@ -14,6 +14,7 @@ mod admin;
 mod configs;
 mod forwarding;
 mod lifecycle;
+mod meter;
 mod routing;
 mod smuggling;
 mod tls;
