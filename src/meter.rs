@@ -322,7 +322,10 @@ mod tests {
         }
         // one token per 100 ms
         assert!(matches!(m.check(None, t0 + S / 10), Verdict::Allowed(_)));
-        assert!(matches!(m.check(None, t0 + S / 10), Verdict::Limited { .. }));
+        assert!(matches!(
+            m.check(None, t0 + S / 10),
+            Verdict::Limited { .. }
+        ));
         // after a long idle the bucket is full again, not more
         let later = t0 + 100 * S;
         for _ in 0..5 {
@@ -396,7 +399,10 @@ mod tests {
         assert!(matches!(m.check(Some("idle"), S), Verdict::Allowed(_)));
         m.prune(10 * S + 1);
         assert_eq!(m.agent_buckets(), 1);
-        assert!(matches!(m.check(Some("busy"), 10 * S + 1), Verdict::Limited { .. }));
+        assert!(matches!(
+            m.check(Some("busy"), 10 * S + 1),
+            Verdict::Limited { .. }
+        ));
     }
 
     /// Accuracy under contention: several threads offer 5× the rate for 10 simulated seconds;
@@ -409,15 +415,20 @@ mod tests {
             let m = Arc::new(ProxyMeter::new(spec(rate, 1, burst, MeterBy::Proxy)));
             let secs = 10u64;
             let offered = 5 * rate * secs; // total calls, spread evenly in time over the threads
-            let per_thread = offered / threads;
             let admitted = Arc::new(AtomicU64::new(0));
+            // one shared clock: the n-th call overall arrives at t0 + n × (10 s / offered)
+            let seq = Arc::new(AtomicU64::new(0));
             let t0 = 1_000 * S;
             std::thread::scope(|sc| {
-                for k in 0..threads {
-                    let (m, admitted) = (m.clone(), admitted.clone());
+                for _ in 0..threads {
+                    let (m, admitted, seq) = (m.clone(), admitted.clone(), seq.clone());
                     sc.spawn(move || {
-                        for i in 0..per_thread {
-                            let now = t0 + (i * threads + k) * (secs * S) / offered;
+                        loop {
+                            let n = seq.fetch_add(1, Ordering::Relaxed);
+                            if n >= offered {
+                                break;
+                            }
+                            let now = t0 + n * (secs * S) / offered;
                             if matches!(m.check(None, now), Verdict::Allowed(_)) {
                                 admitted.fetch_add(1, Ordering::Relaxed);
                             }

@@ -107,9 +107,12 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     // 4. meter
     if let Some(m) = &proxy.meter {
         match m.check(None, crate::clock::mono_ns()) {
-            Verdict::Allowed(snap) => {
-                write::rate_limit_headers(&mut s.extra, snap.limit, snap.remaining, snap.reset_secs())
-            }
+            Verdict::Allowed(snap) => write::rate_limit_headers(
+                &mut s.extra,
+                snap.limit,
+                snap.remaining,
+                snap.reset_secs(),
+            ),
             Verdict::Limited {
                 snapshot,
                 retry_after_ns,
@@ -426,7 +429,14 @@ async fn refuse(
     ex.status = refusal.status();
     ex.code = Some(refusal.code());
     s.out.clear();
-    write::error_response(&mut s.out, &refusal, ex.id.as_str(), &s.extra, keep, version);
+    write::error_response(
+        &mut s.out,
+        &refusal,
+        ex.id.as_str(),
+        &s.extra,
+        keep,
+        version,
+    );
     ex.bytes_out = s.out.len() as u64;
     write_all(client, &mut s.out, lim.idle_timeout)
         .await

@@ -397,24 +397,40 @@ impl Cx<'_> {
                 Some(b) => positive(self, b, format!("proxies[{i}].meter.burst"), &mut ok),
                 None => rate,
             };
-            let per = self.duration(&m.per, &format!("proxies[{i}].meter.per"), Duration::from_secs(1));
+            let per = self.duration(
+                &m.per,
+                &format!("proxies[{i}].meter.per"),
+                Duration::from_secs(1),
+            );
             by = m.by.as_ref().map(|b| (*b.get_ref(), b.span()));
             Rate { rate, per, burst }
         });
         let quota = p.quota.as_ref().map(|q| {
             let q = q.get_ref();
             let limit = positive(self, &q.limit, format!("proxies[{i}].quota.limit"), &mut ok);
-            let per = self.duration(&Some(q.per.clone()), &format!("proxies[{i}].quota.per"), Duration::from_secs(86_400));
+            let per = self.duration(
+                &Some(q.per.clone()),
+                &format!("proxies[{i}].quota.per"),
+                Duration::from_secs(86_400),
+            );
             if let Some(b) = &q.by {
                 match by {
                     Some((prev, _)) if prev != *b.get_ref() => {
-                        self.err(b, format!("proxies[{i}].quota.by"), "must be the same as meter.by (one set of buckets per proxy)");
+                        self.err(
+                            b,
+                            format!("proxies[{i}].quota.by"),
+                            "must be the same as meter.by (one set of buckets per proxy)",
+                        );
                         ok = false;
                     }
                     _ => by = Some((*b.get_ref(), b.span())),
                 }
             }
-            Rate { rate: limit, per, burst: limit }
+            Rate {
+                rate: limit,
+                per,
+                burst: limit,
+            }
         });
         if !ok {
             return None;
