@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authn;
 pub mod canon;
 pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod control;
+pub mod datetime;
 pub mod demo;
 pub mod error;
 pub mod exchange;
