@@ -16,6 +16,7 @@ pub mod error;
 pub mod exchange;
 pub mod http;
 pub mod io;
+pub mod jwt;
 pub mod pipeline;
 pub mod route;
 pub mod secret;
