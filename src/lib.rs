@@ -21,4 +21,5 @@ pub mod pipeline;
 pub mod route;
 pub mod secret;
 pub mod upstream;
+pub mod vault;
 pub mod worker;
