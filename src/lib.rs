@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod pipeline;
 pub mod route;
 pub mod secret;
+pub mod sigv4;
 pub mod upstream;
 pub mod vault;
 pub mod worker;
