@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth_out;
 pub mod authn;
 pub mod canon;
 pub mod clock;
