@@ -1,8 +1,14 @@
 //! Command-line front-ends. No data-plane logic here.
+use crate::authn::{self, valid_agent_id};
 use crate::control::{self, Source};
-use anyhow::Result;
+use crate::datetime::{format_rfc3339, parse_rfc3339};
+use crate::vault::{Vault, VaultKey};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Read};
+use std::path::Path;
 use std::path::PathBuf;
+use zeroize::Zeroizing;
 
 #[derive(Parser, Debug)]
 #[command(name = "portcullis", version, about = "Egress gateway for AI agents")]
@@ -24,6 +30,69 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Agent identities.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The encrypted vault of target credentials.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create an agent key: prints the key once, and the `[[agents]]` lines for the config.
+    Add {
+        /// Agent id (A-Z a-z 0-9 . _ - @ : /).
+        id: String,
+        /// Expiry: RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01, midnight UTC).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+}
+
+/// Where the vault is: the config's `[vault]` section, or explicit flags (which win).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VaultLocation {
+    /// Config file whose `[vault]` section (file, key) names the vault.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Vault file (overrides the config's `[vault].file`).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Vault key reference, `env:VAR` or `file:PATH` (overrides `[vault].key`).
+    #[arg(long)]
+    pub key_ref: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VaultCommand {
+    /// Store a secret read from stdin (one trailing newline is dropped; empty is refused).
+    /// Creates the vault file if it does not exist.
+    Set {
+        name: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// List the secret names (never the values).
+    List {
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// Remove a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// Print a new random vault key (base64, 32 bytes) for `[vault].key`.
+    Keygen,
 }
 
 pub fn run(source: Source) -> Result<()> {
@@ -74,5 +143,261 @@ pub fn check(path: PathBuf) -> Result<bool> {
             eprintln!("{e}");
             Ok(false)
         }
+    }
+}
+
+/// `portcullis agent add`: prints the key (stdout, first line) and the config lines.
+pub fn agent(cmd: AgentCommand) -> Result<bool> {
+    match cmd {
+        AgentCommand::Add { id, expires, roles } => {
+            let (key, toml) = agent_add(&id, expires.as_deref(), &roles)?;
+            println!("{}", &*key);
+            println!();
+            print!("{toml}");
+            eprintln!(
+                "The key on the first line is shown only once: hand it to the agent now. \
+                 Add the [[agents]] lines to the config (it stores only the key's SHA-256)."
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// A new key and the `[[agents]]` TOML for it.
+pub fn agent_add(
+    id: &str,
+    expires: Option<&str>,
+    roles: &[String],
+) -> Result<(Zeroizing<String>, String)> {
+    if !valid_agent_id(id) {
+        bail!("agent id must be 1-128 characters of A-Z a-z 0-9 . _ - @ : /");
+    }
+    let expires_at = match expires {
+        None => None,
+        Some(e) => Some(format_rfc3339(parse_rfc3339(e).with_context(|| {
+            format!("--expires '{e}': expected 2027-01-01 or 2027-01-01T00:00:00Z")
+        })?)),
+    };
+    let roles: Vec<&str> = roles
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .collect();
+    for r in &roles {
+        if r.len() > 128 || r.chars().any(char::is_whitespace) {
+            bail!("role '{r}': a role is 1-128 characters without whitespace");
+        }
+    }
+    let key = Zeroizing::new(authn::generate_key());
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut t = String::from("[[agents]]\n");
+    t.push_str(&format!("id = {}\n", q(id)));
+    t.push_str(&format!(
+        "key_sha256 = \"{}\"\n",
+        authn::key_sha256_hex(&key)
+    ));
+    t.push_str(&format!(
+        "roles = [{}]\n",
+        roles.iter().copied().map(q).collect::<Vec<_>>().join(", ")
+    ));
+    if let Some(e) = expires_at {
+        t.push_str(&format!("expires_at = \"{e}\"\n"));
+    }
+    Ok((key, t))
+}
+
+#[derive(serde::Deserialize)]
+struct VaultOnlyConfig {
+    vault: Option<VaultSection>,
+}
+
+#[derive(serde::Deserialize)]
+struct VaultSection {
+    file: String,
+    key: String,
+}
+
+/// Resolves the vault file and key: flags first, then the config's `[vault]` section (paths
+/// relative to the config file). Only that table is read, not the whole config.
+pub fn vault_location(at: &VaultLocation) -> Result<(PathBuf, VaultKey)> {
+    let mut section: Option<VaultSection> = None;
+    let mut base = PathBuf::from(".");
+    if let Some(c) = &at.config {
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        let v: VaultOnlyConfig =
+            toml::from_str(&text).with_context(|| format!("{}: [vault]", c.display()))?;
+        section = v.vault;
+        if let Some(p) = c.parent().filter(|p| !p.as_os_str().is_empty()) {
+            base = p.to_path_buf();
+        }
+    }
+    let file = match (&at.file, &section) {
+        (Some(f), _) => f.clone(),
+        (None, Some(s)) => base.join(&s.file),
+        (None, None) => {
+            bail!("no vault: give -c CONFIG (with a [vault] section) or --file and --key-ref")
+        }
+    };
+    let key_ref = match (&at.key_ref, &section) {
+        (Some(k), _) => k.clone(),
+        (None, Some(s)) => s.key.clone(),
+        (None, None) => bail!("no vault key: give --key-ref env:VAR|file:PATH or -c CONFIG"),
+    };
+    let key_base = if at.key_ref.is_some() {
+        Path::new(".")
+    } else {
+        base.as_path()
+    };
+    let key = VaultKey::from_reference(&key_ref, key_base)?;
+    Ok((file, key))
+}
+
+/// Strips one trailing newline (LF or CRLF).
+pub fn strip_one_newline(v: &mut Vec<u8>) {
+    if v.last() == Some(&b'\n') {
+        v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
+    }
+}
+
+/// `portcullis vault ...`.
+pub fn vault(cmd: VaultCommand) -> Result<bool> {
+    match cmd {
+        VaultCommand::Keygen => {
+            println!("{}", &*VaultKey::generate_base64()?);
+            Ok(true)
+        }
+        VaultCommand::Set { name, at } => {
+            if !crate::vault::valid_name(&name) {
+                bail!("bad secret name '{name}': use 1-128 characters of A-Z a-z 0-9 . _ -");
+            }
+            let (file, key) = vault_location(&at)?;
+            let mut v = Vault::open_or_create(&file, &key)?;
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!(
+                    "Type the secret for '{name}', then Enter and Ctrl-D (it will be echoed; prefer a pipe):"
+                );
+            }
+            let mut buf = Zeroizing::new(Vec::new());
+            stdin
+                .lock()
+                .read_to_end(&mut buf)
+                .context("reading the secret from stdin")?;
+            strip_one_newline(&mut buf);
+            if buf.is_empty() {
+                bail!("refusing to store an empty secret (nothing on stdin)");
+            }
+            let existed = v.contains(&name);
+            v.set(&name, &buf)?;
+            v.save()?;
+            eprintln!(
+                "{} '{name}' in {}",
+                if existed { "replaced" } else { "stored" },
+                file.display()
+            );
+            Ok(true)
+        }
+        VaultCommand::List { at } => {
+            let (file, key) = vault_location(&at)?;
+            let v = Vault::open(&file, &key)?;
+            if let Some(m) = v.loose_permissions() {
+                eprintln!(
+                    "warning: {} has mode {m:o}; it should be 600",
+                    file.display()
+                );
+            }
+            for n in v.names() {
+                println!("{n}");
+            }
+            Ok(true)
+        }
+        VaultCommand::Rm { name, at } => {
+            let (file, key) = vault_location(&at)?;
+            let mut v = Vault::open(&file, &key)?;
+            if !v.remove(&name) {
+                eprintln!("no secret named '{name}' in {}", file.display());
+                return Ok(false);
+            }
+            v.save()?;
+            eprintln!("removed '{name}' from {}", file.display());
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_add_prints_matching_hash_and_toml() {
+        let (key, toml_text) = agent_add(
+            "support-bot",
+            Some("2027-01-01"),
+            &["support".into(), " ops ".into()],
+        )
+        .unwrap();
+        assert!(key.starts_with("pcs_"));
+        let parsed: toml::Value = toml::from_str(&toml_text).unwrap();
+        let a = &parsed["agents"][0];
+        assert_eq!(a["id"].as_str(), Some("support-bot"));
+        assert_eq!(
+            a["key_sha256"].as_str(),
+            Some(authn::key_sha256_hex(&key).as_str())
+        );
+        assert_eq!(a["expires_at"].as_str(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(a["roles"].as_array().unwrap().len(), 2);
+        let raw: crate::authn::RawAgent = a.clone().try_into().unwrap();
+        let t = crate::authn::AgentTable::compile(&[raw]).unwrap();
+        assert_eq!(t.authenticate(key.as_bytes(), 0).unwrap().id, "support-bot");
+        assert!(agent_add("bad id", None, &[]).is_err());
+        assert!(agent_add("a", Some("tomorrow"), &[]).is_err());
+        assert!(agent_add("a", None, &["has space".into()]).is_err());
+    }
+
+    #[test]
+    fn vault_location_from_config_section_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = VaultKey::generate_base64().unwrap();
+        std::fs::write(dir.path().join("vault.key"), &*k).unwrap();
+        let cfg = dir.path().join("portcullis.toml");
+        std::fs::write(
+            &cfg,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[vault]\nfile = \"vault.pcv\"\nkey = \"file:vault.key\"\n",
+        )
+        .unwrap();
+        let at = VaultLocation {
+            config: Some(cfg.clone()),
+            file: None,
+            key_ref: None,
+        };
+        let (file, key) = vault_location(&at).unwrap();
+        assert_eq!(file, dir.path().join("vault.pcv"));
+        let mut v = Vault::open_or_create(&file, &key).unwrap();
+        v.set("x", b"1").unwrap();
+        v.save().unwrap();
+        let other = dir.path().join("other.pcv");
+        let at = VaultLocation {
+            config: Some(cfg),
+            file: Some(other.clone()),
+            key_ref: None,
+        };
+        assert_eq!(vault_location(&at).unwrap().0, other);
+        let none = VaultLocation {
+            config: None,
+            file: None,
+            key_ref: None,
+        };
+        assert!(vault_location(&none).is_err());
+        let mut b = b"tok\r\n".to_vec();
+        strip_one_newline(&mut b);
+        assert_eq!(b, b"tok");
+        let mut b = b"tok\n\n".to_vec();
+        strip_one_newline(&mut b);
+        assert_eq!(b, b"tok\n");
     }
 }

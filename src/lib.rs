@@ -4,19 +4,25 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth_out;
+pub mod authn;
 pub mod canon;
 pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod control;
+pub mod datetime;
 pub mod demo;
 pub mod error;
 pub mod exchange;
 pub mod http;
 pub mod io;
+pub mod jwt;
 pub mod meter;
 pub mod pipeline;
 pub mod route;
 pub mod secret;
+pub mod sigv4;
 pub mod upstream;
+pub mod vault;
 pub mod worker;

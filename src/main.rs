@@ -28,6 +28,8 @@ fn main() -> ExitCode {
             cmd::run(source).map(|_| true)
         }
         Command::Check { config } => cmd::check(config),
+        Command::Agent { command } => cmd::agent(command),
+        Command::Vault { command } => cmd::vault(command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
