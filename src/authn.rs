@@ -413,6 +413,74 @@ pub fn is_credential_header(
         || proxy_auth_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// Who is calling, once authenticated.
+pub enum Caller<'c> {
+    /// No `[[agents]]` or `[[jwt]]` configured: calls carry no identity.
+    Anonymous,
+    Key(&'c Agent),
+    Jwt(std::sync::Arc<crate::jwt::JwtAgent>),
+}
+
+impl Caller<'_> {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Caller::Anonymous => None,
+            Caller::Key(a) => Some(&a.id),
+            Caller::Jwt(j) => Some(&j.id),
+        }
+    }
+
+    pub fn roles(&self) -> &[String] {
+        match self {
+            Caller::Anonymous => &[],
+            Caller::Key(a) => &a.roles,
+            Caller::Jwt(j) => &j.roles,
+        }
+    }
+}
+
+/// Most credential-bearing header lines looked at; more is refused as ambiguous.
+const MAX_CRED_HEADERS: usize = 8;
+
+/// The authentication stage: the proxy credential from the request's headers (`headers` yields
+/// name/value pairs), checked against the agent table or the JWT issuer that signed it.
+pub fn authenticate<'c, 'h>(
+    identity: &'c crate::config::Identity,
+    verifiers: &mut [crate::jwt::JwtVerifier],
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    now_unix: i64,
+) -> Result<Caller<'c>, Refusal> {
+    if !identity.required() {
+        return Ok(Caller::Anonymous);
+    }
+    let mut found: [(&[u8], &[u8]); MAX_CRED_HEADERS] = [(b"", b""); MAX_CRED_HEADERS];
+    let mut n = 0;
+    for (name, value) in headers {
+        if is_credential_header(name, None, true) && !name.eq_ignore_ascii_case(b"cookie") {
+            if n == MAX_CRED_HEADERS {
+                return Err(Refusal::Unauthenticated);
+            }
+            found[n] = (name, value);
+            n += 1;
+        }
+    }
+    let Some((cred, _source)) = extract_credential(&found[..n]) else {
+        return Err(Refusal::Unauthenticated);
+    };
+    match cred {
+        Credential::ApiKey(k) => Ok(Caller::Key(identity.agents.authenticate(k, now_unix)?)),
+        Credential::Jwt(t) => {
+            let iss = crate::jwt::peek_issuer(t).ok_or(Refusal::Unauthenticated)?;
+            let v = verifiers
+                .iter_mut()
+                .find(|v| v.issuer() == iss)
+                .ok_or(Refusal::Unauthenticated)?;
+            Ok(Caller::Jwt(v.verify(t, now_unix)?))
+        }
+        Credential::Other(_) => Err(Refusal::Unauthenticated),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::type_complexity)]
 mod tests {

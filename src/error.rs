@@ -30,6 +30,8 @@ pub enum Refusal {
     UpstreamUnreachable(&'static str),
     /// The upstream did not send a response head within `upstream_timeout`.
     UpstreamTimeout,
+    /// The target credential could not be produced (OAuth2 token unavailable, signing failed).
+    UpstreamAuthFailed(&'static str),
 }
 
 impl Refusal {
@@ -44,7 +46,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => 429,
             Refusal::BodyTooLarge => 413,
             Refusal::BadRequest(_) => 400,
-            Refusal::UpstreamUnreachable(_) => 502,
+            Refusal::UpstreamUnreachable(_) | Refusal::UpstreamAuthFailed(_) => 502,
             Refusal::UpstreamTimeout => 504,
         }
     }
@@ -63,6 +65,7 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::UpstreamUnreachable(_) => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamAuthFailed(_) => "upstream_auth_failed",
         }
     }
 
@@ -85,6 +88,9 @@ impl Refusal {
             Refusal::BadRequest(why) => format!("bad request: {why}"),
             Refusal::UpstreamUnreachable(why) => format!("upstream unreachable: {why}"),
             Refusal::UpstreamTimeout => "the upstream did not answer in time".into(),
+            Refusal::UpstreamAuthFailed(why) => {
+                format!("the target credential could not be produced: {why}")
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The one place where the order of a call lives:
 //! head → canonical path → route → authorization → body → upstream request → response → agent.
 //! Each stage is a plain function in its own module; a `Refusal` jumps straight to the writer.
+use crate::authn;
 use crate::config::{Compiled, Effect, Limits};
 use crate::error::Refusal;
 use crate::exchange::{Exchange, RequestId};
@@ -90,7 +91,24 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     ex.proxy = Some(route.proxy);
     let proxy = &cfg.proxies[route.proxy];
 
-    // 3. authorization (rules arrive with the authorization work; today the default effect)
+    // 3. authentication
+    let authenticated = {
+        let mut verifiers = w.jwt_verifiers(&cfg);
+        let src = &s.rbuf;
+        let headers = s
+            .head
+            .headers
+            .iter()
+            .map(|h| (h.name.get(src), h.value.get(src)));
+        let now = crate::clock::unix_now().as_secs() as i64;
+        authn::authenticate(&cfg.identity, &mut verifiers, headers, now)
+    };
+    let caller = match authenticated {
+        Ok(c) => c,
+        Err(r) => return refuse(client, s, &mut ex, r, keep_if_no_body, version, lim).await,
+    };
+
+    // 4. authorization (rules arrive with the authorization work; today the default effect)
     if proxy.default_effect != Effect::Allow {
         return refuse(
             client,
@@ -104,9 +122,9 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         .await;
     }
 
-    // 4. meter
+    // 5. meter
     if let Some(m) = &proxy.meter {
-        match m.check(None, crate::clock::mono_ns()) {
+        match m.check(caller.id(), crate::clock::mono_ns()) {
             Verdict::Allowed(snap) => write::rate_limit_headers(
                 &mut s.extra,
                 snap.limit,
@@ -139,7 +157,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     }
 
-    // 5. body, read whole before anything goes upstream
+    // 6. body, read whole before anything goes upstream
     if let BodyKind::Length(n) = s.head.body {
         if n > lim.max_body {
             return refuse(
@@ -215,21 +233,54 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     };
     ex.bytes_in = (head_len + s.body.len()) as u64;
 
-    // 6. outbound request
+    // 7. outbound request
     s.out.clear();
     let target = s.head.target.get(&s.rbuf);
     let query = &target[route.query.0..route.query.1];
     let rest_path = &s.path[route.rest_start..];
+    let mut auth_headers = Vec::new();
+    let mut auth_query = zeroize::Zeroizing::new(String::new());
+    if let Some(auth) = &proxy.auth {
+        let now = crate::clock::unix_now().as_secs() as i64;
+        if let Err(e) = request::credential(
+            auth,
+            &s.rbuf,
+            &s.head,
+            &proxy.upstream,
+            rest_path,
+            query,
+            &s.body,
+            now,
+            &mut auth_headers,
+            &mut auth_query,
+        ) {
+            tracing::warn!(proxy = %proxy.name, error = %e, "cannot produce the target credential");
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::UpstreamAuthFailed(request::credential_failure(&e)),
+                keep,
+                version,
+                lim,
+            )
+            .await;
+        }
+    }
     request::build(
         &mut s.out,
         &s.rbuf,
         &s.head,
-        &proxy.upstream,
+        proxy,
         rest_path,
         query,
         ex.id.as_str(),
         s.body.len() as u64,
+        &auth_headers,
+        &auth_query,
     );
+    drop(auth_headers);
+    drop(auth_query);
     let method_is_head = s.head.method.get(&s.rbuf) == b"HEAD";
     let idempotent = request::idempotent(s.head.method.get(&s.rbuf));
     // the request is consumed; what follows it (pipelined bytes) stays for the next call
@@ -240,7 +291,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         s.body.clear();
     }
 
-    // 7. upstream: send, then the response head
+    // 8. upstream: send, then the response head
     ex.upstream_started = Some(crate::clock::now());
     let mut conn = match send_request(w, &cfg, route.proxy, s, idempotent, method_is_head).await {
         Ok(c) => c,
@@ -249,7 +300,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     ex.upstream_us = ex.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     ex.upstream_status = Some(s.resp.status);
 
-    // 8. response to the agent
+    // 9. response to the agent
     let status = s.resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
     let framing = match s.resp.body {

@@ -36,6 +36,9 @@ pub struct Worker {
     pub draining: Cell<bool>,
     /// Connections currently inside a call.
     pub inflight: Cell<usize>,
+    /// This worker's JWT verifiers (with their token caches), forked from the config they
+    /// belong to (by `Compiled::serial`).
+    jwt: RefCell<(u64, Vec<crate::jwt::JwtVerifier>)>,
 }
 
 impl Worker {
@@ -48,7 +51,22 @@ impl Worker {
             free: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             inflight: Cell::new(0),
+            jwt: RefCell::new((0, Vec::new())),
         }
+    }
+
+    /// The JWT verifiers for `cfg`, forked on first use after a reload.
+    pub fn jwt_verifiers(
+        &self,
+        cfg: &Arc<Compiled>,
+    ) -> std::cell::RefMut<'_, Vec<crate::jwt::JwtVerifier>> {
+        let mut j = self.jwt.borrow_mut();
+        let key = cfg.serial;
+        if j.0 != key {
+            j.1 = cfg.identity.jwt.iter().map(|v| v.fork()).collect();
+            j.0 = key;
+        }
+        std::cell::RefMut::map(j, |j| &mut j.1)
     }
 
     /// The config for a call that starts now.

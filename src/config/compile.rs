@@ -73,6 +73,7 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
         text,
         errors: Vec::new(),
         base_dir,
+        vault: None,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -93,6 +94,8 @@ struct Cx<'a> {
     text: &'a str,
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
+    /// The opened `[vault]`, for `vault:NAME` references.
+    vault: Option<crate::vault::Vault>,
 }
 
 impl Cx<'_> {
@@ -196,7 +199,89 @@ impl Cx<'_> {
         }
     }
 
+    /// Opens `[vault]` (every entry is decrypted now, so a wrong key fails the config, not a
+    /// request).
+    fn open_vault(&mut self, raw: &RawConfig) {
+        let Some(v) = &raw.vault else { return };
+        let v = v.get_ref();
+        let key = match crate::vault::VaultKey::from_reference(v.key.get_ref(), self.base_dir) {
+            Ok(k) => k,
+            Err(e) => {
+                self.err(&v.key, "vault.key", e.to_string());
+                return;
+            }
+        };
+        let path = self.base_dir.join(v.file.get_ref());
+        match crate::vault::Vault::open(&path, &key) {
+            Ok(vault) => self.vault = Some(vault),
+            Err(e) => self.err(&v.file, "vault.file", e.to_string()),
+        }
+    }
+
+    /// Resolves a secret reference (`env:`, `file:`, `vault:`).
+    fn secret(&self, reference: &str) -> Result<crate::secret::Secret, secret::SecretRefError> {
+        secret::resolve_with(reference, self.base_dir, self.vault.as_ref())
+    }
+
+    /// `[[agents]]` and `[[jwt]]`.
+    fn identity(&mut self, raw: &RawConfig) -> super::Identity {
+        let mut agents = Vec::with_capacity(raw.agents.len());
+        for (i, a) in raw.agents.iter().enumerate() {
+            let r = a.get_ref();
+            let expires_at = match &r.expires_at {
+                None => None,
+                Some(v) => match v.get_ref() {
+                    toml::Value::String(s) => Some(s.clone()),
+                    toml::Value::Datetime(d) => Some(d.to_string()),
+                    _ => {
+                        self.err(
+                            v,
+                            format!("agents[{i}].expires_at"),
+                            "must be an RFC 3339 date-time like 2027-01-01T00:00:00Z",
+                        );
+                        None
+                    }
+                },
+            };
+            agents.push(crate::authn::RawAgent {
+                id: r.id.get_ref().clone(),
+                key_sha256: r.key_sha256.get_ref().clone(),
+                roles: r.roles.clone(),
+                expires_at,
+            });
+        }
+        let table = match crate::authn::AgentTable::compile(&agents) {
+            Ok(t) => t,
+            Err(errs) => {
+                for (key, msg) in errs {
+                    let span = agent_index(&key)
+                        .and_then(|i| raw.agents.get(i))
+                        .map(|a| a.span().start)
+                        .unwrap_or(0);
+                    let line = self.line_at(span);
+                    self.errors.push(ConfigError {
+                        file: self.file.to_string(),
+                        line,
+                        key,
+                        message: msg,
+                    });
+                }
+                Default::default()
+            }
+        };
+        let mut jwt = Vec::with_capacity(raw.jwt.len());
+        for (i, j) in raw.jwt.iter().enumerate() {
+            match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
+                Ok(v) => jwt.push(v),
+                Err(e) => self.err(j, format!("jwt[{i}]"), e.to_string()),
+            }
+        }
+        super::Identity { agents: table, jwt }
+    }
+
     fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
+        self.open_vault(&raw);
+        let identity = self.identity(&raw);
         let server = self.server(&raw);
         let limits = self.limits(&raw);
         let demo = raw.demo.as_ref().and_then(|d| {
@@ -250,12 +335,15 @@ impl Cx<'_> {
                 ),
             }
         }
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Some(Compiled {
+            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             source: self.file.to_string(),
             server,
             limits,
             demo,
             proxies,
+            identity,
             by_name,
             warnings,
         })
@@ -294,7 +382,7 @@ impl Cx<'_> {
             .and_then(|a| self.socket_addr(a, "server.admin_listen"));
         let admin_token = match &s.admin_token {
             None => None,
-            Some(t) => match secret::resolve(t.get_ref(), self.base_dir) {
+            Some(t) => match self.secret(t.get_ref()) {
                 Ok(sec) => Some(sec),
                 Err(e) => {
                     self.err(t, "server.admin_token", e.to_string());
@@ -537,8 +625,23 @@ impl Cx<'_> {
             h.finish()
         };
         let meter = self.meter(i, p);
+        let auth = match &p.auth {
+            None => None,
+            Some(a) => {
+                let mut resolve = |r: &str| self.secret(r);
+                match crate::auth_out::OutboundAuth::compile(a.get_ref(), &mut resolve) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        self.err(a, format!("proxies[{i}].auth.{}", e.field), e.message);
+                        return None;
+                    }
+                }
+            }
+        };
         Some(Proxy {
             meter,
+            auth,
+            forward_cookies: p.forward_cookies.unwrap_or(false),
             name: name.clone(),
             upstream: Upstream {
                 https: u.https,
@@ -558,6 +661,12 @@ impl Cx<'_> {
                 .unwrap_or(Effect::Deny),
         })
     }
+}
+
+/// `agents[3].key_sha256` → 3.
+fn agent_index(key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("agents[")?;
+    rest[..rest.find(']')?].parse().ok()
 }
 
 pub(crate) struct ParsedUpstream {

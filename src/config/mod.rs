@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const QUICKSTART: &str = include_str!("../../configs/quickstart.toml");
 
 pub struct Compiled {
+    /// Unique per compiled snapshot in this process (per-worker caches key on it).
+    pub serial: u64,
     /// The file this was compiled from (for logs).
     pub source: String,
     pub server: Server,
@@ -25,6 +27,7 @@ pub struct Compiled {
     /// Address of the built-in demo upstream, if `[demo]` is configured.
     pub demo: Option<SocketAddr>,
     pub proxies: Vec<Proxy>,
+    pub identity: Identity,
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,
@@ -78,6 +81,24 @@ pub struct Proxy {
     pub default_effect: Effect,
     /// Token buckets (`meter`, `quota`), shared by every worker and kept across reloads.
     pub meter: Option<Arc<crate::meter::ProxyMeter>>,
+    /// The target credential (`auth = {...}`); secrets resolved at compile time.
+    pub auth: Option<crate::auth_out::OutboundAuth>,
+    pub forward_cookies: bool,
+}
+
+/// Who may call: agent keys and JWT issuers. When neither is configured, calls are anonymous.
+#[derive(Default)]
+pub struct Identity {
+    pub agents: crate::authn::AgentTable,
+    /// Verifier templates; each worker forks its own (the token cache is per worker).
+    pub jwt: Vec<crate::jwt::JwtVerifier>,
+}
+
+impl Identity {
+    /// Whether every call must present a proxy credential.
+    pub fn required(&self) -> bool {
+        !self.agents.is_empty() || !self.jwt.is_empty()
+    }
 }
 
 pub struct Upstream {

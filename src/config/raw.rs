@@ -12,7 +12,33 @@ pub struct RawConfig {
     #[serde(default)]
     pub demo: Option<Spanned<RawDemo>>,
     #[serde(default)]
+    pub vault: Option<Spanned<RawVault>>,
+    #[serde(default)]
+    pub agents: Vec<Spanned<RawAgentEntry>>,
+    #[serde(default)]
+    pub jwt: Vec<Spanned<crate::jwt::RawJwt>>,
+    #[serde(default)]
     pub proxies: Vec<Spanned<RawProxy>>,
+}
+
+/// `[vault]`: the encrypted secrets file and the reference to its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVault {
+    pub file: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[[agents]]` as written (`expires_at` may be a TOML datetime or a string).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentEntry {
+    pub id: Spanned<String>,
+    pub key_sha256: Spanned<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub expires_at: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +99,12 @@ pub struct RawProxy {
     /// `quota = { limit = 20000, per = "1d" }`: a longer allowance beside the rate.
     #[serde(default)]
     pub quota: Option<Spanned<RawQuota>>,
+    /// The target credential injected into every forwarded call.
+    #[serde(default)]
+    pub auth: Option<Spanned<crate::auth_out::RawAuth>>,
+    /// Forward the agent's `Cookie` header (stripped by default, like every credential).
+    #[serde(default)]
+    pub forward_cookies: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

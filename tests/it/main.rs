@@ -14,6 +14,7 @@ mod admin;
 mod cli_ident;
 mod configs;
 mod forwarding;
+mod identity;
 mod lifecycle;
 mod meter;
 mod routing;

@@ -157,6 +157,7 @@ impl Gateway {
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
+            .env("PORTCULLIS_LOG", "debug")
             .arg("run")
             .arg("-c")
             .arg(&config_path)
@@ -276,10 +277,30 @@ impl Gateway {
     }
 }
 
+/// Secret values used by tests (target credentials, vault entries, agent keys). Every gateway
+/// started by the suite runs with debug logging, and when it stops its whole log is searched
+/// for these: any hit fails the test that started it.
+pub const KNOWN_SECRETS: &[&str] = &[
+    "tgt-SECRET-7f3a9c1e5b",
+    "vlt-SECRET-44d0e2aa91",
+    "pcs_TestAgentKey0123456789abcdefghijABCDEFGHIJ",
+    "pcs_ExpiredAgentKey0123456789abcdefghijABCDEFG",
+    "t0ken-for-tests",
+];
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !thread::panicking() {
+            let log = self.stderr_text() + &self.stdout_text();
+            for s in KNOWN_SECRETS {
+                assert!(
+                    !log.contains(s),
+                    "a secret ({s}) appeared in the gateway's log:\n{log}"
+                );
+            }
+        }
         if thread::panicking() {
             let err = self.stderr_text();
             let tail: String = {
