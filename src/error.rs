@@ -14,6 +14,8 @@ pub enum Refusal {
     NoRuleMatched,
     /// A `deny` rule matched.
     DeniedByRule,
+    /// An `approve` rule (or default) matched; until the approval flow exists this refuses.
+    ApprovalRequired,
     /// A scanner hit in the request body (names the scanner, never the content).
     PayloadBlocked { scanner: String },
     /// The first path segment names no proxy.
@@ -40,6 +42,7 @@ impl Refusal {
             Refusal::Unauthenticated | Refusal::CredentialExpired => 401,
             Refusal::NoRuleMatched
             | Refusal::DeniedByRule
+            | Refusal::ApprovalRequired
             | Refusal::PayloadBlocked { .. }
             | Refusal::UnknownOrigin => 403,
             Refusal::UnknownProxy => 404,
@@ -57,6 +60,7 @@ impl Refusal {
             Refusal::CredentialExpired => "credential_expired",
             Refusal::NoRuleMatched => "no_rule_matched",
             Refusal::DeniedByRule => "denied_by_rule",
+            Refusal::ApprovalRequired => "approval_required",
             Refusal::PayloadBlocked { .. } => "payload_blocked",
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
@@ -76,6 +80,9 @@ impl Refusal {
             Refusal::CredentialExpired => "the proxy credential has expired".into(),
             Refusal::NoRuleMatched => "no rule allows this call".into(),
             Refusal::DeniedByRule => "a rule denies this call".into(),
+            Refusal::ApprovalRequired => {
+                "this call needs a human approval, which is not available yet: refused".into()
+            }
             Refusal::PayloadBlocked { scanner } => {
                 format!("the request body was blocked by scanner '{scanner}'")
             }
@@ -129,6 +136,7 @@ mod tests {
             (Refusal::CredentialExpired, 401, "credential_expired"),
             (Refusal::NoRuleMatched, 403, "no_rule_matched"),
             (Refusal::DeniedByRule, 403, "denied_by_rule"),
+            (Refusal::ApprovalRequired, 403, "approval_required"),
             (
                 Refusal::PayloadBlocked {
                     scanner: "s".into(),
