@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod http;
 pub mod io;
 pub mod pipeline;
+pub mod redact;
 pub mod route;
 pub mod secret;
 pub mod upstream;
