@@ -1,17 +1,19 @@
 //! Sans-io streaming JSON redactor.
 //!
-//! A byte-level state machine with an explicit container stack. Output is produced by spans: the
-//! redactor remembers where the current run of input began and which sink it goes to (out, the
-//! hold buffer, or nowhere) and copies the run in one `extend_from_slice` when the sink changes or
-//! the chunk ends. Strings are scanned with `memchr2` to the next `"` or `\`.
+//! A byte-level state machine with an explicit container stack. Output is produced by spans:
+//! `span_start` marks the first byte of the chunk not yet written, and kept input is copied in
+//! one `extend_from_slice` only when something must be cut out (or the chunk ends). Strings are
+//! scanned with `memchr2` to the next `"` or `\`.
 //!
 //! Inside a container that some path can still reach ("active"), the separator before a child
-//! (`,` plus whitespace) and an object key are held back until the key (or element index)
-//! decides: keep (emit the held bytes, dropping the comma when nothing was emitted before),
-//! remove (drop them and skip the value) or mask (emit them, then `"[REDACTED]"`, skip the
-//! value). Skipped values are parsed (for validity and to find their end) but never buffered.
-//! Memory is bounded by the depth (one frame plus a few NFA states per level), the longest key,
-//! and the whitespace around one separator (trimmed at chunk ends beyond `HOLD_WS_MAX`).
+//! (`,` plus whitespace) and an object key are undecided until the key (or element index)
+//! decides: keep (nothing to do — unless nothing was kept before in this container, then the
+//! comma and the whitespace before it are cut), remove (cut the separator, key and value) or
+//! mask (write `"[REDACTED]"` for the value). Undecided bytes stay in the input; only when a
+//! chunk ends among them are they carried over in a small hold buffer. Skipped values are
+//! parsed (for validity and to find their end) but never buffered. Memory is bounded by the
+//! depth (one frame plus a few NFA states per level), the longest key, and the whitespace of one
+//! separator (emitted early at chunk ends beyond `HOLD_WS_MAX`).
 
 use memchr::memchr2;
 
@@ -63,11 +65,11 @@ pub enum RedactError {
     EventTooLarge { limit: usize },
 }
 
+/// A position in the undecided bytes: in the hold buffer or in the current chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sink {
-    Emit,
-    Hold,
-    Drop,
+enum Pos {
+    Hold(usize),
+    Input(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +161,14 @@ pub struct JsonRedactor<'p> {
     str_is_key: bool,
     key_esc: bool,
     key_len: usize,
-    key_start: usize,
-    sink: Sink,
+    /// Where the current key's opening quote is (in the hold buffer or this chunk).
+    key_at: Pos,
+    /// Bytes from `span_start` on are being dropped (inside a removed / masked value).
+    dropping: bool,
+    /// Start of this chunk's input not yet written out (or dropped).
     span_start: usize,
+    /// Undecided bytes: `hold` followed by `input[p..]` (separator, then maybe a key).
+    pend: Option<usize>,
     frames: Vec<Frame>,
     states: Vec<StateId>,
     /// Depth (frames.len()) of the container whose current child value is being skipped.
@@ -169,7 +176,8 @@ pub struct JsonRedactor<'p> {
     /// Action decided at the current object key, applied when its value begins.
     pending: Option<Action>,
     hold: Vec<u8>,
-    comma_pos: Option<usize>,
+    /// The `,` in the undecided bytes, if any.
+    comma: Option<Pos>,
     scratch: Vec<u8>,
     consumed: u64,
     redactions: u64,
@@ -186,15 +194,16 @@ impl<'p> JsonRedactor<'p> {
             str_is_key: false,
             key_esc: false,
             key_len: 0,
-            key_start: 0,
-            sink: Sink::Emit,
+            key_at: Pos::Input(0),
+            dropping: false,
             span_start: 0,
+            pend: None,
             frames: Vec::new(),
             states: prog.initial().to_vec(),
             skip: None,
             pending: None,
             hold: Vec::new(),
-            comma_pos: None,
+            comma: None,
             scratch: Vec::new(),
             consumed: 0,
             redactions: 0,
@@ -208,16 +217,17 @@ impl<'p> JsonRedactor<'p> {
         self.str_is_key = false;
         self.key_esc = false;
         self.key_len = 0;
-        self.key_start = 0;
-        self.sink = Sink::Emit;
+        self.key_at = Pos::Input(0);
+        self.dropping = false;
         self.span_start = 0;
+        self.pend = None;
         self.frames.clear();
         self.states.clear();
         self.states.extend_from_slice(self.prog.initial());
         self.skip = None;
         self.pending = None;
         self.hold.clear();
-        self.comma_pos = None;
+        self.comma = None;
         self.consumed = 0;
         self.redactions = 0;
         self.error = None;
@@ -253,8 +263,7 @@ impl<'p> JsonRedactor<'p> {
         self.span_start = 0;
         let res = match self.run(input, out) {
             Ok(()) => {
-                self.flush(input, input.len(), out);
-                self.trim_hold(out);
+                self.end_chunk(input, out);
                 Ok(())
             }
             Err(f) => self.fail(input, f, out),
@@ -292,20 +301,21 @@ impl<'p> JsonRedactor<'p> {
 
     fn fail(&mut self, input: &[u8], f: Fail, out: &mut Vec<u8>) -> Result<(), RedactError> {
         let pos = f.pos.min(input.len());
-        self.flush(input, pos, out);
+        // Everything decided before the undecided bytes (or the error) goes out as decided.
+        let from = self.pend.take().map_or(pos, |p| p.min(pos));
+        self.flush(input, from, out);
+        self.comma = None;
         match self.on_invalid {
             OnInvalid::Pass => {
                 out.extend_from_slice(&self.hold);
                 self.hold.clear();
-                self.comma_pos = None;
-                out.extend_from_slice(&input[pos..]);
+                out.extend_from_slice(&input[from..]);
                 self.st = St::Passing;
                 self.error = Some(f.err);
                 Ok(())
             }
             OnInvalid::Block => {
                 self.hold.clear();
-                self.comma_pos = None;
                 self.st = St::Failed;
                 self.error = Some(f.err.clone());
                 Err(f.err)
@@ -323,37 +333,64 @@ impl<'p> JsonRedactor<'p> {
         }
     }
 
-    /// Copies `input[span_start..i]` to the current sink.
+    /// Writes (or, when dropping, discards) `input[span_start..i]`.
     #[inline(always)]
     fn flush(&mut self, input: &[u8], i: usize, out: &mut Vec<u8>) {
-        if i > self.span_start {
-            let span = &input[self.span_start..i];
-            match self.sink {
-                Sink::Emit => out.extend_from_slice(span),
-                Sink::Hold => self.hold.extend_from_slice(span),
-                Sink::Drop => {}
-            }
+        if !self.dropping && i > self.span_start {
+            out.extend_from_slice(&input[self.span_start..i]);
         }
         self.span_start = i;
     }
 
-    /// Emits the held separator (and key); the comma only if something was emitted before it.
-    /// Without the comma, the whitespace before it goes too.
+    /// The undecided separator (and key) stays. The comma goes, with the whitespace before it,
+    /// when nothing was kept before it in this container.
     #[inline]
-    fn emit_hold(&mut self, out: &mut Vec<u8>, keep_comma: bool) {
-        match self.comma_pos {
-            Some(p) if !keep_comma => out.extend_from_slice(self.hold.get(p + 1..).unwrap_or(&[])),
+    fn keep_pending(&mut self, input: &[u8], out: &mut Vec<u8>, keep_comma: bool) {
+        let Some(p) = self.pend.take() else { return };
+        match self.comma.take() {
+            Some(Pos::Hold(k)) if !keep_comma => {
+                out.extend_from_slice(self.hold.get(k + 1..).unwrap_or(&[]));
+            }
+            Some(Pos::Input(k)) if !keep_comma => {
+                // Anything held is whitespace before the comma.
+                self.flush(input, p, out);
+                self.span_start = k + 1;
+            }
             _ => out.extend_from_slice(&self.hold),
         }
         self.hold.clear();
-        self.comma_pos = None;
     }
 
-    /// At a chunk end: emits long held separator whitespace early (keeping the comma pending) so
-    /// the hold stays bounded.
-    fn trim_hold(&mut self, out: &mut Vec<u8>) {
-        if self.sink != Sink::Hold
-            || self.hold.len() <= HOLD_WS_MAX
+    /// The undecided separator (and key) goes; so does everything until the value ends.
+    #[inline]
+    fn drop_pending(&mut self, input: &[u8], out: &mut Vec<u8>, i: usize) {
+        let p = self.pend.take().unwrap_or(i);
+        self.flush(input, p, out);
+        self.hold.clear();
+        self.comma = None;
+        self.dropping = true;
+    }
+
+    /// At a chunk end: writes what is decided, carries undecided bytes over in `hold`, and keeps
+    /// held whitespace bounded (emitting it early, the comma still pending).
+    fn end_chunk(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let n = input.len();
+        let Some(p) = self.pend else {
+            self.flush(input, n, out);
+            return;
+        };
+        self.flush(input, p, out);
+        let base = self.hold.len();
+        self.hold.extend_from_slice(&input[p..]);
+        self.span_start = n;
+        if let Some(Pos::Input(c)) = self.comma {
+            self.comma = Some(Pos::Hold(base + c.saturating_sub(p)));
+        }
+        if let Pos::Input(k) = self.key_at {
+            self.key_at = Pos::Hold(base + k.saturating_sub(p));
+        }
+        self.pend = Some(0);
+        if self.hold.len() <= HOLD_WS_MAX
             || !matches!(
                 self.st,
                 St::ObjFirst | St::ObjNext | St::ArrFirst | St::ArrNext | St::AfterValue
@@ -361,15 +398,15 @@ impl<'p> JsonRedactor<'p> {
         {
             return;
         }
-        match self.comma_pos {
-            Some(p) => {
-                out.extend_from_slice(self.hold.get(..p).unwrap_or(&[]));
-                out.extend_from_slice(self.hold.get(p + 1..).unwrap_or(&[]));
+        match self.comma {
+            Some(Pos::Hold(c)) => {
+                out.extend_from_slice(self.hold.get(..c).unwrap_or(&[]));
+                out.extend_from_slice(self.hold.get(c + 1..).unwrap_or(&[]));
                 self.hold.clear();
                 self.hold.push(b',');
-                self.comma_pos = Some(0);
+                self.comma = Some(Pos::Hold(0));
             }
-            None => {
+            _ => {
                 out.extend_from_slice(&self.hold);
                 self.hold.clear();
             }
@@ -558,13 +595,13 @@ impl<'p> JsonRedactor<'p> {
                 }
             }
             St::ObjFirst => match b {
-                b'"' => Ok(self.key_begin(input, i, out)),
+                b'"' => Ok(self.key_begin(i)),
                 b'}' => self.close(input, i, out, true),
                 _ => Err(self.invalid(i, "expected an object key or `}`")),
             },
             St::ObjNext => {
                 if b == b'"' {
-                    Ok(self.key_begin(input, i, out))
+                    Ok(self.key_begin(i))
                 } else {
                     Err(self.invalid(i, "expected an object key"))
                 }
@@ -583,8 +620,7 @@ impl<'p> JsonRedactor<'p> {
                         return Err(self.invalid(i, "unexpected `,`"));
                     };
                     if f.active {
-                        self.flush(input, i, out);
-                        self.comma_pos = Some(self.hold.len());
+                        self.comma = Some(Pos::Input(i));
                     }
                     self.st = if f.obj { St::ObjNext } else { St::ArrNext };
                     Ok(i + 1)
@@ -598,14 +634,11 @@ impl<'p> JsonRedactor<'p> {
         }
     }
 
-    fn key_begin(&mut self, input: &[u8], i: usize, out: &mut Vec<u8>) -> usize {
+    fn key_begin(&mut self, i: usize) -> usize {
         self.str_is_key = true;
         self.key_esc = false;
         self.key_len = 0;
-        if self.top_active() {
-            self.flush(input, i, out);
-            self.key_start = self.hold.len();
-        }
+        self.key_at = Pos::Input(i);
         self.st = St::Str;
         i + 1
     }
@@ -619,12 +652,18 @@ impl<'p> JsonRedactor<'p> {
         if !f.active || self.skip.is_some() {
             return;
         }
-        self.flush(input, i, out);
-        let hl = self.hold.len();
-        let raw = self
-            .hold
-            .get(self.key_start + 1..hl.saturating_sub(1))
-            .unwrap_or(&[]);
+        let Some(p) = self.pend else { return };
+        let raw: &[u8] = match self.key_at {
+            Pos::Input(k) => input.get(k + 1..i.saturating_sub(1)).unwrap_or(&[]),
+            Pos::Hold(k) => {
+                // The key began in an earlier chunk: gather it in the hold buffer.
+                self.hold.extend_from_slice(&input[p..i]);
+                self.span_start = i;
+                self.pend = Some(i);
+                let hl = self.hold.len();
+                self.hold.get(k + 1..hl.saturating_sub(1)).unwrap_or(&[])
+            }
+        };
         let label: &[u8] = if self.key_esc {
             decode_key(raw, &mut self.scratch);
             &self.scratch
@@ -638,18 +677,15 @@ impl<'p> JsonRedactor<'p> {
         let d = self.frames.len() - 1;
         match action {
             Some(Action::Remove) => {
-                self.hold.clear();
-                self.comma_pos = None;
+                self.drop_pending(input, out, i);
                 self.frames[d].removed_any = true;
-                self.sink = Sink::Drop;
                 self.skip = Some(self.frames.len());
                 self.redactions += 1;
                 self.pending = None;
             }
             a => {
-                self.emit_hold(out, f.emitted_any);
+                self.keep_pending(input, out, f.emitted_any);
                 self.frames[d].emitted_any = true;
-                self.sink = Sink::Emit;
                 self.pending = a;
             }
         }
@@ -669,45 +705,37 @@ impl<'p> JsonRedactor<'p> {
             && f.active
         {
             let d = self.frames.len() - 1;
-            let action = if f.obj {
-                self.pending.take()
+            if f.obj {
+                if self.pending.take() == Some(Action::Mask) {
+                    self.mask(input, i, out);
+                }
             } else {
                 self.frames[d].index += 1;
                 let range = f.st_start as usize..f.st_end as usize;
-                self.prog
+                match self
+                    .prog
                     .advance(&mut self.states, range, Label::Index(f.index))
-            };
-            self.flush(input, i, out);
-            match action {
-                None => {
-                    if !f.obj {
-                        self.emit_hold(out, f.emitted_any);
+                {
+                    None => {
+                        self.keep_pending(input, out, f.emitted_any);
                         self.frames[d].emitted_any = true;
                     }
-                    self.sink = Sink::Emit;
-                }
-                Some(Action::Mask) => {
-                    if !f.obj {
-                        self.emit_hold(out, f.emitted_any);
+                    Some(Action::Mask) => {
+                        self.keep_pending(input, out, f.emitted_any);
                         self.frames[d].emitted_any = true;
+                        self.mask(input, i, out);
                     }
-                    out.extend_from_slice(MASK);
-                    self.sink = Sink::Drop;
-                    self.skip = Some(self.frames.len());
-                    self.redactions += 1;
-                }
-                Some(Action::Remove) => {
-                    self.hold.clear();
-                    self.comma_pos = None;
-                    self.frames[d].removed_any = true;
-                    self.sink = Sink::Drop;
-                    self.skip = Some(self.frames.len());
-                    self.redactions += 1;
+                    Some(Action::Remove) => {
+                        self.drop_pending(input, out, i);
+                        self.frames[d].removed_any = true;
+                        self.skip = Some(self.frames.len());
+                        self.redactions += 1;
+                    }
                 }
             }
         }
         match b {
-            b'{' | b'[' => self.push(input, i, out, b == b'{')?,
+            b'{' | b'[' => self.push(i, b == b'{')?,
             b'"' => {
                 self.str_is_key = false;
                 self.st = St::Str;
@@ -722,7 +750,16 @@ impl<'p> JsonRedactor<'p> {
         Ok(i + 1)
     }
 
-    fn push(&mut self, input: &[u8], i: usize, out: &mut Vec<u8>, obj: bool) -> Result<(), Fail> {
+    /// Writes `"[REDACTED]"` in place of the value starting at `i`, which is then skipped.
+    fn mask(&mut self, input: &[u8], i: usize, out: &mut Vec<u8>) {
+        self.flush(input, i, out);
+        out.extend_from_slice(MASK);
+        self.dropping = true;
+        self.skip = Some(self.frames.len());
+        self.redactions += 1;
+    }
+
+    fn push(&mut self, i: usize, obj: bool) -> Result<(), Fail> {
         if self.frames.len() >= self.limits.max_depth {
             return Err(Fail {
                 pos: i,
@@ -749,8 +786,7 @@ impl<'p> JsonRedactor<'p> {
         });
         self.st = if obj { St::ObjFirst } else { St::ArrFirst };
         if active {
-            self.flush(input, i + 1, out);
-            self.sink = Sink::Hold;
+            self.pend = Some(i + 1);
         }
         Ok(())
     }
@@ -769,15 +805,16 @@ impl<'p> JsonRedactor<'p> {
             return Err(self.invalid(i, "mismatched closing bracket"));
         }
         self.frames.pop();
-        if f.active {
-            self.flush(input, i, out);
-            // All members removed: drop the whitespace too, giving `{}` / `[]`.
-            if f.emitted_any || !f.removed_any {
+        if let Some(p) = self.pend.take() {
+            if !f.emitted_any && f.removed_any {
+                // All members removed: drop the whitespace too, giving `{}` / `[]`.
+                self.flush(input, p, out);
+                self.span_start = i;
+            } else {
                 out.extend_from_slice(&self.hold);
             }
             self.hold.clear();
-            self.comma_pos = None;
-            self.sink = Sink::Emit;
+            self.comma = None;
         }
         self.states.truncate(f.st_start as usize);
         self.value_done(input, i + 1, out);
@@ -792,17 +829,15 @@ impl<'p> JsonRedactor<'p> {
             Some(d) if d == depth => {
                 self.skip = None;
                 self.flush(input, i, out);
-                self.sink = if self.top_active() {
-                    Sink::Hold
-                } else {
-                    Sink::Emit
-                };
+                self.dropping = false;
+                if self.top_active() {
+                    self.pend = Some(i);
+                }
             }
             Some(_) => {}
             None => {
                 if self.top_active() {
-                    self.flush(input, i, out);
-                    self.sink = Sink::Hold;
+                    self.pend = Some(i);
                 }
             }
         }
