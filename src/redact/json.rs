@@ -121,6 +121,19 @@ enum St {
 
 const LITS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
+/// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
+static STR_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 #[derive(Clone, Copy, Debug)]
 struct Frame {
     obj: bool,
@@ -443,46 +456,30 @@ impl<'p> JsonRedactor<'p> {
         while i < n {
             match self.st {
                 St::Str => {
-                    let rest = &input[i..];
-                    match memchr2(b'"', b'\\', rest) {
-                        None => {
-                            if has_ctrl(rest) {
-                                return Err(
-                                    self.invalid(i + ctrl_pos(rest), "control character in string")
-                                );
-                            }
-                            if self.str_is_key {
-                                self.key_len += rest.len();
-                                self.check_key(i)?;
-                            }
-                            i = n;
+                    let Some(j) = self.scan_str(input, i)? else {
+                        if self.str_is_key {
+                            self.key_len += n - i;
+                            self.check_key(i)?;
                         }
-                        Some(k) => {
-                            let j = i + k;
-                            if has_ctrl(&rest[..k]) {
-                                return Err(
-                                    self.invalid(i + ctrl_pos(rest), "control character in string")
-                                );
-                            }
-                            if input[j] == b'\\' {
-                                if self.str_is_key {
-                                    self.key_len += k + 1;
-                                    self.key_esc = true;
-                                    self.check_key(j)?;
-                                }
-                                self.st = St::Esc;
-                                i = j + 1;
-                            } else if self.str_is_key {
-                                self.key_len += k;
-                                self.check_key(j)?;
-                                i = j + 1;
-                                self.key_end(input, i, out);
-                                self.st = St::Colon;
-                            } else {
-                                i = j + 1;
-                                self.value_done(input, i, out);
-                            }
+                        i = n;
+                        continue;
+                    };
+                    if input[j] == b'\\' {
+                        if self.str_is_key {
+                            self.key_len += j - i + 1;
+                            self.key_esc = true;
+                            self.check_key(j)?;
                         }
+                        self.st = St::Esc;
+                        i = j + 1;
+                    } else if self.str_is_key {
+                        self.key_len += j - i;
+                        self.check_key(j)?;
+                        self.key_end(input, j + 1, out);
+                        i = self.after_key(input, j + 1, out)?;
+                    } else {
+                        self.value_done(input, j + 1, out);
+                        i = self.after_value(input, j + 1, out)?;
                     }
                 }
                 St::Esc => {
@@ -550,7 +547,8 @@ impl<'p> JsonRedactor<'p> {
                         }
                         // The number ended before `b`; `b` is looked at again after the value.
                         (Num::Zero | Num::Int | Num::Frac | Num::ExpInt, _) => {
-                            self.value_done(input, i, out)
+                            self.value_done(input, i, out);
+                            i = self.after_value(input, i, out)?;
                         }
                         _ => return Err(self.invalid(i, "malformed number")),
                     }
@@ -563,6 +561,7 @@ impl<'p> JsonRedactor<'p> {
                     i += 1;
                     if usize::from(p) + 1 == lit.len() {
                         self.value_done(input, i, out);
+                        i = self.after_value(input, i, out)?;
                     } else {
                         self.st = St::Lit(w, p + 1);
                     }
@@ -580,6 +579,114 @@ impl<'p> JsonRedactor<'p> {
             }
         }
         Ok(())
+    }
+
+    /// Finds the `"` or `\\` ending the run of plain string bytes at `i` (None: the chunk ends
+    /// first); a control byte is an error. Short runs are scanned inline, long ones with memchr.
+    #[inline(always)]
+    fn scan_str(&self, input: &[u8], i: usize) -> Result<Option<usize>, Fail> {
+        let n = input.len();
+        let lim = n.min(i + 32);
+        let mut j = i;
+        while j < lim && !STR_STOP[usize::from(input[j])] {
+            j += 1;
+        }
+        let stop = if j < lim {
+            Some(j)
+        } else if lim == n {
+            None
+        } else {
+            let rest = &input[lim..];
+            match memchr2(b'"', b'\\', rest) {
+                Some(k) => {
+                    if has_ctrl(&rest[..k]) {
+                        return Err(
+                            self.invalid(lim + ctrl_pos(rest), "control character in string")
+                        );
+                    }
+                    Some(lim + k)
+                }
+                None => {
+                    if has_ctrl(rest) {
+                        return Err(
+                            self.invalid(lim + ctrl_pos(rest), "control character in string")
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(j) = stop
+            && input[j] < 0x20
+        {
+            return Err(self.invalid(j, "control character in string"));
+        }
+        Ok(stop)
+    }
+
+    /// After a key ending before `i`: takes `:` and the start of the value when they are in this
+    /// chunk (the common case, without going through the state dispatch).
+    #[inline(always)]
+    fn after_key(&mut self, input: &[u8], mut i: usize, out: &mut Vec<u8>) -> Result<usize, Fail> {
+        let n = input.len();
+        while i < n && is_ws(input[i]) {
+            i += 1;
+        }
+        if i < n && input[i] == b':' {
+            i += 1;
+            while i < n && is_ws(input[i]) {
+                i += 1;
+            }
+            self.st = St::AfterColon;
+            if i < n {
+                return self.value_begin(input, i, out);
+            }
+        } else {
+            self.st = St::Colon;
+        }
+        Ok(i)
+    }
+
+    /// After a value ending before `i` (state `AfterValue` or `TopDone`): takes `,` and the start
+    /// of the next key or element when they are in this chunk.
+    #[inline(always)]
+    fn after_value(
+        &mut self,
+        input: &[u8],
+        mut i: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, Fail> {
+        let n = input.len();
+        if self.st != St::AfterValue {
+            return Ok(i);
+        }
+        while i < n && is_ws(input[i]) {
+            i += 1;
+        }
+        if i < n && input[i] == b',' {
+            let Some(f) = self.frames.last().copied() else {
+                return Ok(i);
+            };
+            if f.active {
+                self.comma = Some(Pos::Input(i));
+            }
+            i += 1;
+            while i < n && is_ws(input[i]) {
+                i += 1;
+            }
+            if f.obj {
+                self.st = St::ObjNext;
+                if i < n && input[i] == b'"' {
+                    return Ok(self.key_begin(i));
+                }
+            } else {
+                self.st = St::ArrNext;
+                if i < n {
+                    return self.value_begin(input, i, out);
+                }
+            }
+        }
+        Ok(i)
     }
 
     /// A non-whitespace byte outside strings, numbers and literals.
@@ -772,6 +879,9 @@ impl<'p> JsonRedactor<'p> {
         let st_start = self.cur_end();
         if self.skip.is_some() {
             self.states.truncate(st_start);
+        } else if let Some(parent) = self.frames.last() {
+            let range = parent.st_start as usize..parent.st_end as usize;
+            self.prog.add_desc(&mut self.states, range);
         }
         let st_end = self.states.len();
         let active = st_end > st_start;

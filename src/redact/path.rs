@@ -165,8 +165,9 @@ impl RedactProgram {
     }
 
     /// Moves the state set `states[from]` over one child `label`: truncates `states` to
-    /// `from.end`, appends the child's state set there and returns the action if a path ends on
-    /// this child.
+    /// `from.end`, appends the states reached by a matching step there and returns the action if
+    /// a path ends on this child. The `..` states that stay live below every child are added by
+    /// [`Self::add_desc`] only when the child turns out to be a container (most are scalars).
     #[inline]
     pub(crate) fn advance(
         &self,
@@ -179,12 +180,9 @@ impl RedactProgram {
         let mut act: Option<Action> = None;
         for k in from {
             let Some(&s) = states.get(k) else { break };
-            let Some(Node::Step { desc, sel, next }) = self.nodes.get(usize::from(s)) else {
+            let Some(Node::Step { sel, next, .. }) = self.nodes.get(usize::from(s)) else {
                 continue;
             };
-            if *desc && !states[end..].contains(&s) {
-                states.push(s);
-            }
             if sel.matches(label) {
                 match self.nodes.get(usize::from(*next)) {
                     Some(Node::Accept(a)) => act = Some(strongest(act, *a)),
@@ -194,6 +192,21 @@ impl RedactProgram {
             }
         }
         act
+    }
+
+    /// Completes a container child's state set (after [`Self::advance`] put the matched steps at
+    /// `states[parent.end..]`) with the parent's `..` states, which stay live at every depth.
+    #[inline]
+    pub(crate) fn add_desc(&self, states: &mut Vec<StateId>, parent: Range<usize>) {
+        let end = parent.end;
+        for k in parent {
+            let Some(&s) = states.get(k) else { break };
+            if let Some(Node::Step { desc: true, .. }) = self.nodes.get(usize::from(s))
+                && !states[end..].contains(&s)
+            {
+                states.push(s);
+            }
+        }
     }
 }
 
@@ -444,6 +457,7 @@ mod tests {
             p.advance(&mut states, root.clone(), Label::Key(b"data")),
             None
         );
+        p.add_desc(&mut states, root.clone());
         let data = root.end..states.len();
         // children of data: ..ssn (desc), [*] of acct path, [0] of mask path
         assert_eq!(data.len(), 3);
@@ -452,6 +466,7 @@ mod tests {
             Some(Action::Mask)
         );
         assert_eq!(p.advance(&mut states, data.clone(), Label::Index(1)), None);
+        p.add_desc(&mut states, data.clone());
         let elem = data.end..states.len();
         assert_eq!(
             p.advance(&mut states, elem.clone(), Label::Key(b"acct")),
