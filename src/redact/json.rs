@@ -121,6 +121,15 @@ enum St {
 
 const LITS: [&[u8]; 3] = [b"true", b"false", b"null"];
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in (at least) the lowest zero byte of `v`, none below it.
+#[inline(always)]
+fn zero_byte(v: u64) -> u64 {
+    v.wrapping_sub(LO) & !v & HI
+}
+
 /// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
 static STR_STOP: [bool; 256] = {
     let mut t = [false; 256];
@@ -139,6 +148,8 @@ struct Frame {
     obj: bool,
     /// Some path can match below this container: separators and keys are held for decisions.
     active: bool,
+    /// Some live state has a wildcard step (the key filter cannot be used).
+    wildcard: bool,
     emitted_any: bool,
     removed_any: bool,
     st_start: u32,
@@ -586,8 +597,23 @@ impl<'p> JsonRedactor<'p> {
     #[inline(always)]
     fn scan_str(&self, input: &[u8], i: usize) -> Result<Option<usize>, Fail> {
         let n = input.len();
-        let lim = n.min(i + 32);
+        let lim = n.min(i + 64);
         let mut j = i;
+        // Eight bytes at a time (SWAR): the lowest flagged byte is exact.
+        while j + 8 <= lim {
+            let Ok(w) = <[u8; 8]>::try_from(&input[j..j + 8]) else {
+                break;
+            };
+            let v = u64::from_le_bytes(w);
+            let q = zero_byte(v ^ (LO * u64::from(b'"')))
+                | zero_byte(v ^ (LO * u64::from(b'\\')))
+                | (v.wrapping_sub(LO * 0x20) & !v & HI);
+            if q != 0 {
+                j += (q.trailing_zeros() / 8) as usize;
+                break;
+            }
+            j += 8;
+        }
         while j < lim && !STR_STOP[usize::from(input[j])] {
             j += 1;
         }
@@ -777,10 +803,14 @@ impl<'p> JsonRedactor<'p> {
         } else {
             raw
         };
-        let range = f.st_start as usize..f.st_end as usize;
-        let action = self
-            .prog
-            .advance(&mut self.states, range, Label::Key(label));
+        let action = if !f.wildcard && !self.prog.key_may_match(label) {
+            self.states.truncate(f.st_end as usize);
+            None
+        } else {
+            let range = f.st_start as usize..f.st_end as usize;
+            self.prog
+                .advance(&mut self.states, range, Label::Key(label))
+        };
         let d = self.frames.len() - 1;
         match action {
             Some(Action::Remove) => {
@@ -885,9 +915,11 @@ impl<'p> JsonRedactor<'p> {
         }
         let st_end = self.states.len();
         let active = st_end > st_start;
+        let wildcard = active && self.prog.has_wildcard(&self.states[st_start..]);
         self.frames.push(Frame {
             obj,
             active,
+            wildcard,
             emitted_any: false,
             removed_any: false,
             st_start: st_start as u32,
@@ -1698,6 +1730,37 @@ mod tests {
             String::from_utf8(d).expect("utf8"),
             "a\"b\\c/\u{8}\u{c}\n\r\tAé😀\u{FFFD}x\u{FFFD}"
         );
+    }
+
+    #[test]
+    fn string_scan_every_length_and_position() {
+        let p = program(&[("$.b", R)]);
+        for len in 0..80 {
+            for pos in 0..len {
+                for (special, ok) in [("\\n", true), ("\\\"", true), ("\u{1}", false), ("é", true)]
+                {
+                    let mut v = "x".repeat(len);
+                    v.replace_range(pos..pos + 1, special);
+                    let doc = format!("{{\"a\":\"{v}\",\"b\":1}}");
+                    let got = redact(&p, doc.as_bytes());
+                    if ok {
+                        let want = format!("{{\"a\":\"{v}\"}}");
+                        assert_eq!(
+                            got.map(|(o, _)| o),
+                            Ok(want.into_bytes()),
+                            "{len} {pos} {special:?}"
+                        );
+                    } else {
+                        match got {
+                            Err(RedactError::Invalid { offset, .. }) => {
+                                assert_eq!(offset as usize, 6 + pos)
+                            }
+                            other => panic!("{len} {pos}: {other:?}"),
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // ---- property test against a tree-walking reference ----

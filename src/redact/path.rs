@@ -101,6 +101,17 @@ pub struct RedactProgram {
     nodes: Vec<Node>,
     initial: Vec<StateId>,
     rules: Vec<(String, Action)>,
+    /// Bloom-style filter over (length, first byte, last byte) of every key selector: most keys
+    /// of a document are rejected without comparing against each live state.
+    key_filter: [u64; 16],
+}
+
+/// The filter bit of a key.
+#[inline(always)]
+fn key_bit(key: &[u8]) -> usize {
+    let first = key.first().map_or(0, |&b| usize::from(b));
+    let last = key.last().map_or(0, |&b| usize::from(b));
+    (key.len().wrapping_mul(31) ^ first.wrapping_mul(7) ^ (last << 3)) & 1023
 }
 
 impl RedactProgram {
@@ -129,6 +140,10 @@ impl RedactProgram {
             ));
         }
         for (k, s) in steps.into_iter().enumerate() {
+            if let Selector::Key(key) = &s.sel {
+                let bit = key_bit(key);
+                self.key_filter[bit / 64] |= 1 << (bit % 64);
+            }
             self.nodes.push(Node::Step {
                 desc: s.desc,
                 sel: s.sel,
@@ -192,6 +207,26 @@ impl RedactProgram {
             }
         }
         act
+    }
+
+    /// False when no key selector of the program can match `key` (a fast, exact-negative test).
+    #[inline(always)]
+    pub(crate) fn key_may_match(&self, key: &[u8]) -> bool {
+        let bit = key_bit(key);
+        self.key_filter[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// True when some state of `states` has a wildcard step (matches any key or index).
+    pub(crate) fn has_wildcard(&self, states: &[StateId]) -> bool {
+        states.iter().any(|&s| {
+            matches!(
+                self.nodes.get(usize::from(s)),
+                Some(Node::Step {
+                    sel: Selector::Any,
+                    ..
+                })
+            )
+        })
     }
 
     /// Completes a container child's state set (after [`Self::advance`] put the matched steps at
