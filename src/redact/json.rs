@@ -516,41 +516,46 @@ impl<'p> JsonRedactor<'p> {
                     }
                     i += 1;
                 }
-                St::Num(s) => {
+                St::Num(mut s) => loop {
+                    // Stay here until the number ends or the chunk does (no dispatch per part).
+                    if i >= n {
+                        self.st = St::Num(s);
+                        break;
+                    }
                     let b = input[i];
                     match (s, b) {
                         (Num::Minus, b'0') => {
-                            self.st = St::Num(Num::Zero);
+                            s = Num::Zero;
                             i += 1;
                         }
                         (Num::Minus, b'1'..=b'9') | (Num::Int, b'0'..=b'9') => {
-                            self.st = St::Num(Num::Int);
+                            s = Num::Int;
                             i += 1;
                             while i < n && input[i].is_ascii_digit() {
                                 i += 1;
                             }
                         }
                         (Num::Zero | Num::Int, b'.') => {
-                            self.st = St::Num(Num::Dot);
+                            s = Num::Dot;
                             i += 1;
                         }
                         (Num::Dot | Num::Frac, b'0'..=b'9') => {
-                            self.st = St::Num(Num::Frac);
+                            s = Num::Frac;
                             i += 1;
                             while i < n && input[i].is_ascii_digit() {
                                 i += 1;
                             }
                         }
                         (Num::Zero | Num::Int | Num::Frac, b'e' | b'E') => {
-                            self.st = St::Num(Num::Exp);
+                            s = Num::Exp;
                             i += 1;
                         }
                         (Num::Exp, b'+' | b'-') => {
-                            self.st = St::Num(Num::ExpSign);
+                            s = Num::ExpSign;
                             i += 1;
                         }
                         (Num::Exp | Num::ExpSign | Num::ExpInt, b'0'..=b'9') => {
-                            self.st = St::Num(Num::ExpInt);
+                            s = Num::ExpInt;
                             i += 1;
                             while i < n && input[i].is_ascii_digit() {
                                 i += 1;
@@ -560,10 +565,11 @@ impl<'p> JsonRedactor<'p> {
                         (Num::Zero | Num::Int | Num::Frac | Num::ExpInt, _) => {
                             self.value_done(input, i, out);
                             i = self.after_value(input, i, out)?;
+                            break;
                         }
                         _ => return Err(self.invalid(i, "malformed number")),
                     }
-                }
+                },
                 St::Lit(w, p) => {
                     let lit = LITS[usize::from(w)];
                     if lit.get(usize::from(p)) != Some(&input[i]) {

@@ -86,11 +86,7 @@ pub(crate) type StateId = u16;
 
 #[derive(Clone, Debug)]
 enum Node {
-    Step {
-        desc: bool,
-        sel: Selector,
-        next: StateId,
-    },
+    Step { sel: Selector, next: StateId },
     Accept(Action),
 }
 
@@ -101,6 +97,8 @@ pub struct RedactProgram {
     nodes: Vec<Node>,
     initial: Vec<StateId>,
     rules: Vec<(String, Action)>,
+    /// Per state: bit 0 = `..` step, bit 1 = wildcard step (kept apart from `nodes` for speed).
+    flags: Vec<u8>,
     /// Bloom-style filter over (length, first byte, last byte) of every key selector: most keys
     /// of a document are rejected without comparing against each live state.
     key_filter: [u64; 16],
@@ -144,13 +142,15 @@ impl RedactProgram {
                 let bit = key_bit(key);
                 self.key_filter[bit / 64] |= 1 << (bit % 64);
             }
+            self.flags
+                .push(u8::from(s.desc) | (u8::from(s.sel == Selector::Any) << 1));
             self.nodes.push(Node::Step {
-                desc: s.desc,
                 sel: s.sel,
                 next: (base + k + 1) as StateId,
             });
         }
         self.nodes.push(Node::Accept(action));
+        self.flags.push(0);
         self.initial.push(base as StateId);
         self.rules.push((path.to_owned(), action));
         Ok(())
@@ -218,15 +218,9 @@ impl RedactProgram {
 
     /// True when some state of `states` has a wildcard step (matches any key or index).
     pub(crate) fn has_wildcard(&self, states: &[StateId]) -> bool {
-        states.iter().any(|&s| {
-            matches!(
-                self.nodes.get(usize::from(s)),
-                Some(Node::Step {
-                    sel: Selector::Any,
-                    ..
-                })
-            )
-        })
+        states
+            .iter()
+            .any(|&s| self.flags.get(usize::from(s)).is_some_and(|f| f & 2 != 0))
     }
 
     /// Completes a container child's state set (after [`Self::advance`] put the matched steps at
@@ -236,7 +230,7 @@ impl RedactProgram {
         let end = parent.end;
         for k in parent {
             let Some(&s) = states.get(k) else { break };
-            if let Some(Node::Step { desc: true, .. }) = self.nodes.get(usize::from(s))
+            if self.flags.get(usize::from(s)).is_some_and(|f| f & 1 != 0)
                 && !states[end..].contains(&s)
             {
                 states.push(s);
