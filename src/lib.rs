@@ -20,6 +20,7 @@ pub mod io;
 pub mod jwt;
 pub mod meter;
 pub mod pipeline;
+pub mod redact;
 pub mod route;
 pub mod secret;
 pub mod sigv4;
