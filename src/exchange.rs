@@ -84,6 +84,8 @@ pub struct Exchange {
     pub upstream_status: Option<u16>,
     pub upstream_started: Option<Instant>,
     pub upstream_us: Option<u64>,
+    /// Values removed or masked from the response.
+    pub redactions: u64,
 }
 
 impl Exchange {
@@ -99,6 +101,7 @@ impl Exchange {
             upstream_status: None,
             upstream_started: None,
             upstream_us: None,
+            redactions: 0,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::http::head::{self, BodyKind, HeadError, RequestHead, ResponseHead, Ve
 use crate::http::write::{self, CONTINUE_100, Framing};
 use crate::io::{IoFail, read_append, write_all};
 use crate::meter::Verdict;
+use crate::redact;
 use crate::route;
 use crate::upstream::conn::UpConn;
 use crate::upstream::request;
@@ -300,10 +301,44 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     ex.upstream_us = ex.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     ex.upstream_status = Some(s.resp.status);
 
-    // 9. response to the agent
+    // 9. response to the agent (redacted on the way when the proxy asks for it)
     let status = s.resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
+    let mut redactor = None;
+    let mut drop_encoding = false;
+    if let Some(r) = &proxy.redact
+        && !no_body
+        && let Some(bt) = response::header(&s.resp, &s.ubuf, b"content-type")
+            .and_then(redact::response::body_type)
+    {
+        let Some(enc) =
+            redact::response::encoding(response::header(&s.resp, &s.ubuf, b"content-encoding"))
+        else {
+            tracing::warn!(proxy = %proxy.name, "upstream response has an encoding the redactor cannot undo");
+            return refuse(
+                client,
+                s,
+                &mut ex,
+                Refusal::UpstreamUnreachable(
+                    "the upstream response is encoded in a way that cannot be redacted",
+                ),
+                false,
+                version,
+                lim,
+            )
+            .await;
+        };
+        drop_encoding = enc != redact::response::Encoding::Identity;
+        redactor = Some(redact::response::ResponseRedactor::new(
+            &r.program,
+            bt,
+            enc,
+            r.on_invalid,
+        ));
+    }
     let framing = match s.resp.body {
+        _ if redactor.is_some() && version == Version::Http11 => Framing::Chunked,
+        _ if redactor.is_some() => Framing::Close,
         _ if no_body => Framing::NoBody(if status == 204 {
             None
         } else {
@@ -330,25 +365,29 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         framing,
         keep,
         version,
+        drop_encoding,
     );
     ex.status = status;
     let resp_head_len = s.resp.head_len;
     let upstream_keep = s.resp.keep_alive;
-    let end = response::stream_body(
-        StreamIo {
-            conn: &mut conn,
-            client,
-            ubuf: &mut s.ubuf,
-            out: &mut s.out,
-            read_timeout: lim.upstream_timeout,
-            write_timeout: lim.idle_timeout,
-            bytes_out: &mut ex.bytes_out,
-        },
-        resp_head_len,
-        if no_body { BodyKind::None } else { s.resp.body },
-        framing,
-    )
-    .await;
+    let io = StreamIo {
+        conn: &mut conn,
+        client,
+        ubuf: &mut s.ubuf,
+        out: &mut s.out,
+        read_timeout: lim.upstream_timeout,
+        write_timeout: lim.idle_timeout,
+        bytes_out: &mut ex.bytes_out,
+    };
+    let kind = if no_body { BodyKind::None } else { s.resp.body };
+    let end = match &mut redactor {
+        None => response::stream_body(io, resp_head_len, kind, framing).await,
+        Some(r) => {
+            let end = response::stream_redacted(io, resp_head_len, kind, framing, r).await;
+            ex.redactions = r.redactions();
+            end
+        }
+    };
     match end {
         StreamEnd::Reusable if upstream_keep && !w.draining.get() => {
             w.pool.put(cfg.proxies[route.proxy].upstream.pool_key, conn);

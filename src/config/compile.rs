@@ -459,6 +459,68 @@ impl Cx<'_> {
         }
     }
 
+    /// `[[proxies.redact]]` tables of proxy `i`, merged into one program.
+    fn redaction(&mut self, i: usize, p: &RawProxy) -> Option<super::Redaction> {
+        use crate::redact::{Action, OnInvalid, RedactProgram};
+        if p.redact.is_empty() {
+            return None;
+        }
+        let mut program = RedactProgram::new();
+        let mut on_invalid = OnInvalid::Block;
+        let mut pass_votes = 0;
+        for (j, r) in p.redact.iter().enumerate() {
+            let r = r.get_ref();
+            let action = match r.action.as_ref().map(|a| a.get_ref().as_str()) {
+                None | Some("remove") => Action::Remove,
+                Some("mask") => Action::Mask,
+                Some(other) => {
+                    let a = r.action.as_ref().map(|a| a.span()).unwrap_or_default();
+                    let line = self.line_at(a.start);
+                    self.errors.push(ConfigError {
+                        file: self.file.to_string(),
+                        line,
+                        key: format!("proxies[{i}].redact[{j}].action"),
+                        message: format!("unknown action {other:?} (remove | mask)"),
+                    });
+                    continue;
+                }
+            };
+            match r.on_invalid.as_ref().map(|o| o.get_ref().as_str()) {
+                None | Some("block") => {}
+                Some("pass") => pass_votes += 1,
+                Some(other) => {
+                    if let Some(o) = &r.on_invalid {
+                        self.err(
+                            o,
+                            format!("proxies[{i}].redact[{j}].on_invalid"),
+                            format!("unknown value {other:?} (block | pass)"),
+                        );
+                    }
+                }
+            }
+            if r.paths.get_ref().is_empty() {
+                self.err(
+                    &r.paths,
+                    format!("proxies[{i}].redact[{j}].paths"),
+                    "lists no path",
+                );
+            }
+            for path in r.paths.get_ref() {
+                if let Err(m) = program.add(path, action) {
+                    self.err(&r.paths, format!("proxies[{i}].redact[{j}].paths"), m);
+                }
+            }
+        }
+        // "pass" only when every table asks for it: one "block" keeps the safe policy
+        if pass_votes == p.redact.len() {
+            on_invalid = OnInvalid::Pass;
+        }
+        Some(super::Redaction {
+            program,
+            on_invalid,
+        })
+    }
+
     /// `meter` and `quota` of proxy `i` → its (reload-surviving) buckets.
     fn meter(&mut self, i: usize, p: &RawProxy) -> Option<Arc<crate::meter::ProxyMeter>> {
         use crate::config::raw::MeterByRaw;
@@ -638,9 +700,11 @@ impl Cx<'_> {
                 }
             }
         };
+        let redact = self.redaction(i, p);
         Some(Proxy {
             meter,
             auth,
+            redact,
             forward_cookies: p.forward_cookies.unwrap_or(false),
             name: name.clone(),
             upstream: Upstream {

@@ -84,6 +84,13 @@ pub struct Proxy {
     /// The target credential (`auth = {...}`); secrets resolved at compile time.
     pub auth: Option<crate::auth_out::OutboundAuth>,
     pub forward_cookies: bool,
+    /// Response redaction (`[[proxies.redact]]`), if any.
+    pub redact: Option<Redaction>,
+}
+
+pub struct Redaction {
+    pub program: crate::redact::RedactProgram,
+    pub on_invalid: crate::redact::OnInvalid,
 }
 
 /// Who may call: agent keys and JWT issuers. When neither is configured, calls are anonymous.

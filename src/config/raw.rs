@@ -105,6 +105,21 @@ pub struct RawProxy {
     /// Forward the agent's `Cookie` header (stripped by default, like every credential).
     #[serde(default)]
     pub forward_cookies: Option<bool>,
+    /// `[[proxies.redact]]`: JSON paths removed or masked in responses.
+    #[serde(default)]
+    pub redact: Vec<Spanned<RawRedact>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedact {
+    pub paths: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub action: Option<Spanned<String>>,
+    /// What to do with a body that is not valid JSON: "block" (cut the response; default) or
+    /// "pass" (send the rest unmodified).
+    #[serde(default)]
+    pub on_invalid: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,7 @@ pub fn response_head(
     framing: Framing,
     keep_alive: bool,
     agent_version: Version,
+    drop_encoding: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
@@ -46,7 +47,10 @@ pub fn response_head(
     out.extend_from_slice(b"\r\n");
     for h in headers {
         let name = h.name.get(src);
-        if hop::strip_from_response(name) || hop::listed_in_connection(name, connection) {
+        if hop::strip_from_response(name)
+            || hop::listed_in_connection(name, connection)
+            || (drop_encoding && name.eq_ignore_ascii_case(b"content-encoding"))
+        {
             continue;
         }
         out.extend_from_slice(name);

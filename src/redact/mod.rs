@@ -30,6 +30,7 @@
 
 mod json;
 mod path;
+pub mod response;
 mod sse;
 
 pub use json::{JsonRedactor, Limits, MASK, OnInvalid, RedactError};

@@ -89,7 +89,9 @@ fn query_name_is(raw: &[u8], param: &str) -> bool {
 /// Whether the agent's header `name` stops here: hop-by-hop, gateway-owned, or able to carry a
 /// credential (the agent's own, or one that would collide with the proxy's target credential).
 fn stripped(name: &[u8], connection: Option<&[u8]>, proxy: &Proxy) -> bool {
-    hop::strip_from_request(name)
+    // a proxy that redacts responses asks for them uncompressed (below)
+    (proxy.redact.is_some() && name.eq_ignore_ascii_case(b"accept-encoding"))
+        || hop::strip_from_request(name)
         || hop::listed_in_connection(name, connection)
         || authn::is_credential_header(name, None, proxy.forward_cookies)
         || proxy.auth.as_ref().is_some_and(|a| a.owns_header(name))
@@ -187,6 +189,9 @@ pub fn build(
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value.get(src));
         out.extend_from_slice(b"\r\n");
+    }
+    if proxy.redact.is_some() {
+        out.extend_from_slice(b"Accept-Encoding: identity\r\n");
     }
     for (name, value) in auth_headers {
         out.extend_from_slice(name.as_bytes());

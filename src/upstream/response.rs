@@ -266,3 +266,176 @@ pub async fn stream_body(
         }
     }
 }
+
+/// A response header's value (the first one named `name`).
+pub fn header<'a>(resp: &ResponseHead, src: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    resp.headers
+        .iter()
+        .find(|h| h.name.get(src).eq_ignore_ascii_case(name))
+        .map(|h| h.value.get(src))
+}
+
+/// Like `stream_body`, with every piece of the decoded body passed through `redactor` first.
+/// The agent's framing is chunked (HTTP/1.1) or close-delimited (HTTP/1.0); a redaction error
+/// cuts the response.
+pub async fn stream_redacted(
+    io: StreamIo<'_>,
+    head_len: usize,
+    kind: BodyKind,
+    framing: Framing,
+    redactor: &mut crate::redact::response::ResponseRedactor<'_>,
+) -> StreamEnd {
+    let StreamIo {
+        conn,
+        client,
+        ubuf,
+        out,
+        read_timeout,
+        write_timeout,
+        bytes_out,
+    } = io;
+    let chunked_out = framing == Framing::Chunked;
+    let mut red = Vec::with_capacity(STREAM_BUF);
+    macro_rules! emit {
+        ($data:expr) => {{
+            red.clear();
+            if let Err(e) = redactor.feed($data, &mut red) {
+                tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                *bytes_out += out.len() as u64;
+                let _ = write_all(client, out, write_timeout).await;
+                return StreamEnd::UpstreamFailed;
+            }
+            if chunked_out {
+                push_chunk(out, &red);
+            } else {
+                out.extend_from_slice(&red);
+            }
+            if !out.is_empty() {
+                *bytes_out += out.len() as u64;
+                if write_all(client, out, write_timeout).await.is_err() {
+                    return StreamEnd::AgentGone;
+                }
+            }
+        }};
+    }
+    macro_rules! finish {
+        ($end:expr) => {{
+            red.clear();
+            if let Err(e) = redactor.finish(&mut red) {
+                tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                *bytes_out += out.len() as u64;
+                let _ = write_all(client, out, write_timeout).await;
+                return StreamEnd::UpstreamFailed;
+            }
+            if chunked_out {
+                push_chunk(out, &red);
+                out.extend_from_slice(crate::http::chunked::LAST_CHUNK);
+            } else {
+                out.extend_from_slice(&red);
+            }
+            *bytes_out += out.len() as u64;
+            if write_all(client, out, write_timeout).await.is_err() {
+                return StreamEnd::AgentGone;
+            }
+            return $end;
+        }};
+    }
+    match kind {
+        BodyKind::None => finish!(if ubuf.len() > head_len {
+            StreamEnd::Complete
+        } else {
+            StreamEnd::Reusable
+        }),
+        BodyKind::Length(n) => {
+            let avail = (ubuf.len() - head_len) as u64;
+            let first = avail.min(n) as usize;
+            let extra = avail > n;
+            let mut remaining = n - first as u64;
+            let body = ubuf[head_len..head_len + first].to_vec();
+            emit!(&body);
+            while remaining > 0 {
+                ubuf.clear();
+                let want = remaining.min(STREAM_BUF as u64) as usize;
+                let deadline = crate::clock::now() + read_timeout;
+                match read_append(conn, ubuf, want, deadline).await {
+                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
+                    Ok(got) => {
+                        remaining -= got as u64;
+                        let chunk = std::mem::take(ubuf);
+                        emit!(&chunk);
+                        *ubuf = chunk;
+                    }
+                }
+            }
+            finish!(if extra {
+                StreamEnd::Complete
+            } else {
+                StreamEnd::Reusable
+            })
+        }
+        BodyKind::Chunked => {
+            let mut dec = ChunkedDecoder::new();
+            consume(ubuf, head_len);
+            loop {
+                let mut pos = 0;
+                let mut data = Vec::new();
+                let mut done = false;
+                loop {
+                    let step = match dec.step(&ubuf[pos..]) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(
+                                reason = e.message(),
+                                "invalid chunked body from upstream"
+                            );
+                            return StreamEnd::UpstreamFailed;
+                        }
+                    };
+                    data.extend_from_slice(&ubuf[pos + step.data.start..pos + step.data.end]);
+                    pos += step.consumed;
+                    if step.done {
+                        done = true;
+                        break;
+                    }
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                if !data.is_empty() {
+                    emit!(&data);
+                }
+                if done {
+                    let extra = pos < ubuf.len();
+                    finish!(if extra {
+                        StreamEnd::Complete
+                    } else {
+                        StreamEnd::Reusable
+                    });
+                }
+                consume(ubuf, pos);
+                let deadline = crate::clock::now() + read_timeout;
+                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
+                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
+                    Ok(_) => {}
+                }
+            }
+        }
+        BodyKind::CloseDelimited => {
+            let first = ubuf[head_len..].to_vec();
+            emit!(&first);
+            loop {
+                ubuf.clear();
+                let deadline = crate::clock::now() + read_timeout;
+                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
+                    Ok(0) => finish!(StreamEnd::Complete),
+                    Err(_) => return StreamEnd::UpstreamFailed,
+                    Ok(_) => {
+                        let chunk = std::mem::take(ubuf);
+                        emit!(&chunk);
+                        *ubuf = chunk;
+                    }
+                }
+            }
+        }
+    }
+}
