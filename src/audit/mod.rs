@@ -1,0 +1,8 @@
+//! The audit trail: one hash-chained JSON line per call, written off the request path.
+#![deny(unsafe_code)]
+
+pub mod files;
+pub mod index;
+pub mod record;
+
+pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
