@@ -6,3 +6,5 @@ pub mod index;
 pub mod record;
 
 pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
+pub mod ring;
+pub use ring::{OnFull, Ring};
