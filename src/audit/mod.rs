@@ -37,8 +37,8 @@ pub mod ring;
 pub mod verify;
 pub mod writer;
 
-
-
+#[cfg(test)]
+mod tests;
 
 pub use query::{Query, QueryError, QueryResult, StatusFilter, query};
 pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
