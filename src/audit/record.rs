@@ -135,6 +135,9 @@ pub struct AuditRecord {
     pub total_us: u64,
 }
 
+// A ring slot holds one record inline: keep it within 256 bytes (65,536 slots ≈ 16 MiB).
+const _: () = assert!(std::mem::size_of::<AuditRecord>() <= 256);
+
 /// Why a gap record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GapReason {

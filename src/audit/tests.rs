@@ -347,6 +347,21 @@ fn config_values_parse() {
     assert_eq!(OnFull::parse("x"), None);
 }
 
+/// Producers faster than the writer: the backlog waits in the ring (producers retry), the
+/// writer's pending buffer never overflows, nothing is dropped.
+#[test]
+fn fast_producers_are_held_in_the_ring_not_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.pending_max = 2000;
+    let s = write_log(c, 0..100_000);
+    assert_eq!(
+        (s.written, s.dropped_backlog, s.gap_records),
+        (100_000, 0, 0)
+    );
+    assert_eq!(verify_dir(d.path()).unwrap().records, 100_000);
+}
+
 /// Disk trouble: the directory is replaced by a plain file, so opening the next log fails.
 /// Records wait (bounded), the overflow becomes a `backlog_full` gap, errors are counted, and
 /// writing resumes once the directory can be made again.
@@ -393,6 +408,29 @@ fn write_errors_are_retried_and_overflow_becomes_a_gap() {
         (gap[0].reason.as_deref(), gap[0].dropped),
         (Some("backlog_full"), Some(200))
     );
+}
+
+/// The directory is removed under an open file: writes would go to an unlinked inode, so the
+/// writer notices (within about a second), counts an error, and starts a new directory.
+#[test]
+fn removed_directory_is_noticed_and_recreated() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("audit");
+    let (ring, h) = start(cfg(&dir)).unwrap();
+    push_all(&ring, 0..5);
+    assert!(h.flush(Duration::from_secs(10)));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let t0 = crate::clock::now();
+    while h.snapshot().write_errors == 0 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    assert_eq!(h.snapshot().write_errors, 1);
+    push_all(&ring, 5..10);
+    let s = h.flush_and_stop();
+    assert_eq!(s.written, 10);
+    let all = verify::read_all(&dir).unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].id.as_deref(), Some(rec(5).id.as_str()));
 }
 
 // ---- queries ----------------------------------------------------------------------------------

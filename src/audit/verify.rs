@@ -18,7 +18,8 @@
 //! reported once and every break in the log is listed (up to [`MAX_BREAKS`]).
 //!
 //! Not detectable by a hash chain alone: removing lines or whole files *at the end*. Compare
-//! [`VerifyReport::head`] with a value kept elsewhere (it is logged and exported) to cover that.
+//! [`VerifyReport::head`] with a value kept elsewhere (the writer logs the head each time it
+//! closes a file, at rotation and at shutdown) to cover that.
 #![forbid(unsafe_code)]
 
 use super::files::{self, LogFile};

@@ -173,7 +173,7 @@ impl AuditStats {
 
 /// Lines per `write(2)`.
 const BATCH: usize = 1024;
-/// Records taken from the ring per loop turn.
+/// Records taken from the ring per loop turn while writes fail.
 const DRAIN_MAX: usize = 8192;
 /// Longest park when idle.
 const IDLE_PARK: Duration = Duration::from_millis(100);
@@ -392,8 +392,10 @@ impl Writer {
                 if idle {
                     break;
                 }
-                let d = *stop_deadline.get_or_insert(now + STOP_GRACE);
-                if now >= d {
+                // a healthy disk gets all the time it needs; a failing one STOP_GRACE
+                if self.consecutive_errors > 0
+                    && now >= *stop_deadline.get_or_insert(now + STOP_GRACE)
+                {
                     tracing::error!(
                         pending = self.pending_records,
                         "audit: giving up on pending records at shutdown (disk keeps failing)"
@@ -419,8 +421,18 @@ impl Writer {
         self.stats.pending.store(0, Ordering::Relaxed);
     }
 
+    /// Moves records from the ring into `pending`. While writes succeed, only what the next
+    /// batch needs, so a writer slower than the workers leaves the backlog in the ring (where
+    /// the `on_full` policy applies) instead of overflowing `pending`. While writes fail, as
+    /// much as arrives, so the workers are not held up by a dead disk (the overflow beyond
+    /// `pending_max` becomes a gap record).
     fn drain(&mut self) {
-        for _ in 0..DRAIN_MAX {
+        let want = if self.retry_at.is_some() {
+            DRAIN_MAX
+        } else {
+            BATCH.saturating_sub(self.pending_records)
+        };
+        for _ in 0..want {
             match self.ring.pop() {
                 Some(r) => self.enqueue(r),
                 None => break,
@@ -687,12 +699,20 @@ impl Writer {
         if self.cfg.fsync != FsyncPolicy::Never {
             self.sync();
         }
-        if let Some(mut f) = self.file.take()
-            && f.block.count > 0
-        {
-            let mut out = Vec::new();
-            f.block.encode(&mut out);
-            write_idx(&mut f, &out);
+        if let Some(mut f) = self.file.take() {
+            if f.block.count > 0 {
+                let mut out = Vec::new();
+                f.block.encode(&mut out);
+                write_idx(&mut f, &out);
+            }
+            // the chain head, to anchor elsewhere: a hash chain alone cannot show that lines
+            // or files were removed from its end (see verify.rs)
+            tracing::info!(
+                file = %f.path.display(),
+                bytes = f.len,
+                head = %record::hex_string(&self.chain),
+                "audit: file closed"
+            );
         }
     }
 
