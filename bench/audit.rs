@@ -130,6 +130,15 @@ fn ring_benches(c: &mut Criterion) {
             black_box(encode_line(&mut out, &Entry::Call(&r), &GENESIS))
         })
     });
+    g.bench_function("sha256_only_460_bytes", |b| {
+        let data = [b'x'; 460];
+        b.iter(|| {
+            black_box(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                black_box(&data),
+            ))
+        })
+    });
     g.finish();
 }
 
