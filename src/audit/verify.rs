@@ -1,0 +1,336 @@
+//! Chain verification (`portcullis audit verify`) and sequential record reading.
+//!
+//! [`verify_dir`] walks every log file in `seq` order, line by line, and checks for each line that
+//! its tail is `,"prev":"<64 hex>","hash":"<64 hex>"}`, that `prev` equals the previous line's
+//! `hash` (64 zeros for the first line of the oldest file), and that `hash` is
+//! `SHA-256(prev_hex || body)` over the bytes on disk (see `record.rs`). What each tamper looks
+//! like:
+//! - an edited line: [`BreakKind::HashMismatch`] on that line;
+//! - a removed line: [`BreakKind::PrevMismatch`] on the line after it;
+//! - two swapped lines: `PrevMismatch` on both and on the line after them;
+//! - a removed middle file: `PrevMismatch` on line 1 of the file after it;
+//! - removed oldest files (or a log that does not start at genesis): [`BreakKind::NotGenesis`];
+//! - a torn line (no final `\n`) is a [`Warning`] when it is the last line of the newest file
+//!   (a crash mid-write; the writer cuts it and writes a `torn_tail` gap record at its next
+//!   start), and [`BreakKind::Torn`] anywhere else.
+//!
+//! After a break the walk re-anchors on the line's stored hash and goes on, so one edit is
+//! reported once and every break in the log is listed (up to [`MAX_BREAKS`]).
+//!
+//! Not detectable by a hash chain alone: removing lines or whole files *at the end*. Compare
+//! [`VerifyReport::head`] with a value kept elsewhere (the writer logs the head each time it
+//! closes a file, at rotation and at shutdown) to cover that.
+#![forbid(unsafe_code)]
+
+use super::files::{self, LogFile};
+use super::record::{self, GENESIS, Hash, StoredRecord, hex_string};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+/// Breaks listed before `verify_dir` stops collecting (it still counts them).
+pub const MAX_BREAKS: usize = 100;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BreakKind {
+    /// The line's content does not hash to its `hash` (the line was edited).
+    HashMismatch,
+    /// `prev` is not the previous line's hash (a line removed or reordered before it, or a
+    /// file missing when `line == 1`).
+    PrevMismatch { expected: String, found: String },
+    /// The first line of the oldest file does not start the chain (older files removed?).
+    NotGenesis { found: String },
+    /// Not an audit line (no valid `prev`/`hash` tail).
+    Malformed,
+    /// A line without its final newline that is not the last line of the newest file.
+    Torn,
+}
+
+/// One place where the chain is broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Break {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: u64,
+    pub kind: BreakKind,
+}
+
+impl fmt::Display for Break {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", files::display_name(&self.file), self.line)?;
+        match &self.kind {
+            BreakKind::HashMismatch => write!(f, "hash mismatch: the line was edited"),
+            BreakKind::PrevMismatch { expected, found } if self.line == 1 => write!(
+                f,
+                "prev {found} does not match the last hash of the previous file ({expected}): \
+                 a file or its last lines are missing"
+            ),
+            BreakKind::PrevMismatch { expected, found } => write!(
+                f,
+                "prev {found} does not match the previous line's hash ({expected}): \
+                 a line was removed or lines were reordered"
+            ),
+            BreakKind::NotGenesis { found } => write!(
+                f,
+                "the log does not start at the genesis hash (prev {found}): older files are missing"
+            ),
+            BreakKind::Malformed => write!(f, "not an audit record (no valid prev/hash members)"),
+            BreakKind::Torn => write!(f, "truncated line (no newline) before the end of the log"),
+        }
+    }
+}
+
+/// Something acceptable that the operator should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub file: PathBuf,
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}",
+            files::display_name(&self.file),
+            self.line,
+            self.message
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub files: usize,
+    /// Call records.
+    pub records: u64,
+    /// Gap records, and the records they stand for.
+    pub gaps: u64,
+    pub dropped: u64,
+    pub warnings: Vec<Warning>,
+    /// Hash of the last valid line (64 zeros for an empty log): the chain head to anchor.
+    pub head: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{count} break(s) in the audit chain; first: {}",
+        .breaks.first().map(|b| b.to_string()).unwrap_or_default()
+    )]
+    Broken {
+        /// The first [`MAX_BREAKS`] breaks, in log order.
+        breaks: Vec<Break>,
+        /// All breaks.
+        count: usize,
+        report: Box<VerifyReport>,
+    },
+}
+
+/// Verifies the chain across all files of `dir`. An empty or missing directory verifies (0 files).
+pub fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let logs = files::list_files(dir).map_err(|source| VerifyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut v = Verifier {
+        expected: GENESIS,
+        expected_hex: [b'0'; 64],
+        seen_any: false,
+        breaks: Vec::new(),
+        count: 0,
+        report: VerifyReport {
+            files: logs.len(),
+            ..Default::default()
+        },
+    };
+    // the newest file that has any bytes: a torn last line there is a crash, not tampering
+    let mut newest_nonempty = None;
+    for (i, lf) in logs.iter().enumerate().rev() {
+        match std::fs::metadata(&lf.path) {
+            Ok(m) if m.len() > 0 => {
+                newest_nonempty = Some(i);
+                break;
+            }
+            Ok(_) => {}
+            Err(source) => {
+                return Err(VerifyError::Io {
+                    path: lf.path.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    for (i, lf) in logs.iter().enumerate() {
+        v.file(lf, Some(i) == newest_nonempty)
+            .map_err(|source| VerifyError::Io {
+                path: lf.path.clone(),
+                source,
+            })?;
+    }
+    v.report.head = String::from_utf8_lossy(&v.expected_hex).into_owned();
+    if v.count > 0 {
+        return Err(VerifyError::Broken {
+            breaks: v.breaks,
+            count: v.count,
+            report: Box::new(v.report),
+        });
+    }
+    Ok(v.report)
+}
+
+struct Verifier {
+    expected: Hash,
+    expected_hex: [u8; 64],
+    seen_any: bool,
+    breaks: Vec<Break>,
+    count: usize,
+    report: VerifyReport,
+}
+
+impl Verifier {
+    fn brk(&mut self, file: &Path, line: u64, kind: BreakKind) {
+        self.count += 1;
+        if self.breaks.len() < MAX_BREAKS {
+            self.breaks.push(Break {
+                file: file.to_path_buf(),
+                line,
+                kind,
+            });
+        }
+    }
+
+    fn file(&mut self, lf: &LogFile, newest: bool) -> io::Result<()> {
+        let mut r = LineReader::open(&lf.path)?;
+        while let Some(l) = r.next_line()? {
+            if !l.complete {
+                // read_until only stops without a newline at the end of the file
+                if newest {
+                    self.report.warnings.push(Warning {
+                        file: lf.path.clone(),
+                        line: l.number,
+                        message: format!(
+                            "torn last line ({} bytes without a newline): a crash during a \
+                             write; not part of the chain",
+                            l.bytes.len()
+                        ),
+                    });
+                } else {
+                    self.brk(&lf.path, l.number, BreakKind::Torn);
+                }
+                continue;
+            }
+            let Some(t) = record::split_tail(l.bytes) else {
+                self.brk(&lf.path, l.number, BreakKind::Malformed);
+                continue;
+            };
+            let Some(stored) = record::hex_decode(t.hash_hex) else {
+                self.brk(&lf.path, l.number, BreakKind::Malformed);
+                continue;
+            };
+            if t.prev_hex != self.expected_hex {
+                let found = String::from_utf8_lossy(t.prev_hex).into_owned();
+                let kind = if !self.seen_any {
+                    BreakKind::NotGenesis { found }
+                } else {
+                    BreakKind::PrevMismatch {
+                        expected: hex_string(&self.expected),
+                        found,
+                    }
+                };
+                self.brk(&lf.path, l.number, kind);
+            }
+            if record::chain_hash(t.prev_hex, t.body_open) != stored {
+                self.brk(&lf.path, l.number, BreakKind::HashMismatch);
+            }
+            if memchr::memmem::find(l.bytes, b"\"kind\":\"gap\"").is_some() {
+                self.report.gaps += 1;
+                if let Ok(s) = StoredRecord::parse(l.bytes) {
+                    self.report.dropped += s.dropped.unwrap_or(0);
+                }
+            } else {
+                self.report.records += 1;
+            }
+            self.seen_any = true;
+            self.expected = stored;
+            self.expected_hex.copy_from_slice(t.hash_hex);
+        }
+        Ok(())
+    }
+}
+
+/// One line from [`LineReader`].
+pub struct Line<'a> {
+    /// 1-based line number in its file.
+    pub number: u64,
+    /// Without the newline.
+    pub bytes: &'a [u8],
+    /// Whether it ended in `\n` (a torn last line does not).
+    pub complete: bool,
+    /// Byte offset of the line's start in the file.
+    pub offset: u64,
+}
+
+/// Reads one log file line by line with line numbers and offsets, reusing one buffer.
+pub struct LineReader {
+    inner: BufReader<File>,
+    buf: Vec<u8>,
+    number: u64,
+    offset: u64,
+}
+
+impl LineReader {
+    pub fn open(path: &Path) -> io::Result<LineReader> {
+        Ok(LineReader {
+            inner: BufReader::with_capacity(1 << 20, File::open(path)?),
+            buf: Vec::with_capacity(1024),
+            number: 0,
+            offset: 0,
+        })
+    }
+
+    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        self.buf.clear();
+        let n = self.inner.read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        let offset = self.offset;
+        self.offset += n as u64;
+        let complete = self.buf.last() == Some(&b'\n');
+        let bytes = if complete {
+            &self.buf[..n - 1]
+        } else {
+            &self.buf[..]
+        };
+        Ok(Some(Line {
+            number: self.number,
+            bytes,
+            complete,
+            offset,
+        }))
+    }
+}
+
+/// Every parseable record (calls and gaps) of `dir` in log order, oldest first, skipping torn
+/// and malformed lines (use [`verify_dir`] to find those). For exports and tests; queries use
+/// the index (`query.rs`).
+pub fn read_all(dir: &Path) -> io::Result<Vec<StoredRecord>> {
+    let mut out = Vec::new();
+    for lf in files::list_files(dir)? {
+        let mut r = LineReader::open(&lf.path)?;
+        while let Some(l) = r.next_line()? {
+            if l.complete
+                && let Ok(s) = StoredRecord::parse(l.bytes)
+            {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
