@@ -157,6 +157,16 @@ pub fn run(source: Source) -> Result<()> {
         tracing::info!(%addr, "demo upstream listening (quickstart only)");
     }
 
+    // the audit writer starts before the first call can be accepted
+    let audit = match &cfg.audit {
+        Some(a) => {
+            let (ring, handle) = crate::audit::start(a.clone())
+                .with_context(|| format!("starting the audit writer in {}", a.dir.display()))?;
+            tracing::info!(dir = %a.dir.display(), "audit trail enabled");
+            Some((ring, handle))
+        }
+        None => None,
+    };
     let n = worker_count(&cfg);
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
@@ -166,9 +176,10 @@ pub fn run(source: Source) -> Result<()> {
         senders.push(tx);
         let cfg = cfg.clone();
         let bound_tx = bound_tx.clone();
+        let ring = audit.as_ref().map(|(r, _)| r.clone());
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, ring, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -217,6 +228,10 @@ pub fn run(source: Source) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    if let Some((_, handle)) = audit {
+        let st = handle.flush_and_stop();
+        tracing::info!(written = st.written, dropped = st.dropped_queue + st.dropped_backlog, "audit trail closed");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -224,6 +239,7 @@ pub fn run(source: Source) -> Result<()> {
 fn worker_thread(
     id: usize,
     cfg: Arc<Compiled>,
+    audit: Option<Arc<crate::audit::AuditRing>>,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -266,7 +282,7 @@ fn worker_thread(
         };
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
-        let w = Rc::new(Worker::new(id, cfg));
+        let w = Rc::new(Worker::new(id, cfg, audit));
         worker::run(w, listeners, rx).await;
     });
 }

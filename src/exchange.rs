@@ -1,7 +1,9 @@
 //! The per-call context: request id, timings and the outcome, filled in as the call moves down
 //! the pipeline. Its `Drop` emits the call's one record (today a structured `access` log event
 //! at debug level; the audit ring takes it over with the audit trail).
+use crate::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::clock;
+use std::sync::Arc;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
@@ -72,11 +74,22 @@ fn hex16(mut v: u64, out: &mut [u8]) {
     }
 }
 
-/// What happened to one call.
-pub struct Exchange {
+/// What happened to one call. Its `Drop` writes exactly one audit record (allowed or refused,
+/// whatever path the call took) into the worker's ring, and one `access` debug line.
+pub struct Exchange<'w> {
     pub id: RequestId,
     pub started: Instant,
+    /// When the call was received (µs since the Unix epoch).
+    pub ts_us: u64,
     pub proxy: Option<usize>,
+    pub proxy_name: Option<Arc<str>>,
+    pub agent: Option<Arc<str>>,
+    pub method: SmallStr<15>,
+    /// The canonical path (no query).
+    pub path: String,
+    pub decision: Decision,
+    pub rule: Option<u32>,
+    pub scanner: Option<Arc<str>>,
     pub status: u16,
     pub code: Option<&'static str>,
     pub bytes_in: u64,
@@ -86,14 +99,23 @@ pub struct Exchange {
     pub upstream_us: Option<u64>,
     /// Values removed or masked from the response.
     pub redactions: u64,
+    ring: Option<&'w AuditRing>,
 }
 
-impl Exchange {
-    pub fn new(id: RequestId) -> Self {
+impl<'w> Exchange<'w> {
+    pub fn new(id: RequestId, ring: Option<&'w AuditRing>) -> Self {
         Exchange {
             id,
             started: clock::now(),
+            ts_us: u64::try_from(clock::unix_now().as_micros()).unwrap_or(0),
             proxy: None,
+            proxy_name: None,
+            agent: None,
+            method: SmallStr::default(),
+            path: String::new(),
+            decision: Decision::Deny,
+            rule: None,
+            scanner: None,
             status: 0,
             code: None,
             bytes_in: 0,
@@ -102,24 +124,51 @@ impl Exchange {
             upstream_started: None,
             upstream_us: None,
             redactions: 0,
+            ring,
         }
     }
 }
 
-impl Drop for Exchange {
+impl Drop for Exchange<'_> {
     fn drop(&mut self) {
+        let total_us = self.started.elapsed().as_micros() as u64;
         tracing::debug!(
             target: "access",
             id = self.id.as_str(),
-            proxy = ?self.proxy,
+            proxy = self.proxy_name.as_deref().unwrap_or("-"),
+            agent = self.agent.as_deref().unwrap_or("-"),
+            method = self.method.as_str(),
+            path = %self.path,
             status = self.status,
             code = self.code.unwrap_or("-"),
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             upstream_status = ?self.upstream_status,
             upstream_us = ?self.upstream_us,
-            total_us = self.started.elapsed().as_micros() as u64,
+            total_us,
         );
+        let Some(ring) = self.ring else { return };
+        let rec = AuditRecord {
+            ts_us: self.ts_us,
+            id: SmallStr::new(self.id.as_str()),
+            agent: self.agent.take(),
+            proxy: self.proxy_name.take(),
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
+            status: self.status,
+            decision: self.decision,
+            code: self.code,
+            rule: self.rule,
+            scanner: self.scanner.take(),
+            redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream_status: self.upstream_status,
+            upstream_us: self.upstream_us,
+            total_us,
+        };
+        // a full ring counts the drop (and the writer records a gap); never blocks unbounded
+        let _ = ring.push(rec);
     }
 }
 

@@ -17,6 +17,7 @@ use crate::upstream::request;
 use crate::upstream::response::{self, HeadFail, StreamEnd, StreamIo};
 use crate::worker::Worker;
 use monoio::net::TcpStream;
+use std::sync::Arc;
 
 /// Per-request working memory, pooled per worker so a call allocates nothing on the way.
 #[derive(Default)]
@@ -59,7 +60,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         HeadRead::Ok => {}
         HeadRead::Quiet => return false,
         HeadRead::Bad(why) => {
-            let mut ex = Exchange::new(w.next_id());
+            let mut ex = Exchange::new(w.next_id(), w.audit.as_deref());
             return refuse(
                 client,
                 s,
@@ -73,7 +74,8 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
-    let mut ex = Exchange::new(id);
+    let mut ex = Exchange::new(id, w.audit.as_deref());
+    ex.method = crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let head_len = s.head.head_len;
     // a refusal before the body is read keeps the connection only if there is no body
@@ -91,6 +93,10 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     };
     ex.proxy = Some(route.proxy);
     let proxy = &cfg.proxies[route.proxy];
+    if w.audit.is_some() {
+        ex.proxy_name = Some(proxy.name_arc.clone());
+        ex.path.push_str(&s.path);
+    }
 
     // 3. authentication
     let authenticated = {
@@ -108,6 +114,9 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         Ok(c) => c,
         Err(r) => return refuse(client, s, &mut ex, r, keep_if_no_body, version, lim).await,
     };
+    if w.audit.is_some() {
+        ex.agent = caller.id().map(Arc::from);
+    }
 
     // 4. authorization (rules arrive with the authorization work; today the default effect)
     if proxy.default_effect != Effect::Allow {
@@ -122,6 +131,8 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         )
         .await;
     }
+
+    ex.decision = crate::audit::Decision::Allow;
 
     // 5. meter
     if let Some(m) = &proxy.meter {
@@ -503,7 +514,7 @@ async fn send_request(
 async fn refuse(
     client: &mut TcpStream,
     s: &mut Scratch,
-    ex: &mut Exchange,
+    ex: &mut Exchange<'_>,
     refusal: Refusal,
     keep: bool,
     version: Version,

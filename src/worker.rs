@@ -39,10 +39,12 @@ pub struct Worker {
     /// This worker's JWT verifiers (with their token caches), forked from the config they
     /// belong to (by `Compiled::serial`).
     jwt: RefCell<(u64, Vec<crate::jwt::JwtVerifier>)>,
+    /// The audit ring (shared with the writer thread), if `[audit]` is configured.
+    pub audit: Option<Arc<crate::audit::AuditRing>>,
 }
 
 impl Worker {
-    pub fn new(id: usize, cfg: Arc<Compiled>) -> Self {
+    pub fn new(id: usize, cfg: Arc<Compiled>, audit: Option<Arc<crate::audit::AuditRing>>) -> Self {
         Worker {
             id,
             cfg: RefCell::new(cfg),
@@ -52,6 +54,7 @@ impl Worker {
             draining: Cell::new(false),
             inflight: Cell::new(0),
             jwt: RefCell::new((0, Vec::new())),
+            audit,
         }
     }
 

@@ -223,6 +223,37 @@ impl Cx<'_> {
         secret::resolve_with(reference, self.base_dir, self.vault.as_ref())
     }
 
+    /// `[audit]`.
+    fn audit(&mut self, raw: &RawConfig) -> Option<crate::audit::AuditConfig> {
+        use crate::audit::{AuditConfig, FsyncPolicy, OnFull};
+        let a = raw.audit.as_ref()?.get_ref();
+        if a.dir.get_ref().is_empty() {
+            self.err(&a.dir, "audit.dir", "must name a directory");
+            return None;
+        }
+        let mut cfg = AuditConfig::new(self.base_dir.join(a.dir.get_ref()));
+        cfg.rotate_bytes = self.size(&a.rotate, "audit.rotate", cfg.rotate_bytes);
+        if let Some(f) = &a.fsync {
+            match FsyncPolicy::parse(f.get_ref()) {
+                Ok(p) => cfg.fsync = p,
+                Err(m) => self.err(f, "audit.fsync", m),
+            }
+        }
+        if let Some(o) = &a.on_full {
+            match OnFull::parse(o.get_ref()) {
+                Some(p) => cfg.on_full = p,
+                None => self.err(o, "audit.on_full", "must be \"drop\" or \"block\""),
+            }
+        }
+        if let Some(q) = &a.queue {
+            match usize::try_from(*q.get_ref()) {
+                Ok(n) if (16..=1 << 24).contains(&n) => cfg.queue_capacity = n,
+                _ => self.err(q, "audit.queue", "must be between 16 and 16777216 records"),
+            }
+        }
+        Some(cfg)
+    }
+
     /// `[[agents]]` and `[[jwt]]`.
     fn identity(&mut self, raw: &RawConfig) -> super::Identity {
         let mut agents = Vec::with_capacity(raw.agents.len());
@@ -282,6 +313,7 @@ impl Cx<'_> {
     fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
         self.open_vault(&raw);
         let identity = self.identity(&raw);
+        let audit = self.audit(&raw);
         let server = self.server(&raw);
         let limits = self.limits(&raw);
         let demo = raw.demo.as_ref().and_then(|d| {
@@ -344,6 +376,7 @@ impl Cx<'_> {
             demo,
             proxies,
             identity,
+            audit,
             by_name,
             warnings,
         })
@@ -702,6 +735,7 @@ impl Cx<'_> {
         };
         let redact = self.redaction(i, p);
         Some(Proxy {
+            name_arc: Arc::from(name.as_str()),
             meter,
             auth,
             redact,

@@ -28,6 +28,8 @@ pub struct Compiled {
     pub demo: Option<SocketAddr>,
     pub proxies: Vec<Proxy>,
     pub identity: Identity,
+    /// `[audit]`, if configured (read at start; a reload cannot move the trail).
+    pub audit: Option<crate::audit::AuditConfig>,
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,
@@ -77,6 +79,8 @@ impl Default for Limits {
 
 pub struct Proxy {
     pub name: String,
+    /// The name as shared by audit records (no allocation per call).
+    pub name_arc: Arc<str>,
     pub upstream: Upstream,
     pub default_effect: Effect,
     /// Token buckets (`meter`, `quota`), shared by every worker and kept across reloads.

@@ -14,11 +14,28 @@ pub struct RawConfig {
     #[serde(default)]
     pub vault: Option<Spanned<RawVault>>,
     #[serde(default)]
+    pub audit: Option<Spanned<RawAudit>>,
+    #[serde(default)]
     pub agents: Vec<Spanned<RawAgentEntry>>,
     #[serde(default)]
     pub jwt: Vec<Spanned<crate::jwt::RawJwt>>,
     #[serde(default)]
     pub proxies: Vec<Spanned<RawProxy>>,
+}
+
+/// `[audit]`: where and how the audit trail is written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub dir: Spanned<String>,
+    #[serde(default)]
+    pub rotate: Option<Spanned<SizeOrInt>>,
+    #[serde(default)]
+    pub fsync: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on_full: Option<Spanned<String>>,
+    #[serde(default)]
+    pub queue: Option<Spanned<i64>>,
 }
 
 /// `[vault]`: the encrypted secrets file and the reference to its key.
