@@ -17,6 +17,7 @@ pub mod http;
 pub mod io;
 pub mod pipeline;
 pub mod route;
+pub mod scan;
 pub mod secret;
 pub mod upstream;
 pub mod worker;
