@@ -107,15 +107,14 @@ impl Anchor {
         ];
         const SLACK: &[(&[u8], Anchor)] = &[(b"xox", Anchor::Slack)];
         const OPENAI: &[(&[u8], Anchor)] = &[(b"sk-", Anchor::OpenAi)];
-        const EMAIL: &[(&[u8], Anchor)] = &[(b"@", Anchor::At)];
         match d {
             Detector::PrivateKey => PEM,
             Detector::AwsAccessKey => AWS,
             Detector::GithubToken => GITHUB,
             Detector::SlackToken => SLACK,
             Detector::OpenaiKey => OPENAI,
-            Detector::Email => EMAIL,
-            Detector::CreditCard | Detector::UsSsn | Detector::Iban => &[],
+            // `@` is found with memchr: as a one-byte pattern it would blunt the prefilter.
+            Detector::CreditCard | Detector::UsSsn | Detector::Iban | Detector::Email => &[],
         }
     }
 

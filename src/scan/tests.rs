@@ -726,3 +726,61 @@ proptest! {
         let _ = set.scan_encoded(&body, Some(b"deflate"), 1 << 16);
     }
 }
+
+/// The literal hits a naive search finds: `(blocked, reports)` as `(offset, scanner, literal)`.
+type NaiveHit = (usize, usize, usize);
+
+fn naive_literals(scanners: &[RawScanner], body: &[u8]) -> (Option<NaiveHit>, Vec<NaiveHit>) {
+    let hay = body.to_ascii_lowercase();
+    let mut block: Option<NaiveHit> = None;
+    let mut reports = Vec::new();
+    for (si, s) in scanners.iter().enumerate() {
+        for (li, l) in s.literals.iter().enumerate() {
+            let l = l.to_ascii_lowercase();
+            let first = (0..hay.len()).find(|&i| hay[i..].starts_with(l.as_bytes()));
+            if let Some(off) = first {
+                if s.mode.is_some() {
+                    reports.push((off, si, li));
+                } else if block.is_none_or(|b| (off, si, li) < b) {
+                    block = Some((off, si, li));
+                }
+            }
+        }
+    }
+    reports.sort_by_key(|r| (r.1, r.2));
+    (block, reports)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Sets of up to 200 literals (several automaton groups), overlapping and sharing
+    /// prefixes and suffixes, against a naive search.
+    #[test]
+    fn literals_match_naive_search(
+        lits in prop::collection::vec(prop::collection::vec(prop::sample::select(b"abAB-".to_vec()), 1..6), 1..200),
+        split in any::<prop::sample::Index>(),
+        report_from in any::<prop::sample::Index>(),
+        body in prop::collection::vec(prop::sample::select(b"abAB- x".to_vec()), 0..400),
+    ) {
+        let lits: Vec<String> = lits.into_iter().map(|l| String::from_utf8(l).unwrap()).collect();
+        let cut = split.index(lits.len() + 1);
+        let mut scanners = vec![
+            scanner("one", &[], &lits[..cut].iter().map(String::as_str).collect::<Vec<_>>(), None),
+            scanner("two", &[], &lits[cut..].iter().map(String::as_str).collect::<Vec<_>>(), None),
+        ];
+        scanners.retain(|s| !s.literals.is_empty());
+        let r = report_from.index(scanners.len() + 1);
+        for s in &mut scanners[r..] {
+            s.mode = Some("report".into());
+        }
+        let set = ScanSet::compile(&scanners).unwrap();
+        let out = set.scan(&body);
+        let lit = |h: &Hit<'_>| match h.kind {
+            HitKind::Literal(i) => (h.offset, h.scanner_index, i),
+            HitKind::Detector(_) => unreachable!(),
+        };
+        let got = (out.blocked.as_ref().map(lit), out.reports.iter().map(lit).collect::<Vec<_>>());
+        prop_assert_eq!(got, naive_literals(&scanners, &body));
+    }
+}
