@@ -230,7 +230,11 @@ pub fn run(source: Source) -> Result<()> {
     }
     if let Some((_, handle)) = audit {
         let st = handle.flush_and_stop();
-        tracing::info!(written = st.written, dropped = st.dropped_queue + st.dropped_backlog, "audit trail closed");
+        tracing::info!(
+            written = st.written,
+            dropped = st.dropped_queue + st.dropped_backlog,
+            "audit trail closed"
+        );
     }
     tracing::info!("stopped");
     Ok(())

@@ -75,7 +75,8 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
     let mut ex = Exchange::new(id, w.audit.as_deref());
-    ex.method = crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
+    ex.method =
+        crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let head_len = s.head.head_len;
     // a refusal before the body is read keeps the connection only if there is no body
@@ -118,20 +119,50 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         ex.agent = caller.id().map(Arc::from);
     }
 
-    // 4. authorization (rules arrive with the authorization work; today the default effect)
-    if proxy.default_effect != Effect::Allow {
-        return refuse(
-            client,
-            s,
-            &mut ex,
-            Refusal::NoRuleMatched,
-            keep_if_no_body,
-            version,
-            lim,
+    // 4. authorization: the rule trie over the canonical path below the proxy
+    let decision = {
+        let src = &s.rbuf;
+        let rest = &s.path[route.rest_start..];
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let target = s.head.target.get(src);
+        let query = target
+            .get(route.query.0..route.query.1)
+            .unwrap_or(b"")
+            .strip_prefix(b"?")
+            .unwrap_or(b"");
+        let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
+        let headers = &s.head.headers;
+        proxy.rules.decide(
+            s.head.method.get(src),
+            rest,
+            caller.id(),
+            &roles,
+            query,
+            |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.name.get(src).eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|h| h.value.get(src))
+            },
         )
-        .await;
+    };
+    ex.rule = decision.rule.and_then(|r| u32::try_from(r).ok());
+    for r in &decision.report_hits {
+        tracing::info!(target: "shadow", id = ex.id.as_str(), proxy = %proxy.name, rule = r,
+            "a report-mode rule would have changed this decision");
     }
-
+    let refusal = match decision.effect {
+        Effect::Allow => None,
+        Effect::Deny if decision.rule.is_some() => Some(Refusal::DeniedByRule),
+        Effect::Deny => Some(Refusal::NoRuleMatched),
+        Effect::Approve => {
+            ex.decision = crate::audit::Decision::Approve;
+            Some(Refusal::ApprovalRequired)
+        }
+    };
+    if let Some(r) = refusal {
+        return refuse(client, s, &mut ex, r, keep_if_no_body, version, lim).await;
+    }
     ex.decision = crate::audit::Decision::Allow;
 
     // 5. meter
@@ -245,7 +276,50 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     };
     ex.bytes_in = (head_len + s.body.len()) as u64;
 
-    // 7. outbound request
+    // 7. scanners: the whole body, before any connection to the upstream is opened
+    if let Some(scanners) = &proxy.scanners {
+        let src = &s.rbuf;
+        let encoding = s
+            .head
+            .headers
+            .iter()
+            .find(|h| h.name.get(src).eq_ignore_ascii_case(b"content-encoding"))
+            .map(|h| h.value.get(src));
+        let max_decoded = usize::try_from(lim.max_body).unwrap_or(usize::MAX);
+        let refusal = match scanners.scan_encoded(&s.body, encoding, max_decoded) {
+            Ok(outcome) => {
+                for h in &outcome.reports {
+                    tracing::info!(target: "shadow", id = ex.id.as_str(), proxy = %proxy.name,
+                        scanner = h.scanner, "a report-mode scanner matched the request body");
+                }
+                if let Some(hit) = &outcome.blocked {
+                    ex.scanner = Some(Arc::from(hit.scanner));
+                    Some(Refusal::PayloadBlocked {
+                        scanner: hit.scanner.to_string(),
+                    })
+                } else {
+                    if let Some(h) = outcome.reports.first() {
+                        ex.scanner = Some(Arc::from(h.scanner));
+                    }
+                    None
+                }
+            }
+            Err(crate::scan::ScanError::TooLarge) => Some(Refusal::BodyTooLarge),
+            Err(crate::scan::ScanError::UnsupportedEncoding) => Some(Refusal::BadRequest(
+                "the request body's Content-Encoding cannot be scanned",
+            )),
+            Err(crate::scan::ScanError::Corrupt) => Some(Refusal::BadRequest(
+                "the request body does not decode with its Content-Encoding",
+            )),
+        };
+        if let Some(r) = refusal {
+            ex.decision = crate::audit::Decision::Deny;
+            // the body is still in the read buffer: close rather than resynchronise
+            return refuse(client, s, &mut ex, r, false, version, lim).await;
+        }
+    }
+
+    // 8. outbound request
     s.out.clear();
     let target = s.head.target.get(&s.rbuf);
     let query = &target[route.query.0..route.query.1];
@@ -272,7 +346,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
                 s,
                 &mut ex,
                 Refusal::UpstreamAuthFailed(request::credential_failure(&e)),
-                keep,
+                false,
                 version,
                 lim,
             )
@@ -303,7 +377,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         s.body.clear();
     }
 
-    // 8. upstream: send, then the response head
+    // 9. upstream: send, then the response head
     ex.upstream_started = Some(crate::clock::now());
     let mut conn = match send_request(w, &cfg, route.proxy, s, idempotent, method_is_head).await {
         Ok(c) => c,
@@ -312,7 +386,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     ex.upstream_us = ex.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     ex.upstream_status = Some(s.resp.status);
 
-    // 9. response to the agent (redacted on the way when the proxy asks for it)
+    // 10. response to the agent (redacted on the way when the proxy asks for it)
     let status = s.resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
     let mut redactor = None;

@@ -74,6 +74,7 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
         errors: Vec::new(),
         base_dir,
         vault: None,
+        proxy_warnings: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -96,12 +97,24 @@ struct Cx<'a> {
     errors: Vec<ConfigError>,
     /// The opened `[vault]`, for `vault:NAME` references.
     vault: Option<crate::vault::Vault>,
+    /// Findings of proxy compilation, merged into `Compiled::warnings`.
+    proxy_warnings: Vec<String>,
 }
 
 impl Cx<'_> {
     fn line_at(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
         1 + memchr::memchr_iter(b'\n', &self.text.as_bytes()[..end]).count()
+    }
+
+    fn push_error(&mut self, offset: usize, key: String, message: String) {
+        let line = self.line_at(offset);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            key,
+            message,
+        });
     }
 
     fn err<T>(&mut self, spanned: &Spanned<T>, key: impl Into<String>, msg: impl Into<String>) {
@@ -341,7 +354,7 @@ impl Cx<'_> {
                     );
                     continue;
                 }
-                if proxy.default_effect != Effect::Allow {
+                if proxy.rules.is_empty() && proxy.default_effect != Effect::Allow {
                     warnings.push(format!(
                         "{}:{}: proxies[{i}]: proxy {:?} has no rules and default_effect is not allow: it refuses every call",
                         self.file, self.line_at(p.span().start), proxy.name));
@@ -350,6 +363,7 @@ impl Cx<'_> {
                 proxies.push(proxy);
             }
         }
+        warnings.append(&mut self.proxy_warnings);
         if proxies.is_empty() && self.errors.is_empty() {
             warnings.push(format!(
                 "{}: no [[proxies]] configured: every call gets unknown_proxy",
@@ -632,6 +646,7 @@ impl Cx<'_> {
         p: &Spanned<RawProxy>,
         tls_cache: &mut HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
     ) -> Option<Proxy> {
+        let p_span = p.span().start;
         let p = p.get_ref();
         let name = p.name.get_ref();
         let name_ok = !name.is_empty()
@@ -734,7 +749,53 @@ impl Cx<'_> {
             }
         };
         let redact = self.redaction(i, p);
+        let default_effect = p
+            .default_effect
+            .as_ref()
+            .map(|e| *e.get_ref())
+            .unwrap_or(Effect::Deny);
+        let raw_rules: Vec<crate::authz::RawRule> =
+            p.rules.iter().map(|r| r.get_ref().clone()).collect();
+        let rules = match crate::authz::RuleSet::compile(&raw_rules, default_effect) {
+            Ok((set, warnings)) => {
+                for w in warnings {
+                    let line = self.line_at(p_span);
+                    self.proxy_warnings
+                        .push(format!("{}:{line}: proxies[{i}] ({name}): {w}", self.file));
+                }
+                Some(set)
+            }
+            Err(errs) => {
+                for (key, msg) in errs {
+                    let span = list_index(&key, "rules[")
+                        .and_then(|j| p.rules.get(j))
+                        .map(|r| r.span().start)
+                        .unwrap_or(0);
+                    self.push_error(span, format!("proxies[{i}].{key}"), msg);
+                }
+                None
+            }
+        };
+        let raw_scanners: Vec<crate::scan::RawScanner> =
+            p.scanners.iter().map(|r| r.get_ref().clone()).collect();
+        let scanners = match crate::scan::ScanSet::compile(&raw_scanners) {
+            Ok(set) if set.is_empty() => None,
+            Ok(set) => Some(set),
+            Err(errs) => {
+                for (key, msg) in errs {
+                    let span = list_index(&key, "scanners[")
+                        .and_then(|j| p.scanners.get(j))
+                        .map(|r| r.span().start)
+                        .unwrap_or(0);
+                    self.push_error(span, format!("proxies[{i}].{key}"), msg);
+                }
+                None
+            }
+        };
+        let rules = rules?;
         Some(Proxy {
+            rules,
+            scanners,
             name_arc: Arc::from(name.as_str()),
             meter,
             auth,
@@ -752,18 +813,19 @@ impl Cx<'_> {
                 tls,
                 pool_key,
             },
-            default_effect: p
-                .default_effect
-                .as_ref()
-                .map(|e| *e.get_ref())
-                .unwrap_or(Effect::Deny),
+            default_effect,
         })
     }
 }
 
 /// `agents[3].key_sha256` → 3.
 fn agent_index(key: &str) -> Option<usize> {
-    let rest = key.strip_prefix("agents[")?;
+    list_index(key, "agents[")
+}
+
+/// `rules[3].path` with prefix `rules[` → 3.
+fn list_index(key: &str, prefix: &str) -> Option<usize> {
+    let rest = key.strip_prefix(prefix)?;
     rest[..rest.find(']')?].parse().ok()
 }
 

@@ -90,6 +90,10 @@ pub struct Proxy {
     pub forward_cookies: bool,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
+    /// The compiled rule trie (with `default_effect`).
+    pub rules: crate::authz::RuleSet,
+    /// Request-body scanners, if any.
+    pub scanners: Option<crate::scan::ScanSet>,
 }
 
 pub struct Redaction {

@@ -125,6 +125,12 @@ pub struct RawProxy {
     /// `[[proxies.redact]]`: JSON paths removed or masked in responses.
     #[serde(default)]
     pub redact: Vec<Spanned<RawRedact>>,
+    /// `[[proxies.rules]]`: allow / deny / approve by method and path.
+    #[serde(default)]
+    pub rules: Vec<Spanned<crate::authz::RawRule>>,
+    /// `[[proxies.scanners]]`: literals and detectors searched in request bodies.
+    #[serde(default)]
+    pub scanners: Vec<Spanned<crate::scan::RawScanner>>,
 }
 
 #[derive(Debug, Deserialize)]
