@@ -40,6 +40,63 @@ pub enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Audit records, newest first (a table, or one JSON line per record with --json).
+    Logs(LogsArgs),
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Where the audit directory is: `--dir`, else the config's `[audit].dir`, else `./audit`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuditLocation {
+    /// Config file whose `[audit].dir` names the directory (relative to the config file).
+    #[arg(short, long, conflicts_with = "dir")]
+    pub config: Option<PathBuf>,
+    /// The audit directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// Only calls of this proxy.
+    #[arg(long)]
+    pub proxy: Option<String>,
+    /// Only calls of this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// From this time: RFC 3339 (2026-01-01T00:00:00Z), a date, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// A status (403) or a class (4xx).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = crate::audit::query::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// One JSON object per line (the records as stored) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub at: AuditLocation,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit files; print each break as file:line and exit 1 on any.
+    Verify {
+        /// The audit directory (default: the `[audit].dir` of -c CONFIG, else ./audit).
+        dir: Option<PathBuf>,
+        /// Config file whose `[audit].dir` names the directory.
+        #[arg(short, long, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +261,197 @@ pub fn agent_add(
         t.push_str(&format!("expires_at = \"{e}\"\n"));
     }
     Ok((key, t))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditOnlyConfig {
+    audit: Option<AuditSection>,
+}
+
+#[derive(serde::Deserialize)]
+struct AuditSection {
+    dir: String,
+}
+
+/// The audit directory: `dir` if given, else the config's `[audit].dir` (relative to the config
+/// file; only that table is read), else `./audit`.
+pub fn audit_dir(config: Option<&Path>, dir: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.to_path_buf());
+    }
+    let Some(c) = config else {
+        return Ok(PathBuf::from("audit"));
+    };
+    let text = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+    let v: AuditOnlyConfig =
+        toml::from_str(&text).with_context(|| format!("{}: [audit]", c.display()))?;
+    let Some(a) = v.audit else {
+        bail!("{} has no [audit] section", c.display());
+    };
+    let base = c
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(base.join(a.dir))
+}
+
+/// `portcullis audit verify`: a summary, or every break as `file:line: kind` and `false`.
+pub fn audit(cmd: AuditCommand) -> Result<bool> {
+    let AuditCommand::Verify { dir, config } = cmd;
+    let dir = audit_dir(config.as_deref(), dir.as_deref())?;
+    if !dir.is_dir() {
+        bail!("{}: no such audit directory", dir.display());
+    }
+    match crate::audit::verify_dir(&dir) {
+        Ok(r) => {
+            println!("{}: ok", dir.display());
+            println!(
+                "  files: {}  records: {}  gaps: {} ({} records dropped)",
+                r.files, r.records, r.gaps, r.dropped
+            );
+            println!("  head: {}", r.head);
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            Ok(true)
+        }
+        Err(crate::audit::VerifyError::Broken {
+            breaks,
+            count,
+            report,
+        }) => {
+            for b in &breaks {
+                println!("{b}");
+            }
+            if count > breaks.len() {
+                println!("... and {} more", count - breaks.len());
+            }
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+            eprintln!(
+                "{}: {count} break(s) in the audit chain ({} files, {} records)",
+                dir.display(),
+                report.files,
+                report.records
+            );
+            Ok(false)
+        }
+        Err(e @ crate::audit::VerifyError::Io { .. }) => Err(e.into()),
+    }
+}
+
+/// `portcullis logs`.
+pub fn logs(a: LogsArgs) -> Result<bool> {
+    let dir = audit_dir(a.at.config.as_deref(), a.at.dir.as_deref())?;
+    if !dir.is_dir() {
+        bail!("{}: no such audit directory", dir.display());
+    }
+    let now = u64::try_from(crate::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<u64>> {
+        v.as_deref()
+            .map(|s| {
+                crate::audit::query::parse_time_arg(s, now).with_context(|| {
+                    format!("--{flag} '{s}': expected RFC 3339, a date, or a duration ago (15m)")
+                })
+            })
+            .transpose()
+    };
+    let q = crate::audit::Query {
+        proxy: a.proxy,
+        agent: a.agent,
+        status: a
+            .status
+            .as_deref()
+            .map(|s| {
+                crate::audit::StatusFilter::parse(s)
+                    .with_context(|| format!("--status '{s}': expected 403 or 4xx"))
+            })
+            .transpose()?,
+        since: time("since", &a.since)?,
+        until: time("until", &a.until)?,
+        limit: a.limit,
+    };
+    let res = crate::audit::query(&dir, &q)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    use std::io::Write as _;
+    if a.json {
+        for r in &res.records {
+            serde_json::to_writer(&mut out, r)?;
+            out.write_all(b"\n")?;
+        }
+    } else {
+        out.write_all(logs_table(&res.records).as_bytes())?;
+    }
+    out.flush()?;
+    if res.malformed > 0 {
+        eprintln!(
+            "warning: {} unreadable line(s) skipped; run `portcullis audit verify`",
+            res.malformed
+        );
+    }
+    Ok(true)
+}
+
+/// The human table of `portcullis logs`.
+pub fn logs_table(records: &[crate::audit::StoredRecord]) -> String {
+    const HEAD: [&str; 10] = [
+        "TS", "ID", "AGENT", "PROXY", "METHOD", "PATH", "STATUS", "DECISION", "CODE", "TOTAL_US",
+    ];
+    let clean = |s: Option<&str>| -> String {
+        match s {
+            None | Some("") => "-".into(),
+            Some(s) => s
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        }
+    };
+    let num = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let rows: Vec<[String; 10]> = records
+        .iter()
+        .map(|r| {
+            [
+                clean(Some(&r.ts)),
+                clean(r.id.as_deref()),
+                clean(r.agent.as_deref()),
+                clean(r.proxy.as_deref()),
+                clean(r.method.as_deref()),
+                clean(r.path.as_deref()),
+                num(r.status.map(u64::from)),
+                clean(r.decision.as_deref()),
+                clean(r.code.as_deref()),
+                num(r.total_us),
+            ]
+        })
+        .collect();
+    let mut w = HEAD.map(|h| h.chars().count());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.extend(std::iter::repeat_n(' ', w[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&HEAD);
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
 }
 
 #[derive(serde::Deserialize)]

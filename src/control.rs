@@ -41,6 +41,23 @@ pub struct Control {
     generation: AtomicU64,
     ready: AtomicBool,
     current: Mutex<Arc<Compiled>>,
+    /// Every worker's metric shard, merged by `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit trail as started (a reload cannot move it), for the admin API.
+    pub audit: Option<AuditView>,
+}
+
+/// What the admin API reads of the running audit trail.
+pub struct AuditView {
+    pub dir: PathBuf,
+    stats: Arc<crate::audit::AuditStats>,
+    ring: Arc<crate::audit::AuditRing>,
+}
+
+impl AuditView {
+    pub fn snapshot(&self) -> crate::audit::StatsSnapshot {
+        self.stats.snapshot(&self.ring)
+    }
 }
 
 #[derive(Debug)]
@@ -168,6 +185,7 @@ pub fn run(source: Source) -> Result<()> {
         None => None,
     };
     let n = worker_count(&cfg);
+    let metrics = Arc::new(crate::metrics::Metrics::new(n));
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
@@ -177,9 +195,10 @@ pub fn run(source: Source) -> Result<()> {
         let cfg = cfg.clone();
         let bound_tx = bound_tx.clone();
         let ring = audit.as_ref().map(|(r, _)| r.clone());
+        let wm = metrics.worker_metrics(id);
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, ring, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, ring, wm, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -198,6 +217,15 @@ pub fn run(source: Source) -> Result<()> {
         generation: AtomicU64::new(1),
         ready: AtomicBool::new(false),
         current: Mutex::new(cfg.clone()),
+        metrics,
+        audit: match (&cfg.audit, &audit) {
+            (Some(a), Some((ring, handle))) => Some(AuditView {
+                dir: a.dir.clone(),
+                stats: handle.stats().clone(),
+                ring: ring.clone(),
+            }),
+            _ => None,
+        },
     });
     if let Some(addr) = cfg.server.admin_listen {
         crate::admin::start(addr, control.clone())
@@ -244,6 +272,7 @@ fn worker_thread(
     id: usize,
     cfg: Arc<Compiled>,
     audit: Option<Arc<crate::audit::AuditRing>>,
+    metrics: crate::metrics::WorkerMetrics,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -286,7 +315,7 @@ fn worker_thread(
         };
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
-        let w = Rc::new(Worker::new(id, cfg, audit));
+        let w = Rc::new(Worker::new(id, cfg, audit, metrics));
         worker::run(w, listeners, rx).await;
     });
 }

@@ -1,8 +1,10 @@
 //! The per-call context: request id, timings and the outcome, filled in as the call moves down
-//! the pipeline. Its `Drop` emits the call's one record (today a structured `access` log event
-//! at debug level; the audit ring takes it over with the audit trail).
+//! the pipeline. Its `Drop` emits the call's one record: a structured `access` log event at
+//! debug level, one update of the worker's metric shard (`metrics.rs`) and, with `[audit]`, one
+//! record pushed into the audit ring.
 use crate::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::clock;
+use crate::metrics::{CallSample, WorkerMetrics};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
@@ -99,11 +101,18 @@ pub struct Exchange<'w> {
     pub upstream_us: Option<u64>,
     /// Values removed or masked from the response.
     pub redactions: u64,
+    /// The proxy's slot in the worker's metric shard (`WorkerMetrics::slot`).
+    pub metrics_slot: Option<u16>,
     ring: Option<&'w AuditRing>,
+    metrics: Option<&'w WorkerMetrics>,
 }
 
 impl<'w> Exchange<'w> {
-    pub fn new(id: RequestId, ring: Option<&'w AuditRing>) -> Self {
+    pub fn new(
+        id: RequestId,
+        ring: Option<&'w AuditRing>,
+        metrics: Option<&'w WorkerMetrics>,
+    ) -> Self {
         Exchange {
             id,
             started: clock::now(),
@@ -124,7 +133,9 @@ impl<'w> Exchange<'w> {
             upstream_started: None,
             upstream_us: None,
             redactions: 0,
+            metrics_slot: None,
             ring,
+            metrics,
         }
     }
 }
@@ -147,6 +158,19 @@ impl Drop for Exchange<'_> {
             upstream_us = ?self.upstream_us,
             total_us,
         );
+        if let Some(m) = self.metrics {
+            m.record(&CallSample {
+                slot: self.metrics_slot,
+                decision: self.decision,
+                status: self.status,
+                code: self.code,
+                scanner_hit: self.scanner.is_some(),
+                redactions: self.redactions,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                total_us,
+            });
+        }
         let Some(ring) = self.ring else { return };
         let rec = AuditRecord {
             ts_us: self.ts_us,

@@ -24,6 +24,7 @@ pub mod http;
 pub mod io;
 pub mod jwt;
 pub mod meter;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod route;

@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Check { config } => cmd::check(config),
         Command::Agent { command } => cmd::agent(command),
         Command::Vault { command } => cmd::vault(command),
+        Command::Logs(args) => cmd::logs(args),
+        Command::Audit { command } => cmd::audit(command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

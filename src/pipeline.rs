@@ -60,7 +60,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         HeadRead::Ok => {}
         HeadRead::Quiet => return false,
         HeadRead::Bad(why) => {
-            let mut ex = Exchange::new(w.next_id(), w.audit.as_deref());
+            let mut ex = Exchange::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
             return refuse(
                 client,
                 s,
@@ -74,7 +74,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
-    let mut ex = Exchange::new(id, w.audit.as_deref());
+    let mut ex = Exchange::new(id, w.audit.as_deref(), Some(&w.metrics));
     ex.method =
         crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
@@ -93,6 +93,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     };
     ex.proxy = Some(route.proxy);
+    ex.metrics_slot = w.metrics.slot(&cfg, route.proxy);
     let proxy = &cfg.proxies[route.proxy];
     if w.audit.is_some() {
         ex.proxy_name = Some(proxy.name_arc.clone());

@@ -41,10 +41,17 @@ pub struct Worker {
     jwt: RefCell<(u64, Vec<crate::jwt::JwtVerifier>)>,
     /// The audit ring (shared with the writer thread), if `[audit]` is configured.
     pub audit: Option<Arc<crate::audit::AuditRing>>,
+    /// This worker's metric shard (written by this worker only, merged on scrape).
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 impl Worker {
-    pub fn new(id: usize, cfg: Arc<Compiled>, audit: Option<Arc<crate::audit::AuditRing>>) -> Self {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Compiled>,
+        audit: Option<Arc<crate::audit::AuditRing>>,
+        metrics: crate::metrics::WorkerMetrics,
+    ) -> Self {
         Worker {
             id,
             cfg: RefCell::new(cfg),
@@ -55,6 +62,7 @@ impl Worker {
             inflight: Cell::new(0),
             jwt: RefCell::new((0, Vec::new())),
             audit,
+            metrics,
         }
     }
 
@@ -140,6 +148,7 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
                 monoio::time::sleep(Duration::from_secs(1)).await;
                 let idle = w.config().limits.upstream_idle_timeout;
                 w.pool.sweep(idle);
+                w.metrics.set_pool_idle(w.pool.idle_count());
             }
         })
     };

@@ -34,13 +34,14 @@ pub mod index;
 pub mod query;
 pub mod record;
 pub mod ring;
+pub mod telemetry;
 pub mod verify;
 pub mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use query::{Query, QueryError, QueryResult, StatusFilter, query};
+pub use query::{Query, QueryError, QueryResult, StatusFilter, query, query_visit};
 pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
 pub use ring::{OnFull, Ring};
 pub use verify::{Break, BreakKind, VerifyError, VerifyReport, verify_dir};

@@ -141,6 +141,9 @@ pub struct QueryResult {
     pub lines_scanned: u64,
     /// Complete lines that could not be read (`audit verify` says more).
     pub malformed: u64,
+    /// Records that matched (`records.len()` for [`query`]; what the visitor saw for
+    /// [`query_visit`]).
+    pub matched: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,12 +155,31 @@ pub struct QueryError {
 
 /// Runs `q` over the audit directory `dir`.
 pub fn query(dir: &Path, q: &Query) -> Result<QueryResult, QueryError> {
+    run(dir, q, None)
+}
+
+/// Like [`query`], but hands each matching record (newest first, at most `q.limit`) to `visit`
+/// instead of collecting them: memory stays flat however many records a window holds (for
+/// aggregates such as `GET /v1/telemetry`). `records` of the result stays empty.
+pub fn query_visit(
+    dir: &Path,
+    q: &Query,
+    visit: &mut dyn FnMut(StoredRecord),
+) -> Result<QueryResult, QueryError> {
+    run(dir, q, Some(visit))
+}
+
+fn run(
+    dir: &Path,
+    q: &Query,
+    visit: Option<&mut dyn FnMut(StoredRecord)>,
+) -> Result<QueryResult, QueryError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| QueryError { path, source }
     };
     let logs = files::list_files(dir).map_err(err(dir))?;
-    let mut s = Scan::new(q);
+    let mut s = Scan::new(q, visit);
     if q.limit == 0 {
         return Ok(s.res);
     }
@@ -198,8 +220,9 @@ pub fn query(dir: &Path, q: &Query) -> Result<QueryResult, QueryError> {
 
 const CHUNK: u64 = 4 << 20;
 
-struct Scan<'q> {
+struct Scan<'q, 'v> {
     q: &'q Query,
+    visit: Option<&'v mut dyn FnMut(StoredRecord)>,
     proxy_key: Option<u64>,
     agent_key: Option<u64>,
     status_key: Option<u64>,
@@ -208,8 +231,8 @@ struct Scan<'q> {
     res: QueryResult,
 }
 
-impl<'q> Scan<'q> {
-    fn new(q: &'q Query) -> Self {
+impl<'q, 'v> Scan<'q, 'v> {
+    fn new(q: &'q Query, visit: Option<&'v mut dyn FnMut(StoredRecord)>) -> Self {
         let mut needles = Vec::new();
         let mut needle = |key: &str, v: &str| {
             let mut n = format!(",\"{key}\":").into_bytes();
@@ -227,6 +250,7 @@ impl<'q> Scan<'q> {
         }
         Scan {
             q,
+            visit,
             proxy_key: q.proxy.as_deref().map(index::proxy_key),
             agent_key: q.agent.as_deref().map(index::agent_key),
             status_key: match q.status {
@@ -326,8 +350,12 @@ impl<'q> Scan<'q> {
         }
         match StoredRecord::parse(line) {
             Ok(r) if q.matches(&r) => {
-                self.res.records.push(r);
-                self.res.records.len() >= q.limit
+                self.res.matched += 1;
+                match &mut self.visit {
+                    Some(v) => v(r),
+                    None => self.res.records.push(r),
+                }
+                self.res.matched >= q.limit as u64
             }
             Ok(_) => false,
             Err(_) => {

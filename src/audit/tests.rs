@@ -647,3 +647,59 @@ fn unsafe_only_in_ring() {
         }
     }
 }
+
+#[test]
+fn telemetry_matches_a_naive_aggregate_and_stops_at_its_bound() {
+    let d = tempfile::tempdir().unwrap();
+    write_log(cfg(d.path()), 0..3000);
+    let all = verify::read_all(d.path()).unwrap();
+    let since = BASE_TS + 500_000;
+    let until = BASE_TS + 2_000_000;
+    let rep = telemetry::compute(d.path(), Some("crm"), since, until, 1_000_000).unwrap();
+    let want: Vec<&StoredRecord> = all
+        .iter()
+        .filter(|r| {
+            !r.is_gap()
+                && r.proxy.as_deref() == Some("crm")
+                && r.ts_us().is_some_and(|t| t >= since && t <= until)
+        })
+        .collect();
+    assert!(!rep.truncated);
+    assert_eq!(rep.records, want.len() as u64);
+    assert_eq!(rep.proxies.len(), 1);
+    let p = &rep.proxies[0];
+    assert_eq!(p.proxy.as_deref(), Some("crm"));
+    assert_eq!(p.counts.calls, want.len() as u64);
+    let mut lat: Vec<u64> = want.iter().map(|r| r.total_us.unwrap()).collect();
+    lat.sort_unstable();
+    assert_eq!(p.counts.latency_us.p50, telemetry::percentile(&lat, 50.0));
+    assert_eq!(p.counts.latency_us.p99, telemetry::percentile(&lat, 99.0));
+    let n4 = want.iter().filter(|r| r.status.unwrap() / 100 == 4).count() as u64;
+    assert_eq!(p.counts.status.get("4xx").copied().unwrap_or(0), n4);
+    let deny = want
+        .iter()
+        .filter(|r| r.decision.as_deref() == Some("deny"))
+        .count() as u64;
+    assert_eq!(p.counts.decisions.get("deny").copied().unwrap_or(0), deny);
+    assert_eq!(
+        p.agents.iter().map(|a| a.counts.calls).sum::<u64>(),
+        p.counts.calls
+    );
+    for a in &p.agents {
+        let mut l: Vec<u64> = want
+            .iter()
+            .filter(|r| r.agent == a.agent)
+            .map(|r| r.total_us.unwrap())
+            .collect();
+        l.sort_unstable();
+        assert_eq!(a.counts.calls, l.len() as u64);
+        assert_eq!(a.counts.latency_us.p99, telemetry::percentile(&l, 99.0));
+    }
+
+    // the bound: newest first, truncated
+    let rep = telemetry::compute(d.path(), None, 0, u64::MAX, 100).unwrap();
+    assert!(rep.truncated);
+    assert_eq!(rep.records, 100);
+    let names: Vec<Option<&str>> = rep.proxies.iter().map(|p| p.proxy.as_deref()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+}
