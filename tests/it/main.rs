@@ -11,12 +11,14 @@
 mod support;
 
 mod admin;
+mod audit;
 mod cli_ident;
 mod configs;
 mod forwarding;
 mod identity;
 mod lifecycle;
 mod meter;
+mod metrics;
 mod redact;
 mod routing;
 mod smuggling;
