@@ -186,7 +186,8 @@ pub struct Shard {
     unrouted: ProxyCounters,
     /// Calls of proxies beyond [`MAX_PROXY_SLOTS`].
     other: ProxyCounters,
-    slots: Box<[OnceLock<Slot>]>,
+    /// Boxed: an unused slot costs a pointer, not a counter set.
+    slots: Box<[OnceLock<Box<Slot>>]>,
     /// Idle upstream connections in this worker's pool (sampled by the sweeper).
     pool_idle: AtomicU64,
 }
@@ -251,10 +252,10 @@ impl WorkerMetrics {
             None if l.used < MAX_PROXY_SLOTS => {
                 let s = l.used;
                 // only this worker initialises its slots, each once
-                let _ = self.shard.slots[s].set(Slot {
+                let _ = self.shard.slots[s].set(Box::new(Slot {
                     name: p.name_arc.clone(),
                     counters: ProxyCounters::default(),
-                });
+                }));
                 l.used += 1;
                 let s = s as u16;
                 l.by_name.insert(p.name_arc.clone(), s);
