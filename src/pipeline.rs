@@ -81,7 +81,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let head_len = s.head.head_len;
     // a refusal before the body is read keeps the connection only if there is no body
     let keep = s.head.keep_alive && !w.draining.get();
-    let keep_if_no_body = keep && s.head.body == BodyKind::None;
+    let keep_if_no_body = keep && matches!(s.head.body, BodyKind::None | BodyKind::Length(0));
 
     // 2. canonical path and route
     let route = match route::resolve(&cfg, s.head.target.get(&s.rbuf), &mut s.path) {

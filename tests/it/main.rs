@@ -11,6 +11,7 @@
 mod support;
 
 mod admin;
+mod authz;
 mod cli_ident;
 mod configs;
 mod forwarding;
