@@ -20,6 +20,7 @@ pub mod datetime;
 pub mod demo;
 pub mod error;
 pub mod exchange;
+pub mod fetch;
 pub mod http;
 pub mod io;
 pub mod jwt;
