@@ -3,8 +3,8 @@
 //! at debug level; the audit ring takes it over with the audit trail).
 use crate::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::clock;
-use std::sync::Arc;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Longest `X-Request-Id` accepted from an agent.

@@ -350,7 +350,7 @@ pub fn get(
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods)]
+#[allow(clippy::disallowed_methods, clippy::type_complexity)]
 mod tests {
     use super::*;
     use std::net::TcpListener;

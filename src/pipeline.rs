@@ -75,7 +75,8 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
     let mut ex = Exchange::new(id, w.audit.as_deref());
-    ex.method = crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
+    ex.method =
+        crate::audit::SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let head_len = s.head.head_len;
     // a refusal before the body is read keeps the connection only if there is no body
@@ -253,6 +254,26 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let mut auth_headers = Vec::new();
     let mut auth_query = zeroize::Zeroizing::new(String::new());
     if let Some(auth) = &proxy.auth {
+        // an OAuth2 proxy's access token: waits (bounded) for the first one
+        let token = match &proxy.oauth {
+            None => None,
+            Some(b) => match crate::oauth::token(&b.source, lim.connect_timeout).await {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    tracing::warn!(proxy = %proxy.name, reason = why, "no OAuth2 access token for the call");
+                    return refuse(
+                        client,
+                        s,
+                        &mut ex,
+                        Refusal::UpstreamAuthFailed(why),
+                        keep,
+                        version,
+                        lim,
+                    )
+                    .await;
+                }
+            },
+        };
         let now = crate::clock::unix_now().as_secs() as i64;
         if let Err(e) = request::credential(
             auth,
@@ -263,6 +284,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
             query,
             &s.body,
             now,
+            token.as_deref().map(crate::oauth::Token::secret),
             &mut auth_headers,
             &mut auth_query,
         ) {
