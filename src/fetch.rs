@@ -45,11 +45,19 @@ impl Default for Timeouts {
     }
 }
 
-/// A response: status and the decoded body.
-#[derive(Debug)]
+/// A response: status and the decoded body (wiped on drop: it may hold an access token).
 pub struct Response {
     pub status: u16,
-    pub body: Vec<u8>,
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +160,7 @@ impl Exchange {
                 Err(e) => return Err(self.io_err(&e)),
             };
             buf.extend_from_slice(&chunk[..n]);
+            zeroize::Zeroize::zeroize(&mut chunk[..n]);
             return Ok(n);
         }
     }
@@ -255,7 +264,9 @@ fn read_response(x: &mut Exchange, head_request: bool) -> Result<Response, Fetch
         max_head: MAX_HEAD,
         max_headers: 100,
     };
-    let mut buf = Vec::with_capacity(4096);
+    // every buffer that may hold body bytes is wiped on drop (best effort: a growing Vec may
+    // leave copies behind when it reallocates, so lengths are reserved up front where known)
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
     let mut resp = ResponseHead::default();
     // the head, skipping interim (1xx) responses
     loop {
@@ -276,14 +287,16 @@ fn read_response(x: &mut Exchange, head_request: bool) -> Result<Response, Fetch
         }
     }
     let status = resp.status;
-    let mut data = buf.split_off(resp.head_len);
+    let mut data = Zeroizing::new(buf.split_off(resp.head_len));
     let body = match resp.body {
-        BodyKind::None => Vec::new(),
+        BodyKind::None => Zeroizing::new(Vec::new()),
         BodyKind::Length(n) => {
             let n = usize::try_from(n)
                 .ok()
                 .filter(|n| *n <= MAX_BODY)
                 .ok_or_else(|| FetchError::TooLarge(x.who.clone()))?;
+            let more = n.saturating_sub(data.len());
+            data.reserve(more);
             while data.len() < n {
                 if x.read_more(&mut data, n)? == 0 {
                     return Err(FetchError::BadResponse(
@@ -297,7 +310,7 @@ fn read_response(x: &mut Exchange, head_request: bool) -> Result<Response, Fetch
         }
         BodyKind::Chunked => {
             let mut dec = ChunkedDecoder::new();
-            let mut body = Vec::new();
+            let mut body = Zeroizing::new(Vec::with_capacity(16 * 1024));
             let mut pos = 0;
             loop {
                 let step = dec
