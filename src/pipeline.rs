@@ -327,6 +327,26 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let mut auth_headers = Vec::new();
     let mut auth_query = zeroize::Zeroizing::new(String::new());
     if let Some(auth) = &proxy.auth {
+        // an OAuth2 proxy's access token: waits (bounded) for the first one
+        let token = match &proxy.oauth {
+            None => None,
+            Some(b) => match crate::oauth::token(&b.source, lim.connect_timeout).await {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    tracing::warn!(proxy = %proxy.name, reason = why, "no OAuth2 access token for the call");
+                    return refuse(
+                        client,
+                        s,
+                        &mut ex,
+                        Refusal::UpstreamAuthFailed(why),
+                        keep,
+                        version,
+                        lim,
+                    )
+                    .await;
+                }
+            },
+        };
         let now = crate::clock::unix_now().as_secs() as i64;
         if let Err(e) = request::credential(
             auth,
@@ -337,6 +357,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
             query,
             &s.body,
             now,
+            token.as_deref().map(crate::oauth::Token::secret),
             &mut auth_headers,
             &mut auth_query,
         ) {

@@ -75,6 +75,7 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
         base_dir,
         vault: None,
         proxy_warnings: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -99,6 +100,8 @@ struct Cx<'a> {
     vault: Option<crate::vault::Vault>,
     /// Findings of proxy compilation, merged into `Compiled::warnings`.
     proxy_warnings: Vec<String>,
+    /// Non-fatal findings (e.g. an https JWKS that could not be fetched).
+    warnings: Vec<String>,
 }
 
 impl Cx<'_> {
@@ -314,13 +317,47 @@ impl Cx<'_> {
             }
         };
         let mut jwt = Vec::with_capacity(raw.jwt.len());
+        let mut jwks_feeds = Vec::new();
         for (i, j) in raw.jwt.iter().enumerate() {
-            match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
-                Ok(v) => jwt.push(v),
-                Err(e) => self.err(j, format!("jwt[{i}]"), e.to_string()),
+            let v = match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.err(j, format!("jwt[{i}]"), e.to_string());
+                    continue;
+                }
+            };
+            let crate::jwt::JwksSource::Https(url) = v.source().clone() else {
+                jwt.push(v);
+                continue;
+            };
+            // fetched now, so `check`, `run` and reload all see an unreachable IdP (a warning:
+            // the refresher keeps trying)
+            let ca_file = j.get_ref().ca_file.as_ref().map(|c| self.base_dir.join(c));
+            let now = i64::try_from(crate::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
+            match crate::jwks::global().attach(
+                &url,
+                ca_file.as_deref(),
+                v.refresh_interval(),
+                v.min_refresh_interval(),
+                now,
+            ) {
+                Ok((feed, warning)) => {
+                    if let Some(w) = warning {
+                        let line = self.line_at(j.span().start);
+                        self.warnings
+                            .push(format!("{}:{line}: jwt[{i}].jwks: {w}", self.file));
+                    }
+                    jwt.push(v.with_shared(feed.shared().clone()));
+                    jwks_feeds.push(feed);
+                }
+                Err(m) => self.err(j, format!("jwt[{i}].jwks"), m),
             }
         }
-        super::Identity { agents: table, jwt }
+        super::Identity {
+            agents: table,
+            jwt,
+            jwks_feeds,
+        }
     }
 
     fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
@@ -343,7 +380,7 @@ impl Cx<'_> {
         let mut proxies = Vec::with_capacity(raw.proxies.len());
         let mut by_name = HashMap::new();
         let mut tls_cache: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>> = HashMap::new();
-        let mut warnings = Vec::new();
+        let mut warnings = std::mem::take(&mut self.warnings);
         for (i, p) in raw.proxies.iter().enumerate() {
             if let Some(proxy) = self.proxy(i, p, &mut tls_cache) {
                 if by_name.contains_key(&proxy.name) {
@@ -673,6 +710,10 @@ impl Cx<'_> {
             .ca_file
             .as_ref()
             .map(|c| (c, self.base_dir.join(c.get_ref())));
+        let oauth_https = matches!(
+            p.auth.as_ref().map(|a| a.get_ref()),
+            Some(crate::auth_out::RawAuth::Oauth2 { token_url, .. }) if token_url.starts_with("https://")
+        );
         let mut tls = None;
         if let Some(u) = &parsed {
             if u.https {
@@ -706,11 +747,13 @@ impl Cx<'_> {
                     }
                     _ => {}
                 }
-            } else if let Some((s, _)) = &ca_file {
+            } else if let Some((s, _)) = &ca_file
+                && !oauth_https
+            {
                 self.err(
                     s,
                     format!("proxies[{i}].ca_file"),
-                    "ca_file is only used with an https upstream",
+                    "ca_file is only used with an https upstream or OAuth2 token_url",
                 );
             }
         }
@@ -793,6 +836,31 @@ impl Cx<'_> {
             }
         };
         let rules = rules?;
+        // the token endpoint's TLS: the proxy's ca_file (if any) plus the webpki roots
+        let oauth = match auth.as_ref().and_then(|a| a.oauth2_shared()) {
+            None => None,
+            Some(client) => {
+                let tls = if client.token_url.https {
+                    let cache_key = ca_file.as_ref().map(|(_, p)| p.clone());
+                    match tls_cache.get(&cache_key) {
+                        Some(c) => Some(c.clone()),
+                        None => match crate::upstream::tls::client_config(cache_key.as_deref()) {
+                            Ok(c) => {
+                                tls_cache.insert(cache_key, c.clone());
+                                Some(c)
+                            }
+                            Err(m) => {
+                                self.err(&p.upstream, format!("proxies[{i}].ca_file"), m);
+                                return None;
+                            }
+                        },
+                    }
+                } else {
+                    None
+                };
+                Some(crate::oauth::global().bind(name, client, tls))
+            }
+        };
         Some(Proxy {
             rules,
             scanners,
@@ -800,6 +868,7 @@ impl Cx<'_> {
             meter,
             auth,
             redact,
+            oauth,
             forward_cookies: p.forward_cookies.unwrap_or(false),
             name: name.clone(),
             upstream: Upstream {
