@@ -17,6 +17,7 @@ mod forwarding;
 mod identity;
 mod lifecycle;
 mod meter;
+mod meter_redis;
 mod routing;
 mod smuggling;
 mod tls;
