@@ -381,7 +381,7 @@ pub fn global() -> &'static MeterStore {
 #[derive(Default)]
 pub struct MeterStore {
     meters: DashMap<String, Arc<ProxyMeter>>,
-    clusters: DashMap<cluster::Settings, Arc<Cluster>>,
+    clusters: DashMap<cluster::Settings, std::sync::Weak<Cluster>>,
 }
 
 impl MeterStore {
@@ -417,16 +417,21 @@ impl MeterStore {
     }
 
     /// The cluster backend for `settings`: the same one across reloads that keep them (so the
-    /// reserves and the refill thread survive a SIGHUP).
+    /// reserves and the refill thread survive a SIGHUP). Held weakly here: a backend no meter
+    /// uses any more is dropped, which ends its refill thread.
     pub fn cluster(
         &self,
         settings: cluster::Settings,
         connect: impl FnOnce() -> cluster::Connect,
     ) -> Arc<Cluster> {
-        self.clusters
-            .entry(settings.clone())
-            .or_insert_with(|| Arc::new(Cluster::new(settings, connect())))
-            .clone()
+        self.clusters.retain(|_, w| w.strong_count() > 0);
+        let mut slot = self.clusters.entry(settings.clone()).or_default();
+        if let Some(c) = slot.upgrade() {
+            return c;
+        }
+        let c = Arc::new(Cluster::new(settings, connect()));
+        *slot = Arc::downgrade(&c);
+        c
     }
 }
 
@@ -542,6 +547,40 @@ mod tests {
         assert!(matches!(b.check(None, S), Verdict::Limited { .. }));
         let c = store.meter("crm", spec(2, 60, 2, MeterBy::Proxy));
         assert!(matches!(c.check(None, S), Verdict::Allowed(_)));
+    }
+
+    #[test]
+    fn store_keeps_cluster_backends_and_meters_across_reloads() {
+        let store = MeterStore::default();
+        let settings = cluster::Settings {
+            display: "r".into(),
+            connection_id: 1,
+            key_prefix: "p:".into(),
+            batch: None,
+            on_down: cluster::OnDown::OpenReads,
+        };
+        let connect = || -> cluster::Connect {
+            Arc::new(|| Err(cluster::StoreError("not in this test".into())))
+        };
+        let c1 = store.cluster(settings.clone(), connect);
+        let c2 = store.cluster(settings.clone(), connect);
+        assert!(Arc::ptr_eq(&c1, &c2), "same settings, same backend");
+        let s = spec(1, 60, 1, MeterBy::Proxy);
+        let a = store.meter_in("crm", s, Some(&c1));
+        let b = store.meter_in("crm", s, Some(&c2));
+        assert!(Arc::ptr_eq(&a, &b), "same spec and backend, same buckets");
+        assert_eq!(a.batch(), Some(1));
+        let local = store.meter("crm", s);
+        assert!(
+            local.cluster().is_none(),
+            "leaving cluster mode starts local buckets"
+        );
+        let mut other = settings.clone();
+        other.on_down = cluster::OnDown::Closed;
+        assert!(!Arc::ptr_eq(&store.cluster(other, connect), &c1));
+        let weak = Arc::downgrade(&c1);
+        drop((a, b, c1, c2));
+        assert!(weak.upgrade().is_none(), "an unused backend is dropped");
     }
 
     #[test]

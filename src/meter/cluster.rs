@@ -527,7 +527,13 @@ impl Refiller {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         if !self.health.down.swap(true, Ordering::AcqRel) {
             self.health.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(redis = %self.display, error = why, "cluster meters: Redis unreachable; on_redis_down applies");
+            tracing::warn!(
+                redis = %self.display,
+                error = why,
+                outages = self.health.outages.load(Ordering::Relaxed),
+                errors = self.health.errors.load(Ordering::Relaxed),
+                "cluster meters: Redis unreachable; on_redis_down applies"
+            );
         }
     }
 
