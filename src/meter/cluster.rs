@@ -23,8 +23,10 @@
 //! that is at most 5% of a second's rate, or a quarter of the burst, per process.
 //!
 //! # When Redis is down
-//! Connect and I/O errors and timeouts mark the cluster down (logged once per transition and
-//! counted in [`Health`]); the refill thread reconnects with exponential backoff (100 ms to 2 s).
+//! A failed round trip is retried once on a fresh connection (Redis may close idle ones); if
+//! that fails too (connect or I/O error, timeout) the cluster is down: logged once per
+//! transition, counted in [`Health`], and the refill thread reconnects with exponential backoff
+//! (100 ms to 2 s).
 //! Tokens already in a reserve are still spent; after that `on_redis_down` decides: `closed`
 //! refuses every call (503 `meter_unavailable`), `open` meters each process on its own local
 //! buckets (the cluster admits up to processes × the limit), `open_reads` (the default) does
@@ -561,6 +563,14 @@ impl Refiller {
         }
     }
 
+    fn take(&mut self, reqs: &[TakeReq]) -> Result<Vec<Grant>, StoreError> {
+        self.health.round_trips.fetch_add(1, Ordering::Relaxed);
+        match self.store.as_mut() {
+            Some(s) => s.take(reqs),
+            None => Err(StoreError("not connected".into())),
+        }
+    }
+
     /// Serves the queued refills: one pipelined store call (per [`MAX_PIPELINE`] reserves).
     /// `now` is read again after the round trip, since the tokens' horizon starts on arrival.
     pub fn serve(&mut self, batch: &[Arc<Reserve>], now: &dyn Fn() -> u64) {
@@ -584,11 +594,21 @@ impl Refiller {
                     quota: r.params.quota,
                 })
                 .collect();
-            let result = match self.store.as_mut() {
-                Some(s) => s.take(&reqs),
-                None => Err(StoreError("not connected".into())),
-            };
-            self.health.round_trips.fetch_add(1, Ordering::Relaxed);
+            let mut result = self.take(&reqs);
+            if result.is_err() {
+                // A connection Redis closed while idle is not an outage: reconnect at once and
+                // retry; only a failure of that marks the cluster down.
+                self.health.errors.fetch_add(1, Ordering::Relaxed);
+                self.store = None;
+                self.next_attempt = 0;
+                if !self.ensure_connected(now()) {
+                    for r in chunk {
+                        r.want.store(false, Ordering::Release);
+                    }
+                    continue;
+                }
+                result = self.take(&reqs);
+            }
             let t = now();
             match result {
                 Ok(grants) if grants.len() == chunk.len() => {
@@ -1010,6 +1030,37 @@ mod tests {
             rig.fake.set_now(t0 + S);
             assert!(matches!(rig.call(&r, read), Local::Allowed(_)));
         }
+    }
+
+    /// A store whose first take fails (Redis closed an idle connection): the refiller
+    /// reconnects at once and the call is served, with no outage.
+    #[test]
+    fn a_dropped_idle_connection_is_not_an_outage() {
+        struct Once(Fake, bool);
+        impl Store for Once {
+            fn take(&mut self, reqs: &[TakeReq]) -> Result<Vec<Grant>, StoreError> {
+                if std::mem::replace(&mut self.1, false) {
+                    return Err(StoreError("connection reset".into()));
+                }
+                self.0.take(reqs)
+            }
+        }
+        let mut rig = Rig::new(Some(1), OnDown::Closed);
+        let fake = rig.fake.clone();
+        let first = Arc::new(AtomicBool::new(true));
+        let connect: Connect = Arc::new(move || {
+            let broken = first.swap(false, Ordering::SeqCst);
+            Ok(Box::new(Once(fake.clone(), broken)) as Box<dyn Store>)
+        });
+        rig.refiller = Refiller::new(connect, rig.cluster.health.clone(), "f".into());
+        rig.fake.set_now(S);
+        let params = rig.cluster.params(Some(&rate(10, 10)), None);
+        let r = Arc::new(Reserve::new("t:{i}".into(), params));
+        assert!(matches!(rig.call(&r, false), Local::Allowed(_)));
+        let h = &rig.cluster.health;
+        assert_eq!(h.outages.load(Ordering::SeqCst), 0);
+        assert_eq!(h.errors.load(Ordering::SeqCst), 1);
+        assert!(!h.is_down());
     }
 
     #[test]
