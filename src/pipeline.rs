@@ -165,9 +165,15 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     }
     ex.decision = crate::audit::Decision::Allow;
 
-    // 5. meter
+    // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     if let Some(m) = &proxy.meter {
-        match m.check(caller.id(), crate::clock::mono_ns()) {
+        let read = matches!(s.head.method.get(&s.rbuf), b"GET" | b"HEAD" | b"OPTIONS");
+        let verdict = if m.cluster().is_some() {
+            m.check_wait(caller.id(), read).await
+        } else {
+            m.check(caller.id(), crate::clock::mono_ns())
+        };
+        match verdict {
             Verdict::Allowed(snap) => write::rate_limit_headers(
                 &mut s.extra,
                 snap.limit,
@@ -191,6 +197,18 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
                     s,
                     &mut ex,
                     Refusal::RateLimited { retry_after },
+                    keep_if_no_body,
+                    version,
+                    lim,
+                )
+                .await;
+            }
+            Verdict::Pending | Verdict::Unavailable => {
+                return refuse(
+                    client,
+                    s,
+                    &mut ex,
+                    Refusal::MeterUnavailable,
                     keep_if_no_body,
                     version,
                     lim,

@@ -76,6 +76,7 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
         vault: None,
         proxy_warnings: Vec::new(),
         warnings: Vec::new(),
+        cluster: None,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -102,6 +103,8 @@ struct Cx<'a> {
     proxy_warnings: Vec<String>,
     /// Non-fatal findings (e.g. an https JWKS that could not be fetched).
     warnings: Vec<String>,
+    /// `[meters]`: the cluster backend every proxy meter uses.
+    cluster: Option<Arc<crate::meter::cluster::Cluster>>,
 }
 
 impl Cx<'_> {
@@ -366,6 +369,7 @@ impl Cx<'_> {
         let audit = self.audit(&raw);
         let server = self.server(&raw);
         let limits = self.limits(&raw);
+        self.cluster = self.meters(&raw);
         let demo = raw.demo.as_ref().and_then(|d| {
             let a = self.socket_addr(&d.get_ref().listen, "demo.listen")?;
             if !a.ip().is_loopback() {
@@ -674,7 +678,105 @@ impl Cx<'_> {
             Some(MeterByRaw::Proxy) | None => MeterBy::Proxy,
         };
         let spec = MeterSpec { by, rate, quota };
-        Some(crate::meter::global().meter(p.name.get_ref(), spec))
+        Some(crate::meter::global().meter_in(p.name.get_ref(), spec, self.cluster.as_ref()))
+    }
+
+    /// `[meters]` → the (reload-surviving) cluster backend. Nothing connects here: the refill
+    /// thread starts on the first metered call.
+    fn meters(&mut self, raw: &RawConfig) -> Option<Arc<crate::meter::cluster::Cluster>> {
+        use crate::config::raw::{BatchRaw, OnRedisDownRaw};
+        use crate::meter::cluster::{OnDown, Settings};
+        let m = raw.meters.as_ref()?.get_ref();
+        let mut ok = true;
+        let password = match &m.password {
+            None => None,
+            Some(r) => match self.secret(r.get_ref()) {
+                Ok(sec) => match std::str::from_utf8(sec.expose()) {
+                    Ok(p) => Some(zeroize::Zeroizing::new(p.to_string())),
+                    Err(_) => {
+                        self.err(r, "meters.password", "the password is not UTF-8");
+                        ok = false;
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.err(r, "meters.password", e.to_string());
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let conn = match crate::meter::redis_store::connection_info(
+            m.redis.get_ref(),
+            password.as_deref().map(String::as_str),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.err(&m.redis, "meters.redis", e);
+                ok = false;
+                None
+            }
+        };
+        let key_prefix = match &m.key_prefix {
+            None => "portcullis:".to_string(),
+            Some(p)
+                if p.get_ref().len() <= 64
+                    && p.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.err(
+                    p,
+                    "meters.key_prefix",
+                    "must be at most 64 printable ASCII characters without spaces or braces",
+                );
+                ok = false;
+                String::new()
+            }
+        };
+        let batch = match m.batch.as_ref().map(|b| (b, b.get_ref())) {
+            None => None,
+            Some((_, BatchRaw::Text(t))) if t == "auto" => None,
+            Some((_, BatchRaw::Int(n))) if (1..=1_000_000).contains(n) => Some(*n as u64),
+            Some((b, _)) => {
+                self.err(
+                    b,
+                    "meters.batch",
+                    "must be \"auto\" or a whole number from 1 to 1000000",
+                );
+                ok = false;
+                None
+            }
+        };
+        let on_down = match m.on_redis_down.as_ref().map(|o| *o.get_ref()) {
+            Some(OnRedisDownRaw::Closed) => OnDown::Closed,
+            Some(OnRedisDownRaw::Open) => OnDown::Open,
+            Some(OnRedisDownRaw::OpenReads) | None => OnDown::OpenReads,
+        };
+        let (info, display) = conn?;
+        if !ok {
+            return None;
+        }
+        let connection_id = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.redis.get_ref().hash(&mut h);
+            password.as_deref().hash(&mut h);
+            h.finish()
+        };
+        let settings = Settings {
+            display,
+            connection_id,
+            key_prefix,
+            batch,
+            on_down,
+        };
+        Some(
+            crate::meter::global().cluster(settings, || crate::meter::redis_store::connector(info)),
+        )
     }
 
     fn proxy(

@@ -18,6 +18,7 @@ mod forwarding;
 mod identity;
 mod lifecycle;
 mod meter;
+mod meter_redis;
 mod oauth;
 mod redact;
 mod routing;
