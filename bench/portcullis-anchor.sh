@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs portcullis as the harness's EXTRA proxy: a pass-through config (no policy) with the
 # upstream as the default proxy, so the harness's paths (/, /1m.bin, /post) are forwarded as is.
+# POLICY=1 adds rules, a meter and scanners (see below).
 #   usage: portcullis-anchor.sh PORT UPSTREAM_PORT WORKERS
 set -euo pipefail
 port=$1 up=$2 workers=$3
@@ -20,4 +21,30 @@ name = "up"
 upstream = "http://127.0.0.1:$up"
 default_effect = "allow"
 TOML
+# POLICY=1: the same proxy with the full request policy on every call: a rule trie (the
+# harness's paths allowed by rule, everything else denied), a meter far above the load, and
+# scanners with 100 literals plus every built-in detector over each request body.
+if [ "${POLICY:-0}" = 1 ]; then
+  sed -i 's/^default_effect = "allow"$/default_effect = "deny"/' "$cfg"
+  {
+    echo 'meter = { rate = 100000000, per = "1s", burst = 100000000 }'
+    echo
+    echo '  [[proxies.rules]]'
+    echo '  effect = "allow"'
+    echo '  methods = ["GET", "HEAD", "POST"]'
+    echo '  path = "/**"'
+    echo
+    echo '  [[proxies.rules]]'
+    echo '  effect = "deny"'
+    echo '  methods = ["GET"]'
+    echo '  path = "/admin/**"'
+    echo
+    echo '  [[proxies.scanners]]'
+    echo '  name = "bench"'
+    echo '  detectors = ["private_key", "aws_access_key", "github_token", "slack_token", "openai_key", "credit_card", "us_ssn", "iban"]'
+    printf '  literals = ['
+    for i in $(seq 1 100); do printf '"confidential-marker-%03d", ' "$i"; done
+    echo '"TOP SECRET"]'
+  } >>"$cfg"
+fi
 PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} exec "$bin" run -c "$cfg"

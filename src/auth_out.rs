@@ -429,7 +429,8 @@ pub enum OutboundAuth {
         service: String,
         opts: SigV4Options,
     },
-    OAuth2(OAuth2Client),
+    /// Shared with the process-wide token source (`oauth.rs`), which sends its requests.
+    OAuth2(std::sync::Arc<OAuth2Client>),
 }
 
 impl std::fmt::Debug for OutboundAuth {
@@ -682,13 +683,13 @@ impl OutboundAuth {
                 {
                     return Err(cfg_err("scope", "control characters"));
                 }
-                OutboundAuth::OAuth2(OAuth2Client {
+                OutboundAuth::OAuth2(std::sync::Arc::new(OAuth2Client {
                     token_url,
                     client_id,
                     secret: secret_field("secret", secret, resolve)?,
                     scope: scope.clone(),
                     auth_method: *auth_method,
-                })
+                }))
             }
         })
     }
@@ -734,6 +735,10 @@ impl OutboundAuth {
     }
 
     pub fn oauth2(&self) -> Option<&OAuth2Client> {
+        self.oauth2_shared().map(|c| &**c)
+    }
+
+    pub fn oauth2_shared(&self) -> Option<&std::sync::Arc<OAuth2Client>> {
         match self {
             OutboundAuth::OAuth2(c) => Some(c),
             _ => None,

@@ -190,6 +190,36 @@ pub fn check(path: PathBuf) -> Result<bool> {
                     u.base_path,
                     p.default_effect
                 );
+                let mut parts = vec![format!("{} rule(s)", p.rules.len())];
+                if let Some(sc) = &p.scanners {
+                    parts.push(format!(
+                        "scanners: {}",
+                        sc.scanner_names().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                if p.redact.is_some() {
+                    parts.push("redaction".into());
+                }
+                if let Some(a) = &p.auth {
+                    parts.push(format!("auth: {}", a.scheme()));
+                }
+                if p.meter.is_some() {
+                    parts.push("meter".into());
+                }
+                println!("      {}", parts.join("; "));
+            }
+            println!(
+                "  agents: {} key(s), {} JWT issuer(s){}",
+                c.identity.agents.len(),
+                c.identity.jwt.len(),
+                if c.identity.required() {
+                    ""
+                } else {
+                    " (calls are anonymous)"
+                }
+            );
+            if let Some(a) = &c.audit {
+                println!("  audit: {}", a.dir.display());
             }
             for w in &c.warnings {
                 println!("warning: {w}");

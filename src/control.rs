@@ -128,6 +128,8 @@ impl Control {
                 Err(_) => break,
             }
         }
+        // token requests use the new config's client secrets from now on
+        crate::oauth::commit(&new);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if acked < self.workers.len() {
@@ -184,6 +186,9 @@ pub fn run(source: Source) -> Result<()> {
         }
         None => None,
     };
+    // OAuth2 tokens and https JWKS are fetched and refreshed on their own thread
+    crate::refresher::start().context("starting the refresher thread")?;
+
     let n = worker_count(&cfg);
     let metrics = Arc::new(crate::metrics::Metrics::new(n));
     let mut senders = Vec::with_capacity(n);

@@ -34,6 +34,8 @@ pub enum Refusal {
     UpstreamTimeout,
     /// The target credential could not be produced (OAuth2 token unavailable, signing failed).
     UpstreamAuthFailed(&'static str),
+    /// Cluster meters: Redis is unreachable and `on_redis_down` refuses this call.
+    MeterUnavailable,
 }
 
 impl Refusal {
@@ -51,6 +53,7 @@ impl Refusal {
             Refusal::BadRequest(_) => 400,
             Refusal::UpstreamUnreachable(_) | Refusal::UpstreamAuthFailed(_) => 502,
             Refusal::UpstreamTimeout => 504,
+            Refusal::MeterUnavailable => 503,
         }
     }
 
@@ -70,6 +73,7 @@ impl Refusal {
             Refusal::UpstreamUnreachable(_) => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuthFailed(_) => "upstream_auth_failed",
+            Refusal::MeterUnavailable => "meter_unavailable",
         }
     }
 
@@ -97,6 +101,9 @@ impl Refusal {
             Refusal::UpstreamTimeout => "the upstream did not answer in time".into(),
             Refusal::UpstreamAuthFailed(why) => {
                 format!("the target credential could not be produced: {why}")
+            }
+            Refusal::MeterUnavailable => {
+                "the shared rate limit store is unreachable; retry later".into()
             }
         }
     }
@@ -157,6 +164,7 @@ mod tests {
                 "upstream_unreachable",
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
+            (Refusal::MeterUnavailable, 503, "meter_unavailable"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), *status, "{code}");

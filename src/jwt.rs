@@ -15,8 +15,10 @@
 //! observes through `needs_refresh(now)`.
 //!
 //! I/O: `JwksSource::File` is read by `load_jwks_file` (config compile / reload / refresh, never
-//! on a worker). `JwksSource::Https` must be fetched by the gateway (a GET of the URL, body into
-//! `parse_jwks`, then `update_jwks`); no blocking https helper is provided here yet.
+//! on a worker). `JwksSource::Https` is fetched by the gateway (`jwks.rs`: at compile time and by
+//! the refresher thread), which publishes each new key set in a [`SharedKeys`]; every verifier
+//! attached to it (`with_shared`) picks the new set up on its next `verify` (one atomic load per
+//! call) and reports unknown `kid`s back through it.
 use crate::authn::AuthnError;
 use crate::config::units::parse_duration;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -62,12 +64,68 @@ pub struct RawJwt {
     /// Clock-skew allowance for exp/nbf, e.g. "60s"; at most "300s".
     #[serde(default)]
     pub leeway: Option<String>,
+    /// Period of the background refresh of an https JWKS (default "10m").
+    #[serde(default)]
+    pub refresh_interval: Option<String>,
+    /// Floor between refreshes asked for by tokens with an unknown `kid` (default "30s").
+    #[serde(default)]
+    pub min_refresh_interval: Option<String>,
+    /// Extra trusted CA certificates (PEM) for an https JWKS URL (relative to the config).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
     File(PathBuf),
+    /// An `https://` URL (or `http://` on a loopback host: tests, sidecars).
     Https(String),
+}
+
+/// A key set published by the gateway's JWKS fetcher and picked up by every verifier attached
+/// to it. Workers read `version` (one atomic load per `verify`) and take the `RwLock` only when
+/// it changed, i.e. once per key rollover; the writer is the refresher thread.
+#[derive(Debug)]
+pub struct SharedKeys {
+    version: std::sync::atomic::AtomicU64,
+    keys: std::sync::RwLock<Arc<KeySet>>,
+    wanted: std::sync::atomic::AtomicBool,
+}
+
+impl Default for SharedKeys {
+    fn default() -> Self {
+        SharedKeys {
+            version: std::sync::atomic::AtomicU64::new(0),
+            keys: std::sync::RwLock::new(Arc::new(KeySet::empty())),
+            wanted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl SharedKeys {
+    /// How many key sets have been published (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Installs a new key set for every attached verifier; clears the refresh request.
+    pub fn publish(&self, keys: Arc<KeySet>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        self.wanted
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    /// A verifier saw a token naming a key it does not have.
+    pub fn want_refresh(&self) {
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    pub fn refresh_wanted(&self) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +134,8 @@ pub enum JwtConfigError {
     BadSource,
     #[error("leeway: {0}")]
     BadLeeway(String),
+    #[error("{0}")]
+    BadInterval(String),
     #[error("{0} must not be empty")]
     Empty(&'static str),
     #[error("cannot read JWKS file {0}: {1}")]
@@ -287,6 +347,8 @@ impl TokenCache {
 pub struct JwtVerifier {
     cfg: Arc<JwtConfig>,
     keys: Arc<KeySet>,
+    /// The fetched key set this verifier follows, and the version of it in `keys`.
+    shared: Option<(Arc<SharedKeys>, u64)>,
     cache: TokenCache,
     last_refresh: Option<i64>,
     refresh_wanted: bool,
@@ -374,11 +436,41 @@ impl JwtVerifier {
                 return Err(JwtConfigError::BadSource);
             }
             JwksSource::File(base_dir.join(p))
-        } else if raw.jwks.starts_with("https://") && raw.jwks.len() > "https://".len() {
+        } else if raw.jwks.starts_with("https://") || raw.jwks.starts_with("http://") {
+            crate::auth_out::TokenUrl::parse(&raw.jwks).map_err(|_| JwtConfigError::BadSource)?;
             JwksSource::Https(raw.jwks.clone())
         } else {
             return Err(JwtConfigError::BadSource);
         };
+        let interval = |v: &Option<String>, default: i64| -> Result<i64, JwtConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) => {
+                    let d = parse_duration(s).map_err(JwtConfigError::BadInterval)?;
+                    if d.as_secs() == 0 {
+                        return Err(JwtConfigError::BadInterval(format!(
+                            "{s}: must be at least 1s"
+                        )));
+                    }
+                    Ok(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                }
+            }
+        };
+        let refresh_interval = interval(&raw.refresh_interval, DEFAULT_REFRESH_INTERVAL_SECS)?;
+        let min_refresh_interval = interval(
+            &raw.min_refresh_interval,
+            MIN_REFRESH_INTERVAL_SECS.min(refresh_interval),
+        )?;
+        if (raw.refresh_interval.is_some()
+            || raw.min_refresh_interval.is_some()
+            || raw.ca_file.is_some())
+            && !matches!(source, JwksSource::Https(_))
+        {
+            return Err(JwtConfigError::BadInterval(
+                "refresh_interval, min_refresh_interval and ca_file apply to an https JWKS only"
+                    .into(),
+            ));
+        }
         let keys = match &source {
             JwksSource::File(p) => {
                 let ks = KeySet::from_jwks(&load_jwks_file(p)?);
@@ -396,13 +488,14 @@ impl JwtVerifier {
             agent_claim: raw.agent_claim.clone(),
             roles_claim: raw.roles_claim.clone(),
             leeway,
-            refresh_interval: DEFAULT_REFRESH_INTERVAL_SECS,
-            min_refresh_interval: MIN_REFRESH_INTERVAL_SECS,
+            refresh_interval,
+            min_refresh_interval,
             cache_capacity: DEFAULT_CACHE_CAPACITY,
         };
         Ok(JwtVerifier {
             cfg: Arc::new(cfg),
             keys: Arc::new(keys),
+            shared: None,
             cache: TokenCache::default(),
             last_refresh: None,
             refresh_wanted: false,
@@ -422,12 +515,41 @@ impl JwtVerifier {
         JwtVerifier {
             cfg: self.cfg.clone(),
             keys: self.keys.clone(),
+            shared: self.shared.clone(),
             cache: TokenCache::default(),
             last_refresh: self.last_refresh,
             refresh_wanted: false,
             cache_hits: 0,
             cache_misses: 0,
         }
+    }
+
+    /// Follows the key sets published in `shared` (an https JWKS fetched by the gateway);
+    /// forks follow it too.
+    pub fn with_shared(mut self, shared: Arc<SharedKeys>) -> Self {
+        self.shared = Some((shared, 0));
+        self.sync_shared();
+        self
+    }
+
+    /// Takes a newly published key set, if any (one atomic load when nothing changed).
+    #[inline]
+    fn sync_shared(&mut self) {
+        let Some((shared, seen)) = &self.shared else {
+            return;
+        };
+        let v = shared.version();
+        if v == *seen {
+            return;
+        }
+        let keys = shared.keys();
+        let shared = shared.clone();
+        self.shared = Some((shared, v));
+        self.set_keys(keys);
+    }
+
+    pub fn min_refresh_interval(&self) -> i64 {
+        self.cfg.min_refresh_interval
     }
 
     pub fn issuer(&self) -> &str {
@@ -504,6 +626,7 @@ impl JwtVerifier {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthnError::Unauthenticated);
         }
+        self.sync_shared();
         let h = {
             let d = digest(&SHA256, token.as_bytes());
             let mut a = [0u8; 32];
@@ -556,6 +679,9 @@ impl JwtVerifier {
         }
         let Some(entry) = self.keys.find(header.kid.as_deref(), header.alg) else {
             self.refresh_wanted = true;
+            if let Some((shared, _)) = &self.shared {
+                shared.want_refresh();
+            }
             return Err(unauth);
         };
         if entry.alg != header.alg {
@@ -734,6 +860,9 @@ mod tests {
             agent_claim: "sub".into(),
             roles_claim: "roles".into(),
             leeway: None,
+            refresh_interval: None,
+            min_refresh_interval: None,
+            ca_file: None,
         };
         if extra == "scope" {
             raw.roles_claim = "scope".into();
@@ -1011,6 +1140,37 @@ mod tests {
     }
 
     #[test]
+    fn shared_keys_reach_every_fork_and_unknown_kids_ask_for_a_refresh() {
+        let (old, new) = (ec(), ed());
+        let (v, _d) = verifier(&json!({"keys": [old.jwk("old")]}), "");
+        let shared = Arc::new(SharedKeys::default());
+        // nothing published yet: the verifier keeps its own keys
+        let template = v.with_shared(shared.clone());
+        let (mut a, mut b) = (template.fork(), template.fork());
+        let t_old = token(&old, "old", &claims());
+        let t_new = token(&new, "new", &claims());
+        assert!(a.verify(&t_old, NOW).is_ok());
+        assert!(!shared.refresh_wanted());
+        assert!(b.verify(&t_new, NOW).is_err());
+        assert!(
+            shared.refresh_wanted(),
+            "unknown kid reported to the fetcher"
+        );
+        let set: JwkSet = serde_json::from_value(json!({"keys": [new.jwk("new")]})).unwrap();
+        shared.publish(Arc::new(KeySet::from_jwks(&set)));
+        assert!(!shared.refresh_wanted());
+        assert_eq!(shared.version(), 1);
+        for v in [&mut a, &mut b] {
+            assert!(v.verify(&t_new, NOW).is_ok());
+            // the removed key's cached token is dropped at once
+            assert!(v.verify(&t_old, NOW).is_err());
+        }
+        // a fork made after the publish starts with the new keys
+        let mut c = template.fork();
+        assert!(c.verify(&t_new, NOW).is_ok());
+    }
+
+    #[test]
     fn config_table() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("empty.json"), r#"{"keys":[]}"#).unwrap();
@@ -1022,9 +1182,47 @@ mod tests {
             agent_claim: "sub".into(),
             roles_claim: "roles".into(),
             leeway: None,
+            refresh_interval: None,
+            min_refresh_interval: None,
+            ca_file: None,
         };
         let cases: Vec<(&str, RawJwt, Result<(), &str>)> = vec![
             ("https ok", base.clone(), Ok(())),
+            (
+                "http on loopback ok",
+                RawJwt {
+                    jwks: "http://127.0.0.1:8080/jwks".into(),
+                    ..base.clone()
+                },
+                Ok(()),
+            ),
+            (
+                "intervals and ca_file",
+                RawJwt {
+                    refresh_interval: Some("5m".into()),
+                    min_refresh_interval: Some("1s".into()),
+                    ca_file: Some("ca.pem".into()),
+                    ..base.clone()
+                },
+                Ok(()),
+            ),
+            (
+                "zero interval",
+                RawJwt {
+                    refresh_interval: Some("0s".into()),
+                    ..base.clone()
+                },
+                Err("at least 1s"),
+            ),
+            (
+                "interval on a file source",
+                RawJwt {
+                    jwks: "file:empty.json".into(),
+                    refresh_interval: Some("5m".into()),
+                    ..base.clone()
+                },
+                Err("https JWKS only"),
+            ),
             (
                 "leeway 300s ok",
                 RawJwt {

@@ -10,6 +10,13 @@
 //! Bucket state lives in a [`MeterStore`] that outlives config reloads: a reload that keeps a
 //! proxy's meter spec keeps its buckets (a client cannot reset its limit by waiting for a
 //! SIGHUP); a changed spec starts fresh buckets.
+//!
+//! With `[meters] redis = "..."` every meter is cluster-wide: see [`cluster`] for the shared
+//! buckets in Redis, the local token reserves in front of them and their accuracy bound.
+pub mod cluster;
+pub mod redis_store;
+
+use cluster::{Cluster, Local, Reserve};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +141,10 @@ pub enum Verdict {
         /// Whether the quota (rather than the rate) ran out.
         quota: bool,
     },
+    /// Cluster mode: a refill from Redis is on its way; poll again shortly.
+    Pending,
+    /// Cluster mode: Redis is unreachable and `on_redis_down` refuses this call.
+    Unavailable,
 }
 
 impl Verdict {
@@ -143,11 +154,22 @@ impl Verdict {
     }
 }
 
-/// The atomic cells of one bucket (rate and quota).
+/// The atomic cells of one bucket (rate and quota), and in cluster mode its reserve of tokens
+/// taken from the shared bucket (the cells then serve only as the `on_redis_down` fallback).
 #[derive(Default)]
 pub struct Cells {
     rate: AtomicU64,
     quota: AtomicU64,
+    reserve: Option<Arc<Reserve>>,
+}
+
+/// A meter's link to its cluster backend.
+struct ClusterLink {
+    cluster: Arc<Cluster>,
+    params: Arc<cluster::BucketParams>,
+    prefix: String,
+    proxy: String,
+    fingerprint: u64,
 }
 
 /// Most agent buckets kept per proxy; beyond it, buckets that are full again are dropped.
@@ -160,9 +182,11 @@ pub struct ProxyMeter {
     quota: Option<Gcra>,
     proxy_cells: Cells,
     agents: DashMap<Box<str>, Arc<Cells>>,
+    cluster: Option<ClusterLink>,
 }
 
 impl ProxyMeter {
+    /// A meter local to this process.
     pub fn new(spec: MeterSpec) -> ProxyMeter {
         ProxyMeter {
             spec,
@@ -170,32 +194,118 @@ impl ProxyMeter {
             quota: spec.quota.as_ref().map(Gcra::new),
             proxy_cells: Cells::default(),
             agents: DashMap::new(),
+            cluster: None,
         }
     }
 
+    /// A cluster-wide meter of proxy `proxy`, its buckets shared through `cluster`.
+    pub fn with_cluster(spec: MeterSpec, proxy: &str, cluster: Arc<Cluster>) -> ProxyMeter {
+        let link = ClusterLink {
+            params: cluster.params(spec.rate.as_ref(), spec.quota.as_ref()),
+            prefix: cluster.settings.key_prefix.clone(),
+            proxy: proxy.to_string(),
+            fingerprint: cluster::fingerprint(&spec),
+            cluster,
+        };
+        let mut m = ProxyMeter::new(spec);
+        m.proxy_cells.reserve = Some(Arc::new(link.reserve(None)));
+        m.cluster = Some(link);
+        m
+    }
+
+    /// The cluster backend, if this meter is cluster-wide.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref().map(|c| &c.cluster)
+    }
+
+    /// Tokens fetched from the shared bucket per round trip (cluster mode).
+    pub fn batch(&self) -> Option<u64> {
+        self.cluster.as_ref().map(|c| c.params.batch)
+    }
+
     /// Checks (and on success consumes) one call. `agent` is used when the meter is by agent;
-    /// a call without an agent on such a meter shares one anonymous bucket.
+    /// a call without an agent on such a meter shares one anonymous bucket. In cluster mode this
+    /// is one [`ProxyMeter::poll`] of a read that does not wait.
     pub fn check(&self, agent: Option<&str>, now_ns: u64) -> Verdict {
-        match self.spec.by {
-            MeterBy::Proxy => self.check_cells(&self.proxy_cells, now_ns),
+        self.poll(agent, now_ns, true, false)
+    }
+
+    /// One look at the call's bucket. Local meters decide at once; a cluster meter may answer
+    /// `Pending` (a refill is on its way: poll again after [`cluster::POLL`], with `give_up` once
+    /// the call has waited [`cluster::MAX_WAIT`]) or `Unavailable`. `read`: GET, HEAD or OPTIONS
+    /// (for `on_redis_down = "open_reads"`).
+    pub fn poll(&self, agent: Option<&str>, now_ns: u64, read: bool, give_up: bool) -> Verdict {
+        let cells = match self.spec.by {
+            MeterBy::Proxy => return self.check_bucket(&self.proxy_cells, now_ns, read, give_up),
             MeterBy::Agent => {
                 let key = agent.unwrap_or("");
                 if let Some(c) = self.agents.get(key) {
                     let cells = c.clone();
                     drop(c);
-                    return self.check_cells(&cells, now_ns);
+                    cells
+                } else {
+                    if self.agents.len() >= MAX_AGENT_BUCKETS {
+                        self.prune(now_ns);
+                    }
+                    self.agents
+                        .entry(key.into())
+                        .or_insert_with(|| {
+                            Arc::new(Cells {
+                                reserve: self
+                                    .cluster
+                                    .as_ref()
+                                    .map(|c| Arc::new(c.reserve(Some(key)))),
+                                ..Cells::default()
+                            })
+                        })
+                        .clone()
                 }
-                if self.agents.len() >= MAX_AGENT_BUCKETS {
-                    self.prune(now_ns);
+            }
+        };
+        self.check_bucket(&cells, now_ns, read, give_up)
+    }
+
+    /// [`ProxyMeter::poll`] until decided, sleeping on the monoio timer between looks (at most
+    /// [`cluster::MAX_WAIT`] in all). Local meters never sleep.
+    pub async fn check_wait(&self, agent: Option<&str>, read: bool) -> Verdict {
+        let start = crate::clock::mono_ns();
+        let max_wait = cluster::MAX_WAIT.as_nanos() as u64;
+        let mut now = start;
+        loop {
+            let give_up = now.saturating_sub(start) >= max_wait;
+            match self.poll(agent, now, read, give_up) {
+                Verdict::Pending if !give_up => monoio::time::sleep(cluster::POLL).await,
+                Verdict::Pending => {
+                    // cannot happen (give_up always decides), but never loop forever
+                    return Verdict::Unavailable;
                 }
-                let cells = self
-                    .agents
-                    .entry(key.into())
-                    .or_insert_with(|| Arc::new(Cells::default()))
-                    .clone();
-                self.check_cells(&cells, now_ns)
+                v => return v,
+            }
+            now = crate::clock::mono_ns();
+        }
+    }
+
+    fn check_bucket(&self, cells: &Cells, now: u64, read: bool, give_up: bool) -> Verdict {
+        if let (Some(link), Some(reserve)) = (&self.cluster, &cells.reserve) {
+            match link.cluster.poll(reserve, now, read, give_up) {
+                Local::Allowed(s) => return Verdict::Allowed(s),
+                Local::Limited {
+                    snapshot,
+                    retry_after_ns,
+                    quota,
+                } => {
+                    return Verdict::Limited {
+                        snapshot,
+                        retry_after_ns,
+                        quota,
+                    };
+                }
+                Local::Pending => return Verdict::Pending,
+                Local::Unavailable => return Verdict::Unavailable,
+                Local::Fallback => {}
             }
         }
+        self.check_cells(cells, now)
     }
 
     fn check_cells(&self, cells: &Cells, now: u64) -> Verdict {
@@ -242,13 +352,22 @@ impl ProxyMeter {
     /// Drops agent buckets that are full again (indistinguishable from new ones).
     fn prune(&self, now: u64) {
         self.agents.retain(|_, c| {
-            c.rate.load(Ordering::Acquire) > now || c.quota.load(Ordering::Acquire) > now
+            c.rate.load(Ordering::Acquire) > now
+                || c.quota.load(Ordering::Acquire) > now
+                || c.reserve.as_ref().is_some_and(|r| !r.is_idle(now))
         });
     }
 
     /// Agent buckets currently held (for metrics).
     pub fn agent_buckets(&self) -> usize {
         self.agents.len()
+    }
+}
+
+impl ClusterLink {
+    fn reserve(&self, agent: Option<&str>) -> Reserve {
+        let key = cluster::bucket_key(&self.prefix, &self.proxy, self.fingerprint, agent);
+        Reserve::new(key, self.params.clone())
     }
 }
 
@@ -262,19 +381,57 @@ pub fn global() -> &'static MeterStore {
 #[derive(Default)]
 pub struct MeterStore {
     meters: DashMap<String, Arc<ProxyMeter>>,
+    clusters: DashMap<cluster::Settings, std::sync::Weak<Cluster>>,
 }
 
 impl MeterStore {
     /// The meter for `proxy` with `spec`: the existing one if its spec is unchanged.
     pub fn meter(&self, proxy: &str, spec: MeterSpec) -> Arc<ProxyMeter> {
+        self.meter_in(proxy, spec, None)
+    }
+
+    /// The meter for `proxy` with `spec`, cluster-wide through `cluster` if given: the existing
+    /// one if its spec and backend are unchanged.
+    pub fn meter_in(
+        &self,
+        proxy: &str,
+        spec: MeterSpec,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Arc<ProxyMeter> {
         if let Some(m) = self.meters.get(proxy)
             && m.spec == spec
+            && match (m.cluster(), cluster) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
         {
             return m.clone();
         }
-        let m = Arc::new(ProxyMeter::new(spec));
+        let m = Arc::new(match cluster {
+            Some(c) => ProxyMeter::with_cluster(spec, proxy, c.clone()),
+            None => ProxyMeter::new(spec),
+        });
         self.meters.insert(proxy.to_string(), m.clone());
         m
+    }
+
+    /// The cluster backend for `settings`: the same one across reloads that keep them (so the
+    /// reserves and the refill thread survive a SIGHUP). Held weakly here: a backend no meter
+    /// uses any more is dropped, which ends its refill thread.
+    pub fn cluster(
+        &self,
+        settings: cluster::Settings,
+        connect: impl FnOnce() -> cluster::Connect,
+    ) -> Arc<Cluster> {
+        self.clusters.retain(|_, w| w.strong_count() > 0);
+        let mut slot = self.clusters.entry(settings.clone()).or_default();
+        if let Some(c) = slot.upgrade() {
+            return c;
+        }
+        let c = Arc::new(Cluster::new(settings, connect()));
+        *slot = Arc::downgrade(&c);
+        c
     }
 }
 
@@ -390,6 +547,40 @@ mod tests {
         assert!(matches!(b.check(None, S), Verdict::Limited { .. }));
         let c = store.meter("crm", spec(2, 60, 2, MeterBy::Proxy));
         assert!(matches!(c.check(None, S), Verdict::Allowed(_)));
+    }
+
+    #[test]
+    fn store_keeps_cluster_backends_and_meters_across_reloads() {
+        let store = MeterStore::default();
+        let settings = cluster::Settings {
+            display: "r".into(),
+            connection_id: 1,
+            key_prefix: "p:".into(),
+            batch: None,
+            on_down: cluster::OnDown::OpenReads,
+        };
+        let connect = || -> cluster::Connect {
+            Arc::new(|| Err(cluster::StoreError("not in this test".into())))
+        };
+        let c1 = store.cluster(settings.clone(), connect);
+        let c2 = store.cluster(settings.clone(), connect);
+        assert!(Arc::ptr_eq(&c1, &c2), "same settings, same backend");
+        let s = spec(1, 60, 1, MeterBy::Proxy);
+        let a = store.meter_in("crm", s, Some(&c1));
+        let b = store.meter_in("crm", s, Some(&c2));
+        assert!(Arc::ptr_eq(&a, &b), "same spec and backend, same buckets");
+        assert_eq!(a.batch(), Some(1));
+        let local = store.meter("crm", s);
+        assert!(
+            local.cluster().is_none(),
+            "leaving cluster mode starts local buckets"
+        );
+        let mut other = settings.clone();
+        other.on_down = cluster::OnDown::Closed;
+        assert!(!Arc::ptr_eq(&store.cluster(other, connect), &c1));
+        let weak = Arc::downgrade(&c1);
+        drop((a, b, c1, c2));
+        assert!(weak.upgrade().is_none(), "an unused backend is dropped");
     }
 
     #[test]

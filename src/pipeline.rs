@@ -81,7 +81,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let head_len = s.head.head_len;
     // a refusal before the body is read keeps the connection only if there is no body
     let keep = s.head.keep_alive && !w.draining.get();
-    let keep_if_no_body = keep && s.head.body == BodyKind::None;
+    let keep_if_no_body = keep && matches!(s.head.body, BodyKind::None | BodyKind::Length(0));
 
     // 2. canonical path and route
     let route = match route::resolve(&cfg, s.head.target.get(&s.rbuf), &mut s.path) {
@@ -166,9 +166,15 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     }
     ex.decision = crate::audit::Decision::Allow;
 
-    // 5. meter
+    // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     if let Some(m) = &proxy.meter {
-        match m.check(caller.id(), crate::clock::mono_ns()) {
+        let read = matches!(s.head.method.get(&s.rbuf), b"GET" | b"HEAD" | b"OPTIONS");
+        let verdict = if m.cluster().is_some() {
+            m.check_wait(caller.id(), read).await
+        } else {
+            m.check(caller.id(), crate::clock::mono_ns())
+        };
+        match verdict {
             Verdict::Allowed(snap) => write::rate_limit_headers(
                 &mut s.extra,
                 snap.limit,
@@ -192,6 +198,18 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
                     s,
                     &mut ex,
                     Refusal::RateLimited { retry_after },
+                    keep_if_no_body,
+                    version,
+                    lim,
+                )
+                .await;
+            }
+            Verdict::Pending | Verdict::Unavailable => {
+                return refuse(
+                    client,
+                    s,
+                    &mut ex,
+                    Refusal::MeterUnavailable,
                     keep_if_no_body,
                     version,
                     lim,
@@ -328,6 +346,26 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let mut auth_headers = Vec::new();
     let mut auth_query = zeroize::Zeroizing::new(String::new());
     if let Some(auth) = &proxy.auth {
+        // an OAuth2 proxy's access token: waits (bounded) for the first one
+        let token = match &proxy.oauth {
+            None => None,
+            Some(b) => match crate::oauth::token(&b.source, lim.connect_timeout).await {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    tracing::warn!(proxy = %proxy.name, reason = why, "no OAuth2 access token for the call");
+                    return refuse(
+                        client,
+                        s,
+                        &mut ex,
+                        Refusal::UpstreamAuthFailed(why),
+                        keep,
+                        version,
+                        lim,
+                    )
+                    .await;
+                }
+            },
+        };
         let now = crate::clock::unix_now().as_secs() as i64;
         if let Err(e) = request::credential(
             auth,
@@ -338,6 +376,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
             query,
             &s.body,
             now,
+            token.as_deref().map(crate::oauth::Token::secret),
             &mut auth_headers,
             &mut auth_query,
         ) {

@@ -75,6 +75,8 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
         base_dir,
         vault: None,
         proxy_warnings: Vec::new(),
+        warnings: Vec::new(),
+        cluster: None,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -99,6 +101,10 @@ struct Cx<'a> {
     vault: Option<crate::vault::Vault>,
     /// Findings of proxy compilation, merged into `Compiled::warnings`.
     proxy_warnings: Vec<String>,
+    /// Non-fatal findings (e.g. an https JWKS that could not be fetched).
+    warnings: Vec<String>,
+    /// `[meters]`: the cluster backend every proxy meter uses.
+    cluster: Option<Arc<crate::meter::cluster::Cluster>>,
 }
 
 impl Cx<'_> {
@@ -314,13 +320,47 @@ impl Cx<'_> {
             }
         };
         let mut jwt = Vec::with_capacity(raw.jwt.len());
+        let mut jwks_feeds = Vec::new();
         for (i, j) in raw.jwt.iter().enumerate() {
-            match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
-                Ok(v) => jwt.push(v),
-                Err(e) => self.err(j, format!("jwt[{i}]"), e.to_string()),
+            let v = match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.err(j, format!("jwt[{i}]"), e.to_string());
+                    continue;
+                }
+            };
+            let crate::jwt::JwksSource::Https(url) = v.source().clone() else {
+                jwt.push(v);
+                continue;
+            };
+            // fetched now, so `check`, `run` and reload all see an unreachable IdP (a warning:
+            // the refresher keeps trying)
+            let ca_file = j.get_ref().ca_file.as_ref().map(|c| self.base_dir.join(c));
+            let now = i64::try_from(crate::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
+            match crate::jwks::global().attach(
+                &url,
+                ca_file.as_deref(),
+                v.refresh_interval(),
+                v.min_refresh_interval(),
+                now,
+            ) {
+                Ok((feed, warning)) => {
+                    if let Some(w) = warning {
+                        let line = self.line_at(j.span().start);
+                        self.warnings
+                            .push(format!("{}:{line}: jwt[{i}].jwks: {w}", self.file));
+                    }
+                    jwt.push(v.with_shared(feed.shared().clone()));
+                    jwks_feeds.push(feed);
+                }
+                Err(m) => self.err(j, format!("jwt[{i}].jwks"), m),
             }
         }
-        super::Identity { agents: table, jwt }
+        super::Identity {
+            agents: table,
+            jwt,
+            jwks_feeds,
+        }
     }
 
     fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
@@ -329,6 +369,7 @@ impl Cx<'_> {
         let audit = self.audit(&raw);
         let server = self.server(&raw);
         let limits = self.limits(&raw);
+        self.cluster = self.meters(&raw);
         let demo = raw.demo.as_ref().and_then(|d| {
             let a = self.socket_addr(&d.get_ref().listen, "demo.listen")?;
             if !a.ip().is_loopback() {
@@ -343,7 +384,7 @@ impl Cx<'_> {
         let mut proxies = Vec::with_capacity(raw.proxies.len());
         let mut by_name = HashMap::new();
         let mut tls_cache: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>> = HashMap::new();
-        let mut warnings = Vec::new();
+        let mut warnings = std::mem::take(&mut self.warnings);
         for (i, p) in raw.proxies.iter().enumerate() {
             if let Some(proxy) = self.proxy(i, p, &mut tls_cache) {
                 if by_name.contains_key(&proxy.name) {
@@ -637,7 +678,105 @@ impl Cx<'_> {
             Some(MeterByRaw::Proxy) | None => MeterBy::Proxy,
         };
         let spec = MeterSpec { by, rate, quota };
-        Some(crate::meter::global().meter(p.name.get_ref(), spec))
+        Some(crate::meter::global().meter_in(p.name.get_ref(), spec, self.cluster.as_ref()))
+    }
+
+    /// `[meters]` → the (reload-surviving) cluster backend. Nothing connects here: the refill
+    /// thread starts on the first metered call.
+    fn meters(&mut self, raw: &RawConfig) -> Option<Arc<crate::meter::cluster::Cluster>> {
+        use crate::config::raw::{BatchRaw, OnRedisDownRaw};
+        use crate::meter::cluster::{OnDown, Settings};
+        let m = raw.meters.as_ref()?.get_ref();
+        let mut ok = true;
+        let password = match &m.password {
+            None => None,
+            Some(r) => match self.secret(r.get_ref()) {
+                Ok(sec) => match std::str::from_utf8(sec.expose()) {
+                    Ok(p) => Some(zeroize::Zeroizing::new(p.to_string())),
+                    Err(_) => {
+                        self.err(r, "meters.password", "the password is not UTF-8");
+                        ok = false;
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.err(r, "meters.password", e.to_string());
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let conn = match crate::meter::redis_store::connection_info(
+            m.redis.get_ref(),
+            password.as_deref().map(String::as_str),
+        ) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.err(&m.redis, "meters.redis", e);
+                ok = false;
+                None
+            }
+        };
+        let key_prefix = match &m.key_prefix {
+            None => "portcullis:".to_string(),
+            Some(p)
+                if p.get_ref().len() <= 64
+                    && p.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}') =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                self.err(
+                    p,
+                    "meters.key_prefix",
+                    "must be at most 64 printable ASCII characters without spaces or braces",
+                );
+                ok = false;
+                String::new()
+            }
+        };
+        let batch = match m.batch.as_ref().map(|b| (b, b.get_ref())) {
+            None => None,
+            Some((_, BatchRaw::Text(t))) if t == "auto" => None,
+            Some((_, BatchRaw::Int(n))) if (1..=1_000_000).contains(n) => Some(*n as u64),
+            Some((b, _)) => {
+                self.err(
+                    b,
+                    "meters.batch",
+                    "must be \"auto\" or a whole number from 1 to 1000000",
+                );
+                ok = false;
+                None
+            }
+        };
+        let on_down = match m.on_redis_down.as_ref().map(|o| *o.get_ref()) {
+            Some(OnRedisDownRaw::Closed) => OnDown::Closed,
+            Some(OnRedisDownRaw::Open) => OnDown::Open,
+            Some(OnRedisDownRaw::OpenReads) | None => OnDown::OpenReads,
+        };
+        let (info, display) = conn?;
+        if !ok {
+            return None;
+        }
+        let connection_id = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.redis.get_ref().hash(&mut h);
+            password.as_deref().hash(&mut h);
+            h.finish()
+        };
+        let settings = Settings {
+            display,
+            connection_id,
+            key_prefix,
+            batch,
+            on_down,
+        };
+        Some(
+            crate::meter::global().cluster(settings, || crate::meter::redis_store::connector(info)),
+        )
     }
 
     fn proxy(
@@ -673,6 +812,10 @@ impl Cx<'_> {
             .ca_file
             .as_ref()
             .map(|c| (c, self.base_dir.join(c.get_ref())));
+        let oauth_https = matches!(
+            p.auth.as_ref().map(|a| a.get_ref()),
+            Some(crate::auth_out::RawAuth::Oauth2 { token_url, .. }) if token_url.starts_with("https://")
+        );
         let mut tls = None;
         if let Some(u) = &parsed {
             if u.https {
@@ -706,11 +849,13 @@ impl Cx<'_> {
                     }
                     _ => {}
                 }
-            } else if let Some((s, _)) = &ca_file {
+            } else if let Some((s, _)) = &ca_file
+                && !oauth_https
+            {
                 self.err(
                     s,
                     format!("proxies[{i}].ca_file"),
-                    "ca_file is only used with an https upstream",
+                    "ca_file is only used with an https upstream or OAuth2 token_url",
                 );
             }
         }
@@ -793,6 +938,31 @@ impl Cx<'_> {
             }
         };
         let rules = rules?;
+        // the token endpoint's TLS: the proxy's ca_file (if any) plus the webpki roots
+        let oauth = match auth.as_ref().and_then(|a| a.oauth2_shared()) {
+            None => None,
+            Some(client) => {
+                let tls = if client.token_url.https {
+                    let cache_key = ca_file.as_ref().map(|(_, p)| p.clone());
+                    match tls_cache.get(&cache_key) {
+                        Some(c) => Some(c.clone()),
+                        None => match crate::upstream::tls::client_config(cache_key.as_deref()) {
+                            Ok(c) => {
+                                tls_cache.insert(cache_key, c.clone());
+                                Some(c)
+                            }
+                            Err(m) => {
+                                self.err(&p.upstream, format!("proxies[{i}].ca_file"), m);
+                                return None;
+                            }
+                        },
+                    }
+                } else {
+                    None
+                };
+                Some(crate::oauth::global().bind(name, client, tls))
+            }
+        };
         Some(Proxy {
             rules,
             scanners,
@@ -800,6 +970,7 @@ impl Cx<'_> {
             meter,
             auth,
             redact,
+            oauth,
             forward_cookies: p.forward_cookies.unwrap_or(false),
             name: name.clone(),
             upstream: Upstream {

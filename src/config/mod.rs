@@ -87,6 +87,8 @@ pub struct Proxy {
     pub meter: Option<Arc<crate::meter::ProxyMeter>>,
     /// The target credential (`auth = {...}`); secrets resolved at compile time.
     pub auth: Option<crate::auth_out::OutboundAuth>,
+    /// For `auth = { scheme = "oauth2" }`: the process-wide token source.
+    pub oauth: Option<crate::oauth::Binding>,
     pub forward_cookies: bool,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
@@ -107,6 +109,8 @@ pub struct Identity {
     pub agents: crate::authn::AgentTable,
     /// Verifier templates; each worker forks its own (the token cache is per worker).
     pub jwt: Vec<crate::jwt::JwtVerifier>,
+    /// The https JWKS feeds the verifiers follow (kept alive, and refreshed, while in use).
+    pub jwks_feeds: Vec<Arc<crate::jwks::Feed>>,
 }
 
 impl Identity {

@@ -21,6 +21,42 @@ pub struct RawConfig {
     pub jwt: Vec<Spanned<crate::jwt::RawJwt>>,
     #[serde(default)]
     pub proxies: Vec<Spanned<RawProxy>>,
+    /// `[meters]`: cluster-wide meters through Redis.
+    #[serde(default)]
+    pub meters: Option<Spanned<RawMeters>>,
+}
+
+/// `[meters]`: when present, every proxy meter is shared by all gateway processes through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeters {
+    /// `redis://host:port/db` (no password in it).
+    pub redis: Spanned<String>,
+    /// The Redis password as a `vault:`/`env:`/`file:` reference.
+    #[serde(default)]
+    pub password: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_prefix: Option<Spanned<String>>,
+    /// Tokens fetched per round trip: a number or `"auto"`.
+    #[serde(default)]
+    pub batch: Option<Spanned<BatchRaw>>,
+    #[serde(default)]
+    pub on_redis_down: Option<Spanned<OnRedisDownRaw>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BatchRaw {
+    Int(i64),
+    Text(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisDownRaw {
+    Closed,
+    Open,
+    OpenReads,
 }
 
 /// `[audit]`: where and how the audit trail is written.

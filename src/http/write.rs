@@ -109,10 +109,15 @@ pub fn error_response(
     out.extend_from_slice(b"\r\nX-Request-Id: ");
     out.extend_from_slice(request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Refusal::RateLimited { retry_after } = refusal {
-        out.extend_from_slice(b"Retry-After: ");
-        push_u64(out, *retry_after);
-        out.extend_from_slice(b"\r\n");
+    match refusal {
+        Refusal::RateLimited { retry_after } => {
+            out.extend_from_slice(b"Retry-After: ");
+            push_u64(out, *retry_after);
+            out.extend_from_slice(b"\r\n");
+        }
+        // the refill thread retries Redis within 2 s
+        Refusal::MeterUnavailable => out.extend_from_slice(b"Retry-After: 1\r\n"),
+        _ => {}
     }
     out.extend_from_slice(extra);
     connection_header(out, keep_alive, agent_version);

@@ -8,6 +8,7 @@ use crate::config::{Proxy, Upstream};
 use crate::http::head::RequestHead;
 use crate::http::hop;
 use crate::http::write::push_u64;
+use crate::secret::Secret;
 use zeroize::Zeroizing;
 
 /// Writes the outbound path: the upstream's base path, then the canonical rest.
@@ -98,7 +99,8 @@ fn stripped(name: &[u8], connection: Option<&[u8]>, proxy: &Proxy) -> bool {
 }
 
 /// Produces the target credential for this call (the only place a `Secret` is exposed): headers
-/// into `out_headers`, a query parameter into `out_query`.
+/// into `out_headers`, a query parameter into `out_query`. `oauth_token` is the proxy's current
+/// OAuth2 access token (`oauth::token`), for `scheme = "oauth2"`.
 #[allow(clippy::too_many_arguments)]
 pub fn credential<'a>(
     auth: &'a OutboundAuth,
@@ -109,6 +111,7 @@ pub fn credential<'a>(
     query: &[u8],
     body: &[u8],
     now_unix: i64,
+    oauth_token: Option<&Secret>,
     out_headers: &mut AuthHeaders<'a>,
     out_query: &mut Zeroizing<String>,
 ) -> Result<(), AuthApplyError> {
@@ -139,7 +142,7 @@ pub fn credential<'a>(
         headers: &headers,
         body,
     };
-    auth.apply(&req, now_unix, None, out_headers, out_query)
+    auth.apply(&req, now_unix, oauth_token, out_headers, out_query)
 }
 
 /// A short static reason for a credential failure (the 502's message).

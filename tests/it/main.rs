@@ -12,13 +12,16 @@ mod support;
 
 mod admin;
 mod audit;
+mod authz;
 mod cli_ident;
 mod configs;
 mod forwarding;
 mod identity;
 mod lifecycle;
 mod meter;
+mod meter_redis;
 mod metrics;
+mod oauth;
 mod redact;
 mod routing;
 mod smuggling;

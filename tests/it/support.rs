@@ -286,6 +286,9 @@ pub const KNOWN_SECRETS: &[&str] = &[
     "pcs_TestAgentKey0123456789abcdefghijABCDEFGHIJ",
     "pcs_ExpiredAgentKey0123456789abcdefghijABCDEFG",
     "t0ken-for-tests",
+    // oauth.rs: the OAuth2 client secret and the prefix of every access token issued
+    "oauth-client-SECRET-5e1f",
+    "oauth-at-7c2d",
 ];
 
 impl Drop for Gateway {
