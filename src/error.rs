@@ -34,6 +34,9 @@ pub enum Refusal {
     UpstreamTimeout,
     /// The target credential could not be produced (OAuth2 token unavailable, signing failed).
     UpstreamAuthFailed(&'static str),
+    /// A `kv:` secret the credential needs cannot be served (never read, or older than
+    /// `ttl + max_stale` while the KV server cannot be read): fail closed.
+    SecretUnavailable(&'static str),
 }
 
 impl Refusal {
@@ -49,7 +52,9 @@ impl Refusal {
             Refusal::RateLimited { .. } => 429,
             Refusal::BodyTooLarge => 413,
             Refusal::BadRequest(_) => 400,
-            Refusal::UpstreamUnreachable(_) | Refusal::UpstreamAuthFailed(_) => 502,
+            Refusal::UpstreamUnreachable(_)
+            | Refusal::UpstreamAuthFailed(_)
+            | Refusal::SecretUnavailable(_) => 502,
             Refusal::UpstreamTimeout => 504,
         }
     }
@@ -70,6 +75,7 @@ impl Refusal {
             Refusal::UpstreamUnreachable(_) => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuthFailed(_) => "upstream_auth_failed",
+            Refusal::SecretUnavailable(_) => "secret_unavailable",
         }
     }
 
@@ -97,6 +103,9 @@ impl Refusal {
             Refusal::UpstreamTimeout => "the upstream did not answer in time".into(),
             Refusal::UpstreamAuthFailed(why) => {
                 format!("the target credential could not be produced: {why}")
+            }
+            Refusal::SecretUnavailable(why) => {
+                format!("the target credential's secret is unavailable: {why}")
             }
         }
     }
@@ -155,6 +164,7 @@ mod tests {
                 "upstream_unreachable",
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
+            (Refusal::SecretUnavailable("x"), 502, "secret_unavailable"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), *status, "{code}");
