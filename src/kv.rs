@@ -387,6 +387,7 @@ impl KvClient {
             .take()
             .ok_or(KvError::BadResponse("renew-self answer has no auth"))?;
         self.schedule(s, (a.lease_duration, a.renewable));
+        tracing::debug!(server = %self.settings.addr.authority, lease_s = a.lease_duration, "KV token renewed");
         Ok(())
     }
 
@@ -469,6 +470,8 @@ impl KvClient {
                             if relogged {
                                 return Err(KvError::BadToken);
                             }
+                            tracing::info!(server = %self.settings.addr.authority,
+                                "the KV token is no longer valid; logging in again");
                             relogged = true;
                         }
                         Ok(_) => return Err(KvError::PermissionDenied(self.location(r))),

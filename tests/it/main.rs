@@ -12,6 +12,7 @@ mod support;
 
 mod admin;
 mod authz;
+mod bao;
 mod cli_ident;
 mod configs;
 mod forwarding;
