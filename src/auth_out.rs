@@ -1153,6 +1153,24 @@ impl OAuthTokenCache {
 #[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_values_are_shaped_per_call() {
+        let cases: &[(Shape, &[u8], Result<&[u8], ()>)] = &[
+            (Shape::Bearer, b"tok", Ok(b"Bearer tok")),
+            (Shape::Header, b"k-1", Ok(b"k-1")),
+            (Shape::Header, b"bad\r\nX: y", Err(())),
+            (Shape::Bearer, b"a\nb", Err(())),
+            (Shape::Basic("svc".into()), b"pw", Ok(b"Basic c3ZjOnB3")),
+            (Shape::Form, b"a b&c", Ok(b"a%20b%26c")),
+            (Shape::Bytes, b"\x00raw", Ok(b"\x00raw")),
+            (Shape::Bytes, b"", Err(())),
+        ];
+        for (shape, raw, want) in cases {
+            let got = shape_secret(shape, raw).map(|v| v.to_vec()).map_err(|_| ());
+            assert_eq!(got, want.map(|w| w.to_vec()), "{shape:?}");
+        }
+    }
     use std::collections::HashMap;
 
     fn secrets() -> HashMap<&'static str, &'static [u8]> {

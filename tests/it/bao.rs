@@ -244,6 +244,22 @@ fn a_kv_secret_reaches_the_upstream() {
             vec![bearer(V1).as_str()]
         );
     }
+
+    // a reload that keeps the reference keeps the cached value (no new read)
+    let up2 = MockUpstream::start(|_: &ReceivedRequest| Reply::ok("ok"));
+    let mut toml = kv_config(&bao.url(), TOKEN_AUTH, "", &up.url(), "kv:crm/token#value");
+    toml.push_str(&proxy("other", &up2.url()));
+    gw.write_config(&toml);
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.conn().roundtrip(&get("/other/a")).status != 200 {
+        assert!(Instant::now() < deadline, "reload did not land");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(call(&gw).status, 200);
+    assert_eq!(last_auth(&up), bearer(V1));
+    let log = gw.stderr_text();
+    assert_eq!(log.matches("kv secret read").count(), 1, "{log}");
 }
 
 /// Decision: the call the upstream rejects is not retried (its body may not be replayable);
