@@ -6,6 +6,7 @@
 //!
 //! Header values produced here hold secrets: they are `Zeroizing` and belong in the outbound
 //! head buffer only (upstream/request.rs), never in logs or audit records.
+use crate::kv::KvEntry;
 use crate::secret::{Secret, SecretRef, SecretRefError};
 use crate::sigv4::{self, SigV4Credentials, SigV4Options, SigV4Request};
 use aws_lc_rs::digest::{SHA256, digest};
@@ -13,6 +14,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// Error code (HTTP 502) when the target credential could not be obtained or applied.
@@ -110,11 +112,14 @@ fn cfg_err(field: &'static str, message: impl Into<String>) -> AuthConfigError {
     }
 }
 
-/// Why a credential could not be applied (→ 502 `upstream_auth_failed`).
+/// Why a credential could not be applied (→ 502 `upstream_auth_failed`, or
+/// `secret_unavailable` for a `kv:` secret that cannot be served).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthApplyError {
     #[error("no OAuth2 access token is available")]
     NoToken,
+    #[error("{0}")]
+    SecretUnavailable(&'static str),
     #[error("{0}")]
     SigV4(#[from] sigv4::SigV4Error),
 }
@@ -124,7 +129,10 @@ impl AuthApplyError {
         502
     }
     pub fn code(&self) -> &'static str {
-        UPSTREAM_AUTH_FAILED
+        match self {
+            AuthApplyError::SecretUnavailable(_) => "secret_unavailable",
+            _ => UPSTREAM_AUTH_FAILED,
+        }
     }
 }
 
@@ -407,14 +415,14 @@ pub enum OutboundAuth {
     /// Header name and full value (e.g. `Authorization`, `Bearer tok`).
     Static {
         header: String,
-        value: Secret,
+        value: SecretSource,
     },
     Query {
         param: String,
-        value: Secret,
+        value: SecretSource,
     },
     Hmac {
-        key: Secret,
+        key: SecretSource,
         header: String,
         timestamp_header: String,
         template: String,
@@ -423,8 +431,8 @@ pub enum OutboundAuth {
     },
     SigV4 {
         access_key_id: String,
-        secret: Secret,
-        session_token: Option<Secret>,
+        secret: SecretSource,
+        session_token: Option<SecretSource>,
         region: String,
         service: String,
         opts: SigV4Options,
@@ -496,13 +504,147 @@ pub struct OutboundRequest<'r> {
 /// Headers produced by `apply`: name and (secret-bearing) value.
 pub type AuthHeaders<'a> = Vec<(&'a str, Zeroizing<Vec<u8>>)>;
 
+/// A resolved secret reference: a value fixed at compile time, or a `kv:` entry whose current
+/// value is read per call.
+pub enum Resolved {
+    Fixed(Secret),
+    Kv(Arc<KvEntry>),
+}
+
+/// How a secret becomes the bytes put on the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// As is, checked to be a valid header value.
+    Header,
+    /// `Bearer <secret>`.
+    Bearer,
+    /// `Basic base64(username:secret)`.
+    Basic(String),
+    /// Form/query-encoded.
+    Form,
+    /// As is (a signing key).
+    Bytes,
+}
+
+const CONTROL_CHARS: &str =
+    "the secret contains control characters (CR, LF, NUL...) and cannot go in a header";
+
+fn shape_secret(shape: &Shape, raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, &'static str> {
+    if raw.is_empty() {
+        return Err("the secret is empty");
+    }
+    let mut v = Zeroizing::new(Vec::with_capacity(raw.len() + 16));
+    match shape {
+        Shape::Header | Shape::Bytes => v.extend_from_slice(raw),
+        Shape::Bearer => {
+            v.extend_from_slice(b"Bearer ");
+            v.extend_from_slice(raw);
+        }
+        Shape::Basic(user) => {
+            let mut creds = Zeroizing::new(user.as_bytes().to_vec());
+            creds.push(b':');
+            creds.extend_from_slice(raw);
+            v.extend_from_slice(b"Basic ");
+            v.extend_from_slice(Zeroizing::new(B64.encode(&*creds)).as_bytes());
+        }
+        Shape::Form => form_encode(&mut v, raw),
+    }
+    if matches!(shape, Shape::Header | Shape::Bearer) && !valid_header_value(&v) {
+        return Err(CONTROL_CHARS);
+    }
+    Ok(v)
+}
+
+/// Where a credential's secret comes from: fixed at compile time (already shaped), or the
+/// current value of a `kv:` entry (shaped per call).
+pub enum SecretSource {
+    Fixed(Secret),
+    Kv { entry: Arc<KvEntry>, shape: Shape },
+}
+
+/// The bytes of a secret for one call.
+pub enum Exposed<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Zeroizing<Vec<u8>>),
+}
+
+impl std::ops::Deref for Exposed<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Exposed::Borrowed(b) => b,
+            Exposed::Owned(v) => v,
+        }
+    }
+}
+
+impl SecretSource {
+    /// The (shaped) secret for a call (a `kv:` value must still be servable now).
+    pub fn get(&self) -> Result<Exposed<'_>, AuthApplyError> {
+        match self {
+            SecretSource::Fixed(s) => Ok(Exposed::Borrowed(s.expose())),
+            SecretSource::Kv { entry, shape } => {
+                let v = entry
+                    .current(crate::clock::mono_ns())
+                    .map_err(AuthApplyError::SecretUnavailable)?;
+                shape_secret(shape, v.expose())
+                    .map(Exposed::Owned)
+                    .map_err(|_| {
+                        AuthApplyError::SecretUnavailable(
+                            "the kv secret is empty or cannot go in a header",
+                        )
+                    })
+            }
+        }
+    }
+
+    pub fn kv_entry(&self) -> Option<&Arc<KvEntry>> {
+        match self {
+            SecretSource::Kv { entry, .. } => Some(entry),
+            SecretSource::Fixed(_) => None,
+        }
+    }
+}
+
+type Resolver<'r> = dyn FnMut(&str) -> Result<Resolved, SecretRefError> + 'r;
+
+/// A secret field used per call: fixed values are shaped now; `kv:` values are checked now
+/// (their current value) and shaped per call.
+fn source_field(
+    field: &'static str,
+    reference: &str,
+    resolve: &mut Resolver<'_>,
+    shape: Shape,
+) -> Result<SecretSource, AuthConfigError> {
+    SecretRef::parse(reference).map_err(|e| cfg_err(field, e.to_string()))?;
+    match resolve(reference).map_err(|e| cfg_err(field, e.to_string()))? {
+        Resolved::Fixed(s) => {
+            let v = shape_secret(&shape, s.expose()).map_err(|m| cfg_err(field, m))?;
+            Ok(SecretSource::Fixed(Secret::new(v.to_vec())))
+        }
+        Resolved::Kv(entry) => {
+            if let Some(now) = entry.snapshot() {
+                shape_secret(&shape, now.expose())
+                    .map_err(|m| cfg_err(field, format!("{reference}: {m}")))?;
+            }
+            Ok(SecretSource::Kv { entry, shape })
+        }
+    }
+}
+
+/// A secret field resolved once per compiled config (a `kv:` value is its current value).
 fn secret_field(
     field: &'static str,
     reference: &str,
-    resolve: &mut dyn FnMut(&str) -> Result<Secret, SecretRefError>,
+    resolve: &mut Resolver<'_>,
 ) -> Result<Secret, AuthConfigError> {
     SecretRef::parse(reference).map_err(|e| cfg_err(field, e.to_string()))?;
-    let s = resolve(reference).map_err(|e| cfg_err(field, e.to_string()))?;
+    let s = match resolve(reference).map_err(|e| cfg_err(field, e.to_string()))? {
+        Resolved::Fixed(s) => s,
+        Resolved::Kv(e) => e
+            .snapshot()
+            .ok_or_else(|| cfg_err(field, format!("{reference}: no current value")))?,
+    };
     if s.expose().is_empty() {
         return Err(cfg_err(field, "the secret is empty"));
     }
@@ -526,17 +668,6 @@ fn header_field(field: &'static str, name: &str) -> Result<String, AuthConfigErr
     Ok(name.to_string())
 }
 
-fn header_value(field: &'static str, v: Vec<u8>) -> Result<Secret, AuthConfigError> {
-    if !valid_header_value(&v) {
-        // Never echo the value.
-        return Err(cfg_err(
-            field,
-            "the secret contains control characters (CR, LF, NUL...) and cannot go in a header",
-        ));
-    }
-    Ok(Secret::new(v))
-}
-
 fn plain_field(field: &'static str, v: &str) -> Result<String, AuthConfigError> {
     if v.is_empty() || v.len() > 256 || !v.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(cfg_err(field, "must be 1-256 visible ASCII characters"));
@@ -551,22 +682,24 @@ impl OutboundAuth {
         raw: &RawAuth,
         resolve: &mut dyn FnMut(&str) -> Result<Secret, SecretRefError>,
     ) -> Result<OutboundAuth, AuthConfigError> {
+        Self::compile_with(raw, &mut |r: &str| resolve(r).map(Resolved::Fixed))
+    }
+
+    /// As `compile`, with a resolver that may also return `kv:` entries (read per call).
+    pub fn compile_with(
+        raw: &RawAuth,
+        resolve: &mut Resolver<'_>,
+    ) -> Result<OutboundAuth, AuthConfigError> {
         Ok(match raw {
-            RawAuth::Bearer { secret } => {
-                let s = secret_field("secret", secret, resolve)?;
-                let mut v = Zeroizing::new(b"Bearer ".to_vec());
-                v.extend_from_slice(s.expose());
-                OutboundAuth::Static {
-                    header: "Authorization".into(),
-                    value: header_value("secret", v.to_vec())?,
-                }
-            }
+            RawAuth::Bearer { secret } => OutboundAuth::Static {
+                header: "Authorization".into(),
+                value: source_field("secret", secret, resolve, Shape::Bearer)?,
+            },
             RawAuth::Header { header, secret } => {
                 let header = header_field("header", header)?;
-                let s = secret_field("secret", secret, resolve)?;
                 OutboundAuth::Static {
                     header,
-                    value: header_value("secret", s.expose().to_vec())?,
+                    value: source_field("secret", secret, resolve, Shape::Header)?,
                 }
             }
             RawAuth::Basic { username, secret } => {
@@ -576,15 +709,9 @@ impl OutboundAuth {
                         "must not contain ':' or control characters",
                     ));
                 }
-                let s = secret_field("secret", secret, resolve)?;
-                let mut creds = Zeroizing::new(username.as_bytes().to_vec());
-                creds.push(b':');
-                creds.extend_from_slice(s.expose());
-                let mut v = b"Basic ".to_vec();
-                v.extend_from_slice(Zeroizing::new(B64.encode(&*creds)).as_bytes());
                 OutboundAuth::Static {
                     header: "Authorization".into(),
-                    value: Secret::new(v),
+                    value: source_field("secret", secret, resolve, Shape::Basic(username.clone()))?,
                 }
             }
             RawAuth::Query { param, secret } => {
@@ -596,12 +723,9 @@ impl OutboundAuth {
                 {
                     return Err(cfg_err("param", "must be 1-128 of A-Z a-z 0-9 - . _ ~"));
                 }
-                let s = secret_field("secret", secret, resolve)?;
-                let mut v = Vec::new();
-                form_encode(&mut v, s.expose());
                 OutboundAuth::Query {
                     param: param.clone(),
-                    value: Secret::new(v),
+                    value: source_field("secret", secret, resolve, Shape::Form)?,
                 }
             }
             RawAuth::Hmac {
@@ -618,7 +742,7 @@ impl OutboundAuth {
                 }
                 let pieces = compile_template(string_to_sign)?;
                 OutboundAuth::Hmac {
-                    key: secret_field("secret", secret, resolve)?,
+                    key: source_field("secret", secret, resolve, Shape::Bytes)?,
                     header,
                     timestamp_header,
                     template: string_to_sign.clone(),
@@ -645,15 +769,12 @@ impl OutboundAuth {
                 let service = plain_field("service", service)?;
                 let session_token = match session_token {
                     None => None,
-                    Some(r) => Some(header_value(
-                        "session_token",
-                        secret_field("session_token", r, resolve)?.expose().to_vec(),
-                    )?),
+                    Some(r) => Some(source_field("session_token", r, resolve, Shape::Header)?),
                 };
                 OutboundAuth::SigV4 {
                     opts: SigV4Options::for_service(&service),
                     access_key_id,
-                    secret: secret_field("secret", secret, resolve)?,
+                    secret: source_field("secret", secret, resolve, Shape::Bytes)?,
                     session_token,
                     region,
                     service,
@@ -692,6 +813,23 @@ impl OutboundAuth {
                 }))
             }
         })
+    }
+
+    /// The `kv:` entries this auth reads per call.
+    pub fn kv_entries(&self) -> impl Iterator<Item = &Arc<KvEntry>> {
+        let (a, b) = match self {
+            OutboundAuth::Static { value, .. } | OutboundAuth::Query { value, .. } => {
+                (Some(value), None)
+            }
+            OutboundAuth::Hmac { key, .. } => (Some(key), None),
+            OutboundAuth::SigV4 {
+                secret,
+                session_token,
+                ..
+            } => (Some(secret), session_token.as_ref()),
+            OutboundAuth::OAuth2(_) => (None, None),
+        };
+        a.into_iter().chain(b).filter_map(SecretSource::kv_entry)
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -758,13 +896,14 @@ impl OutboundAuth {
     ) -> Result<(), AuthApplyError> {
         match self {
             OutboundAuth::Static { header, value } => {
-                out_headers.push((header.as_str(), Zeroizing::new(value.expose().to_vec())));
+                let v = value.get()?;
+                out_headers.push((header.as_str(), Zeroizing::new(v.to_vec())));
             }
             OutboundAuth::Query { param, value } => {
                 out_query.push_str(param.as_str());
                 out_query.push('=');
                 // form_encode output is ASCII.
-                out_query.push_str(&String::from_utf8_lossy(value.expose()));
+                out_query.push_str(&String::from_utf8_lossy(&value.get()?));
             }
             OutboundAuth::Hmac {
                 key,
@@ -788,7 +927,7 @@ impl OutboundAuth {
                         ),
                     }
                 }
-                let k = hmac::Key::new(hmac::HMAC_SHA256, key.expose());
+                let k = hmac::Key::new(hmac::HMAC_SHA256, &key.get()?);
                 let tag = hmac::sign(&k, &sts);
                 let sig = match encoding {
                     HmacEncoding::Hex => crate::authn::hex(tag.as_ref()),
@@ -815,10 +954,15 @@ impl OutboundAuth {
                     })
                     .copied()
                     .collect();
+                let secret = secret.get()?;
+                let session_token = match session_token {
+                    Some(t) => Some(t.get()?),
+                    None => None,
+                };
                 let creds = SigV4Credentials {
                     access_key_id,
-                    secret_access_key: secret.expose(),
-                    session_token: session_token.as_ref().map(Secret::expose),
+                    secret_access_key: &secret,
+                    session_token: session_token.as_deref(),
                 };
                 let sreq = SigV4Request {
                     method: req.method,
@@ -836,8 +980,8 @@ impl OutboundAuth {
                 if let Some(h) = s.content_sha256 {
                     out_headers.push(("X-Amz-Content-Sha256", Zeroizing::new(h.into_bytes())));
                 }
-                if let Some(t) = session_token {
-                    out_headers.push(("X-Amz-Security-Token", Zeroizing::new(t.expose().to_vec())));
+                if let Some(t) = &session_token {
+                    out_headers.push(("X-Amz-Security-Token", Zeroizing::new(t.to_vec())));
                 }
             }
             OutboundAuth::OAuth2(_) => {
@@ -1009,6 +1153,24 @@ impl OAuthTokenCache {
 #[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kv_values_are_shaped_per_call() {
+        let cases: &[(Shape, &[u8], Result<&[u8], ()>)] = &[
+            (Shape::Bearer, b"tok", Ok(b"Bearer tok")),
+            (Shape::Header, b"k-1", Ok(b"k-1")),
+            (Shape::Header, b"bad\r\nX: y", Err(())),
+            (Shape::Bearer, b"a\nb", Err(())),
+            (Shape::Basic("svc".into()), b"pw", Ok(b"Basic c3ZjOnB3")),
+            (Shape::Form, b"a b&c", Ok(b"a%20b%26c")),
+            (Shape::Bytes, b"\x00raw", Ok(b"\x00raw")),
+            (Shape::Bytes, b"", Err(())),
+        ];
+        for (shape, raw, want) in cases {
+            let got = shape_secret(shape, raw).map(|v| v.to_vec()).map_err(|_| ());
+            assert_eq!(got, want.map(|w| w.to_vec()), "{shape:?}");
+        }
+    }
     use std::collections::HashMap;
 
     fn secrets() -> HashMap<&'static str, &'static [u8]> {

@@ -29,6 +29,10 @@ pub enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Do not contact the KV server: `kv:` references are checked for syntax only (the
+        /// skipped ones are listed).
+        #[arg(long)]
+        offline: bool,
     },
     /// Agent identities.
     Agent {
@@ -157,8 +161,9 @@ pub fn run(source: Source) -> Result<()> {
 }
 
 /// Prints a summary of a compiled config, or returns its errors.
-pub fn check(path: PathBuf) -> Result<bool> {
-    match crate::config::compile_file(&path) {
+pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
+    let opts = crate::config::CompileOptions { offline };
+    match crate::config::compile_file_with(&path, opts) {
         Ok(c) => {
             println!("{}: ok", path.display());
             println!(
@@ -220,6 +225,12 @@ pub fn check(path: PathBuf) -> Result<bool> {
             );
             if let Some(a) = &c.audit {
                 println!("  audit: {}", a.dir.display());
+            }
+            if !c.kv.is_empty() {
+                println!("  kv secrets: {} read", c.kv.len());
+            }
+            for r in &c.skipped {
+                println!("skipped (offline): {r}");
             }
             for w in &c.warnings {
                 println!("warning: {w}");

@@ -130,6 +130,8 @@ impl Control {
         }
         // token requests use the new config's client secrets from now on
         crate::oauth::commit(&new);
+        // kv: entries kept from the old config read through the new [secrets.kv] from now on
+        crate::kv::commit(&new.kv);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if acked < self.workers.len() {

@@ -36,6 +36,9 @@ pub enum Refusal {
     UpstreamAuthFailed(&'static str),
     /// Cluster meters: Redis is unreachable and `on_redis_down` refuses this call.
     MeterUnavailable,
+    /// A `kv:` secret the credential needs cannot be served (never read, or older than
+    /// `ttl + max_stale` while the KV server cannot be read): fail closed.
+    SecretUnavailable(&'static str),
 }
 
 impl Refusal {
@@ -51,7 +54,9 @@ impl Refusal {
             Refusal::RateLimited { .. } => 429,
             Refusal::BodyTooLarge => 413,
             Refusal::BadRequest(_) => 400,
-            Refusal::UpstreamUnreachable(_) | Refusal::UpstreamAuthFailed(_) => 502,
+            Refusal::UpstreamUnreachable(_)
+            | Refusal::UpstreamAuthFailed(_)
+            | Refusal::SecretUnavailable(_) => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::MeterUnavailable => 503,
         }
@@ -74,6 +79,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuthFailed(_) => "upstream_auth_failed",
             Refusal::MeterUnavailable => "meter_unavailable",
+            Refusal::SecretUnavailable(_) => "secret_unavailable",
         }
     }
 
@@ -104,6 +110,9 @@ impl Refusal {
             }
             Refusal::MeterUnavailable => {
                 "the shared rate limit store is unreachable; retry later".into()
+            }
+            Refusal::SecretUnavailable(why) => {
+                format!("the target credential's secret is unavailable: {why}")
             }
         }
     }
@@ -165,6 +174,7 @@ mod tests {
             ),
             (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
             (Refusal::MeterUnavailable, 503, "meter_unavailable"),
+            (Refusal::SecretUnavailable("x"), 502, "secret_unavailable"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), *status, "{code}");

@@ -25,6 +25,7 @@ pub mod http;
 pub mod io;
 pub mod jwks;
 pub mod jwt;
+pub mod kv;
 pub mod meter;
 pub mod metrics;
 pub mod oauth;

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             };
             cmd::run(source).map(|_| true)
         }
-        Command::Check { config } => cmd::check(config),
+        Command::Check { config, offline } => cmd::check(config, offline),
         Command::Agent { command } => cmd::agent(command),
         Command::Vault { command } => cmd::vault(command),
         Command::Logs(args) => cmd::logs(args),

@@ -345,7 +345,14 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     let rest_path = &s.path[route.rest_start..];
     let mut auth_headers = Vec::new();
     let mut auth_query = zeroize::Zeroizing::new(String::new());
+    // when the credential was read (a 401/403 to it asks for one re-read of its kv: secrets)
+    let mut credential_read_ns = 0;
     if let Some(auth) = &proxy.auth {
+        // a kv: secret being re-read after an upstream rejected it: wait (bounded) for it
+        if auth.kv_entries().next().is_some() {
+            crate::kv::settle(auth, lim.connect_timeout).await;
+            credential_read_ns = crate::clock::mono_ns();
+        }
         // an OAuth2 proxy's access token: waits (bounded) for the first one
         let token = match &proxy.oauth {
             None => None,
@@ -381,16 +388,13 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
             &mut auth_query,
         ) {
             tracing::warn!(proxy = %proxy.name, error = %e, "cannot produce the target credential");
-            return refuse(
-                client,
-                s,
-                &mut ex,
-                Refusal::UpstreamAuthFailed(request::credential_failure(&e)),
-                false,
-                version,
-                lim,
-            )
-            .await;
+            let r = match e {
+                crate::auth_out::AuthApplyError::SecretUnavailable(why) => {
+                    Refusal::SecretUnavailable(why)
+                }
+                _ => Refusal::UpstreamAuthFailed(request::credential_failure(&e)),
+            };
+            return refuse(client, s, &mut ex, r, false, version, lim).await;
         }
     }
     request::build(
@@ -428,6 +432,15 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
 
     // 10. response to the agent (redacted on the way when the proxy asks for it)
     let status = s.resp.status;
+    if matches!(status, 401 | 403)
+        && credential_read_ns != 0
+        && let Some(auth) = &proxy.auth
+    {
+        // the upstream refused a kv: secret: maybe it was rotated; re-read it once
+        for e in auth.kv_entries() {
+            e.upstream_rejected(credential_read_ns, status);
+        }
+    }
     let no_body = method_is_head || status == 204 || status == 304;
     let mut redactor = None;
     let mut drop_encoding = false;

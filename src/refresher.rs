@@ -1,4 +1,5 @@
-//! The refresher thread: OAuth2 tokens (`oauth.rs`) and https JWKS (`jwks.rs`) are fetched off
+//! The refresher thread: OAuth2 tokens (`oauth.rs`), https JWKS (`jwks.rs`) and `kv:` secrets
+//! with their KV token renewals (`kv.rs`) are fetched off
 //! the data plane, on this thread's schedule and the short-lived fetch threads it starts.
 //! Workers only wake it (`wake`, a non-blocking `try_send` on a one-slot channel) when a call
 //! finds no token or a token names an unknown key.
@@ -32,6 +33,7 @@ pub fn start() -> std::io::Result<()> {
                 let now = i64::try_from(crate::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
                 crate::oauth::tick(now);
                 crate::jwks::tick(now);
+                crate::kv::tick();
                 if let Err(flume::RecvTimeoutError::Disconnected) = rx.recv_timeout(TICK) {
                     return;
                 }

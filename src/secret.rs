@@ -1,7 +1,8 @@
 //! Secrets as a type. A `Secret` has no `Debug` or `Display`, is zeroized on drop and is exposed
 //! only through `expose()`, which the outbound-request builder and the admin token check call.
-//! Config values that hold secrets are references: `env:VAR`, `file:PATH` or `vault:NAME` (an
-//! entry of the encrypted vault, `vault.rs`).
+//! Config values that hold secrets are references: `env:VAR`, `file:PATH`, `vault:NAME` (an
+//! entry of the encrypted vault, `vault.rs`) or `kv:PATH#FIELD` (a field of a KV v2 secret on
+//! an OpenBao / Vault server, `kv.rs`; resolved by the config compiler, which knows the server).
 use crate::vault::Vault;
 use std::path::Path;
 use zeroize::Zeroizing;
@@ -28,7 +29,9 @@ impl Secret {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SecretRefError {
-    #[error("expected a reference `vault:NAME`, `env:VAR` or `file:PATH`, not a literal secret")]
+    #[error(
+        "expected a reference `vault:NAME`, `env:VAR`, `file:PATH` or `kv:PATH#FIELD`, not a literal secret"
+    )]
     NotAReference,
     #[error("`vault:` references need a `[vault]` section")]
     VaultUnavailable,
@@ -40,6 +43,16 @@ pub enum SecretRefError {
     EnvMissing(String),
     #[error("cannot read secret file {0}: {1}")]
     File(String, String),
+    #[error("bad kv reference: {0}")]
+    KvBad(String),
+    #[error("`kv:` references need a `[secrets.kv]` section")]
+    KvUnavailable,
+    /// A `kv:` reference that could not be read; the message names the reference and the
+    /// reason, never a value.
+    #[error("{0}")]
+    Kv(String),
+    #[error("`kv:` references are not supported here")]
+    KvNotHere,
 }
 
 /// A parsed secret reference (validated shape; nothing read yet).
@@ -48,6 +61,7 @@ pub enum SecretRef {
     Env(String),
     File(String),
     Vault(String),
+    Kv(crate::kv::KvRef),
 }
 
 impl SecretRef {
@@ -67,6 +81,10 @@ impl SecretRef {
                 return Err(SecretRefError::VaultBadName(n.to_string()));
             }
             Ok(SecretRef::Vault(n.to_string()))
+        } else if reference.starts_with("kv:") {
+            crate::kv::KvRef::parse(reference)
+                .map(SecretRef::Kv)
+                .map_err(SecretRefError::KvBad)
         } else {
             Err(SecretRefError::NotAReference)
         }
@@ -85,6 +103,7 @@ pub fn resolve_with(
             let v = vault.ok_or(SecretRefError::VaultUnavailable)?;
             v.get(&name).ok_or(SecretRefError::VaultMissing(name))
         }
+        SecretRef::Kv(_) => Err(SecretRefError::KvUnavailable),
         _ => resolve(reference, base_dir),
     }
 }
@@ -107,6 +126,8 @@ pub fn resolve(reference: &str, base_dir: &Path) -> Result<Secret, SecretRefErro
         Ok(Secret::new(bytes))
     } else if reference.starts_with("vault:") {
         Err(SecretRefError::VaultUnavailable)
+    } else if reference.starts_with("kv:") {
+        Err(SecretRefError::KvNotHere)
     } else {
         Err(SecretRefError::NotAReference)
     }
@@ -149,6 +170,13 @@ mod tests {
                 Err(SecretRefError::VaultBadName("bad name".into())),
             ),
             ("vault:", Err(SecretRefError::VaultBadName(String::new()))),
+            (
+                "kv:crm/token#value",
+                Ok(SecretRef::Kv(crate::kv::KvRef {
+                    path: "crm/token".into(),
+                    field: "value".into(),
+                })),
+            ),
             ("env:", Err(SecretRefError::NotAReference)),
             ("sk-live-123", Err(SecretRefError::NotAReference)),
         ];

@@ -51,8 +51,21 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// How to compile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompileOptions {
+    /// Do not contact the KV server: `kv:` references are checked for syntax only and listed
+    /// in `Compiled::skipped` (`check --offline`). A config compiled so must not serve.
+    pub offline: bool,
+}
+
 /// Reads and compiles a config file.
 pub fn compile_file(path: &Path) -> Result<Compiled, ConfigErrors> {
+    compile_file_with(path, CompileOptions::default())
+}
+
+/// Reads and compiles a config file with `opts`.
+pub fn compile_file_with(path: &Path, opts: CompileOptions) -> Result<Compiled, ConfigErrors> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -63,12 +76,25 @@ pub fn compile_file(path: &Path) -> Result<Compiled, ConfigErrors> {
         }])
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    compile_str(&display, &text, &base)
+    compile_str_with(&display, &text, &base, opts)
 }
 
 /// Compiles config text. `name` is used in error messages, `base_dir` resolves relative paths.
 pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, ConfigErrors> {
+    compile_str_with(name, text, base_dir, CompileOptions::default())
+}
+
+fn compile_str_with(
+    name: &str,
+    text: &str,
+    base_dir: &Path,
+    opts: CompileOptions,
+) -> Result<Compiled, ConfigErrors> {
     let mut cx = Cx {
+        opts,
+        kv: None,
+        kv_bindings: Vec::new(),
+        skipped: Vec::new(),
         file: name,
         text,
         errors: Vec::new(),
@@ -93,6 +119,12 @@ pub fn compile_str(name: &str, text: &str, base_dir: &Path) -> Result<Compiled, 
 }
 
 struct Cx<'a> {
+    opts: CompileOptions,
+    /// The `[secrets.kv]` client, for `kv:` references.
+    kv: Option<Arc<crate::kv::KvClient>>,
+    kv_bindings: Vec<(Arc<crate::kv::KvEntry>, Arc<crate::kv::KvClient>)>,
+    /// `kv:` references not looked up (offline).
+    skipped: Vec<String>,
     file: &'a str,
     text: &'a str,
     base_dir: &'a Path,
@@ -237,9 +269,235 @@ impl Cx<'_> {
         }
     }
 
-    /// Resolves a secret reference (`env:`, `file:`, `vault:`).
-    fn secret(&self, reference: &str) -> Result<crate::secret::Secret, secret::SecretRefError> {
-        secret::resolve_with(reference, self.base_dir, self.vault.as_ref())
+    /// Resolves a secret reference (`env:`, `file:`, `vault:`) once; a `kv:` reference gives
+    /// its current value (`what` names the key for `check --offline`'s list).
+    fn secret(
+        &mut self,
+        reference: &str,
+        what: &str,
+    ) -> Result<crate::secret::Secret, secret::SecretRefError> {
+        match self.resolve(reference, what)? {
+            crate::auth_out::Resolved::Fixed(s) => Ok(s),
+            crate::auth_out::Resolved::Kv(e) => e.snapshot().ok_or_else(|| {
+                secret::SecretRefError::Kv(format!("{reference}: no current value"))
+            }),
+        }
+    }
+
+    /// Resolves a secret reference; `kv:` references become store entries (read now unless
+    /// the store already holds a servable value), or placeholders when offline.
+    fn resolve(
+        &mut self,
+        reference: &str,
+        what: &str,
+    ) -> Result<crate::auth_out::Resolved, secret::SecretRefError> {
+        use crate::auth_out::Resolved;
+        let kref = match secret::SecretRef::parse(reference)? {
+            secret::SecretRef::Kv(k) => k,
+            _ => {
+                return secret::resolve_with(reference, self.base_dir, self.vault.as_ref())
+                    .map(Resolved::Fixed);
+            }
+        };
+        let Some(client) = self.kv.clone() else {
+            return Err(secret::SecretRefError::KvUnavailable);
+        };
+        if self.opts.offline {
+            self.skipped.push(format!("{what}: {reference}"));
+            return Ok(Resolved::Fixed(crate::secret::Secret::new(
+                b"offline-placeholder".to_vec(),
+            )));
+        }
+        match crate::kv::global().bind(&client, &kref) {
+            Ok(e) => {
+                self.kv_bindings.push((e.clone(), client));
+                Ok(Resolved::Kv(e))
+            }
+            Err(e) => Err(secret::SecretRefError::Kv(format!("{reference}: {e}"))),
+        }
+    }
+
+    /// `[secrets.kv]`.
+    fn kv_settings(&mut self, raw: &RawConfig) {
+        use crate::kv::{KvAuth, KvSettings};
+        let Some(sec) = &raw.secrets else { return };
+        let Some(kv) = &sec.get_ref().kv else { return };
+        let k = kv.get_ref();
+        let mut ok = true;
+        let addr = match crate::auth_out::TokenUrl::parse(k.addr.get_ref()) {
+            Ok(u) if u.path == "/" => Some(u),
+            Ok(_) => {
+                self.err(
+                    &k.addr,
+                    "secrets.kv.addr",
+                    "must be scheme://host[:port] without a path",
+                );
+                None
+            }
+            Err(m) => {
+                let m = m.replace(
+                    "plain http only for localhost",
+                    "plain http only for a loopback address",
+                );
+                self.err(&k.addr, "secrets.kv.addr", m);
+                None
+            }
+        };
+        let mount = match &k.mount {
+            None => "secret".to_string(),
+            Some(m) => {
+                let v = m.get_ref();
+                let good = !v.is_empty()
+                    && v.len() <= 128
+                    && v.split('/').all(|seg| {
+                        !seg.is_empty()
+                            && seg != "."
+                            && seg != ".."
+                            && seg.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+                            })
+                    });
+                if !good {
+                    self.err(
+                        m,
+                        "secrets.kv.mount",
+                        "must be 1-128 of A-Z a-z 0-9 . _ - in '/'-separated segments",
+                    );
+                    ok = false;
+                }
+                v.clone()
+            }
+        };
+        let check_ref = |cx: &mut Self, r: &Spanned<String>, key: &str| -> bool {
+            match secret::SecretRef::parse(r.get_ref()) {
+                Ok(secret::SecretRef::Env(_) | secret::SecretRef::File(_)) => {
+                    // read at every login; a missing file or variable is reported now
+                    if let Err(e) = secret::resolve(r.get_ref(), cx.base_dir) {
+                        cx.err(r, key, e.to_string());
+                        return false;
+                    }
+                    true
+                }
+                Ok(_) => {
+                    cx.err(r, key, "must be an `env:VAR` or `file:PATH` reference");
+                    false
+                }
+                Err(e) => {
+                    cx.err(r, key, e.to_string());
+                    false
+                }
+            }
+        };
+        let auth = match (&k.token, &k.approle) {
+            (Some(t), None) => {
+                ok &= check_ref(self, t, "secrets.kv.token");
+                Some(KvAuth::Token(t.get_ref().clone()))
+            }
+            (None, Some(a)) => {
+                let a = a.get_ref();
+                ok &= check_ref(self, &a.secret_id, "secrets.kv.approle.secret_id");
+                let role_id = match secret::SecretRef::parse(a.role_id.get_ref()) {
+                    Ok(secret::SecretRef::Env(_) | secret::SecretRef::File(_)) => {
+                        match secret::resolve(a.role_id.get_ref(), self.base_dir) {
+                            Ok(s) => String::from_utf8(s.expose().to_vec()).ok(),
+                            Err(e) => {
+                                self.err(&a.role_id, "secrets.kv.approle.role_id", e.to_string());
+                                None
+                            }
+                        }
+                    }
+                    _ => Some(a.role_id.get_ref().clone()),
+                };
+                match role_id {
+                    Some(r)
+                        if !r.is_empty()
+                            && r.len() <= 256
+                            && r.bytes().all(|b| b.is_ascii_graphic()) =>
+                    {
+                        Some(KvAuth::AppRole {
+                            role_id: r,
+                            secret_id: a.secret_id.get_ref().clone(),
+                        })
+                    }
+                    _ => {
+                        self.err(
+                            &a.role_id,
+                            "secrets.kv.approle.role_id",
+                            "must be 1-256 visible ASCII characters (or an env:/file: reference)",
+                        );
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(a)) => {
+                self.err(
+                    a,
+                    "secrets.kv.approle",
+                    "give either `token` or `approle`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    kv,
+                    "secrets.kv",
+                    "needs `token = \"file:...\"` (or env:) or `approle = { role_id, secret_id }`",
+                );
+                None
+            }
+        };
+        let ca_file = k.ca_file.as_ref().map(|c| self.base_dir.join(c.get_ref()));
+        let tls = match (&addr, &k.ca_file) {
+            (Some(a), _) if a.https => {
+                match crate::upstream::tls::client_config(ca_file.as_deref()) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        match &k.ca_file {
+                            Some(c) => self.err(c, "secrets.kv.ca_file", m),
+                            None => self.err(&k.addr, "secrets.kv.addr", m),
+                        }
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (Some(_), Some(c)) => {
+                self.err(
+                    c,
+                    "secrets.kv.ca_file",
+                    "ca_file is only used with an https addr",
+                );
+                ok = false;
+                None
+            }
+            _ => None,
+        };
+        let ttl = self.duration(&k.ttl, "secrets.kv.ttl", Duration::from_secs(300));
+        let max_stale = self.duration(
+            &k.max_stale,
+            "secrets.kv.max_stale",
+            Duration::from_secs(3600),
+        );
+        let timeout = self.duration(&k.timeout, "secrets.kv.timeout", Duration::from_secs(5));
+        let (Some(addr), Some(auth), true) = (addr, auth, ok) else {
+            return;
+        };
+        let settings = KvSettings {
+            addr,
+            mount,
+            auth,
+            base_dir: self.base_dir.to_path_buf(),
+            ca_file,
+            tls,
+            ttl,
+            max_stale,
+            timeout,
+        };
+        self.kv = Some(if self.opts.offline {
+            Arc::new(crate::kv::KvClient::new(settings))
+        } else {
+            crate::kv::global().client(settings)
+        });
     }
 
     /// `[audit]`.
@@ -365,6 +623,7 @@ impl Cx<'_> {
 
     fn compile(&mut self, raw: RawConfig) -> Option<Compiled> {
         self.open_vault(&raw);
+        self.kv_settings(&raw);
         let identity = self.identity(&raw);
         let audit = self.audit(&raw);
         let server = self.server(&raw);
@@ -434,6 +693,8 @@ impl Cx<'_> {
             audit,
             by_name,
             warnings,
+            kv: std::mem::take(&mut self.kv_bindings),
+            skipped: std::mem::take(&mut self.skipped),
         })
     }
 
@@ -470,7 +731,14 @@ impl Cx<'_> {
             .and_then(|a| self.socket_addr(a, "server.admin_listen"));
         let admin_token = match &s.admin_token {
             None => None,
-            Some(t) => match self.secret(t.get_ref()) {
+            Some(t) => match self.secret(
+                t.get_ref(),
+                &format!(
+                    "{}:{}: server.admin_token",
+                    self.file,
+                    self.line_at(t.span().start)
+                ),
+            ) {
                 Ok(sec) => Some(sec),
                 Err(e) => {
                     self.err(t, "server.admin_token", e.to_string());
@@ -690,7 +958,7 @@ impl Cx<'_> {
         let mut ok = true;
         let password = match &m.password {
             None => None,
-            Some(r) => match self.secret(r.get_ref()) {
+            Some(r) => match self.secret(r.get_ref(), "meters.password") {
                 Ok(sec) => match std::str::from_utf8(sec.expose()) {
                     Ok(p) => Some(zeroize::Zeroizing::new(p.to_string())),
                     Err(_) => {
@@ -883,8 +1151,13 @@ impl Cx<'_> {
         let auth = match &p.auth {
             None => None,
             Some(a) => {
-                let mut resolve = |r: &str| self.secret(r);
-                match crate::auth_out::OutboundAuth::compile(a.get_ref(), &mut resolve) {
+                let what = format!(
+                    "{}:{}: proxies[{i}].auth",
+                    self.file,
+                    self.line_at(a.span().start)
+                );
+                let mut resolve = |r: &str| self.resolve(r, &what);
+                match crate::auth_out::OutboundAuth::compile_with(a.get_ref(), &mut resolve) {
                     Ok(x) => Some(x),
                     Err(e) => {
                         self.err(a, format!("proxies[{i}].auth.{}", e.field), e.message);

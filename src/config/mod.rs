@@ -5,7 +5,9 @@ pub mod compile;
 pub mod raw;
 pub mod units;
 
-pub use compile::{ConfigError, ConfigErrors, compile_file, compile_str};
+pub use compile::{
+    CompileOptions, ConfigError, ConfigErrors, compile_file, compile_file_with, compile_str,
+};
 pub use raw::Effect;
 
 use crate::secret::Secret;
@@ -33,6 +35,10 @@ pub struct Compiled {
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,
+    /// Every `kv:` entry this config uses and the client it reads through (`kv::commit`).
+    pub kv: Vec<(Arc<crate::kv::KvEntry>, Arc<crate::kv::KvClient>)>,
+    /// References not looked up (`check --offline`): `file:line: key: reference`.
+    pub skipped: Vec<String>,
 }
 
 pub struct Server {
@@ -85,7 +91,8 @@ pub struct Proxy {
     pub default_effect: Effect,
     /// Token buckets (`meter`, `quota`), shared by every worker and kept across reloads.
     pub meter: Option<Arc<crate::meter::ProxyMeter>>,
-    /// The target credential (`auth = {...}`); secrets resolved at compile time.
+    /// The target credential (`auth = {...}`); secrets resolved at compile time, except `kv:`
+    /// ones, whose current value is read per call.
     pub auth: Option<crate::auth_out::OutboundAuth>,
     /// For `auth = { scheme = "oauth2" }`: the process-wide token source.
     pub oauth: Option<crate::oauth::Binding>,

@@ -13,6 +13,9 @@ pub struct RawConfig {
     pub demo: Option<Spanned<RawDemo>>,
     #[serde(default)]
     pub vault: Option<Spanned<RawVault>>,
+    /// `[secrets.kv]`: the OpenBao / Vault KV v2 server behind `kv:PATH#FIELD` references.
+    #[serde(default)]
+    pub secrets: Option<Spanned<RawSecrets>>,
     #[serde(default)]
     pub audit: Option<Spanned<RawAudit>>,
     #[serde(default)]
@@ -72,6 +75,43 @@ pub struct RawAudit {
     pub on_full: Option<Spanned<String>>,
     #[serde(default)]
     pub queue: Option<Spanned<i64>>,
+}
+
+/// `[secrets]`: external secret stores.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    #[serde(default)]
+    pub kv: Option<Spanned<RawKv>>,
+}
+
+/// `[secrets.kv]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKv {
+    pub addr: Spanned<String>,
+    #[serde(default)]
+    pub mount: Option<Spanned<String>>,
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub approle: Option<Spanned<RawAppRole>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_stale: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// `approle = { role_id = "...", secret_id = "file:..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAppRole {
+    pub role_id: Spanned<String>,
+    pub secret_id: Spanned<String>,
 }
 
 /// `[vault]`: the encrypted secrets file and the reference to its key.

@@ -149,6 +149,7 @@ pub fn credential<'a>(
 pub fn credential_failure(e: &AuthApplyError) -> &'static str {
     match e {
         AuthApplyError::NoToken => "no OAuth2 access token is available",
+        AuthApplyError::SecretUnavailable(why) => why,
         AuthApplyError::SigV4(_) => "the request could not be signed",
     }
 }

@@ -13,6 +13,7 @@ mod support;
 mod admin;
 mod audit;
 mod authz;
+mod bao;
 mod cli_ident;
 mod configs;
 mod forwarding;

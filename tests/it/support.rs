@@ -289,6 +289,9 @@ pub const KNOWN_SECRETS: &[&str] = &[
     // oauth.rs: the OAuth2 client secret and the prefix of every access token issued
     "oauth-client-SECRET-5e1f",
     "oauth-at-7c2d",
+    // bao.rs: every kv value written to OpenBao starts with this; and the dev root token
+    "kv-SECRET-",
+    "bao-root-TOKEN-77e1",
 ];
 
 impl Drop for Gateway {
