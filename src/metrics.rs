@@ -447,6 +447,21 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{proxy=\"{}\"}} {}", esc(p), f(t));
             }
         }
+        for (name, help, v) in [
+            (
+                "portcullis_upstream_connect_errors_total",
+                "Upstream connections that could not be opened (resolution, refusal, timeout).",
+                UPSTREAM_CONNECT_ERRORS.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_upstream_tls_handshake_errors_total",
+                "Upstream TLS handshakes that failed (certificate, protocol, timeout).",
+                TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
+            ),
+        ] {
+            header(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
         header(
             &mut o,
             "portcullis_upstream_pool_idle_connections",
@@ -579,6 +594,14 @@ impl Totals {
         self.requests.iter().flatten().sum()
     }
 }
+
+/// Upstream connection failures. Process-wide atomics are fine here: they only move on a failed
+/// connect, never on the per-call hot path.
+pub static UPSTREAM_CONNECT_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Failed upstream TLS handshakes.
+pub static TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");

@@ -106,6 +106,8 @@ impl Pool {
                 Ok(addrs)
             }
             Ok(Ok(_)) | Ok(Err(_)) => {
+                crate::metrics::UPSTREAM_CONNECT_ERRORS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(host = %up.host, "upstream name resolution failed");
                 Err(Refusal::UpstreamUnreachable("name resolution failed"))
             }
@@ -123,6 +125,8 @@ impl Pool {
         match monoio::time::timeout(connect_timeout, self.connect_inner(up)).await {
             Ok(r) => r,
             Err(_) => {
+                crate::metrics::UPSTREAM_CONNECT_ERRORS
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(upstream = %up.authority, "upstream connect timed out");
                 Err(Refusal::UpstreamUnreachable("connect timed out"))
             }
@@ -143,6 +147,8 @@ impl Pool {
             }
         }
         let Some(tcp) = tcp else {
+            crate::metrics::UPSTREAM_CONNECT_ERRORS
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(upstream = %up.authority, error = ?last.map(|e| e.kind()), "upstream connect failed");
             return Err(Refusal::UpstreamUnreachable("connection failed"));
         };
@@ -154,6 +160,8 @@ impl Pool {
                 match connector.connect(t.server_name.clone(), tcp).await {
                     Ok(s) => Ok(UpConn::Tls(Box::new(s))),
                     Err(e) => {
+                        crate::metrics::TLS_HANDSHAKE_ERRORS
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(upstream = %up.authority, error = %e, "upstream TLS handshake failed");
                         Err(Refusal::UpstreamUnreachable("TLS handshake failed"))
                     }
