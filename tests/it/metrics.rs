@@ -70,8 +70,14 @@ meter = {{ rate = 1, per = "1m", burst = 3, by = "proxy" }}
 name = "closed"
 upstream = "{up}"
 default_effect = "deny"
+
+[[proxies]]
+name = "dead"
+upstream = "http://127.0.0.1:{dead}"
+default_effect = "allow"
 "#,
-        up = mock.url()
+        up = mock.url(),
+        dead = free_port()
     );
     let gw = Gateway::start_with_files(
         &toml,
@@ -96,6 +102,7 @@ default_effect = "deny"
     send(&get("/up/c"), 429);
     send(&get("/closed/x"), 403);
     send(&get("/nope"), 404);
+    send(&get("/dead/x"), 502);
 
     // recorded as each call's Exchange drops (just after its response): poll, bounded
     let want: &[(&str, f64)] = &[
@@ -146,7 +153,9 @@ default_effect = "deny"
             r#"portcullis_request_duration_seconds_bucket{proxy="up",le="+Inf"}"#,
             4.0,
         ),
-        ("portcullis_audit_written_total", 6.0),
+        ("portcullis_audit_written_total", 7.0),
+        ("portcullis_upstream_connect_errors_total", 1.0),
+        ("portcullis_upstream_tls_handshake_errors_total", 0.0),
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
