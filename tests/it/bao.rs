@@ -258,7 +258,7 @@ fn a_kv_secret_reaches_the_upstream() {
     }
     assert_eq!(call(&gw).status, 200);
     assert_eq!(last_auth(&up), bearer(V1));
-    let log = gw.stderr_text();
+    let log = gw.log_when(|l| l.contains("kv secret read"), Duration::from_secs(5));
     assert_eq!(log.matches("kv secret read").count(), 1, "{log}");
 }
 
@@ -325,7 +325,10 @@ fn a_rotated_secret_is_picked_up_after_an_upstream_401() {
     let r = call(&gw);
     assert_eq!(r.status, 200, "{}", show(&r.raw));
     assert_eq!(last_auth(&up), bearer(V3));
-    let log = gw.stderr_text();
+    let log = gw.log_when(
+        |l| l.matches("re-reading it once").count() >= 2,
+        Duration::from_secs(5),
+    );
     assert_eq!(
         log.matches("re-reading it once").count(),
         2,
@@ -395,7 +398,10 @@ fn during_an_outage_the_cached_value_serves_until_max_stale_then_502() {
     // the long max_stale keeps going
     let r = call(&long);
     assert_eq!(r.status, 200, "{}", show(&r.raw));
-    let log = short.stderr_text();
+    let log = short.log_when(
+        |l| l.contains("cannot refresh the kv secret") && l.contains("502 secret_unavailable"),
+        Duration::from_secs(5),
+    );
     assert!(log.contains("cannot refresh the kv secret"), "{log}");
     assert!(log.contains("502 secret_unavailable"), "{log}");
 }
@@ -454,7 +460,10 @@ fn approle_login_renews_and_logs_in_again() {
         bearer(V2),
         "ttl refreshes still read after re-login"
     );
-    let log = gw.stderr_text();
+    let log = gw.log_when(
+        |l| l.contains("KV token renewed") && l.contains("logging in again"),
+        Duration::from_secs(5),
+    );
     assert!(!log.contains(&secret_id), "the secret_id leaked");
     assert!(!log.contains("cannot read the kv secret"), "{log}");
     assert!(log.contains("KV token renewed"), "{log}");

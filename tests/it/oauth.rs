@@ -219,7 +219,14 @@ fn token_endpoint_down_or_refusing_gives_502_and_nothing_goes_upstream() {
         assert!(!r.body_str().contains(CLIENT_SECRET));
     }
     assert_eq!(up.count(), 0);
-    let log = gw.stderr_text() + &gw.stdout_text();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = gw.stderr_text() + &gw.stdout_text();
+    while !log.contains("OAuth2 token request failed and no valid token is left")
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(20));
+        log = gw.stderr_text() + &gw.stdout_text();
+    }
     assert!(
         log.contains("OAuth2 token request failed and no valid token is left"),
         "{log}"
@@ -243,7 +250,13 @@ fn token_endpoint_down_or_refusing_gives_502_and_nothing_goes_upstream() {
     assert_gateway_error(&r, 502, "upstream_auth_failed");
     assert_eq!(up.count(), 0);
     assert!(idp.count() >= 1);
-    let log = gw.stderr_text() + &gw.stdout_text();
+    // the refresher thread's log line may land just after the call's answer: wait, bounded
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = gw.stderr_text() + &gw.stdout_text();
+    while !log.contains("invalid_scope") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        log = gw.stderr_text() + &gw.stdout_text();
+    }
     assert!(log.contains("invalid_scope"), "{log}");
 }
 
@@ -289,7 +302,10 @@ fn a_failed_refresh_keeps_the_old_token_until_it_expires_then_502() {
     let n = up.count();
     assert_gateway_error(&call(&gw, "/api/again"), 502, "upstream_auth_failed");
     assert_eq!(up.count(), n, "nothing upstream without a token");
-    let log = gw.stderr_text() + &gw.stdout_text();
+    let log = gw.log_when(
+        |l| l.contains("the current token stays in use") && l.contains("no valid token is left"),
+        Duration::from_secs(5),
+    );
     assert!(log.contains("the current token stays in use"), "{log}");
     assert!(log.contains("no valid token is left"), "{log}");
 }
@@ -480,7 +496,10 @@ fn jwks_over_https_is_refreshed_periodically() {
         thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(with_jwt(&gw, &jwt_for(&k2, "k2")).status, 200);
-    let log = gw.stderr_text() + &gw.stdout_text();
+    let log = gw.log_when(
+        |l| l.contains("JWKS fetch failed; keeping the previous keys"),
+        Duration::from_secs(5),
+    );
     assert!(
         log.contains("JWKS fetch failed; keeping the previous keys"),
         "{log}"

@@ -223,6 +223,19 @@ impl Gateway {
         &self.config_path
     }
 
+    /// The gateway's log (stderr + stdout) once `ready` holds for it, or after `timeout`:
+    /// lines written by background threads can land just after the effect a test observed.
+    pub fn log_when(&self, ready: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr_text() + &self.stdout_text();
+            if ready(&log) || Instant::now() > deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
     }
