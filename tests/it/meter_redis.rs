@@ -288,7 +288,10 @@ fn redis_down_applies_on_redis_down_and_recovers() {
     }
     assert!(recovered, "no recovery within 10 s of Redis restarting");
     for gw in [&open_reads, &closed] {
-        let log = gw.log_when(|l| l.contains("Redis unreachable"), Duration::from_secs(5));
+        let log = gw.log_when(
+            |l| l.contains("Redis unreachable") && l.contains("Redis reachable again"),
+            Duration::from_secs(5),
+        );
         assert_eq!(
             log.matches("Redis unreachable").count(),
             1,
