@@ -1,5 +1,7 @@
 //! The one place where the order of a call lives:
-//! head → canonical path → route → authorization → body → upstream request → response → agent.
+//! head → canonical path → route → authentication → authorization → meter → body → scanners →
+//! outbound request (target credential) → upstream → response (redacted while it streams) →
+//! agent; the `Exchange` drop guard writes the audit record whatever path the call took.
 //! Each stage is a plain function in its own module; a `Refusal` jumps straight to the writer.
 use crate::authn;
 use crate::config::{Compiled, Effect, Limits};

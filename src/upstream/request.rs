@@ -1,7 +1,8 @@
 //! The outbound request head: the canonical path under the upstream's base path, the agent's
 //! query as received, `Host` rewritten to the upstream's, hop-by-hop and gateway-owned fields
-//! removed, `X-Request-Id` and `Content-Length` set by the gateway. (Target credentials are
-//! injected here too once identity lands: this is the only place a `Secret` is exposed.)
+//! removed along with every header that could carry a credential, `X-Request-Id` and
+//! `Content-Length` set by the gateway, and the target credential injected: this is the only
+//! place a `Secret` is exposed on the data plane.
 use crate::auth_out::{AuthApplyError, AuthHeaders, OutboundAuth, OutboundRequest};
 use crate::authn;
 use crate::config::{Proxy, Upstream};
