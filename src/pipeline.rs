@@ -380,7 +380,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
             auth,
             &s.rbuf,
             &s.head,
-            &proxy.upstream,
+            proxy,
             rest_path,
             query,
             &s.body,

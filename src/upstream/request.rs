@@ -107,7 +107,7 @@ pub fn credential<'a>(
     auth: &'a OutboundAuth,
     src: &[u8],
     head: &RequestHead,
-    up: &Upstream,
+    proxy: &Proxy,
     rest: &str,
     query: &[u8],
     body: &[u8],
@@ -116,25 +116,22 @@ pub fn credential<'a>(
     out_headers: &mut AuthHeaders<'a>,
     out_query: &mut Zeroizing<String>,
 ) -> Result<(), AuthApplyError> {
+    let up = &proxy.upstream;
     let mut path = Vec::with_capacity(up.base_path.len() + rest.len() + 1);
     push_path(&mut path, up, rest);
     let mut q = Vec::with_capacity(query.len());
     push_query(&mut q, query, auth.owned_query_param(), "");
     let q = q.strip_prefix(b"?").unwrap_or(&q);
-    // what the upstream will see: Host first, then the forwarded fields
+    // what the upstream will see: Host first, then the forwarded fields (the same filter as
+    // `build`, so what is signed is what is sent)
     let connection = head.connection.map(|c| c.get(src));
     let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(head.headers.len() + 1);
     headers.push((b"host", up.authority.as_bytes()));
     for h in &head.headers {
         let name = h.name.get(src);
-        if hop::strip_from_request(name)
-            || hop::listed_in_connection(name, connection)
-            || authn::is_credential_header(name, None, true)
-            || auth.owns_header(name)
-        {
-            continue;
+        if !stripped(name, connection, proxy) {
+            headers.push((name, h.value.get(src)));
         }
-        headers.push((name, h.value.get(src)));
     }
     let req = OutboundRequest {
         method: std::str::from_utf8(head.method.get(src)).unwrap_or("GET"),
