@@ -155,6 +155,28 @@ impl Cx<'_> {
         });
     }
 
+    /// Errors a sub-compiler reported against entries of a TOML array (`("rules[2].path",
+    /// message)` for `list = "rules"`), placed on the line of the entry they name and keyed
+    /// with `key_prefix` (e.g. `proxies[0].`).
+    fn list_errors<T>(
+        &mut self,
+        errs: Vec<(String, String)>,
+        list: &str,
+        items: &[Spanned<T>],
+        key_prefix: &str,
+    ) {
+        for (key, msg) in errs {
+            let span = key
+                .strip_prefix(list)
+                .and_then(|rest| rest.strip_prefix('['))
+                .and_then(|rest| rest[..rest.find(']')?].parse::<usize>().ok())
+                .and_then(|j| items.get(j))
+                .map(|r| r.span().start)
+                .unwrap_or(0);
+            self.push_error(span, format!("{key_prefix}{key}"), msg);
+        }
+    }
+
     fn err<T>(&mut self, spanned: &Spanned<T>, key: impl Into<String>, msg: impl Into<String>) {
         let line = self.line_at(spanned.span().start);
         self.errors.push(ConfigError {
@@ -561,19 +583,7 @@ impl Cx<'_> {
         let table = match crate::authn::AgentTable::compile(&agents) {
             Ok(t) => t,
             Err(errs) => {
-                for (key, msg) in errs {
-                    let span = agent_index(&key)
-                        .and_then(|i| raw.agents.get(i))
-                        .map(|a| a.span().start)
-                        .unwrap_or(0);
-                    let line = self.line_at(span);
-                    self.errors.push(ConfigError {
-                        file: self.file.to_string(),
-                        line,
-                        key,
-                        message: msg,
-                    });
-                }
+                self.list_errors(errs, "agents", &raw.agents, "");
                 Default::default()
             }
         };
@@ -830,14 +840,12 @@ impl Cx<'_> {
                 None | Some("remove") => Action::Remove,
                 Some("mask") => Action::Mask,
                 Some(other) => {
-                    let a = r.action.as_ref().map(|a| a.span()).unwrap_or_default();
-                    let line = self.line_at(a.start);
-                    self.errors.push(ConfigError {
-                        file: self.file.to_string(),
-                        line,
-                        key: format!("proxies[{i}].redact[{j}].action"),
-                        message: format!("unknown action {other:?} (remove | mask)"),
-                    });
+                    let at = r.action.as_ref().map_or(0, |a| a.span().start);
+                    self.push_error(
+                        at,
+                        format!("proxies[{i}].redact[{j}].action"),
+                        format!("unknown action {other:?} (remove | mask)"),
+                    );
                     continue;
                 }
             };
@@ -1184,13 +1192,7 @@ impl Cx<'_> {
                 Some(set)
             }
             Err(errs) => {
-                for (key, msg) in errs {
-                    let span = list_index(&key, "rules[")
-                        .and_then(|j| p.rules.get(j))
-                        .map(|r| r.span().start)
-                        .unwrap_or(0);
-                    self.push_error(span, format!("proxies[{i}].{key}"), msg);
-                }
+                self.list_errors(errs, "rules", &p.rules, &format!("proxies[{i}]."));
                 None
             }
         };
@@ -1200,13 +1202,7 @@ impl Cx<'_> {
             Ok(set) if set.is_empty() => None,
             Ok(set) => Some(set),
             Err(errs) => {
-                for (key, msg) in errs {
-                    let span = list_index(&key, "scanners[")
-                        .and_then(|j| p.scanners.get(j))
-                        .map(|r| r.span().start)
-                        .unwrap_or(0);
-                    self.push_error(span, format!("proxies[{i}].{key}"), msg);
-                }
+                self.list_errors(errs, "scanners", &p.scanners, &format!("proxies[{i}]."));
                 None
             }
         };
@@ -1260,17 +1256,6 @@ impl Cx<'_> {
             default_effect,
         })
     }
-}
-
-/// `agents[3].key_sha256` → 3.
-fn agent_index(key: &str) -> Option<usize> {
-    list_index(key, "agents[")
-}
-
-/// `rules[3].path` with prefix `rules[` → 3.
-fn list_index(key: &str, prefix: &str) -> Option<usize> {
-    let rest = key.strip_prefix(prefix)?;
-    rest[..rest.find(']')?].parse().ok()
 }
 
 pub(crate) struct ParsedUpstream {
