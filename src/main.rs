@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 use clap::Parser;
-use portcullis::cmd::{self, Cli, Command};
-use portcullis::control::Source;
+use portcullis::cli::{self, Cli, Command};
+use portcullis::server::control::Source;
 use std::process::ExitCode;
 
 #[global_allocator]
@@ -25,13 +25,13 @@ fn main() -> ExitCode {
                     Source::Embedded
                 }
             };
-            cmd::run(source).map(|_| true)
+            cli::run(source).map(|_| true)
         }
-        Command::Check { config, offline } => cmd::check(config, offline),
-        Command::Agent { command } => cmd::agent(command),
-        Command::Vault { command } => cmd::vault(command),
-        Command::Logs(args) => cmd::logs(args),
-        Command::Audit { command } => cmd::audit(command),
+        Command::Check { config, offline } => cli::check(config, offline),
+        Command::Agent { command } => cli::agent(command),
+        Command::Vault { command } => cli::vault(command),
+        Command::Logs(args) => cli::logs(args),
+        Command::Audit { command } => cli::audit(command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

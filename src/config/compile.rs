@@ -2,10 +2,10 @@
 //! the file, the line and the key (`file:line: key: message`), and all errors found are reported
 //! at once rather than the first only.
 use super::raw::{Effect, RawConfig, RawProxy, SizeOrInt};
-use super::units::{parse_duration, parse_size};
 use super::{Compiled, Limits, Proxy, Server, TlsTarget, Upstream};
-use crate::canon;
-use crate::secret;
+use crate::http::canon;
+use crate::secrets;
+use crate::util::units::{parse_duration, parse_size};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -121,8 +121,11 @@ fn compile_str_with(
 struct Cx<'a> {
     opts: CompileOptions,
     /// The `[secrets.kv]` client, for `kv:` references.
-    kv: Option<Arc<crate::kv::KvClient>>,
-    kv_bindings: Vec<(Arc<crate::kv::KvEntry>, Arc<crate::kv::KvClient>)>,
+    kv: Option<Arc<crate::secrets::kv::KvClient>>,
+    kv_bindings: Vec<(
+        Arc<crate::secrets::kv::KvEntry>,
+        Arc<crate::secrets::kv::KvClient>,
+    )>,
     /// `kv:` references not looked up (offline).
     skipped: Vec<String>,
     file: &'a str,
@@ -130,13 +133,13 @@ struct Cx<'a> {
     base_dir: &'a Path,
     errors: Vec<ConfigError>,
     /// The opened `[vault]`, for `vault:NAME` references.
-    vault: Option<crate::vault::Vault>,
+    vault: Option<crate::secrets::vault_file::Vault>,
     /// Findings of proxy compilation, merged into `Compiled::warnings`.
     proxy_warnings: Vec<String>,
     /// Non-fatal findings (e.g. an https JWKS that could not be fetched).
     warnings: Vec<String>,
     /// `[meters]`: the cluster backend every proxy meter uses.
-    cluster: Option<Arc<crate::meter::cluster::Cluster>>,
+    cluster: Option<Arc<crate::policy::meter::cluster::Cluster>>,
 }
 
 impl Cx<'_> {
@@ -277,7 +280,10 @@ impl Cx<'_> {
     fn open_vault(&mut self, raw: &RawConfig) {
         let Some(v) = &raw.vault else { return };
         let v = v.get_ref();
-        let key = match crate::vault::VaultKey::from_reference(v.key.get_ref(), self.base_dir) {
+        let key = match crate::secrets::vault_file::VaultKey::from_reference(
+            v.key.get_ref(),
+            self.base_dir,
+        ) {
             Ok(k) => k,
             Err(e) => {
                 self.err(&v.key, "vault.key", e.to_string());
@@ -285,7 +291,7 @@ impl Cx<'_> {
             }
         };
         let path = self.base_dir.join(v.file.get_ref());
-        match crate::vault::Vault::open(&path, &key) {
+        match crate::secrets::vault_file::Vault::open(&path, &key) {
             Ok(vault) => self.vault = Some(vault),
             Err(e) => self.err(&v.file, "vault.file", e.to_string()),
         }
@@ -297,11 +303,11 @@ impl Cx<'_> {
         &mut self,
         reference: &str,
         what: &str,
-    ) -> Result<crate::secret::Secret, secret::SecretRefError> {
+    ) -> Result<crate::secrets::Secret, secrets::SecretRefError> {
         match self.resolve(reference, what)? {
-            crate::auth_out::Resolved::Fixed(s) => Ok(s),
-            crate::auth_out::Resolved::Kv(e) => e.snapshot().ok_or_else(|| {
-                secret::SecretRefError::Kv(format!("{reference}: no current value"))
+            crate::credentials::Resolved::Fixed(s) => Ok(s),
+            crate::credentials::Resolved::Kv(e) => e.snapshot().ok_or_else(|| {
+                secrets::SecretRefError::Kv(format!("{reference}: no current value"))
             }),
         }
     }
@@ -312,41 +318,41 @@ impl Cx<'_> {
         &mut self,
         reference: &str,
         what: &str,
-    ) -> Result<crate::auth_out::Resolved, secret::SecretRefError> {
-        use crate::auth_out::Resolved;
-        let kref = match secret::SecretRef::parse(reference)? {
-            secret::SecretRef::Kv(k) => k,
+    ) -> Result<crate::credentials::Resolved, secrets::SecretRefError> {
+        use crate::credentials::Resolved;
+        let kref = match secrets::SecretRef::parse(reference)? {
+            secrets::SecretRef::Kv(k) => k,
             _ => {
-                return secret::resolve_with(reference, self.base_dir, self.vault.as_ref())
+                return secrets::resolve_with(reference, self.base_dir, self.vault.as_ref())
                     .map(Resolved::Fixed);
             }
         };
         let Some(client) = self.kv.clone() else {
-            return Err(secret::SecretRefError::KvUnavailable);
+            return Err(secrets::SecretRefError::KvUnavailable);
         };
         if self.opts.offline {
             self.skipped.push(format!("{what}: {reference}"));
-            return Ok(Resolved::Fixed(crate::secret::Secret::new(
+            return Ok(Resolved::Fixed(crate::secrets::Secret::new(
                 b"offline-placeholder".to_vec(),
             )));
         }
-        match crate::kv::global().bind(&client, &kref) {
+        match crate::secrets::kv::global().bind(&client, &kref) {
             Ok(e) => {
                 self.kv_bindings.push((e.clone(), client));
                 Ok(Resolved::Kv(e))
             }
-            Err(e) => Err(secret::SecretRefError::Kv(format!("{reference}: {e}"))),
+            Err(e) => Err(secrets::SecretRefError::Kv(format!("{reference}: {e}"))),
         }
     }
 
     /// `[secrets.kv]`.
     fn kv_settings(&mut self, raw: &RawConfig) {
-        use crate::kv::{KvAuth, KvSettings};
+        use crate::secrets::kv::{KvAuth, KvSettings};
         let Some(sec) = &raw.secrets else { return };
         let Some(kv) = &sec.get_ref().kv else { return };
         let k = kv.get_ref();
         let mut ok = true;
-        let addr = match crate::auth_out::TokenUrl::parse(k.addr.get_ref()) {
+        let addr = match crate::credentials::TokenUrl::parse(k.addr.get_ref()) {
             Ok(u) if u.path == "/" => Some(u),
             Ok(_) => {
                 self.err(
@@ -391,10 +397,10 @@ impl Cx<'_> {
             }
         };
         let check_ref = |cx: &mut Self, r: &Spanned<String>, key: &str| -> bool {
-            match secret::SecretRef::parse(r.get_ref()) {
-                Ok(secret::SecretRef::Env(_) | secret::SecretRef::File(_)) => {
+            match secrets::SecretRef::parse(r.get_ref()) {
+                Ok(secrets::SecretRef::Env(_) | secrets::SecretRef::File(_)) => {
                     // read at every login; a missing file or variable is reported now
-                    if let Err(e) = secret::resolve(r.get_ref(), cx.base_dir) {
+                    if let Err(e) = secrets::resolve(r.get_ref(), cx.base_dir) {
                         cx.err(r, key, e.to_string());
                         return false;
                     }
@@ -418,9 +424,9 @@ impl Cx<'_> {
             (None, Some(a)) => {
                 let a = a.get_ref();
                 ok &= check_ref(self, &a.secret_id, "secrets.kv.approle.secret_id");
-                let role_id = match secret::SecretRef::parse(a.role_id.get_ref()) {
-                    Ok(secret::SecretRef::Env(_) | secret::SecretRef::File(_)) => {
-                        match secret::resolve(a.role_id.get_ref(), self.base_dir) {
+                let role_id = match secrets::SecretRef::parse(a.role_id.get_ref()) {
+                    Ok(secrets::SecretRef::Env(_) | secrets::SecretRef::File(_)) => {
+                        match secrets::resolve(a.role_id.get_ref(), self.base_dir) {
                             Ok(s) => String::from_utf8(s.expose().to_vec()).ok(),
                             Err(e) => {
                                 self.err(&a.role_id, "secrets.kv.approle.role_id", e.to_string());
@@ -470,19 +476,17 @@ impl Cx<'_> {
         };
         let ca_file = k.ca_file.as_ref().map(|c| self.base_dir.join(c.get_ref()));
         let tls = match (&addr, &k.ca_file) {
-            (Some(a), _) if a.https => {
-                match crate::upstream::tls::client_config(ca_file.as_deref()) {
-                    Ok(c) => Some(c),
-                    Err(m) => {
-                        match &k.ca_file {
-                            Some(c) => self.err(c, "secrets.kv.ca_file", m),
-                            None => self.err(&k.addr, "secrets.kv.addr", m),
-                        }
-                        ok = false;
-                        None
+            (Some(a), _) if a.https => match crate::net::tls::client_config(ca_file.as_deref()) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    match &k.ca_file {
+                        Some(c) => self.err(c, "secrets.kv.ca_file", m),
+                        None => self.err(&k.addr, "secrets.kv.addr", m),
                     }
+                    ok = false;
+                    None
                 }
-            }
+            },
             (Some(_), Some(c)) => {
                 self.err(
                     c,
@@ -516,15 +520,15 @@ impl Cx<'_> {
             timeout,
         };
         self.kv = Some(if self.opts.offline {
-            Arc::new(crate::kv::KvClient::new(settings))
+            Arc::new(crate::secrets::kv::KvClient::new(settings))
         } else {
-            crate::kv::global().client(settings)
+            crate::secrets::kv::global().client(settings)
         });
     }
 
     /// `[audit]`.
-    fn audit(&mut self, raw: &RawConfig) -> Option<crate::audit::AuditConfig> {
-        use crate::audit::{AuditConfig, FsyncPolicy, OnFull};
+    fn audit(&mut self, raw: &RawConfig) -> Option<crate::observe::audit::AuditConfig> {
+        use crate::observe::audit::{AuditConfig, FsyncPolicy, OnFull};
         let a = raw.audit.as_ref()?.get_ref();
         if a.dir.get_ref().is_empty() {
             self.err(&a.dir, "audit.dir", "must name a directory");
@@ -573,14 +577,14 @@ impl Cx<'_> {
                     }
                 },
             };
-            agents.push(crate::authn::RawAgent {
+            agents.push(crate::identity::RawAgent {
                 id: r.id.get_ref().clone(),
                 key_sha256: r.key_sha256.get_ref().clone(),
                 roles: r.roles.clone(),
                 expires_at,
             });
         }
-        let table = match crate::authn::AgentTable::compile(&agents) {
+        let table = match crate::identity::AgentTable::compile(&agents) {
             Ok(t) => t,
             Err(errs) => {
                 self.list_errors(errs, "agents", &raw.agents, "");
@@ -590,22 +594,22 @@ impl Cx<'_> {
         let mut jwt = Vec::with_capacity(raw.jwt.len());
         let mut jwks_feeds = Vec::new();
         for (i, j) in raw.jwt.iter().enumerate() {
-            let v = match crate::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
+            let v = match crate::identity::jwt::JwtVerifier::new(j.get_ref(), self.base_dir) {
                 Ok(v) => v,
                 Err(e) => {
                     self.err(j, format!("jwt[{i}]"), e.to_string());
                     continue;
                 }
             };
-            let crate::jwt::JwksSource::Https(url) = v.source().clone() else {
+            let crate::identity::jwt::JwksSource::Https(url) = v.source().clone() else {
                 jwt.push(v);
                 continue;
             };
             // fetched now, so `check`, `run` and reload all see an unreachable IdP (a warning:
             // the refresher keeps trying)
             let ca_file = j.get_ref().ca_file.as_ref().map(|c| self.base_dir.join(c));
-            let now = i64::try_from(crate::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
-            match crate::jwks::global().attach(
+            let now = i64::try_from(crate::util::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
+            match crate::identity::jwks::global().attach(
                 &url,
                 ca_file.as_deref(),
                 v.refresh_interval(),
@@ -886,9 +890,9 @@ impl Cx<'_> {
     }
 
     /// `meter` and `quota` of proxy `i` → its (reload-surviving) buckets.
-    fn meter(&mut self, i: usize, p: &RawProxy) -> Option<Arc<crate::meter::ProxyMeter>> {
+    fn meter(&mut self, i: usize, p: &RawProxy) -> Option<Arc<crate::policy::meter::ProxyMeter>> {
         use crate::config::raw::MeterByRaw;
-        use crate::meter::{MeterBy, MeterSpec, Rate};
+        use crate::policy::meter::{MeterBy, MeterSpec, Rate};
         if p.meter.is_none() && p.quota.is_none() {
             return None;
         }
@@ -954,14 +958,14 @@ impl Cx<'_> {
             Some(MeterByRaw::Proxy) | None => MeterBy::Proxy,
         };
         let spec = MeterSpec { by, rate, quota };
-        Some(crate::meter::global().meter_in(p.name.get_ref(), spec, self.cluster.as_ref()))
+        Some(crate::policy::meter::global().meter_in(p.name.get_ref(), spec, self.cluster.as_ref()))
     }
 
     /// `[meters]` → the (reload-surviving) cluster backend. Nothing connects here: the refill
     /// thread starts on the first metered call.
-    fn meters(&mut self, raw: &RawConfig) -> Option<Arc<crate::meter::cluster::Cluster>> {
+    fn meters(&mut self, raw: &RawConfig) -> Option<Arc<crate::policy::meter::cluster::Cluster>> {
         use crate::config::raw::{BatchRaw, OnRedisDownRaw};
-        use crate::meter::cluster::{OnDown, Settings};
+        use crate::policy::meter::cluster::{OnDown, Settings};
         let m = raw.meters.as_ref()?.get_ref();
         let mut ok = true;
         let password = match &m.password {
@@ -982,7 +986,7 @@ impl Cx<'_> {
                 }
             },
         };
-        let conn = match crate::meter::redis_store::connection_info(
+        let conn = match crate::policy::meter::redis_store::connection_info(
             m.redis.get_ref(),
             password.as_deref().map(String::as_str),
         ) {
@@ -1050,9 +1054,9 @@ impl Cx<'_> {
             batch,
             on_down,
         };
-        Some(
-            crate::meter::global().cluster(settings, || crate::meter::redis_store::connector(info)),
-        )
+        Some(crate::policy::meter::global().cluster(settings, || {
+            crate::policy::meter::redis_store::connector(info)
+        }))
     }
 
     fn proxy(
@@ -1090,7 +1094,7 @@ impl Cx<'_> {
             .map(|c| (c, self.base_dir.join(c.get_ref())));
         let oauth_https = matches!(
             p.auth.as_ref().map(|a| a.get_ref()),
-            Some(crate::auth_out::RawAuth::Oauth2 { token_url, .. }) if token_url.starts_with("https://")
+            Some(crate::credentials::RawAuth::Oauth2 { token_url, .. }) if token_url.starts_with("https://")
         );
         let mut tls = None;
         if let Some(u) = &parsed {
@@ -1098,7 +1102,7 @@ impl Cx<'_> {
                 let cache_key = ca_file.as_ref().map(|(_, p)| p.clone());
                 let config = match tls_cache.get(&cache_key) {
                     Some(c) => Some(c.clone()),
-                    None => match crate::upstream::tls::client_config(cache_key.as_deref()) {
+                    None => match crate::net::tls::client_config(cache_key.as_deref()) {
                         Ok(c) => {
                             tls_cache.insert(cache_key, c.clone());
                             Some(c)
@@ -1165,7 +1169,7 @@ impl Cx<'_> {
                     self.line_at(a.span().start)
                 );
                 let mut resolve = |r: &str| self.resolve(r, &what);
-                match crate::auth_out::OutboundAuth::compile_with(a.get_ref(), &mut resolve) {
+                match crate::credentials::OutboundAuth::compile_with(a.get_ref(), &mut resolve) {
                     Ok(x) => Some(x),
                     Err(e) => {
                         self.err(a, format!("proxies[{i}].auth.{}", e.field), e.message);
@@ -1180,9 +1184,9 @@ impl Cx<'_> {
             .as_ref()
             .map(|e| *e.get_ref())
             .unwrap_or(Effect::Deny);
-        let raw_rules: Vec<crate::authz::RawRule> =
+        let raw_rules: Vec<crate::policy::authz::RawRule> =
             p.rules.iter().map(|r| r.get_ref().clone()).collect();
-        let rules = match crate::authz::RuleSet::compile(&raw_rules, default_effect) {
+        let rules = match crate::policy::authz::RuleSet::compile(&raw_rules, default_effect) {
             Ok((set, warnings)) => {
                 for w in warnings {
                     let line = self.line_at(p_span);
@@ -1215,7 +1219,7 @@ impl Cx<'_> {
                     let cache_key = ca_file.as_ref().map(|(_, p)| p.clone());
                     match tls_cache.get(&cache_key) {
                         Some(c) => Some(c.clone()),
-                        None => match crate::upstream::tls::client_config(cache_key.as_deref()) {
+                        None => match crate::net::tls::client_config(cache_key.as_deref()) {
                             Ok(c) => {
                                 tls_cache.insert(cache_key, c.clone());
                                 Some(c)
@@ -1229,7 +1233,7 @@ impl Cx<'_> {
                 } else {
                     None
                 };
-                Some(crate::oauth::global().bind(name, client, tls))
+                Some(crate::credentials::token_source::global().bind(name, client, tls))
             }
         };
         Some(Proxy {

@@ -3,14 +3,13 @@
 //! on config.
 pub mod compile;
 pub mod raw;
-pub mod units;
 
 pub use compile::{
     CompileOptions, ConfigError, ConfigErrors, compile_file, compile_file_with, compile_str,
 };
 pub use raw::Effect;
 
-use crate::secret::Secret;
+use crate::secrets::Secret;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,12 +30,15 @@ pub struct Compiled {
     pub proxies: Vec<Proxy>,
     pub identity: Identity,
     /// `[audit]`, if configured (read at start; a reload cannot move the trail).
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<crate::observe::audit::AuditConfig>,
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,
     /// Every `kv:` entry this config uses and the client it reads through (`kv::commit`).
-    pub kv: Vec<(Arc<crate::kv::KvEntry>, Arc<crate::kv::KvClient>)>,
+    pub kv: Vec<(
+        Arc<crate::secrets::kv::KvEntry>,
+        Arc<crate::secrets::kv::KvClient>,
+    )>,
     /// References not looked up (`check --offline`): `file:line: key: reference`.
     pub skipped: Vec<String>,
 }
@@ -90,17 +92,17 @@ pub struct Proxy {
     pub upstream: Upstream,
     pub default_effect: Effect,
     /// Token buckets (`meter`, `quota`), shared by every worker and kept across reloads.
-    pub meter: Option<Arc<crate::meter::ProxyMeter>>,
+    pub meter: Option<Arc<crate::policy::meter::ProxyMeter>>,
     /// The target credential (`auth = {...}`); secrets resolved at compile time, except `kv:`
     /// ones, whose current value is read per call.
-    pub auth: Option<crate::auth_out::OutboundAuth>,
+    pub auth: Option<crate::credentials::OutboundAuth>,
     /// For `auth = { scheme = "oauth2" }`: the process-wide token source.
-    pub oauth: Option<crate::oauth::Binding>,
+    pub oauth: Option<crate::credentials::token_source::Binding>,
     pub forward_cookies: bool,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
     /// The compiled rule trie (with `default_effect`).
-    pub rules: crate::authz::RuleSet,
+    pub rules: crate::policy::authz::RuleSet,
     /// Request-body scanners, if any.
     pub scanners: Option<crate::scan::ScanSet>,
 }
@@ -113,11 +115,11 @@ pub struct Redaction {
 /// Who may call: agent keys and JWT issuers. When neither is configured, calls are anonymous.
 #[derive(Default)]
 pub struct Identity {
-    pub agents: crate::authn::AgentTable,
+    pub agents: crate::identity::AgentTable,
     /// Verifier templates; each worker forks its own (the token cache is per worker).
-    pub jwt: Vec<crate::jwt::JwtVerifier>,
+    pub jwt: Vec<crate::identity::jwt::JwtVerifier>,
     /// The https JWKS feeds the verifiers follow (kept alive, and refreshed, while in use).
-    pub jwks_feeds: Vec<Arc<crate::jwks::Feed>>,
+    pub jwks_feeds: Vec<Arc<crate::identity::jwks::Feed>>,
 }
 
 impl Identity {

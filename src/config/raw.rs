@@ -21,7 +21,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub agents: Vec<Spanned<RawAgentEntry>>,
     #[serde(default)]
-    pub jwt: Vec<Spanned<crate::jwt::RawJwt>>,
+    pub jwt: Vec<Spanned<crate::identity::jwt::RawJwt>>,
     #[serde(default)]
     pub proxies: Vec<Spanned<RawProxy>>,
     /// `[meters]`: cluster-wide meters through Redis.
@@ -194,7 +194,7 @@ pub struct RawProxy {
     pub quota: Option<Spanned<RawQuota>>,
     /// The target credential injected into every forwarded call.
     #[serde(default)]
-    pub auth: Option<Spanned<crate::auth_out::RawAuth>>,
+    pub auth: Option<Spanned<crate::credentials::RawAuth>>,
     /// Forward the agent's `Cookie` header (stripped by default, like every credential).
     #[serde(default)]
     pub forward_cookies: Option<bool>,
@@ -203,7 +203,7 @@ pub struct RawProxy {
     pub redact: Vec<Spanned<RawRedact>>,
     /// `[[proxies.rules]]`: allow / deny / approve by method and path.
     #[serde(default)]
-    pub rules: Vec<Spanned<crate::authz::RawRule>>,
+    pub rules: Vec<Spanned<crate::policy::authz::RawRule>>,
     /// `[[proxies.scanners]]`: literals and detectors searched in request bodies.
     #[serde(default)]
     pub scanners: Vec<Spanned<crate::scan::RawScanner>>,

@@ -2,7 +2,7 @@
 //! upstream, so scanners see all of it and the upstream gets an unambiguous Content-Length.
 use super::chunked::ChunkedDecoder;
 use super::head::BodyKind;
-use crate::io::{IoFail, read_append};
+use crate::http::io::{IoFail, read_append};
 use monoio::io::AsyncReadRent;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ pub async fn read<R: AsyncReadRent>(
             dst.extend_from_slice(&rbuf[head_len..head_len + take]);
             while dst.len() < n {
                 let want = (n - dst.len()).min(256 * 1024);
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(client, dst, want, deadline).await {
                     Ok(0) | Err(IoFail::Io(_)) | Err(IoFail::Timeout) => {
                         return Err(BodyFail::Gone);
@@ -87,7 +87,7 @@ pub async fn read<R: AsyncReadRent>(
                     // keep the head, drop the decoded framing, read more
                     consume_at(rbuf, head_len, pos - head_len);
                     pos = head_len;
-                    let deadline = crate::clock::now() + read_timeout;
+                    let deadline = crate::util::clock::now() + read_timeout;
                     match read_append(client, rbuf, 16 * 1024, deadline).await {
                         Ok(0) | Err(_) => return Err(BodyFail::Gone),
                         Ok(_) => {}

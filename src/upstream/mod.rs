@@ -3,4 +3,3 @@ pub mod conn;
 pub mod pool;
 pub mod request;
 pub mod response;
-pub mod tls;

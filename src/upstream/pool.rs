@@ -2,9 +2,9 @@
 //! resolution with a small per-worker cache, and connect (+ TLS handshake) under
 //! `upstream_connect_timeout`. Nothing here is shared between workers.
 use super::conn::UpConn;
-use crate::clock;
 use crate::config::Upstream;
 use crate::error::Refusal;
+use crate::util::clock;
 use monoio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -106,7 +106,7 @@ impl Pool {
                 Ok(addrs)
             }
             Ok(Ok(_)) | Ok(Err(_)) => {
-                crate::metrics::UPSTREAM_CONNECT_ERRORS
+                crate::observe::metrics::UPSTREAM_CONNECT_ERRORS
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(host = %up.host, "upstream name resolution failed");
                 Err(Refusal::UpstreamUnreachable("name resolution failed"))
@@ -125,7 +125,7 @@ impl Pool {
         match monoio::time::timeout(connect_timeout, self.connect_inner(up)).await {
             Ok(r) => r,
             Err(_) => {
-                crate::metrics::UPSTREAM_CONNECT_ERRORS
+                crate::observe::metrics::UPSTREAM_CONNECT_ERRORS
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(upstream = %up.authority, "upstream connect timed out");
                 Err(Refusal::UpstreamUnreachable("connect timed out"))
@@ -147,7 +147,7 @@ impl Pool {
             }
         }
         let Some(tcp) = tcp else {
-            crate::metrics::UPSTREAM_CONNECT_ERRORS
+            crate::observe::metrics::UPSTREAM_CONNECT_ERRORS
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(upstream = %up.authority, error = ?last.map(|e| e.kind()), "upstream connect failed");
             return Err(Refusal::UpstreamUnreachable("connection failed"));
@@ -160,7 +160,7 @@ impl Pool {
                 match connector.connect(t.server_name.clone(), tcp).await {
                     Ok(s) => Ok(UpConn::Tls(Box::new(s))),
                     Err(e) => {
-                        crate::metrics::TLS_HANDSHAKE_ERRORS
+                        crate::observe::metrics::TLS_HANDSHAKE_ERRORS
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(upstream = %up.authority, error = %e, "upstream TLS handshake failed");
                         Err(Refusal::UpstreamUnreachable("TLS handshake failed"))

@@ -3,13 +3,13 @@
 //! removed along with every header that could carry a credential, `X-Request-Id` and
 //! `Content-Length` set by the gateway, and the target credential injected: this is the only
 //! place a `Secret` is exposed on the data plane.
-use crate::auth_out::{AuthApplyError, AuthHeaders, OutboundAuth, OutboundRequest};
-use crate::authn;
 use crate::config::{Proxy, Upstream};
+use crate::credentials::{AuthApplyError, AuthHeaders, OutboundAuth, OutboundRequest};
 use crate::http::head::RequestHead;
 use crate::http::hop;
 use crate::http::write::push_u64;
-use crate::secret::Secret;
+use crate::identity;
+use crate::secrets::Secret;
 use zeroize::Zeroizing;
 
 /// Writes the outbound path: the upstream's base path, then the canonical rest.
@@ -95,7 +95,7 @@ fn stripped(name: &[u8], connection: Option<&[u8]>, proxy: &Proxy) -> bool {
     (proxy.redact.is_some() && name.eq_ignore_ascii_case(b"accept-encoding"))
         || hop::strip_from_request(name)
         || hop::listed_in_connection(name, connection)
-        || authn::is_credential_header(name, None, proxy.forward_cookies)
+        || identity::is_credential_header(name, None, proxy.forward_cookies)
         || proxy.auth.as_ref().is_some_and(|a| a.owns_header(name))
 }
 

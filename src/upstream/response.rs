@@ -5,8 +5,8 @@ use crate::error::Refusal;
 use crate::http::body::consume;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{BodyKind, Limits, ResponseHead, parse_response};
+use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
-use crate::io::{IoFail, read_append, write_all, write_range};
 use monoio::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -159,7 +159,7 @@ pub async fn stream_body(
             while remaining > 0 {
                 ubuf.clear();
                 let want = remaining.min(STREAM_BUF as u64) as usize;
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, want, deadline).await {
                     Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
                     Ok(got) => {
@@ -226,7 +226,7 @@ pub async fn stream_body(
                     flush!();
                 }
                 consume(ubuf, pos);
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, STREAM_BUF, deadline).await {
                     Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
                     Ok(_) => {}
@@ -243,7 +243,7 @@ pub async fn stream_body(
             flush!();
             loop {
                 ubuf.clear();
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, STREAM_BUF, deadline).await {
                     Ok(0) => {
                         if chunked_out {
@@ -356,7 +356,7 @@ pub async fn stream_redacted(
             while remaining > 0 {
                 ubuf.clear();
                 let want = remaining.min(STREAM_BUF as u64) as usize;
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, want, deadline).await {
                     Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
                     Ok(got) => {
@@ -413,7 +413,7 @@ pub async fn stream_redacted(
                     });
                 }
                 consume(ubuf, pos);
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, STREAM_BUF, deadline).await {
                     Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
                     Ok(_) => {}
@@ -425,7 +425,7 @@ pub async fn stream_redacted(
             emit!(&first);
             loop {
                 ubuf.clear();
-                let deadline = crate::clock::now() + read_timeout;
+                let deadline = crate::util::clock::now() + read_timeout;
                 match read_append(conn, ubuf, STREAM_BUF, deadline).await {
                     Ok(0) => finish!(StreamEnd::Complete),
                     Err(_) => return StreamEnd::UpstreamFailed,

@@ -1,0 +1,692 @@
+//! Command-line front-ends. No data-plane logic here.
+use crate::identity::{self, valid_agent_id};
+use crate::secrets::vault_file::{Vault, VaultKey};
+use crate::server::control::{self, Source};
+use crate::util::datetime::{format_rfc3339, parse_rfc3339};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+use std::path::PathBuf;
+use zeroize::Zeroizing;
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "Egress gateway for AI agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve. SIGHUP or `POST /v1/reload` swaps in a new config; SIGTERM drains and exits.
+    Run {
+        /// Config file (TOML). Without it, the embedded quickstart config is used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate and compile a config; print a summary, or the errors and exit 1.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Do not contact the KV server: `kv:` references are checked for syntax only (the
+        /// skipped ones are listed).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Agent identities.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// The encrypted vault of target credentials.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+    /// Audit records, newest first (a table, or one JSON line per record with --json).
+    Logs(LogsArgs),
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// Where the audit directory is: `--dir`, else the config's `[audit].dir`, else `./audit`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuditLocation {
+    /// Config file whose `[audit].dir` names the directory (relative to the config file).
+    #[arg(short, long, conflicts_with = "dir")]
+    pub config: Option<PathBuf>,
+    /// The audit directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// Only calls of this proxy.
+    #[arg(long)]
+    pub proxy: Option<String>,
+    /// Only calls of this agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// From this time: RFC 3339 (2026-01-01T00:00:00Z), a date, or a duration ago (15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// A status (403) or a class (4xx).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many records.
+    #[arg(long, default_value_t = crate::observe::audit::query::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// One JSON object per line (the records as stored) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub at: AuditLocation,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain of the audit files; print each break as file:line and exit 1 on any.
+    Verify {
+        /// The audit directory (default: the `[audit].dir` of -c CONFIG, else ./audit).
+        dir: Option<PathBuf>,
+        /// Config file whose `[audit].dir` names the directory.
+        #[arg(short, long, conflicts_with = "dir")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Create an agent key: prints the key once, and the `[[agents]]` lines for the config.
+    Add {
+        /// Agent id (A-Z a-z 0-9 . _ - @ : /).
+        id: String,
+        /// Expiry: RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01, midnight UTC).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+}
+
+/// Where the vault is: the config's `[vault]` section, or explicit flags (which win).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VaultLocation {
+    /// Config file whose `[vault]` section (file, key) names the vault.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Vault file (overrides the config's `[vault].file`).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Vault key reference, `env:VAR` or `file:PATH` (overrides `[vault].key`).
+    #[arg(long)]
+    pub key_ref: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VaultCommand {
+    /// Store a secret read from stdin (one trailing newline is dropped; empty is refused).
+    /// Creates the vault file if it does not exist.
+    Set {
+        name: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// List the secret names (never the values).
+    List {
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// Remove a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
+    /// Print a new random vault key (base64, 32 bytes) for `[vault].key`.
+    Keygen,
+}
+
+pub fn run(source: Source) -> Result<()> {
+    control::run(source)
+}
+
+/// Prints a summary of a compiled config, or returns its errors.
+pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
+    let opts = crate::config::CompileOptions { offline };
+    match crate::config::compile_file_with(&path, opts) {
+        Ok(c) => {
+            println!("{}: ok", path.display());
+            println!(
+                "  listen: {}",
+                c.server
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let workers = if c.server.workers == 0 {
+                "one per core".to_string()
+            } else {
+                c.server.workers.to_string()
+            };
+            println!("  workers: {workers}");
+            if let Some(a) = c.server.admin_listen {
+                println!("  admin: {a}");
+            }
+            println!("  proxies: {}", c.proxies.len());
+            for p in &c.proxies {
+                let u = &p.upstream;
+                println!(
+                    "    {:<16} -> {}://{}{}  default {:?}",
+                    p.name,
+                    if u.https { "https" } else { "http" },
+                    u.authority,
+                    u.base_path,
+                    p.default_effect
+                );
+                let mut parts = vec![format!("{} rule(s)", p.rules.len())];
+                if let Some(sc) = &p.scanners {
+                    parts.push(format!(
+                        "scanners: {}",
+                        sc.scanner_names().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                if p.redact.is_some() {
+                    parts.push("redaction".into());
+                }
+                if let Some(a) = &p.auth {
+                    parts.push(format!("auth: {}", a.scheme()));
+                }
+                if p.meter.is_some() {
+                    parts.push("meter".into());
+                }
+                println!("      {}", parts.join("; "));
+            }
+            println!(
+                "  agents: {} key(s), {} JWT issuer(s){}",
+                c.identity.agents.len(),
+                c.identity.jwt.len(),
+                if c.identity.required() {
+                    ""
+                } else {
+                    " (calls are anonymous)"
+                }
+            );
+            if let Some(a) = &c.audit {
+                println!("  audit: {}", a.dir.display());
+            }
+            if !c.kv.is_empty() {
+                println!("  kv secrets: {} read", c.kv.len());
+            }
+            for r in &c.skipped {
+                println!("skipped (offline): {r}");
+            }
+            for w in &c.warnings {
+                println!("warning: {w}");
+            }
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(false)
+        }
+    }
+}
+
+/// `portcullis agent add`: prints the key (stdout, first line) and the config lines.
+pub fn agent(cmd: AgentCommand) -> Result<bool> {
+    match cmd {
+        AgentCommand::Add { id, expires, roles } => {
+            let (key, toml) = agent_add(&id, expires.as_deref(), &roles)?;
+            println!("{}", &*key);
+            println!();
+            print!("{toml}");
+            eprintln!(
+                "The key on the first line is shown only once: hand it to the agent now. \
+                 Add the [[agents]] lines to the config (it stores only the key's SHA-256)."
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// A new key and the `[[agents]]` TOML for it.
+pub fn agent_add(
+    id: &str,
+    expires: Option<&str>,
+    roles: &[String],
+) -> Result<(Zeroizing<String>, String)> {
+    if !valid_agent_id(id) {
+        bail!("agent id must be 1-128 characters of A-Z a-z 0-9 . _ - @ : /");
+    }
+    let expires_at = match expires {
+        None => None,
+        Some(e) => Some(format_rfc3339(parse_rfc3339(e).with_context(|| {
+            format!("--expires '{e}': expected 2027-01-01 or 2027-01-01T00:00:00Z")
+        })?)),
+    };
+    let roles: Vec<&str> = roles
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .collect();
+    for r in &roles {
+        if r.len() > 128 || r.chars().any(char::is_whitespace) {
+            bail!("role '{r}': a role is 1-128 characters without whitespace");
+        }
+    }
+    let key = Zeroizing::new(identity::generate_key());
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut t = String::from("[[agents]]\n");
+    t.push_str(&format!("id = {}\n", q(id)));
+    t.push_str(&format!(
+        "key_sha256 = \"{}\"\n",
+        identity::key_sha256_hex(&key)
+    ));
+    t.push_str(&format!(
+        "roles = [{}]\n",
+        roles.iter().copied().map(q).collect::<Vec<_>>().join(", ")
+    ));
+    if let Some(e) = expires_at {
+        t.push_str(&format!("expires_at = \"{e}\"\n"));
+    }
+    Ok((key, t))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditOnlyConfig {
+    audit: Option<AuditSection>,
+}
+
+#[derive(serde::Deserialize)]
+struct AuditSection {
+    dir: String,
+}
+
+/// The audit directory: `dir` if given, else the config's `[audit].dir` (relative to the config
+/// file; only that table is read), else `./audit`.
+pub fn audit_dir(config: Option<&Path>, dir: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = dir {
+        return Ok(d.to_path_buf());
+    }
+    let Some(c) = config else {
+        return Ok(PathBuf::from("audit"));
+    };
+    let text = std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+    let v: AuditOnlyConfig =
+        toml::from_str(&text).with_context(|| format!("{}: [audit]", c.display()))?;
+    let Some(a) = v.audit else {
+        bail!("{} has no [audit] section", c.display());
+    };
+    let base = c
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok(base.join(a.dir))
+}
+
+/// `portcullis audit verify`: a summary, or every break as `file:line: kind` and `false`.
+pub fn audit(cmd: AuditCommand) -> Result<bool> {
+    let AuditCommand::Verify { dir, config } = cmd;
+    let dir = audit_dir(config.as_deref(), dir.as_deref())?;
+    if !dir.is_dir() {
+        bail!("{}: no such audit directory", dir.display());
+    }
+    match crate::observe::audit::verify_dir(&dir) {
+        Ok(r) => {
+            println!("{}: ok", dir.display());
+            println!(
+                "  files: {}  records: {}  gaps: {} ({} records dropped)",
+                r.files, r.records, r.gaps, r.dropped
+            );
+            println!("  head: {}", r.head);
+            for w in &r.warnings {
+                println!("warning: {w}");
+            }
+            Ok(true)
+        }
+        Err(crate::observe::audit::VerifyError::Broken {
+            breaks,
+            count,
+            report,
+        }) => {
+            for b in &breaks {
+                println!("{b}");
+            }
+            if count > breaks.len() {
+                println!("... and {} more", count - breaks.len());
+            }
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+            eprintln!(
+                "{}: {count} break(s) in the audit chain ({} files, {} records)",
+                dir.display(),
+                report.files,
+                report.records
+            );
+            Ok(false)
+        }
+        Err(e @ crate::observe::audit::VerifyError::Io { .. }) => Err(e.into()),
+    }
+}
+
+/// `portcullis logs`.
+pub fn logs(a: LogsArgs) -> Result<bool> {
+    let dir = audit_dir(a.at.config.as_deref(), a.at.dir.as_deref())?;
+    if !dir.is_dir() {
+        bail!("{}: no such audit directory", dir.display());
+    }
+    let now = u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<u64>> {
+        v.as_deref()
+            .map(|s| {
+                crate::observe::audit::query::parse_time_arg(s, now).with_context(|| {
+                    format!("--{flag} '{s}': expected RFC 3339, a date, or a duration ago (15m)")
+                })
+            })
+            .transpose()
+    };
+    let q = crate::observe::audit::Query {
+        proxy: a.proxy,
+        agent: a.agent,
+        status: a
+            .status
+            .as_deref()
+            .map(|s| {
+                crate::observe::audit::StatusFilter::parse(s)
+                    .with_context(|| format!("--status '{s}': expected 403 or 4xx"))
+            })
+            .transpose()?,
+        since: time("since", &a.since)?,
+        until: time("until", &a.until)?,
+        limit: a.limit,
+    };
+    let res = crate::observe::audit::query(&dir, &q)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    use std::io::Write as _;
+    if a.json {
+        for r in &res.records {
+            serde_json::to_writer(&mut out, r)?;
+            out.write_all(b"\n")?;
+        }
+    } else {
+        out.write_all(logs_table(&res.records).as_bytes())?;
+    }
+    out.flush()?;
+    if res.malformed > 0 {
+        eprintln!(
+            "warning: {} unreadable line(s) skipped; run `portcullis audit verify`",
+            res.malformed
+        );
+    }
+    Ok(true)
+}
+
+/// The human table of `portcullis logs`.
+pub fn logs_table(records: &[crate::observe::audit::StoredRecord]) -> String {
+    const HEAD: [&str; 10] = [
+        "TS", "ID", "AGENT", "PROXY", "METHOD", "PATH", "STATUS", "DECISION", "CODE", "TOTAL_US",
+    ];
+    let clean = |s: Option<&str>| -> String {
+        match s {
+            None | Some("") => "-".into(),
+            Some(s) => s
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+        }
+    };
+    let num = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
+    let rows: Vec<[String; 10]> = records
+        .iter()
+        .map(|r| {
+            [
+                clean(Some(&r.ts)),
+                clean(r.id.as_deref()),
+                clean(r.agent.as_deref()),
+                clean(r.proxy.as_deref()),
+                clean(r.method.as_deref()),
+                clean(r.path.as_deref()),
+                num(r.status.map(u64::from)),
+                clean(r.decision.as_deref()),
+                clean(r.code.as_deref()),
+                num(r.total_us),
+            ]
+        })
+        .collect();
+    let mut w = HEAD.map(|h| h.chars().count());
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.extend(std::iter::repeat_n(' ', w[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&HEAD);
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct VaultOnlyConfig {
+    vault: Option<VaultSection>,
+}
+
+#[derive(serde::Deserialize)]
+struct VaultSection {
+    file: String,
+    key: String,
+}
+
+/// Resolves the vault file and key: flags first, then the config's `[vault]` section (paths
+/// relative to the config file). Only that table is read, not the whole config.
+pub fn vault_location(at: &VaultLocation) -> Result<(PathBuf, VaultKey)> {
+    let mut section: Option<VaultSection> = None;
+    let mut base = PathBuf::from(".");
+    if let Some(c) = &at.config {
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        let v: VaultOnlyConfig =
+            toml::from_str(&text).with_context(|| format!("{}: [vault]", c.display()))?;
+        section = v.vault;
+        if let Some(p) = c.parent().filter(|p| !p.as_os_str().is_empty()) {
+            base = p.to_path_buf();
+        }
+    }
+    let file = match (&at.file, &section) {
+        (Some(f), _) => f.clone(),
+        (None, Some(s)) => base.join(&s.file),
+        (None, None) => {
+            bail!("no vault: give -c CONFIG (with a [vault] section) or --file and --key-ref")
+        }
+    };
+    let key_ref = match (&at.key_ref, &section) {
+        (Some(k), _) => k.clone(),
+        (None, Some(s)) => s.key.clone(),
+        (None, None) => bail!("no vault key: give --key-ref env:VAR|file:PATH or -c CONFIG"),
+    };
+    let key_base = if at.key_ref.is_some() {
+        Path::new(".")
+    } else {
+        base.as_path()
+    };
+    let key = VaultKey::from_reference(&key_ref, key_base)?;
+    Ok((file, key))
+}
+
+/// Strips one trailing newline (LF or CRLF).
+pub fn strip_one_newline(v: &mut Vec<u8>) {
+    if v.last() == Some(&b'\n') {
+        v.pop();
+        if v.last() == Some(&b'\r') {
+            v.pop();
+        }
+    }
+}
+
+/// `portcullis vault ...`.
+pub fn vault(cmd: VaultCommand) -> Result<bool> {
+    match cmd {
+        VaultCommand::Keygen => {
+            println!("{}", &*VaultKey::generate_base64()?);
+            Ok(true)
+        }
+        VaultCommand::Set { name, at } => {
+            if !crate::secrets::vault_file::valid_name(&name) {
+                bail!("bad secret name '{name}': use 1-128 characters of A-Z a-z 0-9 . _ -");
+            }
+            let (file, key) = vault_location(&at)?;
+            let mut v = Vault::open_or_create(&file, &key)?;
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!(
+                    "Type the secret for '{name}', then Enter and Ctrl-D (it will be echoed; prefer a pipe):"
+                );
+            }
+            let mut buf = Zeroizing::new(Vec::new());
+            stdin
+                .lock()
+                .read_to_end(&mut buf)
+                .context("reading the secret from stdin")?;
+            strip_one_newline(&mut buf);
+            if buf.is_empty() {
+                bail!("refusing to store an empty secret (nothing on stdin)");
+            }
+            let existed = v.contains(&name);
+            v.set(&name, &buf)?;
+            v.save()?;
+            eprintln!(
+                "{} '{name}' in {}",
+                if existed { "replaced" } else { "stored" },
+                file.display()
+            );
+            Ok(true)
+        }
+        VaultCommand::List { at } => {
+            let (file, key) = vault_location(&at)?;
+            let v = Vault::open(&file, &key)?;
+            if let Some(m) = v.loose_permissions() {
+                eprintln!(
+                    "warning: {} has mode {m:o}; it should be 600",
+                    file.display()
+                );
+            }
+            for n in v.names() {
+                println!("{n}");
+            }
+            Ok(true)
+        }
+        VaultCommand::Rm { name, at } => {
+            let (file, key) = vault_location(&at)?;
+            let mut v = Vault::open(&file, &key)?;
+            if !v.remove(&name) {
+                eprintln!("no secret named '{name}' in {}", file.display());
+                return Ok(false);
+            }
+            v.save()?;
+            eprintln!("removed '{name}' from {}", file.display());
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_add_prints_matching_hash_and_toml() {
+        let (key, toml_text) = agent_add(
+            "support-bot",
+            Some("2027-01-01"),
+            &["support".into(), " ops ".into()],
+        )
+        .unwrap();
+        assert!(key.starts_with("pcs_"));
+        let parsed: toml::Value = toml::from_str(&toml_text).unwrap();
+        let a = &parsed["agents"][0];
+        assert_eq!(a["id"].as_str(), Some("support-bot"));
+        assert_eq!(
+            a["key_sha256"].as_str(),
+            Some(identity::key_sha256_hex(&key).as_str())
+        );
+        assert_eq!(a["expires_at"].as_str(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(a["roles"].as_array().unwrap().len(), 2);
+        let raw: crate::identity::RawAgent = a.clone().try_into().unwrap();
+        let t = crate::identity::AgentTable::compile(&[raw]).unwrap();
+        assert_eq!(t.authenticate(key.as_bytes(), 0).unwrap().id, "support-bot");
+        assert!(agent_add("bad id", None, &[]).is_err());
+        assert!(agent_add("a", Some("tomorrow"), &[]).is_err());
+        assert!(agent_add("a", None, &["has space".into()]).is_err());
+    }
+
+    #[test]
+    fn vault_location_from_config_section_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = VaultKey::generate_base64().unwrap();
+        std::fs::write(dir.path().join("vault.key"), &*k).unwrap();
+        let cfg = dir.path().join("portcullis.toml");
+        std::fs::write(
+            &cfg,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[vault]\nfile = \"vault.pcv\"\nkey = \"file:vault.key\"\n",
+        )
+        .unwrap();
+        let at = VaultLocation {
+            config: Some(cfg.clone()),
+            file: None,
+            key_ref: None,
+        };
+        let (file, key) = vault_location(&at).unwrap();
+        assert_eq!(file, dir.path().join("vault.pcv"));
+        let mut v = Vault::open_or_create(&file, &key).unwrap();
+        v.set("x", b"1").unwrap();
+        v.save().unwrap();
+        let other = dir.path().join("other.pcv");
+        let at = VaultLocation {
+            config: Some(cfg),
+            file: Some(other.clone()),
+            key_ref: None,
+        };
+        assert_eq!(vault_location(&at).unwrap().0, other);
+        let none = VaultLocation {
+            config: None,
+            file: None,
+            key_ref: None,
+        };
+        assert!(vault_location(&none).is_err());
+        let mut b = b"tok\r\n".to_vec();
+        strip_one_newline(&mut b);
+        assert_eq!(b, b"tok");
+        let mut b = b"tok\n\n".to_vec();
+        strip_one_newline(&mut b);
+        assert_eq!(b, b"tok\n");
+    }
+}

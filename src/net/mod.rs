@@ -1,0 +1,4 @@
+//! The control-plane client side: blocking HTTP(S) fetches (OAuth2 tokens, JWKS, OpenBao) and the
+//! rustls client configuration shared with the data plane's upstream connections.
+pub mod fetch;
+pub mod tls;

@@ -1,0 +1,221 @@
+//! The per-call context: request id, timings and the outcome, filled in as the call moves down
+//! the pipeline. Its `Drop` emits the call's one record: a structured `access` log event at
+//! debug level, one update of the worker's metric shard (`metrics.rs`) and, with `[audit]`, one
+//! record pushed into the audit ring.
+use crate::observe::audit::{AuditRecord, AuditRing, Decision, SmallStr};
+use crate::observe::metrics::{CallSample, WorkerMetrics};
+use crate::util::clock;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Longest `X-Request-Id` accepted from an agent.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request id kept inline (no allocation per request).
+#[derive(Clone)]
+pub struct RequestId {
+    buf: [u8; MAX_REQUEST_ID],
+    len: u8,
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // only ASCII is ever stored (checked on the way in)
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("-")
+    }
+
+    /// An agent-supplied id, if it is 1..=128 characters of `[A-Za-z0-9._:-]`.
+    pub fn from_agent(v: &[u8]) -> Option<RequestId> {
+        if v.is_empty()
+            || v.len() > MAX_REQUEST_ID
+            || !v
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return None;
+        }
+        let mut buf = [0u8; MAX_REQUEST_ID];
+        buf[..v.len()].copy_from_slice(v);
+        Some(RequestId {
+            buf,
+            len: v.len() as u8,
+        })
+    }
+}
+
+/// Per-worker generator: 32 hex digits, a random per-process-and-worker prefix and a counter.
+pub struct IdGen {
+    prefix: u64,
+    counter: u64,
+}
+
+impl IdGen {
+    pub fn new(worker: usize) -> Self {
+        let seed = RandomState::new().hash_one((worker, clock::unix_now().as_nanos()));
+        IdGen {
+            prefix: seed,
+            counter: 0,
+        }
+    }
+
+    pub fn next_id(&mut self) -> RequestId {
+        self.counter = self.counter.wrapping_add(1);
+        let mut buf = [0u8; MAX_REQUEST_ID];
+        hex16(self.prefix, &mut buf[..16]);
+        hex16(self.counter, &mut buf[16..32]);
+        RequestId { buf, len: 32 }
+    }
+}
+
+fn hex16(mut v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(v & 0xf) as usize];
+        v >>= 4;
+    }
+}
+
+/// What happened to one call. Its `Drop` writes exactly one audit record (allowed or refused,
+/// whatever path the call took) into the worker's ring, and one `access` debug line.
+pub struct Exchange<'w> {
+    pub id: RequestId,
+    pub started: Instant,
+    /// When the call was received (µs since the Unix epoch).
+    pub ts_us: u64,
+    pub proxy: Option<usize>,
+    pub proxy_name: Option<Arc<str>>,
+    pub agent: Option<Arc<str>>,
+    pub method: SmallStr<15>,
+    /// The canonical path (no query).
+    pub path: String,
+    pub decision: Decision,
+    pub rule: Option<u32>,
+    pub scanner: Option<Arc<str>>,
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub upstream_status: Option<u16>,
+    pub upstream_started: Option<Instant>,
+    pub upstream_us: Option<u64>,
+    /// Values removed or masked from the response.
+    pub redactions: u64,
+    /// The proxy's slot in the worker's metric shard (`WorkerMetrics::slot`).
+    pub metrics_slot: Option<u16>,
+    ring: Option<&'w AuditRing>,
+    metrics: Option<&'w WorkerMetrics>,
+}
+
+impl<'w> Exchange<'w> {
+    pub fn new(
+        id: RequestId,
+        ring: Option<&'w AuditRing>,
+        metrics: Option<&'w WorkerMetrics>,
+    ) -> Self {
+        Exchange {
+            id,
+            started: clock::now(),
+            ts_us: u64::try_from(clock::unix_now().as_micros()).unwrap_or(0),
+            proxy: None,
+            proxy_name: None,
+            agent: None,
+            method: SmallStr::default(),
+            path: String::new(),
+            decision: Decision::Deny,
+            rule: None,
+            scanner: None,
+            status: 0,
+            code: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_status: None,
+            upstream_started: None,
+            upstream_us: None,
+            redactions: 0,
+            metrics_slot: None,
+            ring,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Exchange<'_> {
+    fn drop(&mut self) {
+        let total_us = self.started.elapsed().as_micros() as u64;
+        tracing::debug!(
+            target: "access",
+            id = self.id.as_str(),
+            proxy = self.proxy_name.as_deref().unwrap_or("-"),
+            agent = self.agent.as_deref().unwrap_or("-"),
+            method = self.method.as_str(),
+            path = %self.path,
+            status = self.status,
+            code = self.code.unwrap_or("-"),
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            upstream_status = ?self.upstream_status,
+            upstream_us = ?self.upstream_us,
+            total_us,
+        );
+        if let Some(m) = self.metrics {
+            m.record(&CallSample {
+                slot: self.metrics_slot,
+                decision: self.decision,
+                status: self.status,
+                code: self.code,
+                scanner_hit: self.scanner.is_some(),
+                redactions: self.redactions,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                total_us,
+            });
+        }
+        let Some(ring) = self.ring else { return };
+        let rec = AuditRecord {
+            ts_us: self.ts_us,
+            id: SmallStr::new(self.id.as_str()),
+            agent: self.agent.take(),
+            proxy: self.proxy_name.take(),
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
+            status: self.status,
+            decision: self.decision,
+            code: self.code,
+            rule: self.rule,
+            scanner: self.scanner.take(),
+            redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream_status: self.upstream_status,
+            upstream_us: self.upstream_us,
+            total_us,
+        };
+        // a full ring counts the drop (and the writer records a gap); never blocks unbounded
+        let _ = ring.push(rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let mut g = IdGen::new(3);
+        let a = g.next_id();
+        let b = g.next_id();
+        assert_eq!(a.as_str().len(), 32);
+        assert_ne!(a.as_str(), b.as_str());
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            RequestId::from_agent(b"abc-1.2:x_y").unwrap().as_str(),
+            "abc-1.2:x_y"
+        );
+        assert!(RequestId::from_agent(b"").is_none());
+        assert!(RequestId::from_agent(b"a b").is_none());
+        assert!(RequestId::from_agent(b"a\"b").is_none());
+        assert!(RequestId::from_agent(&[b'a'; 129]).is_none());
+        assert!(RequestId::from_agent(&[b'a'; 128]).is_some());
+    }
+}

@@ -1,0 +1,229 @@
+//! Request target → proxy. Path-prefix form `/{proxy}/{rest}` and absolute-form
+//! `http://host[:port]/base/...`. The path is canonicalised first (the whole of it, proxy
+//! segment included), so the path that is routed and checked is the path that is forwarded.
+use crate::config::Compiled;
+use crate::error::Refusal;
+use crate::http::canon;
+
+/// Where a request goes. Offsets refer to the canonical path written into the caller's string
+/// and to the raw request target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub proxy: usize,
+    /// Start of the part of the canonical path below the proxy (its upstream base path is
+    /// prepended when forwarding); `rest_start == path.len()` for the bare proxy root.
+    pub rest_start: usize,
+    /// The query of the raw target, including its '?', as a range into the target.
+    pub query: (usize, usize),
+}
+
+/// `target` is the raw request target; the canonical path is written to `path`.
+pub fn resolve(cfg: &Compiled, target: &[u8], path: &mut String) -> Result<Route, Refusal> {
+    path.clear();
+    if target.first() == Some(&b'/') {
+        let (p, q) = split_query(target, 0)?;
+        canon::canonicalize_into(p, path).map_err(|e| Refusal::BadRequest(e.message()))?;
+        let name_end = path[1..].find('/').map_or(path.len(), |i| i + 1);
+        return match cfg.proxy_index(&path[1..name_end]) {
+            Some(proxy) => Ok(Route {
+                proxy,
+                rest_start: name_end,
+                query: q,
+            }),
+            None => match cfg.server.default_proxy {
+                Some(proxy) => Ok(Route {
+                    proxy,
+                    rest_start: 0,
+                    query: q,
+                }),
+                None => Err(Refusal::UnknownProxy),
+            },
+        };
+    }
+    // absolute-form
+    let scheme_len = if starts_with_ci(target, b"http://") {
+        7
+    } else if starts_with_ci(target, b"https://") {
+        8
+    } else {
+        return Err(Refusal::BadRequest("unsupported request target"));
+    };
+    let after = &target[scheme_len..];
+    let auth_end = after
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?'))
+        .unwrap_or(after.len());
+    let authority = &after[..auth_end];
+    let (host, port) = split_authority(authority)?;
+    let path_start = scheme_len + auth_end;
+    let (p, q) = if target.get(path_start) == Some(&b'/') {
+        split_query(target, path_start)?
+    } else {
+        // `http://host` or `http://host?q`: the path is "/"
+        let (_, q) = split_query(target, path_start)?;
+        (&b"/"[..], q)
+    };
+    canon::canonicalize_into(p, path).map_err(|e| Refusal::BadRequest(e.message()))?;
+    let proxy = cfg
+        .proxy_for_origin(host, port, path)
+        .ok_or(Refusal::UnknownOrigin)?;
+    let rest_start = cfg.proxies[proxy].upstream.base_path.len();
+    Ok(Route {
+        proxy,
+        rest_start,
+        query: q,
+    })
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Splits `target[from..]` at the first '?': (path bytes, query range incl. '?').
+fn split_query(target: &[u8], from: usize) -> Result<(&[u8], (usize, usize)), Refusal> {
+    let rest = &target[from..];
+    match memchr::memchr(b'?', rest) {
+        None => Ok((rest, (target.len(), target.len()))),
+        Some(i) => {
+            if memchr::memchr(b'#', &rest[i..]).is_some() {
+                return Err(Refusal::BadRequest("fragment in request target"));
+            }
+            Ok((&rest[..i], (from + i, target.len())))
+        }
+    }
+}
+
+fn split_authority(a: &[u8]) -> Result<(&str, Option<u16>), Refusal> {
+    const BAD: Refusal = Refusal::BadRequest("invalid authority in request target");
+    let s = std::str::from_utf8(a).map_err(|_| BAD)?;
+    if s.is_empty() || s.contains('@') {
+        return Err(BAD);
+    }
+    let (host, port) = if s.starts_with('[') {
+        let end = s.find(']').ok_or(BAD)?;
+        let after = &s[end + 1..];
+        (&s[..=end], after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().map_err(|_| BAD)?),
+    };
+    if host.is_empty() {
+        return Err(BAD);
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile_str;
+    use std::path::Path;
+
+    fn cfg() -> Compiled {
+        compile_str(
+            "t.toml",
+            r#"
+[server]
+listen = ["127.0.0.1:1"]
+[[proxies]]
+name = "crm"
+upstream = "https://crm.example.com/api"
+default_effect = "allow"
+[[proxies]]
+name = "crm2"
+upstream = "https://crm.example.com/api/v2"
+default_effect = "allow"
+[[proxies]]
+name = "local"
+upstream = "http://127.0.0.1:8081"
+default_effect = "allow"
+"#,
+            Path::new("."),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn default_proxy_takes_unmatched_paths_whole() {
+        let c = compile_str(
+            "t.toml",
+            "[server]\nlisten = [\"127.0.0.1:1\"]\ndefault_proxy = \"b\"\n[[proxies]]\nname = \"a\"\nupstream = \"http://127.0.0.1:2\"\n[[proxies]]\nname = \"b\"\nupstream = \"http://127.0.0.1:3/base\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        let mut path = String::new();
+        let r = resolve(&c, b"/a/x", &mut path).unwrap();
+        assert_eq!((r.proxy, &path[r.rest_start..]), (0, "/x"));
+        let r = resolve(&c, b"/1m.bin?q", &mut path).unwrap();
+        assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/1m.bin"));
+        let r = resolve(&c, b"/", &mut path).unwrap();
+        assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/"));
+    }
+
+    #[test]
+    fn routing_table() {
+        let c = cfg();
+        // (target, proxy name, canonical path, rest, query) or the refusal code
+        type Want = Result<(&'static str, &'static str, &'static str, &'static str), &'static str>;
+        let table: &[(&str, Want)] = &[
+            (
+                "/crm/v1/accounts/42?x=1",
+                Ok(("crm", "/crm/v1/accounts/42", "/v1/accounts/42", "?x=1")),
+            ),
+            ("/crm", Ok(("crm", "/crm", "", ""))),
+            ("/crm/", Ok(("crm", "/crm/", "/", ""))),
+            ("/crm//v1/./a/../b", Ok(("crm", "/crm/v1/b", "/v1/b", ""))),
+            ("/local/x?", Ok(("local", "/local/x", "/x", "?"))),
+            ("/other/../crm/x", Ok(("crm", "/crm/x", "/x", ""))),
+            ("/nope/x", Err("unknown_proxy")),
+            ("/", Err("unknown_proxy")),
+            ("/CRM/x", Err("unknown_proxy")),
+            ("/crm/a%2fb", Err("bad_request")),
+            ("/crm/x?a#b", Err("bad_request")),
+            (
+                "http://crm.example.com/api/v1/x?q",
+                Ok(("crm", "/api/v1/x", "/v1/x", "?q")),
+            ),
+            (
+                "http://CRM.example.com:443/api",
+                Ok(("crm", "/api", "", "")),
+            ),
+            (
+                "http://crm.example.com/api/v2/y",
+                Ok(("crm2", "/api/v2/y", "/y", "")),
+            ),
+            (
+                "http://crm.example.com/api/v20",
+                Ok(("crm", "/api/v20", "/v20", "")),
+            ),
+            ("http://crm.example.com/apix", Err("unknown_origin")),
+            ("http://crm.example.com:8443/api/x", Err("unknown_origin")),
+            ("http://evil.example.com/api/x", Err("unknown_origin")),
+            ("http://127.0.0.1:8081", Ok(("local", "/", "/", ""))),
+            ("http://127.0.0.1:8081/a/%2e%2e/b", Err("bad_request")),
+            ("http://user@crm.example.com/api", Err("bad_request")),
+            ("ftp://crm.example.com/api", Err("bad_request")),
+            ("*", Err("bad_request")),
+        ];
+        let mut path = String::new();
+        for (target, want) in table {
+            let got = resolve(&c, target.as_bytes(), &mut path);
+            match (got, want) {
+                (Ok(r), Ok((name, canon, rest, query))) => {
+                    assert_eq!(&c.proxies[r.proxy].name, name, "{target}");
+                    assert_eq!(&path, canon, "{target}");
+                    assert_eq!(&path[r.rest_start..], *rest, "{target}");
+                    assert_eq!(&target[r.query.0..r.query.1], *query, "{target}");
+                }
+                (Err(e), Err(code)) => assert_eq!(e.code(), *code, "{target}"),
+                (got, want) => panic!("{target}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

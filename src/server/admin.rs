@@ -1,0 +1,441 @@
+//! The admin listener, on its own thread: `/healthz`, `/readyz` (no token); `GET /metrics`,
+//! `GET /v1/requests`, `GET /v1/telemetry` and `POST /v1/reload` (bearer `admin_token`). Same
+//! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
+//! a two-thread blocking pool attached to the admin runtime.
+use crate::http::head::{self, RequestHead};
+use crate::http::io::{read_append, write_all};
+use crate::http::write::push_u64;
+use crate::server::control::Control;
+use monoio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<()> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("portcullis-admin".into())
+        .spawn(move || {
+            // audit queries read files: they run on this small pool, not on the admin loop
+            let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(2)))
+                .build();
+            let Ok(mut rt) = rt else {
+                tracing::error!("admin: cannot start runtime");
+                return;
+            };
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin: cannot use listener");
+                        return;
+                    }
+                };
+                loop {
+                    if let Ok((s, _)) = listener.accept().await {
+                        monoio::spawn(serve(s, control.clone()));
+                    }
+                }
+            });
+        })?;
+    Ok(())
+}
+
+async fn serve(mut s: TcpStream, control: Arc<Control>) {
+    let mut buf = Vec::with_capacity(8192);
+    let mut head = RequestHead::default();
+    let limits = head::Limits {
+        max_head: 8192,
+        max_headers: 64,
+    };
+    let deadline = crate::util::clock::now() + Duration::from_secs(10);
+    loop {
+        match head::parse_request(&buf, &limits, &mut head) {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(_) => {
+                return respond(&mut s, Reply::error(400, "bad_request", "bad request")).await;
+            }
+        }
+        match read_append(&mut s, &mut buf, 8192, deadline).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+    let method = head.method.get(&buf);
+    let target = head.target.get(&buf);
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (target, &b""[..]),
+    };
+    let reply = match (method, path) {
+        (b"GET", b"/healthz") => Reply::json(200, r#"{"status":"ok"}"#.to_string()),
+        (b"GET", b"/readyz") if control.is_ready() => {
+            Reply::json(200, r#"{"status":"ready"}"#.to_string())
+        }
+        (b"GET", b"/readyz") => Reply::json(503, r#"{"status":"not ready"}"#.to_string()),
+        (b"GET", b"/metrics") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => {
+                let audit = control.audit.as_ref().map(|a| a.snapshot());
+                Reply {
+                    status: 200,
+                    content_type: PROMETHEUS_TEXT,
+                    body: control.metrics.render(audit.as_ref()),
+                }
+            }
+        },
+        (b"GET", b"/v1/requests") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => requests(&control, query).await,
+        },
+        (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => telemetry(&control, query).await,
+        },
+        (b"POST", b"/v1/reload") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => match control.reload() {
+                Ok(generation) => Reply::json(
+                    200,
+                    format!(r#"{{"reloaded":true,"generation":{generation}}}"#),
+                ),
+                Err(e) => Reply::error(400, "reload_failed", &e.to_string()),
+            },
+        },
+        (_, b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry")
+        | (_, b"/v1/reload") => Reply::error(
+            405,
+            "method_not_allowed",
+            "this admin endpoint does not take that method",
+        ),
+        _ => Reply::error(404, "not_found", "no such admin endpoint"),
+    };
+    respond(&mut s, reply).await;
+}
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// An admin answer.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    fn json(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    /// `{"error":{"code":..,"message":..}}`, the shape of the gateway's own errors.
+    pub fn error(status: u16, code: &str, message: &str) -> Reply {
+        Reply::json(
+            status,
+            serde_json::json!({"error": {"code": code, "message": message}}).to_string(),
+        )
+    }
+}
+
+/// Largest `limit` of `GET /v1/requests`.
+pub const MAX_REQUESTS_LIMIT: usize = 10_000;
+
+fn now_us() -> u64 {
+    u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `GET /v1/requests`: audit records, newest first. The file reads run on the admin thread's
+/// blocking pool so probes stay answered meanwhile.
+async fn requests(control: &Control, query: &[u8]) -> Reply {
+    let Some(audit) = control.audit.as_ref() else {
+        return audit_disabled();
+    };
+    let q = match requests_query(query, now_us()) {
+        Ok(q) => q,
+        Err(m) => return Reply::error(400, "bad_request", &m),
+    };
+    let dir = audit.dir.clone();
+    match monoio::spawn_blocking(move || crate::observe::audit::query(&dir, &q)).await {
+        Ok(Ok(res)) => {
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                records: &'a [crate::observe::audit::StoredRecord],
+            }
+            match serde_json::to_string(&Out {
+                records: &res.records,
+            }) {
+                Ok(body) => Reply::json(200, body),
+                Err(e) => Reply::error(500, "internal", &e.to_string()),
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "admin: audit query failed");
+            Reply::error(500, "audit_unreadable", &e.to_string())
+        }
+        Err(_) => Reply::error(500, "internal", "the query task failed"),
+    }
+}
+
+/// `GET /v1/telemetry`: aggregates of the audit records in a window (see `audit::telemetry`).
+async fn telemetry(control: &Control, query: &[u8]) -> Reply {
+    let Some(audit) = control.audit.as_ref() else {
+        return audit_disabled();
+    };
+    let (proxy, since, until) = match telemetry_params(query, now_us()) {
+        Ok(p) => p,
+        Err(m) => return Reply::error(400, "bad_request", &m),
+    };
+    let dir = audit.dir.clone();
+    let job = move || {
+        crate::observe::audit::telemetry::compute(
+            &dir,
+            proxy.as_deref(),
+            since,
+            until,
+            crate::observe::audit::telemetry::MAX_RECORDS,
+        )
+    };
+    match monoio::spawn_blocking(job).await {
+        Ok(Ok(rep)) => match serde_json::to_string(&rep) {
+            Ok(body) => Reply::json(200, body),
+            Err(e) => Reply::error(500, "internal", &e.to_string()),
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "admin: telemetry query failed");
+            Reply::error(500, "audit_unreadable", &e.to_string())
+        }
+        Err(_) => Reply::error(500, "internal", "the telemetry task failed"),
+    }
+}
+
+fn audit_disabled() -> Reply {
+    Reply::error(
+        404,
+        "audit_disabled",
+        "no [audit] section in the running config: there are no records to read",
+    )
+}
+
+/// Splits a query string into decoded `(name, value)` pairs. Values are percent-decoded
+/// (`%3A` → `:`); `+` stays a plus (RFC 3339 offsets), so a space must be sent as `%20`.
+/// Names must be in `allowed` and appear once; an empty value counts as absent.
+pub fn parse_query_string(
+    qs: &[u8],
+    allowed: &[&str],
+) -> Result<Vec<(&'static str, String)>, String> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
+    for part in qs.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match memchr::memchr(b'=', part) {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, &b""[..]),
+        };
+        let k = pct_decode(k).ok_or("malformed percent-encoding in the query")?;
+        let v = pct_decode(v).ok_or("malformed percent-encoding in the query")?;
+        let Some(name) = PARAMS.iter().find(|n| **n == k && allowed.contains(n)) else {
+            return Err(format!(
+                "unknown parameter '{}' (expected {})",
+                k.chars().take(64).collect::<String>(),
+                allowed.join(", ")
+            ));
+        };
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("parameter '{name}' given twice"));
+        }
+        if !v.is_empty() {
+            out.push((name, v));
+        }
+    }
+    Ok(out)
+}
+
+const PARAMS: [&str; 6] = ["proxy", "agent", "status", "since", "until", "limit"];
+
+fn pct_decode(s: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let h = s.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(h).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn time_param(name: &str, v: &str, now_us: u64) -> Result<u64, String> {
+    crate::observe::audit::query::parse_time_arg(v, now_us).ok_or_else(|| {
+        format!("{name}: expected RFC 3339 (2026-01-01T00:00:00Z) or a duration ago (15m, 2h, 7d)")
+    })
+}
+
+/// The query of `GET /v1/requests?proxy=&agent=&status=&since=&until=&limit=`.
+pub fn requests_query(qs: &[u8], now_us: u64) -> Result<crate::observe::audit::Query, String> {
+    let mut q = crate::observe::audit::Query::default();
+    for (k, v) in parse_query_string(qs, &PARAMS)? {
+        match k {
+            "proxy" => q.proxy = Some(v),
+            "agent" => q.agent = Some(v),
+            "status" => {
+                q.status = Some(
+                    crate::observe::audit::StatusFilter::parse(&v)
+                        .ok_or("status: expected a status (403) or a class (4xx)")?,
+                )
+            }
+            "since" => q.since = Some(time_param(k, &v, now_us)?),
+            "until" => q.until = Some(time_param(k, &v, now_us)?),
+            _ => {
+                q.limit = match v.parse::<usize>() {
+                    Ok(n @ 1..=MAX_REQUESTS_LIMIT) => n,
+                    _ => return Err(format!("limit: expected 1 to {MAX_REQUESTS_LIMIT}")),
+                }
+            }
+        }
+    }
+    if let (Some(s), Some(u)) = (q.since, q.until)
+        && s > u
+    {
+        return Err("since is after until".into());
+    }
+    Ok(q)
+}
+
+/// `(proxy, since, until)` of `GET /v1/telemetry?proxy=&since=&until=`; the window defaults
+/// to the last hour.
+pub fn telemetry_params(qs: &[u8], now_us: u64) -> Result<(Option<String>, u64, u64), String> {
+    let mut proxy = None;
+    let mut since = None;
+    let mut until = now_us;
+    for (k, v) in parse_query_string(qs, &["proxy", "since", "until"])? {
+        match k {
+            "proxy" => proxy = Some(v),
+            "since" => since = Some(time_param(k, &v, now_us)?),
+            _ => until = time_param(k, &v, now_us)?,
+        }
+    }
+    let since = since.unwrap_or_else(|| {
+        until.saturating_sub(crate::observe::audit::telemetry::DEFAULT_WINDOW.as_micros() as u64)
+    });
+    if since > until {
+        return Err("since is after until".into());
+    }
+    Ok((proxy, since, until))
+}
+
+fn authorized(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), Reply> {
+    let cfg = control.current();
+    let Some(token) = cfg.server.admin_token.as_ref() else {
+        return Err(Reply::error(
+            403,
+            "admin_disabled",
+            "set server.admin_token to use this endpoint",
+        ));
+    };
+    let presented = head
+        .headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
+        .and_then(|h| {
+            let v = h.value.get(buf);
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        });
+    match presented {
+        Some(p) if token.ct_eq(p) => Ok(()),
+        _ => Err(Reply::error(
+            401,
+            "unauthenticated",
+            "a valid admin bearer token is required",
+        )),
+    }
+}
+
+async fn respond(s: &mut TcpStream, reply: Reply) {
+    let Reply {
+        status,
+        content_type,
+        body,
+    } = reply;
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(&mut out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(crate::error::reason_phrase(status).as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nConnection: close\r\nContent-Length: ");
+    push_u64(&mut out, body.len() as u64);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    let _ = write_all(s, &mut out, Duration::from_secs(10)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::audit::StatusFilter;
+
+    const NOW: u64 = 1_795_600_000_000_000;
+
+    #[test]
+    fn requests_params() {
+        let q = requests_query(b"", NOW).unwrap();
+        assert_eq!(q, crate::observe::audit::Query::default());
+        let q = requests_query(
+            b"proxy=crm&agent=support%2Dbot&status=4xx&since=2026-11-24T09%3A00%3A00Z&until=15m&limit=7",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(q.proxy.as_deref(), Some("crm"));
+        assert_eq!(q.agent.as_deref(), Some("support-bot"));
+        assert_eq!(q.status, Some(StatusFilter::Class(4)));
+        assert_eq!(
+            q.since,
+            crate::observe::audit::record::parse_rfc3339("2026-11-24T09:00:00Z")
+        );
+        assert_eq!(q.until, Some(NOW - 15 * 60 * 1_000_000));
+        assert_eq!(q.limit, 7);
+        // empty values are absent (`?proxy=&agent=`)
+        let q = requests_query(b"proxy=&agent=&limit=10000", NOW).unwrap();
+        assert_eq!((q.proxy, q.agent, q.limit), (None, None, 10_000));
+        for bad in [
+            &b"limit=0"[..],
+            b"limit=10001",
+            b"limit=x",
+            b"status=42",
+            b"since=yesterday",
+            b"nope=1",
+            b"proxy=a&proxy=b",
+            b"proxy=%zz",
+            b"proxy=%ff",
+            b"since=1h&until=2h",
+        ] {
+            assert!(
+                requests_query(bad, NOW).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn telemetry_window_defaults_to_the_last_hour() {
+        let (p, s, u) = telemetry_params(b"", NOW).unwrap();
+        assert_eq!((p, s, u), (None, NOW - 3_600_000_000, NOW));
+        let (p, s, u) = telemetry_params(b"proxy=crm&since=2h&until=1h", NOW).unwrap();
+        assert_eq!(p.as_deref(), Some("crm"));
+        assert_eq!(u - s, 3_600_000_000);
+        assert!(telemetry_params(b"limit=3", NOW).is_err());
+        assert!(telemetry_params(b"since=1h&until=2h", NOW).is_err());
+    }
+}

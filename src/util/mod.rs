@@ -1,0 +1,4 @@
+//! Small shared vocabulary with no dependency on the rest of the crate.
+pub mod clock;
+pub mod datetime;
+pub mod units;
