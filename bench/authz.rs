@@ -1,7 +1,7 @@
 //! `RuleSet::decide` with 1, 100 and 10,000 rules over realistic API paths: the trie walk
 //! should cost the same whatever the number of rules. `cargo bench --bench authz`.
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use portcullis::config::Effect;
+use portcullis::policy::authz::Effect;
 use portcullis::policy::authz::{MethodsSpec, RawRule, RuleSet};
 use std::collections::BTreeMap;
 use std::hint::black_box;

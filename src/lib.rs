@@ -21,3 +21,6 @@ pub mod secrets;
 pub mod server;
 pub mod upstream;
 pub mod util;
+
+#[cfg(test)]
+mod layering;

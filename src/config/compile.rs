@@ -1,8 +1,8 @@
 //! raw TOML → `Compiled`. `check`, `run` and reload share this one function; every error names
 //! the file, the line and the key (`file:line: key: message`), and all errors found are reported
 //! at once rather than the first only.
-use super::raw::{Effect, RawConfig, RawProxy, SizeOrInt};
-use super::{Compiled, Limits, Proxy, Server, TlsTarget, Upstream};
+use super::raw::{RawConfig, RawProxy, SizeOrInt};
+use super::{Compiled, Effect, Identity, Limits, Proxy, Server, TlsTarget, Upstream};
 use crate::http::canon;
 use crate::secrets;
 use crate::util::units::{parse_duration, parse_size};
@@ -352,7 +352,7 @@ impl Cx<'_> {
         let Some(kv) = &sec.get_ref().kv else { return };
         let k = kv.get_ref();
         let mut ok = true;
-        let addr = match crate::credentials::TokenUrl::parse(k.addr.get_ref()) {
+        let addr = match crate::net::url::Url::parse(k.addr.get_ref()) {
             Ok(u) if u.path == "/" => Some(u),
             Ok(_) => {
                 self.err(
@@ -558,7 +558,7 @@ impl Cx<'_> {
     }
 
     /// `[[agents]]` and `[[jwt]]`.
-    fn identity(&mut self, raw: &RawConfig) -> super::Identity {
+    fn identity(&mut self, raw: &RawConfig) -> Identity {
         let mut agents = Vec::with_capacity(raw.agents.len());
         for (i, a) in raw.agents.iter().enumerate() {
             let r = a.get_ref();
@@ -628,7 +628,7 @@ impl Cx<'_> {
                 Err(m) => self.err(j, format!("jwt[{i}].jwks"), m),
             }
         }
-        super::Identity {
+        Identity {
             agents: table,
             jwt,
             jwks_feeds,

@@ -4,10 +4,11 @@
 pub mod compile;
 pub mod raw;
 
+pub use crate::identity::Identity;
+pub use crate::policy::authz::Effect;
 pub use compile::{
     CompileOptions, ConfigError, ConfigErrors, compile_file, compile_file_with, compile_str,
 };
-pub use raw::Effect;
 
 use crate::secrets::Secret;
 use std::collections::HashMap;
@@ -110,23 +111,6 @@ pub struct Proxy {
 pub struct Redaction {
     pub program: crate::redact::RedactProgram,
     pub on_invalid: crate::redact::OnInvalid,
-}
-
-/// Who may call: agent keys and JWT issuers. When neither is configured, calls are anonymous.
-#[derive(Default)]
-pub struct Identity {
-    pub agents: crate::identity::AgentTable,
-    /// Verifier templates; each worker forks its own (the token cache is per worker).
-    pub jwt: Vec<crate::identity::jwt::JwtVerifier>,
-    /// The https JWKS feeds the verifiers follow (kept alive, and refreshed, while in use).
-    pub jwks_feeds: Vec<Arc<crate::identity::jwks::Feed>>,
-}
-
-impl Identity {
-    /// Whether every call must present a proxy credential.
-    pub fn required(&self) -> bool {
-        !self.agents.is_empty() || !self.jwt.is_empty()
-    }
 }
 
 pub struct Upstream {

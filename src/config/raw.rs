@@ -1,5 +1,6 @@
 //! The TOML as written: serde structs with `deny_unknown_fields` and spans, so that `compile()`
 //! can point at the line of any value it rejects. Nothing here is used on the hot path.
+use crate::policy::authz::Effect;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -247,12 +248,4 @@ pub struct RawQuota {
 pub enum MeterByRaw {
     Proxy,
     Agent,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Effect {
-    Allow,
-    Deny,
-    Approve,
 }

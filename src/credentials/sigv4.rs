@@ -6,8 +6,8 @@
 //! The path given is the path *as sent on the wire* (already percent-encoded). For every service
 //! but S3 the canonical URI is that path, dot-segment-normalised, URI-encoded once more ("double
 //! encoding", `SigV4Options::double_encode`); S3 signs the wire path as-is and does not normalise.
-use crate::identity::hex;
 use crate::util::datetime::format_amz_date;
+use crate::util::hex;
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
@@ -104,15 +104,6 @@ pub fn uri_encode(out: &mut Vec<u8>, input: &[u8], keep_slash: bool) {
     }
 }
 
-fn unhex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decodes; a '%' not followed by two hex digits stays literal. '+' stays '+'.
 fn pct_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
@@ -120,7 +111,7 @@ fn pct_decode(input: &[u8]) -> Vec<u8> {
     while i < input.len() {
         if input[i] == b'%'
             && i + 2 < input.len()
-            && let (Some(h), Some(l)) = (unhex(input[i + 1]), unhex(input[i + 2]))
+            && let (Some(h), Some(l)) = (hex::digit(input[i + 1]), hex::digit(input[i + 2]))
         {
             out.push((h << 4) | l);
             i += 3;
@@ -255,7 +246,7 @@ pub fn sign(
 ) -> Result<SigV4Signed, SigV4Error> {
     let amz_date = format_amz_date(now_unix);
     let date8 = &amz_date[..8];
-    let payload_hash = hex(digest(&SHA256, req.body).as_ref());
+    let payload_hash = hex::encode(digest(&SHA256, req.body).as_ref());
 
     // Collect headers to sign: lower-cased names, in request order per name (stable sort).
     let mut hs: Vec<(Vec<u8>, &[u8])> = Vec::with_capacity(req.headers.len() + 3);
@@ -314,10 +305,10 @@ pub fn sign(
     let scope = format!("{date8}/{region}/{service}/aws4_request");
     let string_to_sign = format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex(digest(&SHA256, &cr).as_ref())
+        hex::encode(digest(&SHA256, &cr).as_ref())
     );
     let key = signing_key(creds.secret_access_key, date8, region, service);
-    let signature = hex(&hmac_sha256(&*key, string_to_sign.as_bytes()));
+    let signature = hex::encode(&hmac_sha256(&*key, string_to_sign.as_bytes()));
     let authorization = format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
         creds.access_key_id
@@ -912,7 +903,7 @@ mod tests {
     fn aws_docs_iam_example() {
         let key = signing_key(SECRET, "20150830", "us-east-1", "iam");
         assert_eq!(
-            hex(&*key),
+            hex::encode(&*key),
             "c4afb1cc5771d871763a393e44b703571b55cc28424d1a5e86da6ed3c154a4b9"
         );
         let headers: &[(&[u8], &[u8])] = &[
@@ -944,7 +935,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            hex(digest(&SHA256, &s.canonical_request).as_ref()),
+            hex::encode(digest(&SHA256, &s.canonical_request).as_ref()),
             "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
         );
         assert_eq!(

@@ -335,11 +335,11 @@ pub async fn token(src: &TokenSource, bound: Duration) -> Result<Arc<Token>, &'s
         }
         if src.failed() {
             // let the refresher retry as soon as its backoff allows
-            crate::server::refresher::wake();
+            crate::util::wake::wake();
             return Err("the OAuth2 token endpoint did not issue a token");
         }
         if !woke {
-            crate::server::refresher::wake();
+            crate::util::wake::wake();
             woke = true;
         }
         if crate::util::clock::now() >= deadline {

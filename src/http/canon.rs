@@ -16,6 +16,7 @@
 //!   that a trailing `.` or `..` leaves.
 //!
 //! The function is idempotent: the canonical form of a canonical path is itself.
+use crate::util::hex;
 
 /// Longest raw path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 8192;
@@ -63,8 +64,6 @@ impl std::fmt::Display for CanonError {
 
 impl std::error::Error for CanonError {}
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
-
 #[inline]
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
@@ -78,20 +77,10 @@ fn must_encode(b: u8) -> bool {
 }
 
 #[inline]
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-#[inline]
 fn push_escaped(out: &mut String, b: u8) {
     out.push('%');
-    out.push(HEX[usize::from(b >> 4)] as char);
-    out.push(HEX[usize::from(b & 0xf)] as char);
+    out.push(hex::UPPER[usize::from(b >> 4)] as char);
+    out.push(hex::UPPER[usize::from(b & 0xf)] as char);
 }
 
 /// Incremental UTF-8 check over the decoded bytes of one segment.
@@ -155,7 +144,7 @@ fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
                 (Some(&h), Some(&l)) => (h, l),
                 _ => return Err(CanonError::BadPercent),
             };
-            let v = match (hex_val(h), hex_val(l)) {
+            let v = match (hex::digit(h), hex::digit(l)) {
                 (Some(h), Some(l)) => (h << 4) | l,
                 _ => return Err(CanonError::BadPercent),
             };

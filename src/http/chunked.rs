@@ -10,6 +10,8 @@
 //! and a `;` extension; extensions may hold any byte but CR, LF and controls other than HTAB,
 //! and everything after the digits of a size line is bounded at 1024 bytes; every line ends
 //! in CRLF; the trailer section (≤ 8 KiB) is `token ":" value` lines, validated and dropped.
+use super::hop;
+use crate::util::hex;
 use std::ops::Range;
 
 /// Most bytes after the hex digits of one size line (BWS + extensions).
@@ -134,38 +136,6 @@ pub struct ChunkedDecoder {
     state: State,
 }
 
-#[inline]
-fn hex_val(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
-        _ => None,
-    }
-}
-
-#[inline]
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
 /// Field-value bytes: HTAB, SP, VCHAR, obs-text.
 #[inline]
 fn is_value_byte(b: u8) -> bool {
@@ -251,12 +221,12 @@ impl ChunkedDecoder {
     #[inline]
     fn framing(state: State, b: u8) -> Result<State, ChunkedError> {
         Ok(match state {
-            State::SizeStart => match hex_val(b) {
+            State::SizeStart => match hex::digit(b).map(u64::from) {
                 Some(v) => State::Size { size: v, digits: 1 },
                 None if b == b'\n' => return Err(ChunkedError::BadLineEnding),
                 None => return Err(ChunkedError::BadSize),
             },
-            State::Size { size, digits } => match (hex_val(b), b) {
+            State::Size { size, digits } => match (hex::digit(b).map(u64::from), b) {
                 (Some(_), _) if digits >= MAX_SIZE_DIGITS => {
                     return Err(ChunkedError::SizeOverflow);
                 }
@@ -307,7 +277,7 @@ impl ChunkedDecoder {
                 match b {
                     b'\r' => State::FinalLf { total },
                     b'\n' => return Err(ChunkedError::BadLineEnding),
-                    _ if is_tchar(b) => State::TrailerName { total },
+                    _ if hop::is_tchar(b) => State::TrailerName { total },
                     // obs-fold (SP/HTAB), an empty name, or junk
                     _ => return Err(ChunkedError::BadTrailer),
                 }
@@ -316,7 +286,7 @@ impl ChunkedDecoder {
                 let total = Self::count(total)?;
                 match b {
                     b':' => State::TrailerValue { total },
-                    _ if is_tchar(b) => State::TrailerName { total },
+                    _ if hop::is_tchar(b) => State::TrailerName { total },
                     b'\n' => return Err(ChunkedError::BadLineEnding),
                     _ => return Err(ChunkedError::BadTrailer),
                 }

@@ -1,6 +1,28 @@
 //! Which header fields stop at the gateway (RFC 9110 §7.6.1 hop-by-hop fields, plus the ones the
-//! gateway owns and rewrites itself).
+//! gateway owns and rewrites itself), and the field syntax every module checks names and values
+//! against (`tchar`, tokens, valid values).
 use super::head::tokens;
+
+/// An RFC 9110 §5.6.2 `tchar`.
+#[inline]
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An RFC 9110 token: one or more `tchar`s.
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+/// A field name the gateway will write (a token, at most 128 bytes).
+pub fn valid_header_name(n: &str) -> bool {
+    n.len() <= 128 && is_token(n.as_bytes())
+}
+
+/// Bytes that may go in a header value: visible ASCII, space, tab, obs-text; never CR/LF/NUL.
+pub fn valid_header_value(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
 
 /// Request fields never forwarded as received: hop-by-hop fields, framing (re-done by the
 /// gateway), `Host` (rewritten to the upstream's), `Expect` (answered by the gateway),

@@ -7,8 +7,8 @@
 //! per `min_refresh_interval` — when a worker saw a token naming an unknown `kid`. Each new key
 //! set is published through the feed's `SharedKeys`, which every worker's verifier follows. A
 //! failed fetch, or a set without a usable key, keeps the old keys and is logged.
-use crate::credentials::TokenUrl;
 use crate::identity::jwt::{KeySet, SharedKeys, parse_jwks};
+use crate::net::url::Url;
 use dashmap::DashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 const NEVER: i64 = i64::MIN;
 
 pub struct Feed {
-    url: TokenUrl,
+    url: Url,
     display: String,
     tls: Option<Arc<rustls::ClientConfig>>,
     shared: Arc<SharedKeys>,
@@ -151,7 +151,7 @@ impl Store {
         let feed = match self.feeds.get(&key).and_then(|w| w.upgrade()) {
             Some(f) => f,
             None => {
-                let parsed = TokenUrl::parse(url)?;
+                let parsed = Url::parse(url)?;
                 let tls = if parsed.https {
                     Some(crate::net::tls::client_config(ca_file)?)
                 } else {
@@ -228,7 +228,7 @@ mod tests {
 
     fn feed(refresh: i64, min: i64) -> Feed {
         Feed {
-            url: TokenUrl::parse("http://127.0.0.1:9/jwks").unwrap(),
+            url: Url::parse("http://127.0.0.1:9/jwks").unwrap(),
             display: "x".into(),
             tls: None,
             shared: Arc::new(SharedKeys::default()),

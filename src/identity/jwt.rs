@@ -437,8 +437,7 @@ impl JwtVerifier {
             }
             JwksSource::File(base_dir.join(p))
         } else if raw.jwks.starts_with("https://") || raw.jwks.starts_with("http://") {
-            crate::credentials::TokenUrl::parse(&raw.jwks)
-                .map_err(|_| JwtConfigError::BadSource)?;
+            crate::net::url::Url::parse(&raw.jwks).map_err(|_| JwtConfigError::BadSource)?;
             JwksSource::Https(raw.jwks.clone())
         } else {
             return Err(JwtConfigError::BadSource);

@@ -9,11 +9,13 @@ pub mod jwks;
 pub mod jwt;
 use crate::error::Refusal;
 use crate::util::datetime::parse_rfc3339;
+use crate::util::hex;
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 /// Prefix of every agent key.
 pub const KEY_PREFIX: &str = "pcs_";
@@ -73,35 +75,24 @@ pub fn key_sha256(key: &[u8]) -> [u8; 32] {
 
 /// SHA-256 of a key, lower-case hex (what `[[agents]] key_sha256` holds).
 pub fn key_sha256_hex(key: &str) -> String {
-    hex(&key_sha256(key.as_bytes()))
+    hex::encode(&key_sha256(key.as_bytes()))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    s
+/// Who may call: agent keys and JWT issuers. When neither is configured, calls are anonymous.
+#[derive(Default)]
+pub struct Identity {
+    pub agents: AgentTable,
+    /// Verifier templates; each worker forks its own (the token cache is per worker).
+    pub jwt: Vec<jwt::JwtVerifier>,
+    /// The https JWKS feeds the verifiers follow (kept alive, and refreshed, while in use).
+    pub jwks_feeds: Vec<Arc<jwks::Feed>>,
 }
 
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
+impl Identity {
+    /// Whether every call must present a proxy credential.
+    pub fn required(&self) -> bool {
+        !self.agents.is_empty() || !self.jwt.is_empty()
     }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
-    }
-    Some(out)
 }
 
 /// `[[agents]]` as written in the config.
@@ -163,7 +154,7 @@ impl AgentTable {
                 ));
                 ok = false;
             }
-            let hash = unhex32(&a.key_sha256);
+            let hash = hex::decode32(a.key_sha256.as_bytes());
             if hash.is_none() {
                 errors.push((
                     key("key_sha256"),
@@ -447,7 +438,7 @@ const MAX_CRED_HEADERS: usize = 8;
 /// The authentication stage: the proxy credential from the request's headers (`headers` yields
 /// name/value pairs), checked against the agent table or the JWT issuer that signed it.
 pub fn authenticate<'c, 'h>(
-    identity: &'c crate::config::Identity,
+    identity: &'c Identity,
     verifiers: &mut [crate::identity::jwt::JwtVerifier],
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     now_unix: i64,

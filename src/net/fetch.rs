@@ -10,9 +10,9 @@
 //!
 //! Errors never carry request bytes (the request may hold a client secret): only the target's
 //! authority, I/O error kinds and short static reasons.
-use crate::credentials::TokenUrl;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::{self, BodyKind, ResponseHead};
+use crate::net::url::Url;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -168,7 +168,7 @@ impl Exchange {
     }
 }
 
-fn connect(url: &TokenUrl, t: &Timeouts, deadline: Instant) -> Result<TcpStream, FetchError> {
+fn connect(url: &Url, t: &Timeouts, deadline: Instant) -> Result<TcpStream, FetchError> {
     let who = url.authority.clone();
     let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
         .to_socket_addrs()
@@ -198,7 +198,7 @@ fn connect(url: &TokenUrl, t: &Timeouts, deadline: Instant) -> Result<TcpStream,
 /// https (`upstream::tls::client_config`); `None` builds one with the webpki roots.
 /// `headers` must not include Host, Content-Length or Connection (set here).
 pub fn request(
-    url: &TokenUrl,
+    url: &Url,
     tls: Option<&Arc<rustls::ClientConfig>>,
     method: &str,
     headers: &[(&str, &[u8])],
@@ -358,7 +358,7 @@ fn read_response(x: &mut Exchange, head_request: bool) -> Result<Response, Fetch
 
 /// GET `url` (for JWKS documents).
 pub fn get(
-    url: &TokenUrl,
+    url: &Url,
     tls: Option<&Arc<rustls::ClientConfig>>,
     t: &Timeouts,
 ) -> Result<Response, FetchError> {
@@ -373,7 +373,7 @@ mod tests {
 
     /// Serves one connection: reads the request head (+ Content-Length body), sends `reply`
     /// (in pieces, to exercise partial reads), returns what it received.
-    fn serve_once(reply: Vec<u8>) -> (TokenUrl, std::thread::JoinHandle<Vec<u8>>) {
+    fn serve_once(reply: Vec<u8>) -> (Url, std::thread::JoinHandle<Vec<u8>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let h = std::thread::spawn(move || {
@@ -406,7 +406,7 @@ mod tests {
             }
             got
         });
-        let url = TokenUrl::parse(&format!("http://127.0.0.1:{port}/token?x=1")).unwrap();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/token?x=1")).unwrap();
         (url, h)
     }
 
@@ -517,12 +517,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let url = TokenUrl::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         let e = get(&url, None, &quick()).unwrap_err();
         assert!(matches!(e, FetchError::Connect(..)), "{e}");
         // a peer that accepts and never answers
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = TokenUrl::parse(&format!(
+        let url = Url::parse(&format!(
             "http://127.0.0.1:{}/",
             l.local_addr().unwrap().port()
         ))
@@ -549,7 +549,7 @@ mod tests {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
             std::thread::sleep(Duration::from_millis(300));
         });
-        let url = TokenUrl::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
+        let url = Url::parse(&format!("https://127.0.0.1:{port}/")).unwrap();
         let e = get(&url, None, &quick()).unwrap_err();
         assert!(matches!(e, FetchError::Tls(..)), "{e}");
         let _ = h.join();

@@ -2,3 +2,4 @@
 //! rustls client configuration shared with the data plane's upstream connections.
 pub mod fetch;
 pub mod tls;
+pub mod url;

@@ -5,6 +5,7 @@
 use crate::observe::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::observe::metrics::{CallSample, WorkerMetrics};
 use crate::util::clock;
+use crate::util::hex;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,9 +70,8 @@ impl IdGen {
 }
 
 fn hex16(mut v: u64, out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for slot in out.iter_mut().rev() {
-        *slot = HEX[(v & 0xf) as usize];
+        *slot = hex::LOWER[(v & 0xf) as usize];
         v >>= 4;
     }
 }

@@ -32,9 +32,18 @@
 //! - `mode = "report"` rules never change the decision. [`Decision::report_hits`] lists, per
 //!   effect, the first matching report rule whose effect would have changed the outcome had
 //!   it been enforced (at most one per effect, so the cost stays flat).
-use crate::config::Effect;
+use crate::http::hop;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// What a rule (or the default) decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+    Approve,
+}
 
 impl Effect {
     /// The lower-case name used in config, audit records and metrics.
@@ -509,30 +518,6 @@ fn parse_pattern(p: &str) -> Result<Vec<Seg<'_>>, String> {
     Ok(segs)
 }
 
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
-
 fn compile_rule<'r>(
     i: usize,
     raw: &'r RawRule,
@@ -621,7 +606,7 @@ fn compile_rule<'r>(
     }
     let mut header = Vec::new();
     for (k, v) in raw.header.iter().flatten() {
-        if !is_token(k) {
+        if !hop::is_token(k.as_bytes()) {
             errors.push((
                 format!("rules[{i}].header.{k}"),
                 format!("{k:?} is not a valid header name"),

@@ -15,6 +15,7 @@
 //! depth (one frame plus a few NFA states per level), the longest key, and the whitespace of one
 //! separator (emitted early at chunk ends beyond `HOLD_WS_MAX`).
 
+use crate::util::hex;
 use memchr::memchr2;
 
 use super::path::{Action, Label, RedactProgram, StateId};
@@ -1046,12 +1047,7 @@ fn decode_key(raw: &[u8], dst: &mut Vec<u8>) {
 }
 
 fn hex4(s: Option<&[u8]>) -> Option<u32> {
-    let s = s?;
-    let mut v = 0u32;
-    for &b in s {
-        v = v * 16 + char::from(b).to_digit(16)?;
-    }
-    Some(v)
+    hex::value(s?).and_then(|v| u32::try_from(v).ok())
 }
 
 #[cfg(test)]

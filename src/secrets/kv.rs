@@ -25,8 +25,8 @@
 // and the refresher's fetch threads (off the data plane); workers touch the `RwLock`'d value
 // and atomics only.
 #![allow(clippy::disallowed_types)]
-use crate::credentials::TokenUrl;
 use crate::net::fetch::{self, Timeouts};
+use crate::net::url::Url;
 use crate::secrets::Secret;
 use dashmap::DashMap;
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub enum KvAuth {
 
 /// `[secrets.kv]`, compiled.
 pub struct KvSettings {
-    pub addr: TokenUrl,
+    pub addr: Url,
     pub mount: String,
     pub auth: KvAuth,
     /// Relative `file:` references resolve against this.
@@ -246,7 +246,7 @@ impl KvClient {
         token: Option<&Secret>,
         body: &[u8],
     ) -> Result<fetch::Response, KvError> {
-        let url = TokenUrl {
+        let url = Url {
             path: path.to_string(),
             ..self.settings.addr.clone()
         };
@@ -316,7 +316,7 @@ impl KvClient {
                 (t, (a.lease_duration, a.renewable))
             }
         };
-        if !crate::credentials::valid_header_value(token.expose()) {
+        if !crate::http::hop::valid_header_value(token.expose()) {
             return Err(KvError::Credential(
                 "the token contains control characters".into(),
             ));
@@ -714,7 +714,7 @@ impl KvEntry {
         self.want_reread.store(true, Ordering::Release);
         tracing::info!(reference = %self.kref, status,
             "the upstream rejected a kv credential: re-reading it once");
-        crate::server::refresher::wake();
+        crate::util::wake::wake();
     }
 
     /// Whether a forced re-read is pending or running.
@@ -954,7 +954,7 @@ mod tests {
 
     fn settings(ttl: Duration, max_stale: Duration) -> KvSettings {
         KvSettings {
-            addr: TokenUrl::parse("http://127.0.0.1:9").unwrap(),
+            addr: Url::parse("http://127.0.0.1:9").unwrap(),
             mount: "secret".into(),
             auth: KvAuth::Token("env:PORTCULLIS_TEST_UNSET_TOKEN".into()),
             base_dir: PathBuf::from("."),

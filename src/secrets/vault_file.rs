@@ -422,7 +422,7 @@ impl Vault {
             ".{}.tmp.{}.{}",
             file_name.to_string_lossy(),
             std::process::id(),
-            crate::identity::hex(&suffix)
+            crate::util::hex::encode(&suffix)
         ));
         let result: std::io::Result<()> = (|| {
             let mut opts = std::fs::OpenOptions::new();

@@ -1,4 +1,6 @@
 //! Small shared vocabulary with no dependency on the rest of the crate.
 pub mod clock;
 pub mod datetime;
+pub mod hex;
 pub mod units;
+pub mod wake;

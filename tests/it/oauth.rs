@@ -1,4 +1,4 @@
-//! OAuth2 client credentials (token endpoint on 127.0.0.1, plain http as TokenUrl allows for
+//! OAuth2 client credentials (token endpoint on 127.0.0.1, plain http as Url allows for
 //! loopback, and https with a test CA) and JWKS fetched over http(s) with key rollover.
 use crate::support::*;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};

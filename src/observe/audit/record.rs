@@ -27,6 +27,7 @@
 //! line with `printf '%s%s' "$prev" "$body" | sha256sum`.
 #![forbid(unsafe_code)]
 
+use crate::util::hex;
 use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -364,11 +365,7 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Lower-case hex of a hash.
 pub fn hex_encode(h: &Hash, out: &mut [u8; 64]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in h.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
-    }
+    hex::encode_into(h, out);
 }
 
 pub fn hex_string(h: &Hash) -> String {
@@ -379,16 +376,7 @@ pub fn hex_string(h: &Hash) -> String {
 
 /// Parses 64 hex digits.
 pub fn hex_decode(s: &[u8]) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut h = [0u8; 32];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        h[i] = (hi * 16 + lo) as u8;
-    }
-    Some(h)
+    hex::decode32(s)
 }
 
 // ---- time -------------------------------------------------------------------------------------
