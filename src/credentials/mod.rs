@@ -23,6 +23,9 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// Error code (HTTP 502) when the target credential could not be obtained or applied.
+/// How often a call waiting for a `kv:` re-read looks again.
+const KV_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 pub const UPSTREAM_AUTH_FAILED: &str = "upstream_auth_failed";
 
 fn d_sig_header() -> String {
@@ -749,6 +752,17 @@ impl OutboundAuth {
             OutboundAuth::OAuth2(_) => (None, None),
         };
         a.into_iter().chain(b).filter_map(SecretSource::kv_entry)
+    }
+
+    /// Waits (bounded) until no forced re-read of this auth's `kv:` entries is pending, so that
+    /// a call after an upstream 401/403 carries the re-read value.
+    pub async fn settle_kv(&self, bound: std::time::Duration) {
+        if !self.kv_entries().any(|e| e.rereading()) {
+            return;
+        }
+        let deadline = crate::util::clock::now() + bound;
+        let settled = |_late| (!self.kv_entries().any(|e| e.rereading())).then_some(());
+        crate::util::wait::poll_until(deadline, KV_WAIT_POLL, settled).await;
     }
 
     pub fn scheme(&self) -> &'static str {

@@ -223,6 +223,14 @@ pub struct Binding {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl Binding {
+    /// After the config holding this binding has been swapped in: its client (secret, auth
+    /// method, CA file) is the one token requests use from now on.
+    pub fn commit(&self) {
+        self.source.install(self.client.clone(), self.tls.clone());
+    }
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     proxy: String,
@@ -293,15 +301,6 @@ impl Store {
     }
 }
 
-/// After a config has been swapped in: its clients (secrets, auth methods, CA files) are the
-/// ones token requests use from now on.
-pub fn commit(cfg: &crate::config::Compiled) {
-    for p in &cfg.proxies {
-        if let Some(b) = &p.oauth {
-            b.source.install(b.client.clone(), b.tls.clone());
-        }
-    }
-}
 
 /// Starts the refreshes that are due (refresher thread). Each runs on its own short-lived
 /// thread so that one slow token endpoint does not hold up the others.
@@ -329,24 +328,24 @@ pub fn tick(now_unix: i64) {
 pub async fn token(src: &TokenSource, bound: Duration) -> Result<Arc<Token>, &'static str> {
     let deadline = crate::util::clock::now() + bound;
     let mut woke = false;
-    loop {
+    let ready = |_late| {
         if let Some(t) = src.current(unix_secs()) {
-            return Ok(t);
+            return Some(Ok(t));
         }
         if src.failed() {
             // let the refresher retry as soon as its backoff allows
             crate::util::wake::wake();
-            return Err("the OAuth2 token endpoint did not issue a token");
+            return Some(Err("the OAuth2 token endpoint did not issue a token"));
         }
         if !woke {
             crate::util::wake::wake();
             woke = true;
         }
-        if crate::util::clock::now() >= deadline {
-            return Err("no OAuth2 access token arrived in time");
-        }
-        monoio::time::sleep(WAIT_POLL).await;
-    }
+        None
+    };
+    crate::util::wait::poll_until(deadline, WAIT_POLL, ready)
+        .await
+        .unwrap_or(Err("no OAuth2 access token arrived in time"))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! the refresher thread), which publishes each new key set in a [`SharedKeys`]; every verifier
 //! attached to it (`with_shared`) picks the new set up on its next `verify` (one atomic load per
 //! call) and reports unknown `kid`s back through it.
-use crate::identity::AuthnError;
+use super::error::AuthnError;
 use crate::util::units::parse_duration;
 use aws_lc_rs::digest::{SHA256, digest};
 use jsonwebtoken::jwk::{

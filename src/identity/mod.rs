@@ -5,8 +5,10 @@
 //! Lookup is by SHA-256 of the presented key in a `HashMap<[u8; 32], _>`: the table never
 //! compares key bytes, so there is no early-exit comparison on the secret to time; what a timing
 //! observer could learn is about the *hash* of the guess, which is useless.
+mod error;
 pub mod jwks;
 pub mod jwt;
+pub use error::AuthnError;
 use crate::error::Refusal;
 use crate::util::datetime::parse_rfc3339;
 use crate::util::hex;
@@ -25,24 +27,6 @@ pub const KEY_RANDOM_CHARS: usize = 40;
 pub const MAX_CREDENTIAL_LEN: usize = 16 * 1024;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// Why a call was not authenticated. Maps 1:1 onto the spec codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthnError {
-    #[error("unauthenticated")]
-    Unauthenticated,
-    #[error("credential expired")]
-    CredentialExpired,
-}
-
-impl From<AuthnError> for Refusal {
-    fn from(e: AuthnError) -> Refusal {
-        match e {
-            AuthnError::Unauthenticated => Refusal::Unauthenticated,
-            AuthnError::CredentialExpired => Refusal::CredentialExpired,
-        }
-    }
-}
 
 /// A fresh agent key: `pcs_` + 40 base62 characters from the system CSPRNG (rejection sampling,
 /// so every character is uniform).

@@ -353,7 +353,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     if let Some(auth) = &proxy.auth {
         // a kv: secret being re-read after an upstream rejected it: wait (bounded) for it
         if auth.kv_entries().next().is_some() {
-            crate::secrets::kv::settle(auth, lim.connect_timeout).await;
+            auth.settle_kv(lim.connect_timeout).await;
             credential_read_ns = crate::util::clock::mono_ns();
         }
         // an OAuth2 proxy's access token: waits (bounded) for the first one

@@ -25,9 +25,9 @@
 // and the refresher's fetch threads (off the data plane); workers touch the `RwLock`'d value
 // and atomics only.
 #![allow(clippy::disallowed_types)]
+use super::secret::{Secret, resolve};
 use crate::net::fetch::{self, Timeouts};
 use crate::net::url::Url;
-use crate::secrets::Secret;
 use dashmap::DashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -37,8 +37,6 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// Forced re-reads (after an upstream 401/403) of one entry are at least this far apart.
 pub const REREAD_MIN_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a call waiting for a forced re-read looks again.
-const WAIT_POLL: Duration = Duration::from_millis(10);
 /// Longest backoff between failed refreshes (never more than `ttl`).
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -274,8 +272,7 @@ impl KvClient {
         let base = &self.settings.base_dir;
         let (token, lease) = match &self.settings.auth {
             KvAuth::Token(reference) => {
-                let t = crate::secrets::resolve(reference, base)
-                    .map_err(|e| KvError::Credential(e.to_string()))?;
+                let t = resolve(reference, base).map_err(|e| KvError::Credential(e.to_string()))?;
                 if t.expose().is_empty() {
                     return Err(KvError::Credential("the token is empty".into()));
                 }
@@ -283,8 +280,8 @@ impl KvClient {
                 (t, lease)
             }
             KvAuth::AppRole { role_id, secret_id } => {
-                let sid = crate::secrets::resolve(secret_id, base)
-                    .map_err(|e| KvError::Credential(e.to_string()))?;
+                let sid =
+                    resolve(secret_id, base).map_err(|e| KvError::Credential(e.to_string()))?;
                 let sid = std::str::from_utf8(sid.expose())
                     .map_err(|_| KvError::Credential("the secret_id is not UTF-8".into()))?;
                 let body = Zeroizing::new(
@@ -720,18 +717,6 @@ impl KvEntry {
     /// Whether a forced re-read is pending or running.
     pub fn rereading(&self) -> bool {
         self.rereading.load(Ordering::Acquire)
-    }
-}
-
-/// Waits (bounded) until no forced re-read of these entries is pending, so that a call after
-/// an upstream 401/403 carries the re-read value.
-pub async fn settle(auth: &crate::credentials::OutboundAuth, bound: Duration) {
-    if !auth.kv_entries().any(|e| e.rereading()) {
-        return;
-    }
-    let deadline = crate::util::clock::now() + bound;
-    while auth.kv_entries().any(|e| e.rereading()) && crate::util::clock::now() < deadline {
-        monoio::time::sleep(WAIT_POLL).await;
     }
 }
 

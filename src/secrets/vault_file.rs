@@ -20,7 +20,7 @@
 //! The key is 32 random bytes, base64, from an `env:` or `file:` reference (a systemd
 //! `LoadCredential=` path works as `file:/run/credentials/portcullis.service/vault.key`).
 //! Concurrent writers: last `save` wins (no lock file).
-use crate::secrets::{self, Secret};
+use super::secret::{self, Secret};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, NONCE_LEN, Nonce, RandomizedNonceKey};
 use aws_lc_rs::digest::{SHA256, digest};
 use base64::Engine;
@@ -121,7 +121,7 @@ impl VaultKey {
             ));
         }
         let s =
-            secrets::resolve(reference, base_dir).map_err(|e| VaultError::BadKey(e.to_string()))?;
+            secret::resolve(reference, base_dir).map_err(|e| VaultError::BadKey(e.to_string()))?;
         VaultKey::from_base64(s.expose())
     }
 

@@ -129,7 +129,9 @@ impl Control {
             }
         }
         // token requests use the new config's client secrets from now on
-        crate::credentials::token_source::commit(&new);
+        for b in new.proxies.iter().filter_map(|p| p.oauth.as_ref()) {
+            b.commit();
+        }
         // kv: entries kept from the old config read through the new [secrets.kv] from now on
         crate::secrets::kv::commit(&new.kv);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new;

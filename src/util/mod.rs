@@ -3,4 +3,5 @@ pub mod clock;
 pub mod datetime;
 pub mod hex;
 pub mod units;
+pub mod wait;
 pub mod wake;

@@ -268,21 +268,16 @@ impl ProxyMeter {
     /// [`ProxyMeter::poll`] until decided, sleeping on the monoio timer between looks (at most
     /// [`cluster::MAX_WAIT`] in all). Local meters never sleep.
     pub async fn check_wait(&self, agent: Option<&str>, read: bool) -> Verdict {
-        let start = crate::util::clock::mono_ns();
-        let max_wait = cluster::MAX_WAIT.as_nanos() as u64;
-        let mut now = start;
-        loop {
-            let give_up = now.saturating_sub(start) >= max_wait;
-            match self.poll(agent, now, read, give_up) {
-                Verdict::Pending if !give_up => monoio::time::sleep(cluster::POLL).await,
-                Verdict::Pending => {
-                    // cannot happen (give_up always decides), but never loop forever
-                    return Verdict::Unavailable;
-                }
-                v => return v,
-            }
-            now = crate::util::clock::mono_ns();
-        }
+        let deadline = crate::util::clock::now() + cluster::MAX_WAIT;
+        let decided = |give_up| match self.poll(agent, crate::util::clock::mono_ns(), read, give_up)
+        {
+            Verdict::Pending => None,
+            v => Some(v),
+        };
+        // the last poll (give_up) always decides; `Unavailable` only if it somehow did not
+        crate::util::wait::poll_until(deadline, cluster::POLL, decided)
+            .await
+            .unwrap_or(Verdict::Unavailable)
     }
 
     fn check_bucket(&self, cells: &Cells, now: u64, read: bool, give_up: bool) -> Verdict {
