@@ -695,9 +695,7 @@ impl Cx<'_> {
                 ),
             }
         }
-        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Some(Compiled {
-            serial: SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             source: self.file.to_string(),
             server,
             limits,

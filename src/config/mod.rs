@@ -20,8 +20,6 @@ use std::time::Duration;
 pub const QUICKSTART: &str = include_str!("../../configs/quickstart.toml");
 
 pub struct Compiled {
-    /// Unique per compiled snapshot in this process (per-worker caches key on it).
-    pub serial: u64,
     /// The file this was compiled from (for logs).
     pub source: String,
     pub server: Server,

@@ -301,7 +301,6 @@ impl Store {
     }
 }
 
-
 /// Starts the refreshes that are due (refresher thread). Each runs on its own short-lived
 /// thread so that one slow token endpoint does not hold up the others.
 pub fn tick(now_unix: i64) {

@@ -8,12 +8,12 @@
 mod error;
 pub mod jwks;
 pub mod jwt;
-pub use error::AuthnError;
 use crate::error::Refusal;
 use crate::util::datetime::parse_rfc3339;
 use crate::util::hex;
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+pub use error::AuthnError;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

@@ -13,8 +13,8 @@
 //! load and store (no locked read-modify-write, no cache line shared with another worker); the
 //! scraper reads them relaxed and may see a call half-counted (one counter bumped, the next not
 //! yet), which Prometheus tolerates. A call's proxy maps to a *slot* of its worker's shard
-//! ([`WorkerMetrics::slot`]): a vector index cached per compiled config (by `Compiled::serial`),
-//! so the name is looked up once per proxy per worker per reload, not per call. Slots are never
+//! ([`WorkerMetrics::slots_for`]): a vector index computed when the worker builds its view of a
+//! compiled config, so the name is looked up once per proxy per worker per reload, not per call. Slots are never
 //! reused: a proxy removed by a reload keeps its (frozen) counters, and a re-added one its old
 //! slot. At most [`MAX_PROXY_SLOTS`] proxy names get their own slot per worker; calls of later
 //! names are counted under `proxy="_other"`. Calls that never reached a proxy (bad request,
@@ -34,7 +34,6 @@
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
 #![forbid(unsafe_code)]
 
-use crate::config::Compiled;
 use crate::observe::audit::{Decision, StatsSnapshot};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -209,9 +208,6 @@ const OTHER_SLOT: u16 = u16::MAX;
 
 #[derive(Default)]
 struct Local {
-    serial: u64,
-    /// Proxy index of the config with `serial` → slot.
-    by_index: Vec<Option<u16>>,
     by_name: HashMap<Arc<str>, u16>,
     used: usize,
 }
@@ -235,38 +231,30 @@ impl WorkerMetrics {
         Self::new(Arc::new(Shard::new(worker)))
     }
 
-    /// The slot of proxy `index` of `cfg` (O(1) once the config has been seen).
-    pub fn slot(&self, cfg: &Compiled, index: usize) -> Option<u16> {
+    /// The slot of each of a config's proxies, in order (built with the worker's view of the
+    /// config, so a call only indexes a vector).
+    pub fn slots_for<'a>(&self, names: impl Iterator<Item = &'a Arc<str>>) -> Vec<u16> {
+        names.map(|n| self.slot_of(n)).collect()
+    }
+
+    fn slot_of(&self, name: &Arc<str>) -> u16 {
         let mut l = self.local.borrow_mut();
-        if l.serial != cfg.serial {
-            l.serial = cfg.serial;
-            l.by_index.clear();
-            l.by_index.resize(cfg.proxies.len(), None);
+        if let Some(s) = l.by_name.get(name) {
+            return *s;
         }
-        if let Some(Some(s)) = l.by_index.get(index) {
-            return Some(*s);
+        if l.used >= MAX_PROXY_SLOTS {
+            return OTHER_SLOT;
         }
-        let p = cfg.proxies.get(index)?;
-        let s = match l.by_name.get(&p.name_arc) {
-            Some(s) => *s,
-            None if l.used < MAX_PROXY_SLOTS => {
-                let s = l.used;
-                // only this worker initialises its slots, each once
-                let _ = self.shard.slots[s].set(Box::new(Slot {
-                    name: p.name_arc.clone(),
-                    counters: ProxyCounters::default(),
-                }));
-                l.used += 1;
-                let s = s as u16;
-                l.by_name.insert(p.name_arc.clone(), s);
-                s
-            }
-            None => OTHER_SLOT,
-        };
-        if let Some(e) = l.by_index.get_mut(index) {
-            *e = Some(s);
-        }
-        Some(s)
+        let s = l.used;
+        // only this worker initialises its slots, each once
+        let _ = self.shard.slots[s].set(Box::new(Slot {
+            name: name.clone(),
+            counters: ProxyCounters::default(),
+        }));
+        l.used += 1;
+        let s = s as u16;
+        l.by_name.insert(name.clone(), s);
+        s
     }
 
     /// Counts one call. The one metrics call per request.
@@ -637,7 +625,14 @@ fn esc(v: &str) -> String {
 mod tests {
     use super::*;
 
-    fn cfg(names: &[&str]) -> Compiled {
+    /// The slot of proxy `index` of `cfg`, as a worker's view gets it (one name at a time, so
+    /// the order of first sight decides the numbering).
+    fn slot(w: &WorkerMetrics, cfg: &crate::config::Compiled, index: usize) -> Option<u16> {
+        let name = cfg.proxies.get(index).map(|p| &p.name_arc);
+        w.slots_for(name.into_iter()).first().copied()
+    }
+
+    fn cfg(names: &[&str]) -> crate::config::Compiled {
         let mut t = String::from("[server]\nlisten = [\"127.0.0.1:0\"]\n");
         for n in names {
             t.push_str(&format!(
@@ -670,8 +665,8 @@ mod tests {
         let w0 = m.worker_metrics(0);
         let w1 = m.worker_metrics(1);
         let a = cfg(&["crm", "pay"]);
-        let s_crm0 = w0.slot(&a, 0);
-        let s_pay1 = w1.slot(&a, 1);
+        let s_crm0 = slot(&w0, &a, 0);
+        let s_pay1 = slot(&w1, &a, 1);
         assert_eq!(s_crm0, Some(0));
         assert_eq!(s_pay1, Some(0), "slots are per worker");
         w0.record(&sample(s_crm0, 200, None, 700));
@@ -680,10 +675,10 @@ mod tests {
         w1.record(&sample(None, 404, Some("unknown_proxy"), 50));
         // a reload that reorders the proxies: same names keep their slots
         let b = cfg(&["pay", "crm"]);
-        assert_eq!(w0.slot(&b, 1), s_crm0);
-        assert_eq!(w0.slot(&b, 0), Some(1));
-        w1.record(&sample(w1.slot(&b, 1), 200, None, 10));
-        assert_eq!(w1.slot(&b, 9), None);
+        assert_eq!(slot(&w0, &b, 1), s_crm0);
+        assert_eq!(slot(&w0, &b, 0), Some(1));
+        w1.record(&sample(slot(&w1, &b, 1), 200, None, 10));
+        assert_eq!(slot(&w1, &b, 9), None);
 
         let merged = m.merged();
         let names: Vec<&str> = merged.iter().map(|(n, _)| n.as_str()).collect();
@@ -739,7 +734,7 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let c = cfg(&refs);
         for i in 0..names.len() {
-            let s = w.slot(&c, i);
+            let s = slot(&w, &c, i);
             w.record(&sample(s, 200, None, 1));
         }
         let merged = m.merged();

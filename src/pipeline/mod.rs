@@ -4,41 +4,23 @@
 //! agent; the `Exchange` drop guard writes the audit record whatever path the call took.
 //! Each stage is a plain function in its own module; a `Refusal` jumps straight to the writer.
 pub mod route;
+mod state;
 use crate::config::{Compiled, Effect, Limits};
 use crate::error::Refusal;
 use crate::http::body::{self, BodyFail};
-use crate::http::head::{self, BodyKind, HeadError, RequestHead, ResponseHead, Version};
+use crate::http::head::{self, BodyKind, HeadError, RequestHead, Version};
 use crate::http::io::{IoFail, read_append, write_all};
 use crate::http::write::{self, CONTINUE_100, Framing};
 use crate::identity;
 use crate::observe::call::{Exchange, RequestId};
 use crate::policy::meter::Verdict;
 use crate::redact;
-use crate::server::worker::Worker;
 use crate::upstream::conn::UpConn;
 use crate::upstream::request;
 use crate::upstream::response::{self, HeadFail, StreamEnd, StreamIo};
 use monoio::net::TcpStream;
+pub use state::{Scratch, View, Worker};
 use std::sync::Arc;
-
-/// Per-request working memory, pooled per worker so a call allocates nothing on the way.
-#[derive(Default)]
-pub struct Scratch {
-    /// Bytes read from the agent: the head, then (after the call) any pipelined bytes.
-    pub rbuf: Vec<u8>,
-    /// Bytes read from the upstream.
-    pub ubuf: Vec<u8>,
-    /// Bytes being written: the outbound request head, then the agent's response head.
-    pub out: Vec<u8>,
-    /// The request body.
-    pub body: Vec<u8>,
-    pub head: RequestHead,
-    pub resp: ResponseHead,
-    /// The canonical path.
-    pub path: String,
-    /// Header lines the gateway adds to its answer (`RateLimit-*`).
-    pub extra: Vec<u8>,
-}
 
 /// Bodies up to this size are copied behind the outbound head and sent in one write.
 const COALESCE_BODY: usize = 16 * 1024;
@@ -52,8 +34,9 @@ enum HeadRead {
 
 /// Serves one call on `client`. Returns whether the agent connection stays open; `s.rbuf`
 /// then holds only the bytes of the next (pipelined) request.
-pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bool {
-    let cfg = w.config();
+pub async fn serve_call(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bool {
+    let view = w.view();
+    let cfg = &view.cfg;
     let lim = &cfg.limits;
 
     s.extra.clear();
@@ -96,7 +79,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     };
     ex.proxy = Some(route.proxy);
-    ex.metrics_slot = w.metrics.slot(&cfg, route.proxy);
+    ex.metrics_slot = view.slots.get(route.proxy).copied();
     let proxy = &cfg.proxies[route.proxy];
     if w.audit.is_some() {
         ex.proxy_name = Some(proxy.name_arc.clone());
@@ -105,7 +88,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
 
     // 3. authentication
     let authenticated = {
-        let mut verifiers = w.jwt_verifiers(&cfg);
+        let mut verifiers = view.jwt.borrow_mut();
         let src = &s.rbuf;
         let headers = s
             .head

@@ -4,4 +4,5 @@ pub mod admin;
 pub mod control;
 pub mod demo;
 pub mod refresher;
+pub mod start;
 pub mod worker;

@@ -18,7 +18,7 @@
 //!
 //! # Integration
 //!
-//! `control::run` builds one ring from `[audit]` ([`AuditConfig::ring`]) and starts the writer
+//! `server::start::run` builds one ring from `[audit]` ([`AuditConfig::ring`]) and starts the writer
 //! ([`start`]) before the workers; each worker keeps a clone of the `Arc<AuditRing>`, and an
 //! `Exchange` borrows it from its worker; its `Drop` builds an [`AuditRecord`] and calls
 //! [`Ring::push`] (never waits under `on_full = "drop"`; at most the block budget under

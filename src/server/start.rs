@@ -1,0 +1,189 @@
+//! `portcullis run`: compile the config, start the demo upstream, the audit writer, the
+//! refresher and one worker thread per core (each with its own monoio runtime), then the admin
+//! listener; report readiness to systemd and serve until SIGTERM/SIGINT, reloading on SIGHUP.
+// Off the data plane: start-up and the signal loop.
+#![allow(clippy::disallowed_types)]
+use super::control::{AuditView, Control, Source};
+use super::worker::{self, Msg};
+use crate::config::Compiled;
+use crate::pipeline::Worker;
+use anyhow::{Context, Result, bail};
+use std::rc::Rc;
+use std::sync::Arc;
+
+fn worker_count(cfg: &Compiled) -> usize {
+    if cfg.server.workers > 0 {
+        cfg.server.workers
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+/// `portcullis run`: serve until SIGTERM/SIGINT.
+pub fn run(source: Source) -> Result<()> {
+    let cfg = Arc::new(source.compile().map_err(|e| anyhow::anyhow!("{e}"))?);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    // signals first, so an early SIGTERM/SIGHUP is not lost
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+
+    if let Some(addr) = cfg.demo {
+        crate::server::demo::start(addr)
+            .with_context(|| format!("starting the demo upstream on {addr}"))?;
+        tracing::info!(%addr, "demo upstream listening (quickstart only)");
+    }
+
+    // the audit writer starts before the first call can be accepted
+    let audit = match &cfg.audit {
+        Some(a) => {
+            let (ring, handle) = crate::observe::audit::start(a.clone())
+                .with_context(|| format!("starting the audit writer in {}", a.dir.display()))?;
+            tracing::info!(dir = %a.dir.display(), "audit trail enabled");
+            Some((ring, handle))
+        }
+        None => None,
+    };
+    // OAuth2 tokens and https JWKS are fetched and refreshed on their own thread
+    crate::server::refresher::start().context("starting the refresher thread")?;
+
+    let n = worker_count(&cfg);
+    let metrics = Arc::new(crate::observe::metrics::Metrics::new(n));
+    let mut senders = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    for id in 0..n {
+        let (tx, rx) = flume::unbounded();
+        senders.push(tx);
+        let cfg = cfg.clone();
+        let bound_tx = bound_tx.clone();
+        let ring = audit.as_ref().map(|(r, _)| r.clone());
+        let wm = metrics.worker_metrics(id);
+        let h = std::thread::Builder::new()
+            .name(format!("portcullis-w{id}"))
+            .spawn(move || worker_thread(id, cfg, ring, wm, rx, bound_tx))
+            .context("spawning a worker thread")?;
+        handles.push(h);
+    }
+    drop(bound_tx);
+    for _ in 0..n {
+        match bound_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("a worker exited during startup"),
+        }
+    }
+    let audit_view = match (&cfg.audit, &audit) {
+        (Some(a), Some((ring, handle))) => Some(AuditView::new(
+            a.dir.clone(),
+            handle.stats().clone(),
+            ring.clone(),
+        )),
+        _ => None,
+    };
+    let control = Arc::new(Control::new(
+        source,
+        senders,
+        cfg.clone(),
+        metrics,
+        audit_view,
+    ));
+    if let Some(addr) = cfg.server.admin_listen {
+        crate::server::admin::start(addr, control.clone())
+            .with_context(|| format!("starting the admin listener on {addr}"))?;
+        tracing::info!(%addr, "admin listening");
+    }
+    control.set_ready(true);
+    tracing::info!(listen = ?cfg.server.listen, workers = n, config = %cfg.source, "portcullis ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    for sig in signals.forever() {
+        match sig {
+            signal_hook::consts::SIGHUP => {
+                tracing::info!("SIGHUP: reloading config");
+                if let Err(e) = control.reload() {
+                    tracing::error!("reload failed, keeping the running config:\n{e}");
+                }
+            }
+            _ => {
+                tracing::info!("shutting down: draining in-flight calls");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                control.set_ready(false);
+                control.drain();
+                break;
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some((_, handle)) = audit {
+        let st = handle.flush_and_stop();
+        tracing::info!(
+            written = st.written,
+            dropped = st.dropped_queue + st.dropped_backlog,
+            "audit trail closed"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn worker_thread(
+    id: usize,
+    cfg: Arc<Compiled>,
+    audit: Option<Arc<crate::observe::audit::AuditRing>>,
+    metrics: crate::observe::metrics::WorkerMetrics,
+    rx: flume::Receiver<Msg>,
+    bound: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    // COOP_TASKRUN: completions raised from another core (loopback receive runs on the
+    // sender's core) are run at this thread's next syscall instead of interrupting it with an
+    // IPI; SINGLE_ISSUER: only this thread submits. Kernels without them (< 6.0) fall back to
+    // epoll through the fusion driver.
+    let mut urb = io_uring::IoUring::builder();
+    if std::env::var_os("PORTCULLIS_URING_PLAIN").is_none() {
+        urb.setup_coop_taskrun().setup_single_issuer();
+    }
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .uring_builder(urb)
+        .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(format!("worker {id}: cannot start the runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let driver = if monoio::utils::is_legacy() {
+            "epoll (io_uring unavailable)"
+        } else {
+            "io_uring"
+        };
+        let listeners = match worker::bind(&cfg.server.listen) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = bound.send(Err(format!(
+                    "cannot listen on {:?}: {e}",
+                    cfg.server.listen
+                )));
+                return;
+            }
+        };
+        tracing::info!(worker = id, driver, "worker started");
+        let _ = bound.send(Ok(id));
+        let w = Rc::new(Worker::new(id, cfg, audit, metrics));
+        worker::run(w, listeners, rx).await;
+    });
+}
