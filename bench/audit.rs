@@ -43,7 +43,7 @@ fn names() -> Names {
     }
 }
 
-/// A record as `Exchange::drop` would build it: Arc clones of config names, one path String.
+/// A record as `CallLog::drop` would build it: Arc clones of config names, one path String.
 fn rec(n: &Names, i: u64) -> AuditRecord {
     let status = STATUSES[(i * 7 % 10) as usize];
     let agent = if i.is_multiple_of(100_003) {

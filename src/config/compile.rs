@@ -1234,15 +1234,32 @@ impl Cx<'_> {
                 Some(crate::credentials::token_source::global().bind(name, client, tls))
             }
         };
+        let forward_cookies = p.forward_cookies.unwrap_or(false);
+        let request_filter = {
+            let mut names: Vec<&[u8]> = crate::http::hop::REQUEST_STRIPPED.to_vec();
+            names.extend(crate::identity::CREDENTIAL_HEADERS);
+            if !forward_cookies {
+                names.push(b"cookie");
+            }
+            if redact.is_some() {
+                // redacted responses are asked for uncompressed (request::begin)
+                names.push(b"accept-encoding");
+            }
+            if let Some(a) = &auth {
+                names.extend(a.owned_headers().into_iter().map(str::as_bytes));
+            }
+            crate::http::hop::HeaderFilter::new(names)
+        };
         Some(Proxy {
             rules,
             scanners,
+            request_filter,
             name_arc: Arc::from(name.as_str()),
             meter,
             auth,
             redact,
             oauth,
-            forward_cookies: p.forward_cookies.unwrap_or(false),
+            forward_cookies,
             name: name.clone(),
             upstream: Upstream {
                 https: u.https,

@@ -98,6 +98,10 @@ pub struct Proxy {
     /// For `auth = { scheme = "oauth2" }`: the process-wide token source.
     pub oauth: Option<crate::credentials::token_source::Binding>,
     pub forward_cookies: bool,
+    /// The agent's request fields that stop here: hop-by-hop and gateway-owned fields, every
+    /// header that can carry the agent's credential (and `Cookie` unless `forward_cookies`), the
+    /// headers the target credential sets, and `Accept-Encoding` when responses are redacted.
+    pub request_filter: crate::http::hop::HeaderFilter,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
     /// The compiled rule trie (with `default_effect`).

@@ -6,9 +6,11 @@
 //!
 //! Header values produced here hold secrets: they are `Zeroizing` and belong in the outbound
 //! head buffer only (upstream/request.rs), never in logs or audit records.
+mod outbound;
 pub mod sigv4;
 pub mod token_source;
-use self::sigv4::{SigV4Credentials, SigV4Options, SigV4Request};
+pub use self::outbound::OutboundRequest;
+use self::sigv4::{SigV4Credentials, SigV4Options};
 use crate::http::hop::{valid_header_name, valid_header_value};
 use crate::net::url::Url;
 use crate::secrets::kv::KvEntry;
@@ -411,18 +413,6 @@ impl std::fmt::Debug for OutboundAuth {
     }
 }
 
-/// The outbound request as it will be sent (after routing and canonicalisation).
-pub struct OutboundRequest<'r> {
-    pub method: &'r str,
-    /// Full upstream path as sent (base path + canonical rest), percent-encoded.
-    pub path: &'r str,
-    /// Query as sent, without '?'.
-    pub query: &'r str,
-    /// Headers being forwarded (SigV4 signs `Host`, `Content-Type` and `x-amz-*` of these).
-    pub headers: &'r [(&'r [u8], &'r [u8])],
-    pub body: &'r [u8],
-}
-
 /// Headers produced by `apply`: name and (secret-bearing) value.
 pub type AuthHeaders<'a> = Vec<(&'a str, Zeroizing<Vec<u8>>)>;
 
@@ -765,6 +755,17 @@ impl OutboundAuth {
         crate::util::wait::poll_until(deadline, KV_WAIT_POLL, settled).await;
     }
 
+    /// After the upstream answered a call that carried this credential (read at
+    /// `credential_read_ns`, 0 when it has no `kv:` secret): a 401/403 asks for one re-read of
+    /// its `kv:` secrets, which may have been rotated.
+    pub fn on_upstream_status(&self, status: u16, credential_read_ns: u64) {
+        if matches!(status, 401 | 403) && credential_read_ns != 0 {
+            for e in self.kv_entries() {
+                e.upstream_rejected(credential_read_ns, status);
+            }
+        }
+    }
+
     pub fn scheme(&self) -> &'static str {
         match self {
             OutboundAuth::Static { header, .. } if header == "Authorization" => "authorization",
@@ -776,8 +777,23 @@ impl OutboundAuth {
         }
     }
 
-    /// Does this auth set `name`? The request builder must drop an agent's own copy of every
-    /// such header (in addition to `authn::is_credential_header`).
+    /// The headers this auth sets. The request builder drops an agent's own copy of each (its
+    /// compiled header filter holds them, beside `identity::CREDENTIAL_HEADERS`).
+    pub fn owned_headers(&self) -> Vec<&str> {
+        match self {
+            OutboundAuth::Static { header, .. } => vec![header.as_str()],
+            OutboundAuth::Query { .. } => Vec::new(),
+            OutboundAuth::Hmac {
+                header,
+                timestamp_header,
+                ..
+            } => vec![header.as_str(), timestamp_header.as_str()],
+            OutboundAuth::SigV4 { .. } => sigv4::OWNED_HEADERS.to_vec(),
+            OutboundAuth::OAuth2(_) => vec!["Authorization"],
+        }
+    }
+
+    /// Does this auth set `name`?
     pub fn owns_header(&self, name: &[u8]) -> bool {
         match self {
             OutboundAuth::Static { header, .. } => name.eq_ignore_ascii_case(header.as_bytes()),
@@ -897,12 +913,9 @@ impl OutboundAuth {
                     secret_access_key: &secret,
                     session_token: session_token.as_deref(),
                 };
-                let sreq = SigV4Request {
-                    method: req.method,
-                    path: req.path,
-                    query: req.query,
+                let sreq = OutboundRequest {
                     headers: &signed_headers,
-                    body: req.body,
+                    ..*req
                 };
                 let s = sigv4::sign(&creds, region, service, *opts, &sreq, now_unix)?;
                 out_headers.push((

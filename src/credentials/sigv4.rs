@@ -6,6 +6,7 @@
 //! The path given is the path *as sent on the wire* (already percent-encoded). For every service
 //! but S3 the canonical URI is that path, dot-segment-normalised, URI-encoded once more ("double
 //! encoding", `SigV4Options::double_encode`); S3 signs the wire path as-is and does not normalise.
+use super::outbound::OutboundRequest;
 use crate::util::datetime::format_amz_date;
 use crate::util::hex;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -51,17 +52,6 @@ pub struct SigV4Credentials<'a> {
     pub access_key_id: &'a str,
     pub secret_access_key: &'a [u8],
     pub session_token: Option<&'a [u8]>,
-}
-
-/// What is signed. `headers` are the request headers to sign and must include `Host`;
-/// any copies of the `OWNED_HEADERS` in it are ignored.
-pub struct SigV4Request<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    /// Without the leading '?'.
-    pub query: &'a str,
-    pub headers: &'a [(&'a [u8], &'a [u8])],
-    pub body: &'a [u8],
 }
 
 /// The signing result: headers to add (`Authorization`, `X-Amz-Date`, optionally
@@ -241,7 +231,7 @@ pub fn sign(
     region: &str,
     service: &str,
     opts: SigV4Options,
-    req: &SigV4Request<'_>,
+    req: &OutboundRequest<'_>,
     now_unix: i64,
 ) -> Result<SigV4Signed, SigV4Error> {
     let amz_date = format_amz_date(now_unix);
@@ -869,7 +859,7 @@ mod tests {
                 normalize_path: v.normalize,
                 content_sha256_header: v.sign_body,
             };
-            let req = SigV4Request {
+            let req = OutboundRequest {
                 method: v.method,
                 path: v.path,
                 query: v.query,
@@ -918,7 +908,7 @@ mod tests {
             secret_access_key: SECRET,
             session_token: None,
         };
-        let req = SigV4Request {
+        let req = OutboundRequest {
             method: "GET",
             path: "/",
             query: "Action=ListUsers&Version=2010-05-08",
@@ -1004,7 +994,7 @@ mod tests {
             (b"X-Amz-Date", b"19990101T000000Z"),
             (b"Authorization", b"AWS4-HMAC-SHA256 forged"),
         ];
-        let mk = |h| SigV4Request {
+        let mk = |h| OutboundRequest {
             method: "GET",
             path: "/",
             query: "",

@@ -90,6 +90,14 @@ impl HeadError {
     }
 }
 
+/// The value of the first field named `name` (any case) among `headers` of the head in `src`.
+pub fn find_header<'a>(headers: &[HeaderSpan], src: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.get(src).eq_ignore_ascii_case(name))
+        .map(|h| h.value.get(src))
+}
+
 #[derive(Debug, Default)]
 pub struct RequestHead {
     /// Bytes of the head, including a tolerated leading CRLF and the final CRLFCRLF.

@@ -28,24 +28,26 @@ pub fn valid_header_value(v: &[u8]) -> bool {
 /// gateway), `Host` (rewritten to the upstream's), `Expect` (answered by the gateway),
 /// `Proxy-Authorization` (a proxy credential) and `X-Request-Id` (set by the gateway).
 pub fn strip_from_request(name: &[u8]) -> bool {
-    const NAMES: &[&[u8]] = &[
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"expect",
-        b"proxy-authorization",
-        b"x-request-id",
-    ];
-    NAMES
+    REQUEST_STRIPPED
         .iter()
         .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
+
+/// The names `strip_from_request` stops.
+pub const REQUEST_STRIPPED: &[&[u8]] = &[
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"expect",
+    b"proxy-authorization",
+    b"x-request-id",
+];
 
 /// Response fields not passed back to the agent as received.
 pub fn strip_from_response(name: &[u8]) -> bool {
@@ -65,6 +67,38 @@ pub fn strip_from_response(name: &[u8]) -> bool {
         .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
+/// A set of header names, compiled once (per proxy): the agent's request fields that stop at
+/// the gateway. Looked up by length first, so a call's header costs one bucket of compares.
+#[derive(Debug, Default)]
+pub struct HeaderFilter {
+    /// Lower-cased names, bucketed by length.
+    by_len: Vec<Vec<Box<[u8]>>>,
+}
+
+impl HeaderFilter {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut f = HeaderFilter::default();
+        for n in names {
+            let n = n.to_ascii_lowercase().into_boxed_slice();
+            if f.by_len.len() <= n.len() {
+                f.by_len.resize_with(n.len() + 1, Vec::new);
+            }
+            if !f.by_len[n.len()].contains(&n) {
+                f.by_len[n.len()].push(n);
+            }
+        }
+        f
+    }
+
+    /// Whether `name` (any case) is in the set.
+    #[inline]
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.by_len
+            .get(name.len())
+            .is_some_and(|b| b.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
 /// Whether `name` is listed in a `Connection` header value (and so is hop-by-hop).
 pub fn listed_in_connection(name: &[u8], connection: Option<&[u8]>) -> bool {
     match connection {
@@ -76,6 +110,24 @@ pub fn listed_in_connection(name: &[u8], connection: Option<&[u8]>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_filter_matches_any_case_and_only_its_names() {
+        let f = HeaderFilter::new([&b"X-Api-Key"[..], b"host", b"Host"]);
+        let cases: &[(&str, &[u8], bool)] = &[
+            ("exact", b"x-api-key", true),
+            ("upper", b"X-API-KEY", true),
+            ("duplicate name once", b"HOST", true),
+            ("prefix", b"x-api-ke", false),
+            ("longer", b"x-api-keys", false),
+            ("underscore is another name", b"x_api_key", false),
+            ("empty", b"", false),
+        ];
+        for (name, h, want) in cases {
+            assert_eq!(f.contains(h), *want, "{name}");
+        }
+        assert!(!HeaderFilter::default().contains(b"host"));
+    }
 
     #[test]
     fn hop_by_hop_names() {

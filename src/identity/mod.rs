@@ -375,6 +375,9 @@ pub fn extract_credential<'a>(
     None
 }
 
+/// The headers an agent's own credential may travel in; never forwarded upstream.
+pub const CREDENTIAL_HEADERS: [&[u8]; 3] = [b"authorization", b"proxy-authorization", b"x-api-key"];
+
 /// Request headers that must not be forwarded upstream: anything that could carry a caller's
 /// credential (`Authorization`, `Proxy-Authorization`, `x-api-key`), `Cookie` unless a rule
 /// allows it, and the header the proxy's own outbound auth sets (`proxy_auth_header`, e.g.
@@ -384,8 +387,9 @@ pub fn is_credential_header(
     proxy_auth_header: Option<&str>,
     allow_cookie: bool,
 ) -> bool {
-    const ALWAYS: [&[u8]; 3] = [b"authorization", b"proxy-authorization", b"x-api-key"];
-    ALWAYS.iter().any(|h| name.eq_ignore_ascii_case(h))
+    CREDENTIAL_HEADERS
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
         || (!allow_cookie && name.eq_ignore_ascii_case(b"cookie"))
         || proxy_auth_header.is_some_and(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }

@@ -109,7 +109,7 @@ impl Write for Stream {
 }
 
 /// The (plain or TLS) connection plus what errors need to name.
-struct Exchange {
+struct RoundTrip {
     stream: Stream,
     who: String,
     https: bool,
@@ -117,7 +117,7 @@ struct Exchange {
     io: Duration,
 }
 
-impl Exchange {
+impl RoundTrip {
     fn io_err(&self, e: &std::io::Error) -> FetchError {
         use std::io::ErrorKind as K;
         match e.kind() {
@@ -223,7 +223,7 @@ pub fn request(
     } else {
         Stream::Plain(tcp)
     };
-    let mut x = Exchange {
+    let mut x = RoundTrip {
         stream,
         who,
         https: url.https,
@@ -262,7 +262,7 @@ pub fn request(
     read_response(&mut x, method == "HEAD")
 }
 
-fn read_response(x: &mut Exchange, head_request: bool) -> Result<Response, FetchError> {
+fn read_response(x: &mut RoundTrip, head_request: bool) -> Result<Response, FetchError> {
     let limits = head::Limits {
         max_head: MAX_HEAD,
         max_headers: 100,

@@ -78,7 +78,7 @@ fn hex16(mut v: u64, out: &mut [u8]) {
 
 /// What happened to one call. Its `Drop` writes exactly one audit record (allowed or refused,
 /// whatever path the call took) into the worker's ring, and one `access` debug line.
-pub struct Exchange<'w> {
+pub struct CallLog<'w> {
     pub id: RequestId,
     pub started: Instant,
     /// When the call was received (µs since the Unix epoch).
@@ -101,19 +101,19 @@ pub struct Exchange<'w> {
     pub upstream_us: Option<u64>,
     /// Values removed or masked from the response.
     pub redactions: u64,
-    /// The proxy's slot in the worker's metric shard (`WorkerMetrics::slot`).
+    /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     ring: Option<&'w AuditRing>,
     metrics: Option<&'w WorkerMetrics>,
 }
 
-impl<'w> Exchange<'w> {
+impl<'w> CallLog<'w> {
     pub fn new(
         id: RequestId,
         ring: Option<&'w AuditRing>,
         metrics: Option<&'w WorkerMetrics>,
     ) -> Self {
-        Exchange {
+        CallLog {
             id,
             started: clock::now(),
             ts_us: u64::try_from(clock::unix_now().as_micros()).unwrap_or(0),
@@ -140,7 +140,15 @@ impl<'w> Exchange<'w> {
     }
 }
 
-impl Drop for Exchange<'_> {
+impl CallLog<'_> {
+    /// Whether the call goes to the audit trail (then its proxy, path and agent are recorded).
+    #[inline]
+    pub fn audited(&self) -> bool {
+        self.ring.is_some()
+    }
+}
+
+impl Drop for CallLog<'_> {
     fn drop(&mut self) {
         let total_us = self.started.elapsed().as_micros() as u64;
         tracing::debug!(

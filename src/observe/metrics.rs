@@ -1,5 +1,5 @@
 //! Metrics: per-worker counter shards written only by their worker, merged when `/metrics` is
-//! scraped. One call per request ([`WorkerMetrics::record`], from `Exchange`'s drop).
+//! scraped. One call per request ([`WorkerMetrics::record`], from `CallLog`'s drop).
 //!
 //! ```text
 //!  worker 0: WorkerMetrics ─ Arc<Shard> ─┐
@@ -98,7 +98,7 @@ fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// What one call contributes (filled from the `Exchange` as it drops).
+/// What one call contributes (filled from the `CallLog` as it drops).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CallSample {
     pub slot: Option<u16>,

@@ -4,12 +4,11 @@
 //! `Content-Length` set by the gateway, and the target credential injected: this is the only
 //! place a `Secret` is exposed on the data plane.
 use crate::config::{Proxy, Upstream};
-use crate::credentials::{AuthApplyError, AuthHeaders, OutboundAuth, OutboundRequest};
+use crate::credentials::OutboundRequest;
 use crate::http::head::RequestHead;
 use crate::http::hop;
 use crate::http::write::push_u64;
-use crate::identity;
-use crate::secrets::Secret;
+use std::ops::Range;
 use zeroize::Zeroizing;
 
 /// Writes the outbound path: the upstream's base path, then the canonical rest.
@@ -88,103 +87,53 @@ fn query_name_is(raw: &[u8], param: &str) -> bool {
     j == p.len()
 }
 
-/// Whether the agent's header `name` stops here: hop-by-hop, gateway-owned, or able to carry a
-/// credential (the agent's own, or one that would collide with the proxy's target credential).
-fn stripped(name: &[u8], connection: Option<&[u8]>, proxy: &Proxy) -> bool {
-    // a proxy that redacts responses asks for them uncompressed (below)
-    (proxy.redact.is_some() && name.eq_ignore_ascii_case(b"accept-encoding"))
-        || hop::strip_from_request(name)
-        || hop::listed_in_connection(name, connection)
-        || identity::is_credential_header(name, None, proxy.forward_cookies)
-        || proxy.auth.as_ref().is_some_and(|a| a.owns_header(name))
+/// The outbound request head, built once per call in the head buffer. `begin` writes the
+/// request line, `Host` and the forwarded fields; the credential reads that very text
+/// (`request`), so what is signed is what is sent; `finish` adds the credential, the gateway's
+/// own fields and the blank line.
+pub struct Outbound {
+    method: Range<usize>,
+    path: Range<usize>,
+    /// The query as written, with its '?' (empty when there is none).
+    query: Range<usize>,
+    /// `Host` and the forwarded field lines.
+    headers: Range<usize>,
 }
 
-/// Produces the target credential for this call (the only place a `Secret` is exposed): headers
-/// into `out_headers`, a query parameter into `out_query`. `oauth_token` is the proxy's current
-/// OAuth2 access token (`oauth::token`), for `scheme = "oauth2"`.
-#[allow(clippy::too_many_arguments)]
-pub fn credential<'a>(
-    auth: &'a OutboundAuth,
-    src: &[u8],
-    head: &RequestHead,
-    proxy: &Proxy,
-    rest: &str,
-    query: &[u8],
-    body: &[u8],
-    now_unix: i64,
-    oauth_token: Option<&Secret>,
-    out_headers: &mut AuthHeaders<'a>,
-    out_query: &mut Zeroizing<String>,
-) -> Result<(), AuthApplyError> {
-    let up = &proxy.upstream;
-    let mut path = Vec::with_capacity(up.base_path.len() + rest.len() + 1);
-    push_path(&mut path, up, rest);
-    let mut q = Vec::with_capacity(query.len());
-    push_query(&mut q, query, auth.owned_query_param(), "");
-    let q = q.strip_prefix(b"?").unwrap_or(&q);
-    // what the upstream will see: Host first, then the forwarded fields (the same filter as
-    // `build`, so what is signed is what is sent)
-    let connection = head.connection.map(|c| c.get(src));
-    let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(head.headers.len() + 1);
-    headers.push((b"host", up.authority.as_bytes()));
-    for h in &head.headers {
-        let name = h.name.get(src);
-        if !stripped(name, connection, proxy) {
-            headers.push((name, h.value.get(src)));
-        }
-    }
-    let req = OutboundRequest {
-        method: std::str::from_utf8(head.method.get(src)).unwrap_or("GET"),
-        path: std::str::from_utf8(&path).unwrap_or("/"),
-        query: std::str::from_utf8(q).unwrap_or(""),
-        headers: &headers,
-        body,
-    };
-    auth.apply(&req, now_unix, oauth_token, out_headers, out_query)
-}
-
-/// A short static reason for a credential failure (the 502's message).
-pub fn credential_failure(e: &AuthApplyError) -> &'static str {
-    match e {
-        AuthApplyError::NoToken => "no OAuth2 access token is available",
-        AuthApplyError::SecretUnavailable(why) => why,
-        AuthApplyError::SigV4(_) => "the request could not be signed",
-    }
-}
-
-/// `rest` is the canonical path below the proxy (starting with '/', or empty for the bare
-/// proxy root); `query` includes its leading '?' (or is empty).
-#[allow(clippy::too_many_arguments)]
-pub fn build(
+/// Writes the request line, `Host` and the agent's fields that the proxy's compiled filter lets
+/// through into `out` (cleared first). `rest` is the canonical path below the proxy (starting
+/// with '/', or empty for the bare proxy root); `query` includes its leading '?' (or is empty).
+pub fn begin(
     out: &mut Vec<u8>,
     src: &[u8],
     head: &RequestHead,
     proxy: &Proxy,
     rest: &str,
     query: &[u8],
-    request_id: &str,
-    body_len: u64,
-    auth_headers: &[(&str, Zeroizing<Vec<u8>>)],
-    auth_query: &str,
-) {
+) -> Outbound {
+    out.clear();
     let up = &proxy.upstream;
-    let method = head.method.get(src);
-    out.extend_from_slice(method);
+    out.extend_from_slice(head.method.get(src));
+    let method = 0..out.len();
     out.push(b' ');
+    let p0 = out.len();
     push_path(out, up, rest);
-    let owned = proxy.auth.as_ref().and_then(|a| a.owned_query_param());
-    if owned.is_none() && auth_query.is_empty() {
-        out.extend_from_slice(query);
-    } else {
-        push_query(out, query, owned, auth_query);
+    let path = p0..out.len();
+    let q0 = out.len();
+    match proxy.auth.as_ref().and_then(|a| a.owned_query_param()) {
+        None => out.extend_from_slice(query),
+        owned => push_query(out, query, owned, ""),
     }
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    let query = q0..out.len();
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let h0 = out.len();
+    out.extend_from_slice(b"Host: ");
     out.extend_from_slice(up.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
     let connection = head.connection.map(|c| c.get(src));
     for h in &head.headers {
         let name = h.name.get(src);
-        if stripped(name, connection, proxy) {
+        if proxy.request_filter.contains(name) || hop::listed_in_connection(name, connection) {
             continue;
         }
         out.extend_from_slice(name);
@@ -192,24 +141,84 @@ pub fn build(
         out.extend_from_slice(h.value.get(src));
         out.extend_from_slice(b"\r\n");
     }
-    if proxy.redact.is_some() {
-        out.extend_from_slice(b"Accept-Encoding: identity\r\n");
+    Outbound {
+        method,
+        path,
+        query,
+        headers: h0..out.len(),
     }
-    for (name, value) in auth_headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+}
+
+impl Outbound {
+    /// `Host` and the forwarded fields as written by `begin`, in order.
+    pub fn headers<'a>(&self, out: &'a [u8]) -> Vec<(&'a [u8], &'a [u8])> {
+        let lines = out.get(self.headers.clone()).unwrap_or_default();
+        lines
+            .split(|b| *b == b'\n')
+            .filter_map(|l| {
+                let l = l.strip_suffix(b"\r")?;
+                let i = memchr::memmem::find(l, b": ")?;
+                Some((&l[..i], &l[i + 2..]))
+            })
+            .collect()
+    }
+
+    /// The request as the credential sees it (what `begin` wrote, and the body).
+    pub fn request<'a>(
+        &self,
+        out: &'a [u8],
+        headers: &'a [(&'a [u8], &'a [u8])],
+        body: &'a [u8],
+    ) -> OutboundRequest<'a> {
+        let text = |r: &Range<usize>| out.get(r.clone()).and_then(|b| std::str::from_utf8(b).ok());
+        OutboundRequest {
+            method: text(&self.method).unwrap_or("GET"),
+            path: text(&self.path).unwrap_or("/"),
+            query: text(&self.query)
+                .map(|q| q.strip_prefix('?').unwrap_or(q))
+                .unwrap_or(""),
+            headers,
+            body,
+        }
+    }
+
+    /// Completes the head: the credential's query parameter (after the agent's), its headers,
+    /// `Accept-Encoding: identity` for a redacting proxy, `X-Request-Id`, `Content-Length`.
+    /// This is the only place a `Secret` is written on the data plane.
+    pub fn finish(
+        &self,
+        out: &mut Vec<u8>,
+        proxy: &Proxy,
+        auth_headers: &[(&str, Zeroizing<Vec<u8>>)],
+        auth_query: &str,
+        request_id: &str,
+        body_len: u64,
+    ) {
+        if !auth_query.is_empty() {
+            let sep = if self.query.is_empty() { b'?' } else { b'&' };
+            let at = self.query.end;
+            out.splice(at..at, std::iter::once(sep).chain(auth_query.bytes()));
+        }
+        if proxy.redact.is_some() {
+            out.extend_from_slice(b"Accept-Encoding: identity\r\n");
+        }
+        for (name, value) in auth_headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let method = out.get(self.method.clone()).unwrap_or_default();
+        if body_len > 0 || method_expects_body(method) {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, body_len);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"X-Request-Id: ");
-    out.extend_from_slice(request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if body_len > 0 || method_expects_body(method) {
-        out.extend_from_slice(b"Content-Length: ");
-        push_u64(out, body_len);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 fn method_expects_body(m: &[u8]) -> bool {

@@ -1,12 +1,16 @@
 //! The upstream's response: head (strictly parsed, 1xx skipped, `upstream_timeout` until the
-//! head) and the body streamed to the agent chunk by chunk through one bounded buffer.
+//! head), the plan for the agent's answer (framing, redactor), and one relay loop that streams
+//! the body to the agent chunk by chunk through one bounded buffer, redacting on the way when
+//! the plan says so.
 use super::conn::UpConn;
+use crate::config::Redaction;
 use crate::error::Refusal;
 use crate::http::body::consume;
-use crate::http::chunked::ChunkedDecoder;
-use crate::http::head::{BodyKind, Limits, ResponseHead, parse_response};
+use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK};
+use crate::http::head::{BodyKind, Limits, ResponseHead, Version, find_header, parse_response};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
+use crate::redact::{self, response::ResponseRedactor};
 use monoio::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -112,13 +116,181 @@ pub struct StreamIo<'a> {
     pub bytes_out: &'a mut u64,
 }
 
-/// Writes the head in `out` and the body to the agent. `kind` is the upstream's framing,
-/// `framing` the agent's.
-pub async fn stream_body(
+/// What the agent gets: the upstream's body framing, the agent's, and the redactor (if the
+/// proxy redacts this kind of body). Decided from the response head before anything is sent.
+pub struct Plan<'p> {
+    /// The upstream's framing (`None` when the answer has no body: HEAD, 204, 304).
+    pub kind: BodyKind,
+    /// The agent's framing.
+    pub framing: Framing,
+    pub redactor: Option<ResponseRedactor<'p>>,
+    /// The redactor inflates the body: the agent's head drops `Content-Encoding`.
+    pub drop_encoding: bool,
+}
+
+/// Plans the response for `resp` (in `ubuf`). A body the proxy would redact but whose
+/// encoding the redactor cannot undo is refused.
+pub fn plan<'p>(
+    resp: &ResponseHead,
+    ubuf: &[u8],
+    redaction: Option<&'p Redaction>,
+    method_is_head: bool,
+    version: Version,
+) -> Result<Plan<'p>, Refusal> {
+    let status = resp.status;
+    let no_body = method_is_head || status == 204 || status == 304;
+    let mut redactor = None;
+    let mut drop_encoding = false;
+    if let Some(r) = redaction
+        && !no_body
+        && let Some(bt) = header(resp, ubuf, b"content-type").and_then(redact::response::body_type)
+    {
+        let enc = redact::response::encoding(header(resp, ubuf, b"content-encoding")).ok_or(
+            Refusal::UpstreamUnreachable(
+                "the upstream response is encoded in a way that cannot be redacted",
+            ),
+        )?;
+        drop_encoding = enc != redact::response::Encoding::Identity;
+        redactor = Some(ResponseRedactor::new(&r.program, bt, enc, r.on_invalid));
+    }
+    let framing = framing(
+        if no_body { None } else { Some(resp.body) },
+        redactor.is_some(),
+        version,
+        || {
+            (status != 204)
+                .then(|| content_length(resp, ubuf))
+                .flatten()
+        },
+    );
+    Ok(Plan {
+        kind: if no_body { BodyKind::None } else { resp.body },
+        framing,
+        redactor,
+        drop_encoding,
+    })
+}
+
+/// The agent's framing for an upstream body of `kind` (`None`: the answer has no body),
+/// redacted or not, to an agent speaking `version`. `no_body_length` is the Content-Length
+/// repeated on a bodiless answer.
+pub fn framing(
+    kind: Option<BodyKind>,
+    redacted: bool,
+    version: Version,
+    no_body_length: impl FnOnce() -> Option<u64>,
+) -> Framing {
+    let http11 = version == Version::Http11;
+    match kind {
+        None => Framing::NoBody(no_body_length()),
+        Some(_) if redacted && http11 => Framing::Chunked,
+        Some(_) if redacted => Framing::Close,
+        Some(BodyKind::None) => Framing::Length(0),
+        Some(BodyKind::Length(n)) => Framing::Length(n),
+        Some(BodyKind::Chunked | BodyKind::CloseDelimited) if http11 => Framing::Chunked,
+        Some(BodyKind::Chunked | BodyKind::CloseDelimited) => Framing::Close,
+    }
+}
+
+/// The agent's side of the relay: the optional transform (redaction), the agent's framing,
+/// and the writes. Everything the relay loop hands it goes through `push` (transform, frame,
+/// no I/O) and `flush` (write what is framed).
+struct Sink<'a, 'r> {
+    client: &'a mut TcpStream,
+    /// The agent's response head first, then framed body bytes waiting to be written.
+    out: &'a mut Vec<u8>,
+    bytes_out: &'a mut u64,
+    write_timeout: Duration,
+    chunked: bool,
+    redactor: Option<&'a mut ResponseRedactor<'r>>,
+    /// The transform's output for one piece.
+    red: Vec<u8>,
+}
+
+impl Sink<'_, '_> {
+    /// Transforms (if redacting) and frames `data` into `out`. A redaction error writes what
+    /// is already framed and cuts the response.
+    async fn push(&mut self, data: &[u8]) -> Result<(), StreamEnd> {
+        let data = match self.redactor.as_deref_mut() {
+            None => data,
+            Some(r) => {
+                self.red.clear();
+                if let Err(e) = r.feed(data, &mut self.red) {
+                    tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                    return Err(self.cut().await);
+                }
+                &self.red
+            }
+        };
+        if self.chunked {
+            push_chunk(self.out, data);
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// Writes what is framed.
+    async fn flush(&mut self) -> Result<(), StreamEnd> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        *self.bytes_out += self.out.len() as u64;
+        write_all(self.client, self.out, self.write_timeout)
+            .await
+            .map_err(|_| StreamEnd::AgentGone)
+    }
+
+    /// Passes one whole upstream read on: straight from `buf` when nothing needs changing (no
+    /// transform, no re-framing, nothing pending), else through `push` and `flush`.
+    async fn forward(&mut self, buf: &mut Vec<u8>) -> Result<(), StreamEnd> {
+        if self.redactor.is_none() && !self.chunked && self.out.is_empty() {
+            let len = buf.len();
+            *self.bytes_out += len as u64;
+            return write_range(self.client, buf, 0..len, self.write_timeout)
+                .await
+                .map_err(|_| StreamEnd::AgentGone);
+        }
+        self.push(buf).await?;
+        self.flush().await
+    }
+
+    /// The end of the body: what the transform held back, the last chunk, the last write.
+    async fn finish(&mut self) -> Result<(), StreamEnd> {
+        if let Some(r) = self.redactor.as_deref_mut() {
+            self.red.clear();
+            if let Err(e) = r.finish(&mut self.red) {
+                tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                return Err(self.cut().await);
+            }
+            if self.chunked {
+                push_chunk(self.out, &self.red);
+            } else {
+                self.out.extend_from_slice(&self.red);
+            }
+        }
+        if self.chunked {
+            self.out.extend_from_slice(LAST_CHUNK);
+        }
+        self.flush().await
+    }
+
+    /// Writes what is framed (best effort) before the response is cut.
+    async fn cut(&mut self) -> StreamEnd {
+        let _ = self.flush().await;
+        StreamEnd::UpstreamFailed
+    }
+}
+
+/// Writes the agent's head (already in `io.out`) and relays the body: decoded from the
+/// upstream's framing (`kind`), passed through `redactor` if any, framed for the agent
+/// (`framing`). One loop for plain and redacted bodies.
+pub async fn relay(
     io: StreamIo<'_>,
     head_len: usize,
     kind: BodyKind,
     framing: Framing,
+    redactor: Option<&mut ResponseRedactor<'_>>,
 ) -> StreamEnd {
     let StreamIo {
         conn,
@@ -129,24 +301,43 @@ pub async fn stream_body(
         write_timeout,
         bytes_out,
     } = io;
-    let chunked_out = framing == Framing::Chunked;
-    macro_rules! flush {
-        () => {{
-            *bytes_out += out.len() as u64;
-            if write_all(client, out, write_timeout).await.is_err() {
-                return StreamEnd::AgentGone;
-            }
-        }};
+    let mut sink = Sink {
+        client,
+        out,
+        bytes_out,
+        write_timeout,
+        chunked: framing == Framing::Chunked,
+        red: Vec::with_capacity(if redactor.is_some() { STREAM_BUF } else { 0 }),
+        redactor,
+    };
+    match relay_body(conn, ubuf, head_len, kind, read_timeout, &mut sink).await {
+        Ok(end) | Err(end) => end,
     }
+}
+
+fn reusable_unless(extra: bool) -> StreamEnd {
+    if extra {
+        StreamEnd::Complete
+    } else {
+        StreamEnd::Reusable
+    }
+}
+
+/// The relay loop: decodes the upstream's framing and hands the sink every piece.
+async fn relay_body(
+    conn: &mut UpConn,
+    ubuf: &mut Vec<u8>,
+    head_len: usize,
+    kind: BodyKind,
+    read_timeout: Duration,
+    sink: &mut Sink<'_, '_>,
+) -> Result<StreamEnd, StreamEnd> {
+    let deadline = || crate::util::clock::now() + read_timeout;
     match kind {
         BodyKind::None => {
             let extra = ubuf.len() > head_len;
-            flush!();
-            if extra {
-                StreamEnd::Complete
-            } else {
-                StreamEnd::Reusable
-            }
+            sink.finish().await?;
+            Ok(reusable_unless(extra))
         }
         BodyKind::Length(n) => {
             let avail = (ubuf.len() - head_len) as u64;
@@ -154,32 +345,21 @@ pub async fn stream_body(
             let extra = avail > n;
             let mut remaining = n - first as u64;
             // the head and the first body bytes in one write
-            out.extend_from_slice(&ubuf[head_len..head_len + first]);
-            flush!();
+            sink.push(&ubuf[head_len..head_len + first]).await?;
+            sink.flush().await?;
             while remaining > 0 {
                 ubuf.clear();
                 let want = remaining.min(STREAM_BUF as u64) as usize;
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, want, deadline).await {
-                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
+                match read_append(conn, ubuf, want, deadline()).await {
+                    Ok(0) | Err(_) => return Err(StreamEnd::UpstreamFailed),
                     Ok(got) => {
                         remaining -= got as u64;
-                        *bytes_out += got as u64;
-                        let len = ubuf.len();
-                        if write_range(client, ubuf, 0..len, write_timeout)
-                            .await
-                            .is_err()
-                        {
-                            return StreamEnd::AgentGone;
-                        }
+                        sink.forward(ubuf).await?;
                     }
                 }
             }
-            if extra {
-                StreamEnd::Complete
-            } else {
-                StreamEnd::Reusable
-            }
+            sink.finish().await?;
+            Ok(reusable_unless(extra))
         }
         BodyKind::Chunked => {
             let mut dec = ChunkedDecoder::new();
@@ -194,73 +374,42 @@ pub async fn stream_body(
                                 reason = e.message(),
                                 "invalid chunked body from upstream"
                             );
-                            flush!();
-                            return StreamEnd::UpstreamFailed;
+                            return Err(sink.cut().await);
                         }
                     };
-                    let data = &ubuf[pos + step.data.start..pos + step.data.end];
-                    if chunked_out {
-                        push_chunk(out, data);
-                    } else {
-                        out.extend_from_slice(data);
-                    }
+                    sink.push(&ubuf[pos + step.data.start..pos + step.data.end])
+                        .await?;
                     pos += step.consumed;
                     if step.done {
-                        if chunked_out {
-                            out.extend_from_slice(crate::http::chunked::LAST_CHUNK);
-                        }
                         let extra = pos < ubuf.len();
-                        flush!();
-                        return if extra {
-                            StreamEnd::Complete
-                        } else {
-                            StreamEnd::Reusable
-                        };
+                        sink.finish().await?;
+                        return Ok(reusable_unless(extra));
                     }
                     if step.consumed == 0 {
                         break;
                     }
                 }
                 // everything decoded so far goes out now: events are not held back
-                if !out.is_empty() {
-                    flush!();
-                }
+                sink.flush().await?;
                 consume(ubuf, pos);
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
-                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
+                match read_append(conn, ubuf, STREAM_BUF, deadline()).await {
+                    Ok(0) | Err(_) => return Err(StreamEnd::UpstreamFailed),
                     Ok(_) => {}
                 }
             }
         }
         BodyKind::CloseDelimited => {
-            let first = &ubuf[head_len..];
-            if chunked_out {
-                push_chunk(out, first);
-            } else {
-                out.extend_from_slice(first);
-            }
-            flush!();
+            sink.push(&ubuf[head_len..]).await?;
+            sink.flush().await?;
             loop {
                 ubuf.clear();
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
+                match read_append(conn, ubuf, STREAM_BUF, deadline()).await {
                     Ok(0) => {
-                        if chunked_out {
-                            out.extend_from_slice(crate::http::chunked::LAST_CHUNK);
-                            flush!();
-                        }
-                        return StreamEnd::Complete;
+                        sink.finish().await?;
+                        return Ok(StreamEnd::Complete);
                     }
-                    Err(_) => return StreamEnd::UpstreamFailed,
-                    Ok(_) => {
-                        if chunked_out {
-                            push_chunk(out, ubuf);
-                        } else {
-                            out.extend_from_slice(ubuf);
-                        }
-                        flush!();
-                    }
+                    Err(_) => return Err(StreamEnd::UpstreamFailed),
+                    Ok(_) => sink.forward(ubuf).await?,
                 }
             }
         }
@@ -269,173 +418,5 @@ pub async fn stream_body(
 
 /// A response header's value (the first one named `name`).
 pub fn header<'a>(resp: &ResponseHead, src: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    resp.headers
-        .iter()
-        .find(|h| h.name.get(src).eq_ignore_ascii_case(name))
-        .map(|h| h.value.get(src))
-}
-
-/// Like `stream_body`, with every piece of the decoded body passed through `redactor` first.
-/// The agent's framing is chunked (HTTP/1.1) or close-delimited (HTTP/1.0); a redaction error
-/// cuts the response.
-pub async fn stream_redacted(
-    io: StreamIo<'_>,
-    head_len: usize,
-    kind: BodyKind,
-    framing: Framing,
-    redactor: &mut crate::redact::response::ResponseRedactor<'_>,
-) -> StreamEnd {
-    let StreamIo {
-        conn,
-        client,
-        ubuf,
-        out,
-        read_timeout,
-        write_timeout,
-        bytes_out,
-    } = io;
-    let chunked_out = framing == Framing::Chunked;
-    let mut red = Vec::with_capacity(STREAM_BUF);
-    macro_rules! emit {
-        ($data:expr) => {{
-            red.clear();
-            if let Err(e) = redactor.feed($data, &mut red) {
-                tracing::warn!(error = %e, "response redaction failed: cutting the response");
-                *bytes_out += out.len() as u64;
-                let _ = write_all(client, out, write_timeout).await;
-                return StreamEnd::UpstreamFailed;
-            }
-            if chunked_out {
-                push_chunk(out, &red);
-            } else {
-                out.extend_from_slice(&red);
-            }
-            if !out.is_empty() {
-                *bytes_out += out.len() as u64;
-                if write_all(client, out, write_timeout).await.is_err() {
-                    return StreamEnd::AgentGone;
-                }
-            }
-        }};
-    }
-    macro_rules! finish {
-        ($end:expr) => {{
-            red.clear();
-            if let Err(e) = redactor.finish(&mut red) {
-                tracing::warn!(error = %e, "response redaction failed: cutting the response");
-                *bytes_out += out.len() as u64;
-                let _ = write_all(client, out, write_timeout).await;
-                return StreamEnd::UpstreamFailed;
-            }
-            if chunked_out {
-                push_chunk(out, &red);
-                out.extend_from_slice(crate::http::chunked::LAST_CHUNK);
-            } else {
-                out.extend_from_slice(&red);
-            }
-            *bytes_out += out.len() as u64;
-            if write_all(client, out, write_timeout).await.is_err() {
-                return StreamEnd::AgentGone;
-            }
-            return $end;
-        }};
-    }
-    match kind {
-        BodyKind::None => finish!(if ubuf.len() > head_len {
-            StreamEnd::Complete
-        } else {
-            StreamEnd::Reusable
-        }),
-        BodyKind::Length(n) => {
-            let avail = (ubuf.len() - head_len) as u64;
-            let first = avail.min(n) as usize;
-            let extra = avail > n;
-            let mut remaining = n - first as u64;
-            let body = ubuf[head_len..head_len + first].to_vec();
-            emit!(&body);
-            while remaining > 0 {
-                ubuf.clear();
-                let want = remaining.min(STREAM_BUF as u64) as usize;
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, want, deadline).await {
-                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
-                    Ok(got) => {
-                        remaining -= got as u64;
-                        let chunk = std::mem::take(ubuf);
-                        emit!(&chunk);
-                        *ubuf = chunk;
-                    }
-                }
-            }
-            finish!(if extra {
-                StreamEnd::Complete
-            } else {
-                StreamEnd::Reusable
-            })
-        }
-        BodyKind::Chunked => {
-            let mut dec = ChunkedDecoder::new();
-            consume(ubuf, head_len);
-            loop {
-                let mut pos = 0;
-                let mut data = Vec::new();
-                let mut done = false;
-                loop {
-                    let step = match dec.step(&ubuf[pos..]) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(
-                                reason = e.message(),
-                                "invalid chunked body from upstream"
-                            );
-                            return StreamEnd::UpstreamFailed;
-                        }
-                    };
-                    data.extend_from_slice(&ubuf[pos + step.data.start..pos + step.data.end]);
-                    pos += step.consumed;
-                    if step.done {
-                        done = true;
-                        break;
-                    }
-                    if step.consumed == 0 {
-                        break;
-                    }
-                }
-                if !data.is_empty() {
-                    emit!(&data);
-                }
-                if done {
-                    let extra = pos < ubuf.len();
-                    finish!(if extra {
-                        StreamEnd::Complete
-                    } else {
-                        StreamEnd::Reusable
-                    });
-                }
-                consume(ubuf, pos);
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
-                    Ok(0) | Err(_) => return StreamEnd::UpstreamFailed,
-                    Ok(_) => {}
-                }
-            }
-        }
-        BodyKind::CloseDelimited => {
-            let first = ubuf[head_len..].to_vec();
-            emit!(&first);
-            loop {
-                ubuf.clear();
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(conn, ubuf, STREAM_BUF, deadline).await {
-                    Ok(0) => finish!(StreamEnd::Complete),
-                    Err(_) => return StreamEnd::UpstreamFailed,
-                    Ok(_) => {
-                        let chunk = std::mem::take(ubuf);
-                        emit!(&chunk);
-                        *ubuf = chunk;
-                    }
-                }
-            }
-        }
-    }
+    find_header(&resp.headers, src, name)
 }

@@ -104,7 +104,7 @@ default_effect = "allow"
     send(&get("/nope"), 404);
     send(&get("/dead/x"), 502);
 
-    // recorded as each call's Exchange drops (just after its response): poll, bounded
+    // recorded as each call's CallLog drops (just after its response): poll, bounded
     let want: &[(&str, f64)] = &[
         (
             r#"portcullis_requests_total{proxy="up",decision="allow",status="2xx"}"#,

@@ -1,7 +1,7 @@
 //! The audit trail: one hash-chained JSON line per call, written off the request path.
 //!
 //! ```text
-//!  worker 0 ─┐ Exchange::drop → AuditRecord ─┐
+//!  worker 0 ─┐ CallLog::drop → AuditRecord ─┐
 //!  worker 1 ─┼───────────────────────────────┼─► Ring (lock-free, bounded) ─► writer thread ─► dir/audit-…jsonl (+ .idx)
 //!  worker N ─┘        push: never waits      ┘   drops counted → gap records   chain, rotate, fsync
 //!                                                                              ▲
@@ -20,7 +20,7 @@
 //!
 //! `server::start::run` builds one ring from `[audit]` ([`AuditConfig::ring`]) and starts the writer
 //! ([`start`]) before the workers; each worker keeps a clone of the `Arc<AuditRing>`, and an
-//! `Exchange` borrows it from its worker; its `Drop` builds an [`AuditRecord`] and calls
+//! `CallLog` borrows it from its worker; its `Drop` builds an [`AuditRecord`] and calls
 //! [`Ring::push`] (never waits under `on_full = "drop"`; at most the block budget under
 //! `"block"`). On SIGTERM the workers drain first, then [`Handle::flush_and_stop`]. Metrics read
 //! [`Handle::snapshot`] (queue depth, drops, write errors).

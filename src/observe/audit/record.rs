@@ -104,7 +104,7 @@ impl Decision {
     }
 }
 
-/// One call, as built on the data plane (by `Exchange`'s drop) and pushed into the ring.
+/// One call, as built on the data plane (by `CallLog`'s drop) and pushed into the ring.
 ///
 /// Cost on the data plane: `id` and `method` are inline (generated 32-hex ids never allocate);
 /// `agent`, `proxy` and `scanner` are `Arc<str>` clones of names from the compiled config (one

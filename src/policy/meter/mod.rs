@@ -267,6 +267,16 @@ impl ProxyMeter {
 
     /// [`ProxyMeter::poll`] until decided, sleeping on the monoio timer between looks (at most
     /// [`cluster::MAX_WAIT`] in all). Local meters never sleep.
+    /// Admits one call: a local meter decides at once; a cluster meter may wait (bounded) for
+    /// a refill from Redis.
+    pub async fn admit(&self, agent: Option<&str>, read: bool) -> Verdict {
+        if self.cluster.is_some() {
+            self.check_wait(agent, read).await
+        } else {
+            self.check(agent, crate::util::clock::mono_ns())
+        }
+    }
+
     pub async fn check_wait(&self, agent: Option<&str>, read: bool) -> Verdict {
         let deadline = crate::util::clock::now() + cluster::MAX_WAIT;
         let decided = |give_up| match self.poll(agent, crate::util::clock::mono_ns(), read, give_up)
