@@ -1,0 +1,276 @@
+//! The stages' adapters: each takes what it needs of the call's state (`Scratch`, the proxy,
+//! the worker's view) and calls its stage in its own module (`http`, `identity`, `policy`,
+//! `scan`, `upstream`), returning `Result<_, Stop>`. Each says when it runs and what it may
+//! change; none calls an earlier stage.
+use super::route::Route;
+use super::{Scratch, Stop, View, Worker};
+use crate::config::{Limits, Proxy};
+use crate::error::Refusal;
+use crate::http::body;
+use crate::http::head::{self, BodyKind, HeadError, RequestHead, find_header};
+use crate::http::io::{IoFail, read_append, write_all, write_range};
+use crate::http::write::{self, CONTINUE_100};
+use crate::identity::{self, Caller};
+use crate::observe::audit::Decision;
+use crate::observe::call::{CallLog, RequestId};
+use crate::policy::authz::Effect;
+use crate::policy::meter::Verdict;
+use crate::upstream::conn::UpConn;
+use crate::upstream::response::{self, HeadFail};
+use crate::util::clock;
+use monoio::net::TcpStream;
+use std::sync::Arc;
+
+/// Stage 1: reads one request head into `s.rbuf` (which may already hold pipelined bytes).
+pub(super) async fn read_head(
+    client: &mut TcpStream,
+    s: &mut Scratch,
+    lim: &Limits,
+) -> Result<(), Stop> {
+    let limits = head::Limits {
+        max_head: lim.max_head,
+        max_headers: lim.max_headers,
+    };
+    let bad = |why| Err(Stop::Refuse(Refusal::BadRequest(why)));
+    let deadline = clock::now() + lim.head_timeout;
+    loop {
+        if !s.rbuf.is_empty() {
+            match head::parse_request(&s.rbuf, &limits, &mut s.head) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(HeadError::TooLarge) => return bad("request head too large"),
+                Err(HeadError::TooManyHeaders) => return bad("too many header fields"),
+                Err(e @ HeadError::Invalid(_)) => return bad(e.message()),
+            }
+        }
+        let room = (lim.max_head + 1).saturating_sub(s.rbuf.len()).max(1);
+        match read_append(client, &mut s.rbuf, room, deadline).await {
+            Ok(0) if s.rbuf.is_empty() => return Err(Stop::Quiet),
+            Ok(0) => return bad("connection closed mid-head"),
+            Ok(_) => {}
+            Err(IoFail::Timeout) | Err(IoFail::Io(_)) => return Err(Stop::Quiet),
+        }
+    }
+}
+
+/// The agent's `X-Request-Id`, if it sent a usable one.
+pub(super) fn agent_request_id(head: &RequestHead, src: &[u8]) -> Option<RequestId> {
+    find_header(&head.headers, src, b"x-request-id").and_then(RequestId::from_agent)
+}
+
+/// Stage 3: who is calling (this worker's JWT verifiers, with their token caches).
+pub(super) fn authenticate<'v>(
+    view: &'v View,
+    s: &Scratch,
+    now_unix: i64,
+) -> Result<Caller<'v>, Stop> {
+    let mut verifiers = view.jwt.borrow_mut();
+    let src = &s.rbuf;
+    let headers = s
+        .head
+        .headers
+        .iter()
+        .map(|h| (h.name.get(src), h.value.get(src)));
+    Ok(identity::authenticate(
+        &view.cfg.identity,
+        &mut verifiers,
+        headers,
+        now_unix,
+    )?)
+}
+
+/// Stage 4: may this caller make this call. Records the deciding rule and the decision.
+pub(super) fn authorize(
+    proxy: &Proxy,
+    s: &Scratch,
+    route: &Route,
+    caller: &Caller<'_>,
+    log: &mut CallLog<'_>,
+) -> Result<(), Stop> {
+    let src = &s.rbuf;
+    let rest = &s.path[route.rest_start..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let query = s
+        .head
+        .target
+        .get(src)
+        .get(route.query.0..route.query.1)
+        .unwrap_or(b"")
+        .strip_prefix(b"?")
+        .unwrap_or(b"");
+    let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
+    let headers = &s.head.headers;
+    let decision = proxy.rules.decide(
+        s.head.method.get(src),
+        rest,
+        caller.id(),
+        &roles,
+        query,
+        |name: &str| find_header(headers, src, name.as_bytes()),
+    );
+    log.rule = decision.rule.and_then(|r| u32::try_from(r).ok());
+    for r in &decision.report_hits {
+        tracing::info!(target: "shadow", id = log.id.as_str(), proxy = %proxy.name, rule = r,
+            "a report-mode rule would have changed this decision");
+    }
+    match decision.effect {
+        Effect::Allow => {
+            log.decision = Decision::Allow;
+            Ok(())
+        }
+        Effect::Deny if decision.rule.is_some() => Err(Refusal::DeniedByRule.into()),
+        Effect::Deny => Err(Refusal::NoRuleMatched.into()),
+        Effect::Approve => {
+            log.decision = Decision::Approve;
+            Err(Refusal::ApprovalRequired.into())
+        }
+    }
+}
+
+/// Stage 5: how often. Adds the `RateLimit-*` fields to the answer either way.
+pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -> Result<(), Stop> {
+    let Some(m) = &proxy.meter else {
+        return Ok(());
+    };
+    let read = matches!(s.head.method.get(&s.rbuf), b"GET" | b"HEAD" | b"OPTIONS");
+    match m.admit(caller.id(), read).await {
+        Verdict::Allowed(snap) => {
+            write::rate_limit_headers(&mut s.extra, snap.limit, snap.remaining, snap.reset_secs());
+            Ok(())
+        }
+        Verdict::Limited {
+            snapshot,
+            retry_after_ns,
+            ..
+        } => {
+            write::rate_limit_headers(
+                &mut s.extra,
+                snapshot.limit,
+                snapshot.remaining,
+                snapshot.reset_secs(),
+            );
+            let retry_after = Verdict::retry_after_secs(retry_after_ns);
+            Err(Refusal::RateLimited { retry_after }.into())
+        }
+        Verdict::Pending | Verdict::Unavailable => Err(Refusal::MeterUnavailable.into()),
+    }
+}
+
+/// Stage 6: the body, read whole (answering `Expect: 100-continue` first). Returns where the
+/// request ends in `s.rbuf`.
+pub(super) async fn read_body(
+    client: &mut TcpStream,
+    s: &mut Scratch,
+    lim: &Limits,
+) -> Result<usize, Stop> {
+    let head_len = s.head.head_len;
+    let kind = s.head.body;
+    if let BodyKind::Length(n) = kind
+        && n > lim.max_body
+    {
+        return Err(Refusal::BodyTooLarge.into());
+    }
+    let announced = match kind {
+        BodyKind::Length(n) => n > 0,
+        BodyKind::Chunked => true,
+        BodyKind::None | BodyKind::CloseDelimited => false,
+    };
+    if s.head.expect_continue && announced && s.rbuf.len() == head_len {
+        s.out.clear();
+        s.out.extend_from_slice(CONTINUE_100);
+        write_all(client, &mut s.out, lim.idle_timeout)
+            .await
+            .map_err(|_| Stop::Quiet)?;
+    }
+    let end = body::read(
+        client,
+        &mut s.rbuf,
+        head_len,
+        kind,
+        lim.max_body,
+        &mut s.body,
+        lim.idle_timeout,
+    )
+    .await?;
+    Ok(end)
+}
+
+/// Stage 7: the scanners over the whole (decoded) body.
+pub(super) fn scan(
+    proxy: &Proxy,
+    s: &Scratch,
+    lim: &Limits,
+    log: &mut CallLog<'_>,
+) -> Result<(), Stop> {
+    let Some(scanners) = &proxy.scanners else {
+        return Ok(());
+    };
+    let encoding = find_header(&s.head.headers, &s.rbuf, b"content-encoding");
+    let max_decoded = usize::try_from(lim.max_body).unwrap_or(usize::MAX);
+    let outcome = scanners
+        .scan_encoded(&s.body, encoding, max_decoded)
+        .inspect_err(|_| log.decision = Decision::Deny)?;
+    for h in &outcome.reports {
+        tracing::info!(target: "shadow", id = log.id.as_str(), proxy = %proxy.name,
+            scanner = h.scanner, "a report-mode scanner matched the request body");
+    }
+    if let Some(hit) = &outcome.blocked {
+        log.scanner = Some(Arc::from(hit.scanner));
+        log.decision = Decision::Deny;
+        return Err(Refusal::PayloadBlocked {
+            scanner: hit.scanner.to_string(),
+        }
+        .into());
+    }
+    if let Some(h) = outcome.reports.first() {
+        log.scanner = Some(Arc::from(h.scanner));
+    }
+    Ok(())
+}
+
+/// Stage 9: sends `s.out` (+ `s.body`) upstream and reads the response head into
+/// `s.ubuf`/`s.resp`. A pooled connection that turns out to be dead is replaced once by a
+/// fresh one for idempotent methods.
+pub(super) async fn send_request(
+    w: &Worker,
+    proxy: &Proxy,
+    lim: &Limits,
+    s: &mut Scratch,
+    idempotent: bool,
+    method_is_head: bool,
+) -> Result<UpConn, Stop> {
+    let up = &proxy.upstream;
+    let mut retried = false;
+    loop {
+        let (mut conn, reused) = match w.pool.take(up.pool_key, lim.upstream_idle_timeout) {
+            Some(c) => (c, true),
+            None => (w.pool.connect(up, lim.connect_timeout).await?, false),
+        };
+        let deadline = clock::now() + lim.upstream_timeout;
+        let out_len = s.out.len();
+        let mut sent = write_range(&mut conn, &mut s.out, 0..out_len, lim.upstream_timeout).await;
+        if sent.is_ok() && !s.body.is_empty() {
+            let body_len = s.body.len();
+            sent = write_range(&mut conn, &mut s.body, 0..body_len, lim.upstream_timeout).await;
+        }
+        let res = match sent {
+            Ok(()) => {
+                response::read_head(
+                    &mut conn,
+                    &mut s.ubuf,
+                    &mut s.resp,
+                    method_is_head,
+                    deadline,
+                )
+                .await
+            }
+            Err(IoFail::Timeout) => Err(HeadFail::Refused(Refusal::UpstreamTimeout)),
+            Err(IoFail::Io(_)) => Err(HeadFail::ClosedEarly),
+        };
+        match res {
+            Ok(()) => return Ok(conn),
+            Err(HeadFail::ClosedEarly) if reused && idempotent && !retried => retried = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
