@@ -90,6 +90,54 @@ impl HeadError {
     }
 }
 
+/// Header storage for httparse: on the stack up to `STACK_HEADERS`, on the heap beyond (the
+/// prologue both heads share).
+macro_rules! header_storage {
+    ($storage:ident, $limits:expr) => {
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::new();
+        let $storage: &mut [MaybeUninit<httparse::Header<'_>>] =
+            match stack.get_mut(..$limits.max_headers) {
+                Some(s) => s,
+                None => {
+                    heap.resize_with($limits.max_headers, MaybeUninit::uninit);
+                    &mut heap
+                }
+            };
+    };
+}
+
+/// What httparse said, as both heads read it: the complete head's bytes (line endings
+/// checked), `None` to read more, or the error (a partial head that fills `max_head` is too
+/// large).
+fn complete_head<'w>(
+    parsed: Result<httparse::Status<usize>, httparse::Error>,
+    buf: &[u8],
+    window: &'w [u8],
+    limits: &Limits,
+    request: bool,
+) -> Result<Option<&'w [u8]>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => {
+            let head = window.get(..n).ok_or(INTERNAL)?;
+            check_line_endings(head)?;
+            Ok(Some(head))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(map_error(e, window, request)),
+    }
+}
+
+/// HTTP/1.0 or HTTP/1.1 (httparse's minor version).
+fn version(minor: Option<u8>) -> Result<Version, HeadError> {
+    match minor {
+        Some(0) => Ok(Version::Http10),
+        Some(1) => Ok(Version::Http11),
+        _ => Err(HeadError::Invalid("unsupported HTTP version")),
+    }
+}
+
 /// The value of the first field named `name` (any case) among `headers` of the head in `src`.
 pub fn find_header<'a>(headers: &[HeaderSpan], src: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     headers
@@ -173,41 +221,19 @@ pub fn parse_request(
     let window = buf.get(..limits.max_head).unwrap_or(buf);
     check_leading(window)?;
 
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::new();
-    let storage: &mut [MaybeUninit<httparse::Header<'_>>] =
-        match stack.get_mut(..limits.max_headers) {
-            Some(s) => s,
-            None => {
-                heap.resize_with(limits.max_headers, MaybeUninit::uninit);
-                &mut heap
-            }
-        };
+    header_storage!(storage, limits);
     let mut req = httparse::Request::new(&mut []);
-    let head_len = match httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, window, storage)
-    {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(false)
-            };
-        }
-        Err(e) => return Err(map_error(e, window, true)),
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, window, storage);
+    let Some(head) = complete_head(parsed, buf, window, limits, true)? else {
+        return Ok(false);
     };
-    let head = window.get(..head_len).ok_or(INTERNAL)?;
-    check_line_endings(head)?;
+    let head_len = head.len();
 
     let base = window.as_ptr() as usize;
     let method = req.method.ok_or(INTERNAL)?.as_bytes();
     let target = req.path.ok_or(INTERNAL)?.as_bytes();
-    let version = match req.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(HeadError::Invalid("unsupported HTTP version")),
-    };
+    let version = version(req.version)?;
     check_target(method, target)?;
 
     let mut content_length: Option<u64> = None;
@@ -313,39 +339,17 @@ pub fn parse_response(
     let window = buf.get(..limits.max_head).unwrap_or(buf);
     check_leading(window)?;
 
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::new();
-    let storage: &mut [MaybeUninit<httparse::Header<'_>>] =
-        match stack.get_mut(..limits.max_headers) {
-            Some(s) => s,
-            None => {
-                heap.resize_with(limits.max_headers, MaybeUninit::uninit);
-                &mut heap
-            }
-        };
+    header_storage!(storage, limits);
     let mut resp = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, window, storage)
-    {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(false)
-            };
-        }
-        Err(e) => return Err(map_error(e, window, false)),
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, window, storage);
+    let Some(head) = complete_head(parsed, buf, window, limits, false)? else {
+        return Ok(false);
     };
-    let head = window.get(..head_len).ok_or(INTERNAL)?;
-    check_line_endings(head)?;
+    let head_len = head.len();
 
     let base = window.as_ptr() as usize;
-    let version = match resp.version {
-        Some(0) => Version::Http10,
-        Some(1) => Version::Http11,
-        _ => return Err(HeadError::Invalid("unsupported HTTP version")),
-    };
+    let version = version(resp.version)?;
     let status = resp.code.ok_or(INTERNAL)?;
     if !(100..=999).contains(&status) {
         return Err(HeadError::Invalid("invalid status code"));
