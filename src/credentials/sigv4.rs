@@ -7,6 +7,7 @@
 //! but S3 the canonical URI is that path, dot-segment-normalised, URI-encoded once more ("double
 //! encoding", `SigV4Options::double_encode`); S3 signs the wire path as-is and does not normalise.
 use super::outbound::OutboundRequest;
+use crate::http::query;
 use crate::util::datetime::format_amz_date;
 use crate::util::hex;
 use aws_lc_rs::digest::{SHA256, digest};
@@ -94,25 +95,6 @@ pub fn uri_encode(out: &mut Vec<u8>, input: &[u8], keep_slash: bool) {
     }
 }
 
-/// Percent-decodes; a '%' not followed by two hex digits stays literal. '+' stays '+'.
-fn pct_decode(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%'
-            && i + 2 < input.len()
-            && let (Some(h), Some(l)) = (hex::digit(input[i + 1]), hex::digit(input[i + 2]))
-        {
-            out.push((h << 4) | l);
-            i += 3;
-            continue;
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
-}
-
 /// RFC 3986 dot-segment removal that also drops empty segments (AWS's normalisation).
 fn normalize_path(path: &str) -> String {
     let mut segs: Vec<&str> = Vec::new();
@@ -161,18 +143,11 @@ pub fn canonical_uri(path: &str, opts: SigV4Options) -> Vec<u8> {
 /// name then value; a parameter without '=' gets an empty value.
 pub fn canonical_query(query: &str) -> Vec<u8> {
     let mut params: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for piece in query.as_bytes().split(|b| *b == b'&') {
-        if piece.is_empty() {
-            continue;
-        }
-        let (k, v) = match piece.iter().position(|b| *b == b'=') {
-            Some(i) => (&piece[..i], &piece[i + 1..]),
-            None => (piece, &b""[..]),
-        };
+    for (k, v) in query::pairs(query.as_bytes()) {
         let mut ek = Vec::new();
-        uri_encode(&mut ek, &pct_decode(k), false);
+        uri_encode(&mut ek, &query::pct_decode(k), false);
         let mut ev = Vec::new();
-        uri_encode(&mut ev, &pct_decode(v), false);
+        uri_encode(&mut ev, &query::pct_decode(v), false);
         params.push((ek, ev));
     }
     params.sort();

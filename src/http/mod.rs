@@ -6,4 +6,5 @@ pub mod chunked;
 pub mod head;
 pub mod hop;
 pub mod io;
+pub mod query;
 pub mod write;

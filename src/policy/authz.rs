@@ -32,7 +32,7 @@
 //! - `mode = "report"` rules never change the decision. [`Decision::report_hits`] lists, per
 //!   effect, the first matching report rule whose effect would have changed the outcome had
 //!   it been enforced (at most one per effect, so the cost stays flat).
-use crate::http::hop;
+use crate::http::{hop, query};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -211,48 +211,9 @@ impl Glob {
 // ---------------------------------------------------------------------------------------------
 // Query parsing
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a malformed
-/// escape stays as written.
-fn form_decode(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while let Some(&b) = s.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                if let (Some(h), Some(l)) = (
-                    s.get(i + 1).copied().and_then(hex),
-                    s.get(i + 2).copied().and_then(hex),
-                ) {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
 fn parse_query(q: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    q.split(|&b| b == b'&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match memchr::memchr(b'=', p) {
-            Some(i) => (form_decode(&p[..i]), form_decode(&p[i + 1..])),
-            None => (form_decode(p), Vec::new()),
-        })
+    query::pairs(q)
+        .map(|(k, v)| (query::form_decode(k), query::form_decode(v)))
         .collect()
 }
 
@@ -602,7 +563,10 @@ fn compile_rule<'r>(
         if k.is_empty() {
             errors.push((key("query"), "empty parameter name".into()));
         }
-        query.push((form_decode(k.as_bytes()).into_boxed_slice(), Glob::new(v)));
+        query.push((
+            query::form_decode(k.as_bytes()).into_boxed_slice(),
+            Glob::new(v),
+        ));
     }
     let mut header = Vec::new();
     for (k, v) in raw.header.iter().flatten() {

@@ -231,11 +231,7 @@ pub fn parse_query_string(
     allowed: &[&str],
 ) -> Result<Vec<(&'static str, String)>, String> {
     let mut out: Vec<(&'static str, String)> = Vec::new();
-    for part in qs.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
-        let (k, v) = match memchr::memchr(b'=', part) {
-            Some(i) => (&part[..i], &part[i + 1..]),
-            None => (part, &b""[..]),
-        };
+    for (k, v) in crate::http::query::pairs(qs) {
         let k = pct_decode(k).ok_or("malformed percent-encoding in the query")?;
         let v = pct_decode(v).ok_or("malformed percent-encoding in the query")?;
         let Some(name) = PARAMS.iter().find(|n| **n == k && allowed.contains(n)) else {
@@ -258,20 +254,7 @@ pub fn parse_query_string(
 const PARAMS: [&str; 6] = ["proxy", "agent", "status", "since", "until", "limit"];
 
 fn pct_decode(s: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            let h = s.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(h).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::http::query::pct_decode_strict(s)?).ok()
 }
 
 fn time_param(name: &str, v: &str, now_us: u64) -> Result<u64, String> {

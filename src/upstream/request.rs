@@ -6,8 +6,8 @@
 use crate::config::{Proxy, Upstream};
 use crate::credentials::OutboundRequest;
 use crate::http::head::RequestHead;
-use crate::http::hop;
 use crate::http::write::push_u64;
+use crate::http::{hop, query};
 use std::ops::Range;
 use zeroize::Zeroizing;
 
@@ -38,7 +38,7 @@ fn push_query(out: &mut Vec<u8>, query: &[u8], owned: Option<&str>, auth_query: 
         Some(param) => {
             for pair in body.split(|b| *b == b'&') {
                 let name = pair.split(|b| *b == b'=').next().unwrap_or(b"");
-                if pair.is_empty() || query_name_is(name, param) {
+                if pair.is_empty() || query::form_name_is(name, param.as_bytes()) {
                     continue;
                 }
                 out.push(if first { b'?' } else { b'&' });
@@ -51,40 +51,6 @@ fn push_query(out: &mut Vec<u8>, query: &[u8], owned: Option<&str>, auth_query: 
         out.push(if first { b'?' } else { b'&' });
         out.extend_from_slice(auth_query.as_bytes());
     }
-}
-
-/// Whether a raw query parameter name is `param` once percent-decoded (so `api%5Fkey` cannot
-/// smuggle a second credential past the filter).
-fn query_name_is(raw: &[u8], param: &str) -> bool {
-    let p = param.as_bytes();
-    let mut i = 0;
-    let mut j = 0;
-    while i < raw.len() {
-        let b = if raw[i] == b'%' && i + 2 < raw.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            match (hex(raw[i + 1]), hex(raw[i + 2])) {
-                (Some(h), Some(l)) => {
-                    i += 3;
-                    (h * 16 + l) as u8
-                }
-                _ => {
-                    i += 1;
-                    b'%'
-                }
-            }
-        } else if raw[i] == b'+' {
-            i += 1;
-            b' '
-        } else {
-            i += 1;
-            raw[i - 1]
-        };
-        if j >= p.len() || p[j] != b {
-            return false;
-        }
-        j += 1;
-    }
-    j == p.len()
 }
 
 /// The outbound request head, built once per call in the head buffer. `begin` writes the
