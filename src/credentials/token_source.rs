@@ -24,9 +24,9 @@
 #![allow(clippy::disallowed_types)]
 use crate::credentials::{EXPIRY_SAFETY_SECS, OAuth2Client, OAuthError, OAuthTokenCache};
 use crate::secrets::Secret;
-use dashmap::DashMap;
+use crate::util::registry::Registry;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// How often a waiting call looks for its token.
@@ -243,7 +243,7 @@ struct Key {
 /// uses it, so a proxy removed by a reload stops being refreshed.
 #[derive(Default)]
 pub struct Store {
-    sources: DashMap<Key, Weak<TokenSource>>,
+    sources: Registry<Key, TokenSource>,
 }
 
 /// The process-wide store (see the module doc).
@@ -272,14 +272,9 @@ impl Store {
             client_id: client.client_id.clone(),
             scope: client.scope.clone(),
         };
-        let source = match self.sources.get(&key).and_then(|w| w.upgrade()) {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(TokenSource::new(proxy, client.clone(), tls.clone()));
-                self.sources.insert(key, Arc::downgrade(&s));
-                s
-            }
-        };
+        let source = self
+            .sources
+            .get_or_insert_with(key, || TokenSource::new(proxy, client.clone(), tls.clone()));
         Binding {
             source,
             client: client.clone(),
@@ -289,15 +284,7 @@ impl Store {
 
     /// The sources some config still uses (dead entries are dropped).
     pub fn live(&self) -> Vec<Arc<TokenSource>> {
-        let mut out = Vec::new();
-        self.sources.retain(|_, w| match w.upgrade() {
-            Some(s) => {
-                out.push(s);
-                true
-            }
-            None => false,
-        });
-        out
+        self.sources.live()
     }
 }
 

@@ -9,10 +9,10 @@
 //! failed fetch, or a set without a usable key, keeps the old keys and is logged.
 use crate::identity::jwt::{KeySet, SharedKeys, parse_jwks};
 use crate::net::url::Url;
-use dashmap::DashMap;
+use crate::util::registry::Registry;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
 
 const NEVER: i64 = i64::MIN;
 
@@ -123,7 +123,7 @@ struct Key {
 
 #[derive(Default)]
 pub struct Store {
-    feeds: DashMap<Key, Weak<Feed>>,
+    feeds: Registry<Key, Feed>,
 }
 
 pub fn global() -> &'static Store {
@@ -148,29 +148,24 @@ impl Store {
             refresh_interval,
             min_refresh_interval,
         };
-        let feed = match self.feeds.get(&key).and_then(|w| w.upgrade()) {
-            Some(f) => f,
-            None => {
-                let parsed = Url::parse(url)?;
-                let tls = if parsed.https {
-                    Some(crate::net::tls::client_config(ca_file)?)
-                } else {
-                    None
-                };
-                let f = Arc::new(Feed {
-                    url: parsed,
-                    display: url.to_string(),
-                    tls,
-                    shared: Arc::new(SharedKeys::default()),
-                    refresh_interval,
-                    min_refresh_interval,
-                    last_attempt: AtomicI64::new(NEVER),
-                    in_flight: AtomicBool::new(false),
-                });
-                self.feeds.insert(key, Arc::downgrade(&f));
-                f
-            }
-        };
+        let feed = self.feeds.try_get_or_insert_with(key, || {
+            let parsed = Url::parse(url)?;
+            let tls = if parsed.https {
+                Some(crate::net::tls::client_config(ca_file)?)
+            } else {
+                None
+            };
+            Ok::<_, String>(Feed {
+                url: parsed,
+                display: url.to_string(),
+                tls,
+                shared: Arc::new(SharedKeys::default()),
+                refresh_interval,
+                min_refresh_interval,
+                last_attempt: AtomicI64::new(NEVER),
+                in_flight: AtomicBool::new(false),
+            })
+        })?;
         let warning = if feed.begin(now_unix, true) {
             let r = feed.fetch_claimed();
             feed.log(&r);
@@ -191,15 +186,7 @@ impl Store {
     }
 
     pub fn live(&self) -> Vec<Arc<Feed>> {
-        let mut out = Vec::new();
-        self.feeds.retain(|_, w| match w.upgrade() {
-            Some(f) => {
-                out.push(f);
-                true
-            }
-            None => false,
-        });
-        out
+        self.feeds.live()
     }
 }
 

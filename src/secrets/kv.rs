@@ -28,10 +28,10 @@
 use super::secret::{Secret, resolve};
 use crate::net::fetch::{self, Timeouts};
 use crate::net::url::Url;
-use dashmap::DashMap;
+use crate::util::registry::Registry;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -729,8 +729,8 @@ struct EntryKey {
 /// Every live client and entry (weak: they live as long as a compiled config uses them).
 #[derive(Default)]
 pub struct Store {
-    clients: DashMap<String, Weak<KvClient>>,
-    entries: DashMap<EntryKey, Weak<KvEntry>>,
+    clients: Registry<String, KvClient>,
+    entries: Registry<EntryKey, KvEntry>,
 }
 
 /// The process-wide store.
@@ -742,13 +742,8 @@ pub fn global() -> &'static Store {
 impl Store {
     /// The live client with these settings (keeping its login across reloads), or a new one.
     pub fn client(&self, settings: KvSettings) -> Arc<KvClient> {
-        let key = settings.fingerprint();
-        if let Some(c) = self.clients.get(&key).and_then(|w| w.upgrade()) {
-            return c;
-        }
-        let c = Arc::new(KvClient::new(settings));
-        self.clients.insert(key, Arc::downgrade(&c));
-        c
+        self.clients
+            .get_or_insert_with(settings.fingerprint(), || KvClient::new(settings))
     }
 
     /// The entry for `kref` on `client`'s server: the live one (its cached value kept) or a
@@ -760,14 +755,9 @@ impl Store {
             server: (s.addr.https, s.addr.authority.clone(), s.mount.clone()),
             kref: kref.clone(),
         };
-        let entry = match self.entries.get(&key).and_then(|w| w.upgrade()) {
-            Some(e) => e,
-            None => {
-                let e = Arc::new(KvEntry::new(kref.clone(), client.clone()));
-                self.entries.insert(key, Arc::downgrade(&e));
-                e
-            }
-        };
+        let entry = self
+            .entries
+            .get_or_insert_with(key, || KvEntry::new(kref.clone(), client.clone()));
         if !entry.servable() {
             // an entry of a live config reads through its own client; a new one through this
             let _ = std::mem::replace(
@@ -780,27 +770,11 @@ impl Store {
     }
 
     fn live_entries(&self) -> Vec<Arc<KvEntry>> {
-        let mut out = Vec::new();
-        self.entries.retain(|_, w| match w.upgrade() {
-            Some(e) => {
-                out.push(e);
-                true
-            }
-            None => false,
-        });
-        out
+        self.entries.live()
     }
 
     fn live_clients(&self) -> Vec<Arc<KvClient>> {
-        let mut out = Vec::new();
-        self.clients.retain(|_, w| match w.upgrade() {
-            Some(c) => {
-                out.push(c);
-                true
-            }
-            None => false,
-        });
-        out
+        self.clients.live()
     }
 }
 

@@ -2,6 +2,7 @@
 pub mod clock;
 pub mod datetime;
 pub mod hex;
+pub mod registry;
 pub mod units;
 pub mod wait;
 pub mod wake;

@@ -16,6 +16,7 @@
 pub mod cluster;
 pub mod redis_store;
 
+use crate::util::registry::Registry;
 use cluster::{Cluster, Local, Reserve};
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -386,7 +387,7 @@ pub fn global() -> &'static MeterStore {
 #[derive(Default)]
 pub struct MeterStore {
     meters: DashMap<String, Arc<ProxyMeter>>,
-    clusters: DashMap<cluster::Settings, std::sync::Weak<Cluster>>,
+    clusters: Registry<cluster::Settings, Cluster>,
 }
 
 impl MeterStore {
@@ -429,14 +430,9 @@ impl MeterStore {
         settings: cluster::Settings,
         connect: impl FnOnce() -> cluster::Connect,
     ) -> Arc<Cluster> {
-        self.clusters.retain(|_, w| w.strong_count() > 0);
-        let mut slot = self.clusters.entry(settings.clone()).or_default();
-        if let Some(c) = slot.upgrade() {
-            return c;
-        }
-        let c = Arc::new(Cluster::new(settings, connect()));
-        *slot = Arc::downgrade(&c);
-        c
+        self.clusters.live(); // drops the dead entries
+        self.clusters
+            .get_or_insert_with(settings.clone(), || Cluster::new(settings, connect()))
     }
 }
 
