@@ -1,8 +1,6 @@
 //! The admin listener (probes, `POST /v1/reload`) and the quickstart config with its built-in
 //! demo upstream.
 use crate::support::*;
-use std::thread;
-use std::time::{Duration, Instant};
 
 fn admin_req(method: &str, path: &str, token: Option<&str>) -> Vec<u8> {
     let auth = token
@@ -31,17 +29,6 @@ fn config(admin_port: u16, token: Option<&str>, proxies: &[String]) -> String {
         s.push('\n');
     }
     s
-}
-
-fn wait_admin(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "admin port {port} never listened"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -369,17 +369,6 @@ fn records_of(r: &Response) -> Vec<StoredRecord> {
     serde_json::from_value(v["records"].clone()).unwrap()
 }
 
-pub fn wait_admin(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "admin port {port} never listened"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn admin_requests_and_telemetry_read_the_trail() {
     let mock = MockUpstream::start(echo_request_line);

@@ -251,11 +251,7 @@ fn a_kv_secret_reaches_the_upstream() {
     toml.push_str(&proxy("other", &up2.url()));
     gw.write_config(&toml);
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.conn().roundtrip(&get("/other/a")).status != 200 {
-        assert!(Instant::now() < deadline, "reload did not land");
-        thread::sleep(Duration::from_millis(50));
-    }
+    gw.wait_reloaded("/other/a");
     assert_eq!(call(&gw).status, 200);
     assert_eq!(last_auth(&up), bearer(V1));
     let log = gw.log_when(|l| l.contains("kv secret read"), Duration::from_secs(5));

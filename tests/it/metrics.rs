@@ -1,5 +1,5 @@
 //! `GET /metrics`: Prometheus text merged from the per-worker shards, after a mix of calls.
-use crate::audit::{ADMIN_TOKEN, wait_admin};
+use crate::audit::ADMIN_TOKEN;
 use crate::support::*;
 use std::thread;
 use std::time::{Duration, Instant};

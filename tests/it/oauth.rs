@@ -109,11 +109,7 @@ fn the_upstream_gets_the_access_token_and_a_reload_keeps_it() {
     toml.push_str(&proxy("other", &up2.url()));
     gw.write_config(&toml);
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.conn().roundtrip(&get("/other/a")).status != 200 {
-        assert!(Instant::now() < deadline, "reload did not land");
-        thread::sleep(Duration::from_millis(50));
-    }
+    gw.wait_reloaded("/other/a");
     let r = call(&gw, "/api/after-reload");
     assert_eq!(r.status, 200, "{}", show(&r.raw));
     assert_eq!(
@@ -219,14 +215,10 @@ fn token_endpoint_down_or_refusing_gives_502_and_nothing_goes_upstream() {
         assert!(!r.body_str().contains(CLIENT_SECRET));
     }
     assert_eq!(up.count(), 0);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut log = gw.stderr_text() + &gw.stdout_text();
-    while !log.contains("OAuth2 token request failed and no valid token is left")
-        && Instant::now() < deadline
-    {
-        thread::sleep(Duration::from_millis(20));
-        log = gw.stderr_text() + &gw.stdout_text();
-    }
+    let log = gw.log_when(
+        |l| l.contains("OAuth2 token request failed and no valid token is left"),
+        Duration::from_secs(5),
+    );
     assert!(
         log.contains("OAuth2 token request failed and no valid token is left"),
         "{log}"
@@ -251,12 +243,7 @@ fn token_endpoint_down_or_refusing_gives_502_and_nothing_goes_upstream() {
     assert_eq!(up.count(), 0);
     assert!(idp.count() >= 1);
     // the refresher thread's log line may land just after the call's answer: wait, bounded
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut log = gw.stderr_text() + &gw.stdout_text();
-    while !log.contains("invalid_scope") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-        log = gw.stderr_text() + &gw.stdout_text();
-    }
+    let log = gw.log_when(|l| l.contains("invalid_scope"), Duration::from_secs(5));
     assert!(log.contains("invalid_scope"), "{log}");
 }
 

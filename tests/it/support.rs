@@ -226,14 +226,19 @@ impl Gateway {
     /// The gateway's log (stderr + stdout) once `ready` holds for it, or after `timeout`:
     /// lines written by background threads can land just after the effect a test observed.
     pub fn log_when(&self, ready: impl Fn(&str) -> bool, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.stderr_text() + &self.stdout_text();
-            if ready(&log) || Instant::now() > deadline {
-                return log;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let log = || self.stderr_text() + &self.stdout_text();
+        poll_until(timeout, Duration::from_millis(20), || {
+            Some(log()).filter(|l| ready(l))
+        })
+        .unwrap_or_else(log)
+    }
+
+    /// Waits (bounded) until a call to `path` answers 200: a reload has landed.
+    pub fn wait_reloaded(&self, path: &str) {
+        let landed = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            (self.conn().roundtrip(&get(path)).status == 200).then_some(())
+        });
+        assert!(landed.is_some(), "reload did not land");
     }
 
     pub fn stderr_text(&self) -> String {
@@ -838,17 +843,10 @@ impl MockUpstream {
     }
     /// Waits until at least `n` requests were received.
     pub fn wait_for_requests(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        for _ in 0..100_000 {
-            if self.count() >= n {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
+        poll_until(timeout, Duration::from_millis(10), || {
+            (self.count() >= n).then_some(())
+        })
+        .is_some()
     }
 }
 
@@ -1724,4 +1722,32 @@ pub fn get(target: &str) -> Vec<u8> {
 /// Echo handler: replies 200 with the request line as the body.
 pub fn echo_request_line(req: &ReceivedRequest) -> Reply {
     Reply::ok(&req.request_line())
+}
+
+/// The one bounded wait of the suite: calls `f` every `every` until it answers, at most for
+/// `timeout` (then `None`). Tests wait for effects of background threads with this, never
+/// with a bare sleep.
+pub fn poll_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(every);
+    }
+}
+
+/// Waits (bounded) until the admin port listens.
+pub fn wait_admin(port: u16) {
+    let up = poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert!(up.is_some(), "admin port {port} never listened");
 }
