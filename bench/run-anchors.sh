@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds portcullis (dist profile) and runs the shared loopback harness (../shared/bench/anchors.sh)
+# Builds portcullis (dist profile) and runs the loopback harness (bench/anchors.sh, a copy of the
+# shared harness the project is measured with; ANCHORS=path runs another copy)
 # with portcullis as the EXTRA proxy, so every portcullis figure is a ratio to direct / nginx /
 # HAProxy (/ Envoy) from the same run. Results land in bench/results/DATE-HOST/.
 #   bash bench/run-anchors.sh               # full run (~20 min)
@@ -8,7 +9,7 @@
 # The run fails if portcullis answered any request with an error or a non-2xx status.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-anchors=${ANCHORS:-$root/../shared/bench/anchors.sh}
+anchors=${ANCHORS:-$root/bench/anchors.sh}
 [ -f "$anchors" ] || { echo "anchors harness not found at $anchors (set ANCHORS=)" >&2; exit 2; }
 cargo build --profile dist --manifest-path "$root/Cargo.toml"
 out="$root/bench/results/$(date -u +%Y-%m-%d)-$(hostname -s)"

@@ -287,3 +287,44 @@ fn the_path_reader_reads_paths() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+/// ARCHITECTURE.md names files and functions (Sozu's rule: a stale pointer is broken
+/// documentation). Every `src/...` path it names exists, and in a table row that names one
+/// file, every `name()` it names is a `fn name` of that file.
+#[test]
+fn architecture_md_names_what_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap_or_default();
+    assert!(!text.is_empty(), "ARCHITECTURE.md is missing");
+    let mut bad = Vec::new();
+    let mut checked_fns = 0;
+    for (n, line) in text.lines().enumerate() {
+        let ticked: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+        let paths: Vec<&str> = ticked
+            .iter()
+            .copied()
+            .filter(|t| t.starts_with("src/"))
+            .collect();
+        for p in &paths {
+            if !root.join(p).exists() {
+                bad.push(format!("ARCHITECTURE.md:{}: {p} does not exist", n + 1));
+            }
+        }
+        let [file] = paths[..] else { continue };
+        if !line.starts_with('|') || !file.ends_with(".rs") {
+            continue;
+        }
+        let code = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        for f in ticked.iter().filter_map(|t| t.strip_suffix("()")) {
+            checked_fns += 1;
+            if !code.contains(&format!("fn {f}(")) && !code.contains(&format!("fn {f}<")) {
+                bad.push(format!("ARCHITECTURE.md:{}: no fn {f} in {file}", n + 1));
+            }
+        }
+    }
+    assert!(
+        checked_fns > 10,
+        "the call table names the functions of each step"
+    );
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
