@@ -446,6 +446,11 @@ impl Metrics {
                 "Upstream TLS handshakes that failed (certificate, protocol, timeout).",
                 TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
             ),
+            (
+                "portcullis_upstream_stray_bytes_total",
+                "Idle upstream connections closed because bytes arrived on them (never reused).",
+                UPSTREAM_STRAY_BYTES.load(Ordering::Relaxed),
+            ),
         ] {
             header(&mut o, name, "counter", help);
             let _ = writeln!(o, "{name} {v}");
@@ -589,6 +594,9 @@ pub static UPSTREAM_CONNECT_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Failed upstream TLS handshakes.
 pub static TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Idle upstream connections on which bytes arrived (closed, never reused).
+pub static UPSTREAM_STRAY_BYTES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
 fn header(o: &mut String, name: &str, kind: &str, help: &str) {

@@ -229,8 +229,9 @@ pub(super) fn scan(
 }
 
 /// Stage 9: sends `s.out` (+ `s.body`) upstream and reads the response head into
-/// `s.ubuf`/`s.resp`. A pooled connection that turns out to be dead is replaced once by a
-/// fresh one for idempotent methods.
+/// `s.ubuf`/`s.resp`. A pooled connection is reused only if nothing arrived on it while idle
+/// (`Pool::take`); one that still turns out dead is replaced once by a fresh one for
+/// idempotent methods, and one that answers 408 is replaced once for any method.
 pub(super) async fn send_request(
     w: &Worker,
     proxy: &Proxy,
@@ -268,6 +269,10 @@ pub(super) async fn send_request(
             Err(IoFail::Io(_)) => Err(HeadFail::ClosedEarly),
         };
         match res {
+            // a 408 on a pooled connection is the upstream's idle timeout racing our request
+            // (it closed without reading it): ignored, as mature clients do, and the request
+            // goes again on a fresh connection, whatever its method
+            Ok(()) if reused && s.resp.status == 408 && !retried => retried = true,
             Ok(()) => return Ok(conn),
             Err(HeadFail::ClosedEarly) if reused && idempotent && !retried => retried = true,
             Err(e) => return Err(e.into()),

@@ -1,7 +1,7 @@
 //! Per-worker upstream connections: a keep-alive pool keyed by upstream identity, name
 //! resolution with a small per-worker cache, and connect (+ TLS handshake) under
 //! `upstream_connect_timeout`. Nothing here is shared between workers.
-use super::conn::UpConn;
+use super::conn::{IdleState, UpConn};
 use crate::config::Upstream;
 use crate::error::Refusal;
 use crate::util::clock;
@@ -21,6 +21,23 @@ struct Idle {
     since: Instant,
 }
 
+/// Whether an idle connection may carry another request; a connection with stray bytes is
+/// logged and counted.
+fn reusable(conn: &UpConn) -> bool {
+    match conn.idle_state() {
+        IdleState::Quiet => true,
+        IdleState::Closed => false,
+        IdleState::Bytes => {
+            crate::observe::metrics::UPSTREAM_STRAY_BYTES
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                "bytes arrived on an idle upstream connection: closing it, not reusing it"
+            );
+            false
+        }
+    }
+}
+
 type DnsCache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
 
 #[derive(Default)]
@@ -31,21 +48,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently used idle connection that is younger than `max_idle`.
+    /// The most recently used idle connection that is younger than `max_idle` and on which
+    /// nothing arrived while it was idle (checked now, without blocking).
     pub fn take(&self, key: u64, max_idle: Duration) -> Option<UpConn> {
         let mut map = self.idle.borrow_mut();
         let list = map.get_mut(&key)?;
         let now = clock::now();
         while let Some(idle) = list.pop() {
             self.idle_total.set(self.idle_total.get() - 1);
-            if now.duration_since(idle.since) < max_idle {
+            if now.duration_since(idle.since) < max_idle && reusable(&idle.conn) {
                 return Some(idle.conn);
             }
         }
         None
     }
 
+    /// Pools `conn` if nothing is waiting on it.
     pub fn put(&self, key: u64, conn: UpConn) {
+        if !reusable(&conn) {
+            return;
+        }
         let mut map = self.idle.borrow_mut();
         let list = map.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
@@ -57,13 +79,15 @@ impl Pool {
         }
     }
 
-    /// Closes idle connections older than `max_idle` (run periodically by the worker).
+    /// Closes idle connections older than `max_idle`, and those on which anything arrived or
+    /// that the upstream closed (run periodically by the worker: the watch on idle
+    /// connections; `take` checks again at reuse).
     pub fn sweep(&self, max_idle: Duration) {
         let now = clock::now();
         let mut map = self.idle.borrow_mut();
         let mut total = 0;
         for list in map.values_mut() {
-            list.retain(|i| now.duration_since(i.since) < max_idle);
+            list.retain(|i| now.duration_since(i.since) < max_idle && reusable(&i.conn));
             total += list.len();
         }
         map.retain(|_, l| !l.is_empty());
@@ -157,8 +181,9 @@ impl Pool {
             None => Ok(UpConn::Plain(tcp)),
             Some(t) => {
                 let connector = monoio_rustls::TlsConnector::from(t.config.clone());
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                 match connector.connect(t.server_name.clone(), tcp).await {
-                    Ok(s) => Ok(UpConn::Tls(Box::new(s))),
+                    Ok(s) => Ok(UpConn::tls(s, fd)),
                     Err(e) => {
                         crate::observe::metrics::TLS_HANDSHAKE_ERRORS
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -342,18 +342,23 @@ async fn relay_body(
         BodyKind::Length(n) => {
             let avail = (ubuf.len() - head_len) as u64;
             let first = avail.min(n) as usize;
-            let extra = avail > n;
+            let mut extra = avail > n;
             let mut remaining = n - first as u64;
             // the head and the first body bytes in one write
             sink.push(&ubuf[head_len..head_len + first]).await?;
             sink.flush().await?;
             while remaining > 0 {
                 ubuf.clear();
-                let want = remaining.min(STREAM_BUF as u64) as usize;
-                match read_append(conn, ubuf, want, deadline()).await {
+                // a full buffer, not just what is due: bytes beyond the body show up here
+                // (and the connection is not reused) instead of waiting for the next caller
+                match read_append(conn, ubuf, STREAM_BUF, deadline()).await {
                     Ok(0) | Err(_) => return Err(StreamEnd::UpstreamFailed),
                     Ok(got) => {
-                        remaining -= got as u64;
+                        if got as u64 > remaining {
+                            ubuf.truncate(remaining as usize);
+                            extra = true;
+                        }
+                        remaining -= ubuf.len() as u64;
                         sink.forward(ubuf).await?;
                     }
                 }

@@ -28,3 +28,4 @@ mod routing;
 mod smuggling;
 mod tls;
 mod upstream_errors;
+mod upstream_reuse;
