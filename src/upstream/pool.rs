@@ -63,11 +63,8 @@ impl Pool {
         None
     }
 
-    /// Pools `conn` if nothing is waiting on it.
+    /// Pools `conn` (checked when taken again: one non-blocking peek per reuse).
     pub fn put(&self, key: u64, conn: UpConn) {
-        if !reusable(&conn) {
-            return;
-        }
         let mut map = self.idle.borrow_mut();
         let list = map.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
