@@ -823,6 +823,12 @@ impl Cx<'_> {
                 "limits.upstream_idle_timeout",
                 d.upstream_idle_timeout,
             ),
+            upstream_stream_timeout: self.duration(
+                &l.upstream_stream_timeout,
+                "limits.upstream_stream_timeout",
+                d.upstream_stream_timeout,
+            ),
+            body_timeout: self.duration(&l.body_timeout, "limits.body_timeout", d.body_timeout),
             drain_timeout: self.duration(&l.drain_timeout, "limits.drain_timeout", d.drain_timeout),
         }
     }

@@ -60,7 +60,14 @@ pub struct Limits {
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long the upstream may take to send its response head.
     pub upstream_timeout: Duration,
+    /// How long the upstream may pause between two reads of a response body (an LLM
+    /// thinking, gaps in an SSE stream); longer than `upstream_timeout` by default.
+    pub upstream_stream_timeout: Duration,
+    /// How long the agent may take to send a whole request body (a body dribbled a byte at a
+    /// time is cut at this deadline even though each read arrives within `idle_timeout`).
+    pub body_timeout: Duration,
     /// How long an idle upstream keep-alive connection stays pooled (kept below the usual
     /// upstream keep-alive timeouts so the gateway rarely reuses a connection being closed).
     pub upstream_idle_timeout: Duration,
@@ -79,6 +86,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(4),
+            upstream_stream_timeout: Duration::from_secs(300),
+            body_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
         }
     }

@@ -161,6 +161,8 @@ pub struct RawLimits {
     pub upstream_connect_timeout: Option<Spanned<String>>,
     pub upstream_timeout: Option<Spanned<String>>,
     pub upstream_idle_timeout: Option<Spanned<String>>,
+    pub upstream_stream_timeout: Option<Spanned<String>>,
+    pub body_timeout: Option<Spanned<String>>,
     pub drain_timeout: Option<Spanned<String>>,
 }
 

@@ -4,7 +4,7 @@ use super::chunked::ChunkedDecoder;
 use super::head::BodyKind;
 use crate::http::io::{IoFail, read_append};
 use monoio::io::AsyncReadRent;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub enum BodyFail {
@@ -33,7 +33,9 @@ fn consume_at(buf: &mut Vec<u8>, from: usize, n: usize) {
 
 /// Reads the body described by `kind` into `dst`. `rbuf[..head_len]` is the request head and
 /// stays untouched; what was read after it is the start of the body. Returns the offset in
-/// `rbuf` where the body ends (what follows is a pipelined request).
+/// `rbuf` where the body ends (what follows is a pipelined request). Each read waits at most
+/// `read_timeout`, and the whole body must have arrived by `body_deadline`.
+#[allow(clippy::too_many_arguments)]
 pub async fn read<R: AsyncReadRent>(
     client: &mut R,
     rbuf: &mut Vec<u8>,
@@ -42,8 +44,10 @@ pub async fn read<R: AsyncReadRent>(
     max: u64,
     dst: &mut Vec<u8>,
     read_timeout: Duration,
+    body_deadline: Instant,
 ) -> Result<usize, BodyFail> {
     dst.clear();
+    let deadline = || (crate::util::clock::now() + read_timeout).min(body_deadline);
     match kind {
         BodyKind::None | BodyKind::CloseDelimited => Ok(head_len),
         BodyKind::Length(n) => {
@@ -56,8 +60,7 @@ pub async fn read<R: AsyncReadRent>(
             dst.extend_from_slice(&rbuf[head_len..head_len + take]);
             while dst.len() < n {
                 let want = (n - dst.len()).min(256 * 1024);
-                let deadline = crate::util::clock::now() + read_timeout;
-                match read_append(client, dst, want, deadline).await {
+                match read_append(client, dst, want, deadline()).await {
                     Ok(0) | Err(IoFail::Io(_)) | Err(IoFail::Timeout) => {
                         return Err(BodyFail::Gone);
                     }
@@ -87,8 +90,7 @@ pub async fn read<R: AsyncReadRent>(
                     // keep the head, drop the decoded framing, read more
                     consume_at(rbuf, head_len, pos - head_len);
                     pos = head_len;
-                    let deadline = crate::util::clock::now() + read_timeout;
-                    match read_append(client, rbuf, 16 * 1024, deadline).await {
+                    match read_append(client, rbuf, 16 * 1024, deadline()).await {
                         Ok(0) | Err(_) => return Err(BodyFail::Gone),
                         Ok(_) => {}
                     }

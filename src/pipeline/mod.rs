@@ -189,7 +189,7 @@ async fn call(
         client,
         ubuf: &mut s.ubuf,
         out: &mut s.out,
-        read_timeout: lim.upstream_timeout,
+        read_timeout: lim.upstream_stream_timeout,
         write_timeout: lim.idle_timeout,
         bytes_out: &mut log.bytes_out,
     };

@@ -190,6 +190,7 @@ pub(super) async fn read_body(
         lim.max_body,
         &mut s.body,
         lim.idle_timeout,
+        clock::now() + lim.body_timeout,
     )
     .await?;
     Ok(end)

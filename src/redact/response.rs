@@ -93,6 +93,9 @@ pub struct ResponseRedactor<'p> {
     inflate: Inflate,
     redactor: Redactor<'p>,
     plain: Vec<u8>,
+    /// Whether any body byte arrived: an empty body (`Content-Length: 0`, the 202 an MCP server
+    /// sends) has nothing to redact and is not invalid JSON.
+    seen: bool,
 }
 
 impl<'p> ResponseRedactor<'p> {
@@ -119,6 +122,7 @@ impl<'p> ResponseRedactor<'p> {
                 )),
             },
             plain: Vec::new(),
+            seen: false,
         }
     }
 
@@ -132,6 +136,7 @@ impl<'p> ResponseRedactor<'p> {
 
     /// Redacts the next piece of (de-chunked, possibly compressed) body into `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        self.seen |= !data.is_empty();
         if matches!(self.inflate, Inflate::None) {
             return self.redact(data, out);
         }
@@ -162,6 +167,9 @@ impl<'p> ResponseRedactor<'p> {
 
     /// The end of the body: whatever the redactor held back.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        if !self.seen {
+            return Ok(());
+        }
         let res = match &mut self.inflate {
             Inflate::Gzip(d) => d.try_finish(),
             Inflate::Deflate(d) => d.try_finish(),
@@ -211,6 +219,28 @@ mod tests {
         assert_eq!(encoding(Some(b"deflate")), Some(Encoding::Deflate));
         assert_eq!(encoding(Some(b"br")), None);
         assert_eq!(encoding(Some(b"gzip, br")), None);
+    }
+
+    #[test]
+    fn an_empty_body_passes_whatever_the_type_and_encoding() {
+        let prog = RedactProgram::compile(&["$..ssn"], Action::Mask).unwrap();
+        for (name, bt, enc) in [
+            ("json", BodyType::Json, Encoding::Identity),
+            ("sse", BodyType::Sse, Encoding::Identity),
+            ("gzip json", BodyType::Json, Encoding::Gzip),
+        ] {
+            let mut r = ResponseRedactor::new(&prog, bt, enc, OnInvalid::Block);
+            let mut out = Vec::new();
+            r.feed(b"", &mut out).unwrap();
+            assert!(r.finish(&mut out).is_ok(), "{name}");
+            assert!(out.is_empty(), "{name}");
+        }
+        // a body that is not JSON is still refused
+        let mut r =
+            ResponseRedactor::new(&prog, BodyType::Json, Encoding::Identity, OnInvalid::Block);
+        let mut out = Vec::new();
+        let fed = r.feed(b"not json", &mut out);
+        assert!(fed.is_err() || r.finish(&mut out).is_err());
     }
 
     #[test]

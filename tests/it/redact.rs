@@ -242,3 +242,17 @@ fn bad_redact_config_is_reported() {
         "{text}"
     );
 }
+
+#[test]
+fn an_empty_json_body_passes_a_redacting_proxy() {
+    // the 202 an MCP server answers a notification with, and a 200 with Content-Length: 0
+    for (status, reason) in [(202, "Accepted"), (200, "OK")] {
+        let up = MockUpstream::start(move |_| {
+            Reply::with(status, reason, &[("Content-Type", "application/json")], b"")
+        });
+        let gw = Gateway::start(&config(&up.url(), ""));
+        let r = gw.conn().roundtrip(&get("/up/mcp"));
+        assert_eq!(r.status, status, "{}", show(&r.raw));
+        assert!(r.body.is_empty(), "{}", show(&r.raw));
+    }
+}

@@ -1,5 +1,6 @@
 //! Upstreams that refuse, stall, hang up or answer garbage.
 use crate::support::*;
+use std::thread;
 use std::time::{Duration, Instant};
 
 fn gateway_for(upstream: &str, limits: &str) -> Gateway {
@@ -117,4 +118,59 @@ fn truncated_or_malformed_upstream_heads_are_502() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_body_pause_longer_than_upstream_timeout_is_not_cut_but_the_stream_timeout_is() {
+    // the head comes at once; the body pauses 1.5 s (an LLM thinking) with upstream_timeout 1s
+    let mock = MockUpstream::start(|r| {
+        let pause = if r.target.ends_with("long") {
+            3000
+        } else {
+            1500
+        };
+        Reply::actions(vec![
+            Action::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab".to_vec()),
+            Action::Sleep(Duration::from_millis(pause)),
+            Action::Write(b"cd".to_vec()),
+        ])
+    });
+    let gw = gateway_for(
+        &mock.url(),
+        "upstream_timeout = \"1s\"\nupstream_stream_timeout = \"2s\"",
+    );
+    let r = gw.conn().roundtrip(&get("/up/thinking"));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(r.body_str(), "abcd");
+    // a pause beyond upstream_stream_timeout cuts the response (the agent sees it end early)
+    let mut c = gw.conn();
+    c.send(&get("/up/long"));
+    assert!(
+        c.try_read_response().is_err(),
+        "a cut response cannot be read whole"
+    );
+}
+
+#[test]
+fn a_request_body_dribbled_slowly_is_cut_at_body_timeout() {
+    let mock = MockUpstream::start(|_| Reply::ok("never"));
+    let gw = gateway_for(&mock.url(), "body_timeout = \"1s\"\nidle_timeout = \"5s\"");
+    let mut c = gw.conn();
+    c.send(b"POST /up/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n");
+    // one byte every 200 ms: each read is well within idle_timeout, the whole is not
+    let start = Instant::now();
+    let mut cut = false;
+    for _ in 0..40 {
+        if c.try_send(b"a").is_err() {
+            cut = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+        if start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let closed = cut || c.wait_closed(Duration::from_secs(3)).is_ok();
+    assert!(closed, "the dribbled body was not cut");
+    assert_eq!(mock.count(), 0, "nothing reached the upstream");
 }
