@@ -123,7 +123,7 @@ const M_ALL: u8 = 0xff;
 const M_READ: u8 = M_GET | M_HEAD | M_OPTIONS;
 
 const METHOD_NAMES: &str =
-    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, \"read\", \"*\" or \"any\"";
+    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE, \"read\", \"*\" or \"any\"";
 
 fn method_bit_of_name(name: &str) -> Option<u8> {
     let up = name.to_ascii_uppercase();
@@ -135,6 +135,9 @@ fn method_bit_of_name(name: &str) -> Option<u8> {
         "PATCH" => M_PATCH,
         "DELETE" => M_DELETE,
         "OPTIONS" => M_OPTIONS,
+        // TRACE echoes the request, injected credential included: only a rule that names it
+        // allows it (`*` and the default do not; see `RuleSet::decide`)
+        "TRACE" => M_OTHER,
         "READ" => M_READ,
         "*" | "ANY" => M_ALL,
         _ => return None,
@@ -231,6 +234,8 @@ struct Rule {
     effect: Effect,
     mode: Mode,
     methods: u8,
+    /// The rule names TRACE explicitly.
+    names_trace: bool,
     agents: Option<HashSet<Box<str>>>,
     roles: Option<HashSet<Box<str>>>,
     query: Vec<(Box<[u8]>, Glob)>,
@@ -589,6 +594,7 @@ fn compile_rule<'r>(
             effect,
             mode,
             methods,
+            names_trace: names.iter().any(|m| m.eq_ignore_ascii_case("TRACE")),
             agents,
             roles,
             query,
@@ -733,7 +739,23 @@ impl RuleSet {
         };
         let rel = path.strip_prefix('/').unwrap_or(path);
         w.walk(0, rel);
-        decision_from(self.default_effect, &w.best)
+        let d = decision_from(self.default_effect, &w.best);
+        // TRACE reflects the request (the injected credential with it) back to the agent:
+        // allowed only by a rule that names it, never by `*`/`any` or the default
+        if d.effect == Effect::Allow
+            && method == b"TRACE"
+            && !d
+                .rule
+                .and_then(|i| self.rules.get(i))
+                .is_some_and(|r| r.names_trace)
+        {
+            return Decision {
+                effect: Effect::Deny,
+                rule: None,
+                report_hits: d.report_hits,
+            };
+        }
+        d
     }
 }
 
@@ -878,6 +900,67 @@ mod tests {
 
     fn strs(v: &[&str]) -> Option<Vec<String>> {
         Some(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn trace_is_allowed_only_by_a_rule_that_names_it() {
+        let no_header = |_: &str| None;
+        let cases: &[(&str, Vec<RawRule>, Effect, &[u8], Effect)] = &[
+            (
+                "allow * does not cover TRACE",
+                vec![rule("allow", &["*"], "/**")],
+                Effect::Deny,
+                b"TRACE",
+                Effect::Deny,
+            ),
+            (
+                "allow any does not cover TRACE",
+                vec![rule("allow", &["any"], "/**")],
+                Effect::Deny,
+                b"TRACE",
+                Effect::Deny,
+            ),
+            (
+                "default allow does not cover TRACE",
+                vec![],
+                Effect::Allow,
+                b"TRACE",
+                Effect::Deny,
+            ),
+            (
+                "a rule naming TRACE allows it",
+                vec![rule("allow", &["TRACE"], "/**")],
+                Effect::Deny,
+                b"TRACE",
+                Effect::Allow,
+            ),
+            (
+                "lower-case trace names it too",
+                vec![rule("allow", &["trace"], "/**")],
+                Effect::Deny,
+                b"TRACE",
+                Effect::Allow,
+            ),
+            (
+                "GET under allow * is unchanged",
+                vec![rule("allow", &["*"], "/**")],
+                Effect::Deny,
+                b"GET",
+                Effect::Allow,
+            ),
+            (
+                "another odd method under allow *",
+                vec![rule("allow", &["*"], "/**")],
+                Effect::Deny,
+                b"PROPFIND",
+                Effect::Allow,
+            ),
+        ];
+        for (name, rules, default, method, want) in cases {
+            let (set, _) = RuleSet::compile(rules, *default).expect(name);
+            let d = set.decide(method, "/x", None, &[], b"", no_header);
+            assert_eq!(d.effect, *want, "{name}");
+        }
     }
 
     /// The rule set every table row runs against.

@@ -295,3 +295,27 @@ fn bad_rules_are_reported_with_line_and_key() {
         "{text}"
     );
 }
+
+#[test]
+fn trace_is_refused_unless_a_rule_names_it() {
+    // TRACE echoes the request back, injected credential included
+    let mock = MockUpstream::start(echo_request_line);
+    let all = "  [[proxies.rules]]\n  effect = \"allow\"\n  methods = \"*\"\n  path = \"/**\"\n";
+    let gw = Gateway::start(&config(&mock.url(), all));
+    let r = gw
+        .conn()
+        .roundtrip(b"TRACE /crm/v1/x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_gateway_error(&r, 403, "no_rule_matched");
+    let r = gw.conn().roundtrip(&get("/crm/v1/x"));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(mock.count(), 1, "the TRACE never reached the upstream");
+    drop(gw);
+    let named =
+        "  [[proxies.rules]]\n  effect = \"allow\"\n  methods = [\"TRACE\"]\n  path = \"/**\"\n";
+    let gw = Gateway::start(&config(&mock.url(), named));
+    let r = gw
+        .conn()
+        .roundtrip(b"TRACE /crm/v1/x HTTP/1.1\r\nHost: gw\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(mock.count(), 2);
+}
