@@ -38,6 +38,8 @@ pub struct Scratch {
     pub path: String,
     /// Header lines the gateway adds to its answer (`RateLimit-*`).
     pub extra: Vec<u8>,
+    /// The agent's address (set per connection).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Bodies up to this size are copied behind the outbound head and sent in one write.
@@ -63,6 +65,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         HeadRead::Quiet => return false,
         HeadRead::Bad(why) => {
             let mut ex = Exchange::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
+            ex.client = s.peer;
             return refuse(
                 client,
                 s,
@@ -77,6 +80,7 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
     let mut ex = Exchange::new(id, w.audit.as_deref(), Some(&w.metrics));
+    ex.client = s.peer;
     ex.method = crate::observe::audit::SmallStr::new(
         std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"),
     );
@@ -155,6 +159,12 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         tracing::info!(target: "shadow", id = ex.id.as_str(), proxy = %proxy.name, rule = r,
             "a report-mode rule would have changed this decision");
     }
+    ex.shadow = proxy.rules.shadow(&decision).and_then(|(r, e)| {
+        Some((
+            u32::try_from(r).ok()?,
+            crate::observe::audit::Decision::from(e),
+        ))
+    });
     let refusal = match decision.effect {
         Effect::Allow => None,
         Effect::Deny if decision.rule.is_some() => Some(Refusal::DeniedByRule),
@@ -341,7 +351,10 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         }
     }
 
-    // 8. outbound request
+    // 8. outbound request (under `[audit] on_error = "refuse"`, only if it can be recorded)
+    if let Err(r) = ex.audit_gate() {
+        return refuse(client, s, &mut ex, r, false, version, lim).await;
+    }
     s.out.clear();
     let target = s.head.target.get(&s.rbuf);
     let query = &target[route.query.0..route.query.1];
@@ -498,6 +511,11 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
         BodyKind::Chunked | BodyKind::CloseDelimited => Framing::Close,
     };
     let keep = keep && framing != Framing::Close;
+    ex.status = status;
+    // fsync = "always" + on_error = "refuse": the record is on disk before the response leaves
+    if let Err(r) = ex.durable(lim.upstream_timeout).await {
+        return refuse(client, s, &mut ex, r, false, version, lim).await;
+    }
     s.out.clear();
     write::response_head(
         &mut s.out,
@@ -669,6 +687,9 @@ async fn refuse(
     }
     ex.status = refusal.status();
     ex.code = Some(refusal.code());
+    // fsync = "always" + on_error = "refuse": the refusal's record is on disk first too (if
+    // it cannot be, the refusal goes out anyway: nothing was released upstream)
+    let _ = ex.durable(lim.upstream_timeout).await;
     s.out.clear();
     write::error_response(
         &mut s.out,

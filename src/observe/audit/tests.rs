@@ -44,6 +44,11 @@ fn rec(i: u64) -> AuditRecord {
         upstream_status: (status != 403).then_some(status),
         upstream_us: (status != 403).then_some(i % 5000),
         total_us: i % 7000,
+        client: Some((
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            40_000 + (i % 1000) as u16,
+        )),
+        shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
     }
 }
 
@@ -299,7 +304,7 @@ fn restart_on_empty_newest_file_uses_the_one_before() {
 #[test]
 fn ring_drops_become_a_gap_record() {
     let d = tempfile::tempdir().unwrap();
-    let ring = std::sync::Arc::new(Ring::new(4, OnFull::Drop));
+    let ring = std::sync::Arc::new(AuditRing::new(4, OnFull::Drop, OnError::Continue, false));
     for i in 0..10 {
         let _ = ring.push(rec(i));
     }
@@ -481,7 +486,7 @@ fn query_basics() {
 #[test]
 fn query_ignores_gaps_and_a_line_being_written() {
     let d = tempfile::tempdir().unwrap();
-    let ring = std::sync::Arc::new(Ring::new(4, OnFull::Drop));
+    let ring = std::sync::Arc::new(AuditRing::new(4, OnFull::Drop, OnError::Continue, false));
     for i in 0..10 {
         let _ = ring.push(rec(i));
     }
@@ -555,6 +560,7 @@ fn query_large_log_matches_naive_filter() {
             status: StatusFilter::parse("4xx"),
             since: Some(BASE_TS + span / 3),
             until: Some(BASE_TS + span / 3 + 5_000_000),
+            shadow: false,
             limit: 10_000,
         },
     ];
@@ -576,6 +582,7 @@ fn query_large_log_matches_naive_filter() {
             until: next()
                 .is_multiple_of(2)
                 .then(|| since + next() % (span / 4)),
+            shadow: next().is_multiple_of(5),
             limit: [1, 10, 100, 5000][(next() % 4) as usize],
         });
     }
