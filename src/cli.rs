@@ -418,20 +418,22 @@ pub fn audit(cmd: AuditCommand) -> Result<bool> {
                 r.files, r.records, r.gaps, r.dropped
             );
             println!("  head: {}", r.head);
-            println!(
-                "  checkpoints: {} ({} signed{}){}",
-                r.checkpoints,
-                r.signed_checkpoints,
-                if opts.pubkey.is_some() {
-                    " by the given key"
-                } else {
-                    ""
-                },
-                match &r.last_checkpoint {
-                    Some(h) => format!(", last {h}, {} record(s) after it", r.after_checkpoint),
-                    None => String::new(),
-                }
-            );
+            if r.checkpoints > 0 {
+                println!(
+                    "  checkpoints: {} ({} signed{}){}",
+                    r.checkpoints,
+                    r.signed_checkpoints,
+                    if opts.pubkey.is_some() {
+                        " by the given key"
+                    } else {
+                        ""
+                    },
+                    match &r.last_checkpoint {
+                        Some(h) => format!(", last {h}, {} record(s) after it", r.after_checkpoint),
+                        None => String::new(),
+                    }
+                );
+            }
             if let Some(n) = r.after_head {
                 println!("  expected head found; {n} record(s) after it");
             }

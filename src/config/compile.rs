@@ -554,6 +554,12 @@ impl Cx<'_> {
                 _ => self.err(q, "audit.queue", "must be between 16 and 16777216 records"),
             }
         }
+        if let Some(b) = &a.backlog {
+            match usize::try_from(*b.get_ref()) {
+                Ok(n) if (1..=1 << 24).contains(&n) => cfg.pending_max = n,
+                _ => self.err(b, "audit.backlog", "must be between 1 and 16777216 records"),
+            }
+        }
         if let Some(o) = &a.on_error {
             match crate::observe::audit::OnError::parse(o.get_ref()) {
                 Some(p) => cfg.on_error = p,

@@ -76,6 +76,9 @@ pub struct RawAudit {
     pub on_full: Option<Spanned<String>>,
     #[serde(default)]
     pub queue: Option<Spanned<i64>>,
+    /// Records held in memory while the disk refuses writes.
+    #[serde(default)]
+    pub backlog: Option<Spanned<i64>>,
     /// `"continue"` | `"refuse"`.
     #[serde(default)]
     pub on_error: Option<Spanned<String>>,
