@@ -905,6 +905,14 @@ impl Writer {
             Err(e) => {
                 self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file = %f.path.display(), error = %e, "audit: fsync failed");
+                // not durable: failing until a later write (and its sync) succeeds
+                if self.consecutive_errors == 0 {
+                    self.failing_since = Some((unix_us(), clock::now()));
+                }
+                self.consecutive_errors += 1;
+                self.ring.set_failing(true);
+                self.retry_at = Some(clock::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
