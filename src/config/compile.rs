@@ -1531,6 +1531,36 @@ mod tests {
                 "[server]\nlisten = [\"127.0.0.1:1\"]\nadmin_token = \"hunter2\"\n",
                 "t.toml:3: server.admin_token: expected a reference",
             ),
+            (
+                "audit on_error",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\non_error = \"ignore\"\n",
+                "t.toml:5: audit.on_error: must be \"continue\" or \"refuse\"",
+            ),
+            (
+                "audit head_file inside dir",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nhead_file = \"a/head.json\"\n",
+                "t.toml:5: audit.head_file: must be outside the audit directory",
+            ),
+            (
+                "audit literal signing key",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nsigning_key = \"00ff\"\n",
+                "t.toml:5: audit.signing_key: expected a reference",
+            ),
+            (
+                "audit signing key not a key",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nsigning_key = \"env:PORTCULLIS_TEST_NOT_A_KEY_XYZ\"\n",
+                "t.toml:5: audit.signing_key: environment variable",
+            ),
+            (
+                "audit retain_files",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nretain_files = 1\n",
+                "t.toml:5: audit.retain_files: must be at least 2",
+            ),
+            (
+                "audit checkpoint_records",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\ncheckpoint_records = 0\n",
+                "t.toml:5: audit.checkpoint_records: must be between",
+            ),
         ];
         for (name, toml, want) in table {
             let e = errs(toml);
