@@ -76,6 +76,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         total_us: 1400,
         client: Some((std::net::Ipv4Addr::LOCALHOST.into(), 51_234)),
         shadow: None,
+        completion: false,
     }
 }
 

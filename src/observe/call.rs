@@ -205,6 +205,7 @@ impl<'w> Exchange<'w> {
             total_us,
             client: self.client.map(|a| (a.ip(), a.port())),
             shadow: self.shadow,
+            completion: false,
         }
     }
 }
@@ -243,6 +244,16 @@ impl Drop for Exchange<'_> {
         }
         let Some(ring) = self.ring else { return };
         if self.committed {
+            // committed when the head was released: the body's totals follow as a completion
+            let _ = ring.push(AuditRecord {
+                ts_us: self.ts_us,
+                id: SmallStr::new(self.id.as_str()),
+                bytes_out: self.bytes_out,
+                redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+                total_us,
+                completion: true,
+                ..AuditRecord::default()
+            });
             return;
         }
         let rec = AuditRecord {
@@ -265,6 +276,7 @@ impl Drop for Exchange<'_> {
             total_us,
             client: self.client.map(|a| (a.ip(), a.port())),
             shadow: self.shadow,
+            completion: false,
         };
         // a full ring counts the drop (and the writer records a gap); never blocks unbounded
         let _ = ring.push(rec);

@@ -215,7 +215,7 @@ pub fn calls(dir: &Path) -> Vec<StoredRecord> {
     portcullis::observe::audit::verify::read_all(dir)
         .unwrap()
         .into_iter()
-        .filter(|r| !r.is_gap())
+        .filter(|r| r.is_call())
         .collect()
 }
 

@@ -462,6 +462,18 @@ fn kill_9_under_load_with_fsync_always_and_refuse_loses_no_answered_call() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
+    // the bodies' totals follow as completion lines (not awaited, but most are there)
+    let completions: Vec<StoredRecord> = portcullis::observe::audit::verify::read_all(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind.as_deref() == Some("completion"))
+        .collect();
+    assert!(!completions.is_empty());
+    assert!(
+        completions
+            .iter()
+            .all(|c| ids.contains(c.id.as_deref().unwrap()) && c.bytes_out.unwrap() > 0)
+    );
     eprintln!(
         "kill -9 (durable): {} answered ({ok} 200), {} in the trail",
         acked.len(),

@@ -14,6 +14,7 @@
 //! {"ts":"…","kind":"gap","dropped":12,"reason":"queue_full","from":"…","to":"…","prev":"…","hash":"…"}
 //! {"ts":"…","kind":"checkpoint","records":1000,"key":"<64 hex>","sig":"<128 hex>","prev":"…","hash":"…"}
 //! {"ts":"…","kind":"anchor","first":"<64 hex>","file":"audit-….jsonl","removed":2,"prev":"…","hash":"…"}
+//! {"ts":"…","kind":"completion","id":"…","bytes_out":5120,"redactions":0,"total_us":1830,"prev":"…","hash":"…"}
 //! ```
 //!
 //! A call record has no `kind` member. `client` is the agent's address as the gateway saw it;
@@ -25,6 +26,11 @@
 //! writer's pending buffer overflowed during a disk error; `write_failed` — the disk still
 //! refused writes when the gateway stopped, so the records it held were lost (written from the
 //! reserve, see `writer.rs`); `torn_tail` — a line torn by a crash was cut off at restart).
+//!
+//! Under `fsync = "always"` + `on_error = "refuse"` a call's record is committed when its
+//! response head is released (so `bytes_out`/`total_us` stop there); a completion line
+//! (`"kind":"completion"`, same `ts` and `id`) follows once the body was sent, with the final
+//! `bytes_out`, `redactions` and `total_us`. It is not awaited: a crash mid-body loses it.
 //!
 //! A checkpoint (`"kind":"checkpoint"`) is written every N records or T seconds: `records` calls
 //! since the previous one, and, with `[audit] signing_key`, the Ed25519 public key and the
@@ -154,6 +160,9 @@ pub struct AuditRecord {
     pub client: Option<(std::net::IpAddr, u16)>,
     /// A report-mode rule that would have decided differently: its index and decision.
     pub shadow: Option<(u32, Decision)>,
+    /// Not a call record but the completion of one committed early (durable mode): only
+    /// `ts_us`, `id`, `bytes_out`, `redactions` and `total_us` are written.
+    pub completion: bool,
 }
 
 // A ring slot holds one record inline: keep it within 256 bytes (65,536 slots ≈ 16 MiB).
@@ -187,6 +196,8 @@ impl GapReason {
 #[derive(Clone, Copy, Debug)]
 pub enum Entry<'a> {
     Call(&'a AuditRecord),
+    /// A call record's completion (see [`AuditRecord::completion`]).
+    Completion(&'a AuditRecord),
     Gap {
         ts_us: u64,
         dropped: u64,
@@ -227,6 +238,18 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
     let start = out.len();
     match entry {
         Entry::Call(r) => encode_call(out, r),
+        Entry::Completion(r) => {
+            out.extend_from_slice(TS_PREFIX);
+            push_ts(out, r.ts_us);
+            out.extend_from_slice(b"\",\"kind\":\"completion\",\"id\":");
+            push_json_str(out, r.id.as_str());
+            out.extend_from_slice(b",\"bytes_out\":");
+            push_u64(out, r.bytes_out);
+            out.extend_from_slice(b",\"redactions\":");
+            push_u64(out, r.redactions as u64);
+            out.extend_from_slice(b",\"total_us\":");
+            push_u64(out, r.total_us);
+        }
         Entry::Gap {
             ts_us,
             dropped,
@@ -756,6 +779,7 @@ mod tests {
             total_us: 77,
             client: Some(("10.0.0.7".parse().unwrap(), 51234)),
             shadow: Some((2, Decision::Deny)),
+            completion: false,
         }
     }
 

@@ -49,6 +49,7 @@ fn rec(i: u64) -> AuditRecord {
             40_000 + (i % 1000) as u16,
         )),
         shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
+        completion: false,
     }
 }
 

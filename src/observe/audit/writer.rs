@@ -611,9 +611,10 @@ impl Writer {
             self.push_gap(1, GapReason::BacklogFull, (r.ts_us, r.ts_us));
             return;
         }
+        let call = !r.completion;
         self.pending.push_back(Item::Rec(r, ticket));
         self.pending_records += 1;
-        if self.cfg.checkpoints() {
+        if call && self.cfg.checkpoints() {
             self.since_cp_enqueued += 1;
             if self.since_cp_enqueued >= self.cfg.checkpoint_records.max(1) {
                 self.push_checkpoint();
@@ -673,6 +674,18 @@ impl Writer {
                 break;
             }
             let meta = match item {
+                Item::Rec(r, ticket) if r.completion => {
+                    h = encode_line(&mut self.buf, &Entry::Completion(r), &h);
+                    last_ticket = Some(*ticket);
+                    Meta {
+                        ts: r.ts_us.min(record::MAX_TS_US),
+                        status: None,
+                        keys: [0; 3],
+                        nkeys: 0,
+                        end: self.buf.len(),
+                        call: false,
+                    }
+                }
                 Item::Rec(r, ticket) => {
                     h = encode_line(&mut self.buf, &Entry::Call(r), &h);
                     last_ticket = Some(*ticket);
@@ -807,17 +820,18 @@ impl Writer {
         write_idx(f, &idx_out);
         let mut gaps = 0u64;
         let mut cps = 0u64;
+        let mut recs = 0usize;
         for _ in 0..self.metas.len() {
             match self.pending.pop_front() {
                 Some(Item::Gap { .. }) => gaps += 1,
                 Some(Item::Checkpoint) => cps += 1,
+                Some(Item::Rec(..)) => recs += 1,
                 _ => {}
             }
         }
-        self.pending_records -= calls as usize;
+        self.pending_records -= recs;
         self.stats.written.fetch_add(calls, Ordering::Relaxed);
         self.stats.gap_records.fetch_add(gaps, Ordering::Relaxed);
-        self.stats.checkpoints.fetch_add(cps, Ordering::Relaxed);
         self.stats
             .bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
@@ -852,6 +866,8 @@ impl Writer {
         {
             self.publish_head(&cp);
         }
+        // counted once published (the metric never runs ahead of the head)
+        self.stats.checkpoints.fetch_add(cps, Ordering::Relaxed);
         if rotate {
             self.close_file();
             self.apply_retention();
@@ -1065,7 +1081,7 @@ impl Writer {
         for item in self.pending.drain(..) {
             match item {
                 Item::Rec(r, t) => {
-                    lost += 1;
+                    lost += u64::from(!r.completion);
                     from = from.min(r.ts_us);
                     to = to.max(r.ts_us);
                     self.ring.set_lost_through(t);
