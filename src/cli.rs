@@ -440,6 +440,9 @@ pub fn audit(cmd: AuditCommand) -> Result<bool> {
             if let Some(f) = &r.anchored {
                 println!("  starts at a retention anchor: {f}");
             }
+            for g in &r.gap_list {
+                println!("  gap: {g}");
+            }
             for w in &r.warnings {
                 println!("warning: {w}");
             }

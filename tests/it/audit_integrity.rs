@@ -310,6 +310,13 @@ fn stopping_while_the_disk_is_full_writes_the_loss_from_the_reserve() {
         )),
         "{out}"
     );
+    // the gap's line names the reason and the receive-time window
+    assert!(
+        out.contains(&format!(
+            "{lost} record(s) lost (write_failed), received 20"
+        )),
+        "{out}"
+    );
 
     // the next start (disk freed) makes a new reserve and continues the chain
     fs.free();

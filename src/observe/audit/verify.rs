@@ -148,6 +148,36 @@ pub struct VerifyReport {
     pub anchored: Option<String>,
     /// With an expected head: the call records after it.
     pub after_head: Option<u64>,
+    /// The first [`MAX_BREAKS`] gap records, for the report.
+    pub gap_list: Vec<GapInfo>,
+}
+
+/// One gap record, as `audit verify` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GapInfo {
+    pub file: PathBuf,
+    pub line: u64,
+    pub reason: String,
+    pub dropped: u64,
+    /// Receive times of the first and last lost record, when the gap says.
+    pub window: Option<(String, String)>,
+}
+
+impl fmt::Display for GapInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {} record(s) lost ({})",
+            files::display_name(&self.file),
+            self.line,
+            self.dropped,
+            self.reason
+        )?;
+        if let Some((from, to)) = &self.window {
+            write!(f, ", received {from} to {to}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What to check beyond the chain.
@@ -355,6 +385,15 @@ impl Verifier {
                     Ok(s) if s.is_gap() => {
                         self.report.gaps += 1;
                         self.report.dropped += s.dropped.unwrap_or(0);
+                        if self.report.gap_list.len() < MAX_BREAKS {
+                            self.report.gap_list.push(GapInfo {
+                                file: lf.path.clone(),
+                                line: l.number,
+                                reason: s.reason.clone().unwrap_or_default(),
+                                dropped: s.dropped.unwrap_or(0),
+                                window: s.from.clone().zip(s.to.clone()),
+                            });
+                        }
                     }
                     Ok(s) if s.kind.as_deref() == Some("checkpoint") => {
                         self.report.checkpoints += 1;
