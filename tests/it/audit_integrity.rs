@@ -360,7 +360,8 @@ fn on_error_refuse_answers_503_while_records_cannot_be_written_and_recovers() {
             gw.port(),
             &with_key("GET", &format!("/up/first/{passed}"), ""),
         );
-        assert_eq!(r.status, 200);
+        // 503 once the writer's failure is seen between the metrics read and this call
+        assert!(matches!(r.status, 200 | 503), "{}", show(&r.raw));
         passed += 1;
         assert!(passed < 500, "the disk never filled up");
         thread::sleep(Duration::from_millis(5));
