@@ -11,6 +11,11 @@
 //!   a call's record and waits for it before it releases the response head (`Exchange::
 //!   durable`), so a `kill -9` or a power cut cannot lose the record of an answered call.
 //!
+//! A waiting call does not poll: it hands its waker (with its ticket) to the writer through a
+//! channel and re-checks once (so a sync that happened in between is not missed); the writer
+//! wakes the waiters whose ticket is synced (or lost, or all of them when writes fail) right
+//! after each `fdatasync` and on every loop turn. A 1 ms timer re-check stays as a backstop.
+//!
 //! Tickets are ring positions: the ring is FIFO and the writer its one consumer, so the writer
 //! knows each record's position by counting pops, and everything up to the last synced record
 //! is synced. A record the writer had to drop (backlog overflow) raises `lost_through`; a
@@ -19,8 +24,11 @@
 
 use super::record::AuditRecord;
 use super::ring::{OnFull, Ring};
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// `[audit] on_error`.
@@ -43,6 +51,9 @@ impl OnError {
     }
 }
 
+/// A call waiting for its ticket: (ticket, waker).
+type Waiter = (u64, Waker);
+
 /// The ring of audit records and the writer's health; derefs to the [`Ring`].
 pub struct AuditRing {
     ring: Ring<AuditRecord>,
@@ -51,6 +62,8 @@ pub struct AuditRing {
     failing: AtomicBool,
     synced_through: AtomicU64,
     lost_through: AtomicU64,
+    /// Waiters handed to the writer.
+    waiters: (flume::Sender<Waiter>, flume::Receiver<Waiter>),
 }
 
 impl Deref for AuditRing {
@@ -77,6 +90,7 @@ impl AuditRing {
             failing: AtomicBool::new(false),
             synced_through: AtomicU64::new(0),
             lost_through: AtomicU64::new(0),
+            waiters: flume::unbounded(),
         }
     }
 
@@ -107,9 +121,9 @@ impl AuditRing {
     }
 
     pub fn durability(&self, ticket: u64) -> Durability {
-        if self.lost_through.load(Ordering::Acquire) >= ticket {
+        if self.lost_through.load(Ordering::SeqCst) >= ticket {
             Durability::Lost
-        } else if self.synced_through.load(Ordering::Acquire) >= ticket {
+        } else if self.synced_through.load(Ordering::SeqCst) >= ticket {
             Durability::Durable
         } else {
             Durability::Pending
@@ -121,19 +135,28 @@ impl AuditRing {
     pub async fn wait_durable(&self, ticket: Option<u64>, timeout: Duration) -> bool {
         let Some(t) = ticket else { return false };
         let deadline = crate::util::clock::now() + timeout;
-        let mut pause = Duration::from_micros(50);
         loop {
             match self.durability(t) {
                 Durability::Durable => return true,
                 Durability::Lost => return false,
                 Durability::Pending => {}
             }
-            if self.failing() || crate::util::clock::now() >= deadline {
+            let now = crate::util::clock::now();
+            if self.failing() || now >= deadline {
                 return false;
             }
             self.ring.force_wake_consumer();
-            monoio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(1));
+            // woken by the writer; the timer is only a backstop
+            let backstop = Duration::from_millis(1).min(deadline - now);
+            let _ = monoio::time::timeout(
+                backstop,
+                Notified {
+                    ring: self,
+                    ticket: t,
+                    sent: false,
+                },
+            )
+            .await;
         }
     }
 
@@ -144,10 +167,50 @@ impl AuditRing {
     }
 
     pub(crate) fn set_synced_through(&self, t: u64) {
-        self.synced_through.fetch_max(t, Ordering::AcqRel);
+        self.synced_through.fetch_max(t, Ordering::SeqCst);
     }
 
     pub(crate) fn set_lost_through(&self, t: u64) {
         self.lost_through.fetch_max(t, Ordering::AcqRel);
+    }
+
+    /// Wakes the waiters that are done (synced or lost; all of them while writes fail). `parked`
+    /// is the writer's list of waiters still pending.
+    pub(crate) fn wake_waiters(&self, parked: &mut Vec<(u64, Waker)>) {
+        parked.extend(self.waiters.1.try_iter());
+        if parked.is_empty() {
+            return;
+        }
+        let failing = self.failing();
+        parked.retain(|(t, w)| {
+            let done = failing || self.durability(*t) != Durability::Pending;
+            if done {
+                w.wake_by_ref();
+            }
+            !done
+        });
+    }
+}
+
+/// Ready once the writer wakes it (it re-checks the ticket after handing over its waker).
+struct Notified<'a> {
+    ring: &'a AuditRing,
+    ticket: u64,
+    sent: bool,
+}
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.sent {
+            return Poll::Ready(());
+        }
+        self.sent = true;
+        let _ = self.ring.waiters.0.send((self.ticket, cx.waker().clone()));
+        // a sync between the caller's check and the hand-over would not wake us: look again
+        if self.ring.failing() || self.ring.durability(self.ticket) != Durability::Pending {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }

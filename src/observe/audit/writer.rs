@@ -386,6 +386,7 @@ impl AuditWriter {
             since_cp_written: 0,
             last_cp: now,
             last_retention: now,
+            parked: Vec::new(),
             cfg,
         };
         if rec.torn_bytes > 0 {
@@ -486,6 +487,8 @@ struct Writer {
     since_cp_written: u64,
     last_cp: Instant,
     last_retention: Instant,
+    /// Calls waiting for their ticket to be synced (durable mode).
+    parked: Vec<(u64, std::task::Waker)>,
 }
 
 fn unix_us() -> u64 {
@@ -552,6 +555,7 @@ impl Writer {
             if !self.pending.is_empty() && writable {
                 continue;
             }
+            self.ring.wake_waiters(&mut self.parked);
             let mut timeout = IDLE_PARK;
             if let Some(t) = self.retry_at {
                 timeout = timeout.min(t.saturating_duration_since(now));
@@ -880,6 +884,7 @@ impl Writer {
         if self.consecutive_errors == 1 {
             self.failing_since = Some((unix_us(), clock::now()));
             self.ring.set_failing(true);
+            self.ring.wake_waiters(&mut self.parked);
             tracing::warn!(
                 dir = %self.cfg.dir.display(), error = %e,
                 pending = self.pending_records,
@@ -931,6 +936,8 @@ impl Writer {
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
+        // calls waiting for their record (durable mode) go on at once
+        self.ring.wake_waiters(&mut self.parked);
     }
 
     /// Writes the latest checkpoint to `head_file` (atomically) and keeps it for the admin API.
