@@ -351,6 +351,15 @@ impl AuditWriter {
         std::fs::create_dir_all(&cfg.dir)?;
         let rec = recover(&cfg.dir)?;
         let stats = Arc::new(AuditStats::default());
+        // the last published head stays served until this run publishes its own
+        if let Some(text) = cfg
+            .head_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            && let Ok(mut h) = stats.head.write()
+        {
+            *h = Some(text.trim().to_string());
+        }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             flush_req: AtomicU64::new(0),
