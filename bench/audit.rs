@@ -74,6 +74,9 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         upstream_status: (status != 403).then_some(status),
         upstream_us: Some(1234),
         total_us: 1400,
+        client: Some((std::net::Ipv4Addr::LOCALHOST.into(), 51_234)),
+        shadow: None,
+        completion: false,
     }
 }
 

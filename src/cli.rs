@@ -81,6 +81,9 @@ pub struct LogsArgs {
     /// A status (403) or a class (4xx).
     #[arg(long)]
     pub status: Option<String>,
+    /// Only calls a report-mode rule would have decided differently.
+    #[arg(long)]
+    pub shadow: bool,
     /// At most this many records.
     #[arg(long, default_value_t = crate::observe::audit::query::DEFAULT_LIMIT)]
     pub limit: usize,
@@ -100,6 +103,25 @@ pub enum AuditCommand {
         /// Config file whose `[audit].dir` names the directory.
         #[arg(short, long, conflicts_with = "dir")]
         config: Option<PathBuf>,
+        /// Every checkpoint must be signed by this Ed25519 public key (a file: 64 hex digits
+        /// or base64).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// A published head (64 hex digits) that must be in the log: detects records removed
+        /// from its end beyond the last checkpoint.
+        #[arg(long, conflicts_with = "head_file")]
+        expect_head: Option<String>,
+        /// The published head file (`[audit] head_file`); its signature is checked with
+        /// --pubkey.
+        #[arg(long)]
+        head_file: Option<PathBuf>,
+    },
+    /// Make an Ed25519 checkpoint signing key: prints the secret (store it in the vault and
+    /// point `[audit] signing_key` at it) and the public key (for `audit verify --pubkey`).
+    Keygen {
+        /// Also write the public key to this file.
+        #[arg(long)]
+        pubkey_out: Option<PathBuf>,
     },
 }
 
@@ -338,12 +360,57 @@ pub fn audit_dir(config: Option<&Path>, dir: Option<&Path>) -> Result<PathBuf> {
 
 /// `portcullis audit verify`: a summary, or every break as `file:line: kind` and `false`.
 pub fn audit(cmd: AuditCommand) -> Result<bool> {
-    let AuditCommand::Verify { dir, config } = cmd;
+    let (dir, config, pubkey, expect_head, head_file) = match cmd {
+        AuditCommand::Keygen { pubkey_out } => {
+            let (secret, public) =
+                crate::observe::audit::sign::generate().map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "secret key (store it, e.g. `portcullis vault set audit-signing`): {}",
+                *secret
+            );
+            println!("public key: {public}");
+            if let Some(p) = pubkey_out {
+                std::fs::write(&p, format!("{public}\n"))
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            return Ok(true);
+        }
+        AuditCommand::Verify {
+            dir,
+            config,
+            pubkey,
+            expect_head,
+            head_file,
+        } => (dir, config, pubkey, expect_head, head_file),
+    };
     let dir = audit_dir(config.as_deref(), dir.as_deref())?;
     if !dir.is_dir() {
         bail!("{}: no such audit directory", dir.display());
     }
-    match crate::observe::audit::verify_dir(&dir) {
+    let mut opts = crate::observe::audit::VerifyOptions::default();
+    if let Some(p) = &pubkey {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        opts.pubkey = Some(
+            crate::observe::audit::sign::parse_public_key(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        );
+    }
+    if let Some(h) = &expect_head {
+        opts.expect_head = Some(
+            crate::util::hex::decode32(h.trim().as_bytes())
+                .with_context(|| format!("--expect-head '{h}': expected 64 hex digits"))?,
+        );
+    }
+    if let Some(p) = &head_file {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        opts.expect_head = Some(
+            crate::observe::audit::verify::read_head(&text, opts.pubkey.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        );
+    }
+    match crate::observe::audit::verify_dir_with(&dir, &opts) {
         Ok(r) => {
             println!("{}: ok", dir.display());
             println!(
@@ -351,6 +418,31 @@ pub fn audit(cmd: AuditCommand) -> Result<bool> {
                 r.files, r.records, r.gaps, r.dropped
             );
             println!("  head: {}", r.head);
+            if r.checkpoints > 0 {
+                println!(
+                    "  checkpoints: {} ({} signed{}){}",
+                    r.checkpoints,
+                    r.signed_checkpoints,
+                    if opts.pubkey.is_some() {
+                        " by the given key"
+                    } else {
+                        ""
+                    },
+                    match &r.last_checkpoint {
+                        Some(h) => format!(", last {h}, {} record(s) after it", r.after_checkpoint),
+                        None => String::new(),
+                    }
+                );
+            }
+            if let Some(n) = r.after_head {
+                println!("  expected head found; {n} record(s) after it");
+            }
+            if let Some(f) = &r.anchored {
+                println!("  starts at a retention anchor: {f}");
+            }
+            for g in &r.gap_list {
+                println!("  gap: {g}");
+            }
             for w in &r.warnings {
                 println!("warning: {w}");
             }
@@ -411,6 +503,7 @@ pub fn logs(a: LogsArgs) -> Result<bool> {
             .transpose()?,
         since: time("since", &a.since)?,
         until: time("until", &a.until)?,
+        shadow: a.shadow,
         limit: a.limit,
     };
     let res = crate::observe::audit::query(&dir, &q)?;

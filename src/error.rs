@@ -39,6 +39,9 @@ pub enum Refusal {
     /// A `kv:` secret the credential needs cannot be served (never read, or older than
     /// `ttl + max_stale` while the KV server cannot be read): fail closed.
     SecretUnavailable(&'static str),
+    /// `[audit] on_error = "refuse"`: the call's audit record cannot be written (the disk
+    /// refuses writes, or the audit queue is full), so the call is not made.
+    AuditUnavailable,
 }
 
 impl Refusal {
@@ -58,7 +61,7 @@ impl Refusal {
             | Refusal::UpstreamAuthFailed(_)
             | Refusal::SecretUnavailable(_) => 502,
             Refusal::UpstreamTimeout => 504,
-            Refusal::MeterUnavailable => 503,
+            Refusal::MeterUnavailable | Refusal::AuditUnavailable => 503,
         }
     }
 
@@ -80,6 +83,7 @@ impl Refusal {
             Refusal::UpstreamAuthFailed(_) => "upstream_auth_failed",
             Refusal::MeterUnavailable => "meter_unavailable",
             Refusal::SecretUnavailable(_) => "secret_unavailable",
+            Refusal::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -113,6 +117,11 @@ impl Refusal {
             }
             Refusal::SecretUnavailable(why) => {
                 format!("the target credential's secret is unavailable: {why}")
+            }
+            Refusal::AuditUnavailable => {
+                "the audit trail cannot record this call right now (on_error = \"refuse\"); \
+                 retry later"
+                    .into()
             }
         }
     }
@@ -175,6 +184,7 @@ mod tests {
             (Refusal::UpstreamTimeout, 504, "upstream_timeout"),
             (Refusal::MeterUnavailable, 503, "meter_unavailable"),
             (Refusal::SecretUnavailable("x"), 502, "secret_unavailable"),
+            (Refusal::AuditUnavailable, 503, "audit_unavailable"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), *status, "{code}");

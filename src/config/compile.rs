@@ -554,6 +554,74 @@ impl Cx<'_> {
                 _ => self.err(q, "audit.queue", "must be between 16 and 16777216 records"),
             }
         }
+        if let Some(b) = &a.backlog {
+            match usize::try_from(*b.get_ref()) {
+                Ok(n) if (1..=1 << 24).contains(&n) => cfg.pending_max = n,
+                _ => self.err(b, "audit.backlog", "must be between 1 and 16777216 records"),
+            }
+        }
+        if let Some(o) = &a.on_error {
+            match crate::observe::audit::OnError::parse(o.get_ref()) {
+                Some(p) => cfg.on_error = p,
+                None => self.err(o, "audit.on_error", "must be \"continue\" or \"refuse\""),
+            }
+        }
+        if let Some(k) = &a.signing_key {
+            match self.secret(k.get_ref(), "audit.signing_key") {
+                Ok(sec) if self.opts.offline && sec.expose() == b"offline-placeholder" => {}
+                Ok(sec) => match crate::observe::audit::SigningKey::from_secret(sec.expose()) {
+                    Ok(key) => cfg.signing_key = Some(Arc::new(key)),
+                    Err(m) => self.err(k, "audit.signing_key", m),
+                },
+                Err(e) => self.err(k, "audit.signing_key", e.to_string()),
+            }
+        }
+        if let Some(n) = &a.checkpoint_records {
+            match u64::try_from(*n.get_ref()) {
+                Ok(v) if (1..=1 << 30).contains(&v) => cfg.checkpoint_records = v,
+                _ => self.err(
+                    n,
+                    "audit.checkpoint_records",
+                    "must be between 1 and 1073741824 records",
+                ),
+            }
+        }
+        cfg.checkpoint_interval = self.duration(
+            &a.checkpoint_interval,
+            "audit.checkpoint_interval",
+            cfg.checkpoint_interval,
+        );
+        if cfg.checkpoint_interval.is_zero()
+            && let Some(v) = &a.checkpoint_interval
+        {
+            self.err(v, "audit.checkpoint_interval", "must be more than 0");
+        }
+        if let Some(h) = &a.head_file {
+            let path = self.base_dir.join(h.get_ref());
+            if h.get_ref().is_empty() {
+                self.err(h, "audit.head_file", "must name a file");
+            } else if path.starts_with(&cfg.dir) {
+                self.err(
+                    h,
+                    "audit.head_file",
+                    "must be outside the audit directory (whoever can cut the log could cut it too)",
+                );
+            } else {
+                cfg.head_file = Some(path);
+            }
+        }
+        if let Some(n) = &a.retain_files {
+            match usize::try_from(*n.get_ref()) {
+                Ok(v) if v >= 2 => cfg.retain_files = Some(v),
+                _ => self.err(n, "audit.retain_files", "must be at least 2 files"),
+            }
+        }
+        if a.retain.is_some() {
+            let d = self.duration(&a.retain, "audit.retain", Duration::ZERO);
+            if !d.is_zero() {
+                cfg.retain_age = Some(d);
+            }
+        }
         Some(cfg)
     }
 
@@ -1483,6 +1551,36 @@ mod tests {
                 "literal token",
                 "[server]\nlisten = [\"127.0.0.1:1\"]\nadmin_token = \"hunter2\"\n",
                 "t.toml:3: server.admin_token: expected a reference",
+            ),
+            (
+                "audit on_error",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\non_error = \"ignore\"\n",
+                "t.toml:5: audit.on_error: must be \"continue\" or \"refuse\"",
+            ),
+            (
+                "audit head_file inside dir",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nhead_file = \"a/head.json\"\n",
+                "t.toml:5: audit.head_file: must be outside the audit directory",
+            ),
+            (
+                "audit literal signing key",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nsigning_key = \"00ff\"\n",
+                "t.toml:5: audit.signing_key: expected a reference",
+            ),
+            (
+                "audit signing key not a key",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nsigning_key = \"env:PORTCULLIS_TEST_NOT_A_KEY_XYZ\"\n",
+                "t.toml:5: audit.signing_key: environment variable",
+            ),
+            (
+                "audit retain_files",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\nretain_files = 1\n",
+                "t.toml:5: audit.retain_files: must be at least 2",
+            ),
+            (
+                "audit checkpoint_records",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"a\"\ncheckpoint_records = 0\n",
+                "t.toml:5: audit.checkpoint_records: must be between",
             ),
         ];
         for (name, toml, want) in table {

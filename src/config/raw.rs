@@ -76,6 +76,25 @@ pub struct RawAudit {
     pub on_full: Option<Spanned<String>>,
     #[serde(default)]
     pub queue: Option<Spanned<i64>>,
+    /// Records held in memory while the disk refuses writes.
+    #[serde(default)]
+    pub backlog: Option<Spanned<i64>>,
+    /// `"continue"` | `"refuse"`.
+    #[serde(default)]
+    pub on_error: Option<Spanned<String>>,
+    /// Ed25519 key for checkpoints, as a `vault:`/`env:`/`file:` reference.
+    #[serde(default)]
+    pub signing_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub checkpoint_records: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub checkpoint_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub head_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retain_files: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub retain: Option<Spanned<String>>,
 }
 
 /// `[secrets]`: external secret stores.

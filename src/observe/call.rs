@@ -2,6 +2,12 @@
 //! the pipeline. Its `Drop` emits the call's one record: a structured `access` log event at
 //! debug level, one update of the worker's metric shard (`metrics.rs`) and, with `[audit]`, one
 //! record pushed into the audit ring.
+//!
+//! Two hooks serve `[audit] on_error = "refuse"` (the pipeline calls them, the logic lives in
+//! `audit/gate.rs`): [`CallLog::audit_gate`] before anything goes upstream, and
+//! [`CallLog::durable`] just before the response head is released — with `fsync = "always"`
+//! it commits the record early and waits for its `fdatasync`.
+use crate::error::Refusal;
 use crate::observe::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::observe::metrics::{CallSample, WorkerMetrics};
 use crate::util::clock;
@@ -103,6 +109,12 @@ pub struct CallLog<'w> {
     pub redactions: u64,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
+    /// The agent's address.
+    pub client: Option<std::net::SocketAddr>,
+    /// A report-mode rule that would have decided differently: its index and decision.
+    pub shadow: Option<(u32, Decision)>,
+    /// The record was already pushed ([`CallLog::durable`]); `Drop` does not push again.
+    committed: bool,
     ring: Option<&'w AuditRing>,
     metrics: Option<&'w WorkerMetrics>,
 }
@@ -134,8 +146,66 @@ impl<'w> CallLog<'w> {
             upstream_us: None,
             redactions: 0,
             metrics_slot: None,
+            client: None,
+            shadow: None,
+            committed: false,
             ring,
             metrics,
+        }
+    }
+
+    /// Under `[audit] on_error = "refuse"`: `Err(AuditUnavailable)` while records cannot be
+    /// written or the queue is full. Call before anything is sent upstream.
+    pub fn audit_gate(&self) -> Result<(), Refusal> {
+        match self.ring {
+            Some(r) if !r.accepting() => Err(Refusal::AuditUnavailable),
+            _ => Ok(()),
+        }
+    }
+
+    /// Under `fsync = "always"` + `on_error = "refuse"`: pushes the record now (as the call
+    /// stands: `bytes_out` and `total_us` up to here) and waits until it is on disk. Call just
+    /// before the response head is written; `Err(AuditUnavailable)` if it cannot be made
+    /// durable within `timeout` (the response must then not be released). A no-op otherwise.
+    pub async fn durable(&mut self, timeout: std::time::Duration) -> Result<(), Refusal> {
+        let Some(ring) = self.ring.filter(|r| r.durable()) else {
+            return Ok(());
+        };
+        if self.committed {
+            return Ok(());
+        }
+        let rec = self.record(self.started.elapsed().as_micros() as u64);
+        self.committed = true;
+        let ticket = ring.push_record(rec);
+        if ring.wait_durable(ticket, timeout).await {
+            Ok(())
+        } else {
+            Err(Refusal::AuditUnavailable)
+        }
+    }
+
+    fn record(&mut self, total_us: u64) -> AuditRecord {
+        AuditRecord {
+            ts_us: self.ts_us,
+            id: SmallStr::new(self.id.as_str()),
+            agent: self.agent.clone(),
+            proxy: self.proxy_name.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status: self.status,
+            decision: self.decision,
+            code: self.code,
+            rule: self.rule,
+            scanner: self.scanner.clone(),
+            redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            upstream_status: self.upstream_status,
+            upstream_us: self.upstream_us,
+            total_us,
+            client: self.client.map(|a| (a.ip(), a.port())),
+            shadow: self.shadow,
+            completion: false,
         }
     }
 }
@@ -173,6 +243,7 @@ impl Drop for CallLog<'_> {
                 status: self.status,
                 code: self.code,
                 scanner_hit: self.scanner.is_some(),
+                shadow: self.shadow.map(|(_, d)| d),
                 redactions: self.redactions,
                 bytes_in: self.bytes_in,
                 bytes_out: self.bytes_out,
@@ -180,6 +251,19 @@ impl Drop for CallLog<'_> {
             });
         }
         let Some(ring) = self.ring else { return };
+        if self.committed {
+            // committed when the head was released: the body's totals follow as a completion
+            let _ = ring.push(AuditRecord {
+                ts_us: self.ts_us,
+                id: SmallStr::new(self.id.as_str()),
+                bytes_out: self.bytes_out,
+                redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+                total_us,
+                completion: true,
+                ..AuditRecord::default()
+            });
+            return;
+        }
         let rec = AuditRecord {
             ts_us: self.ts_us,
             id: SmallStr::new(self.id.as_str()),
@@ -198,6 +282,9 @@ impl Drop for CallLog<'_> {
             upstream_status: self.upstream_status,
             upstream_us: self.upstream_us,
             total_us,
+            client: self.client.map(|a| (a.ip(), a.port())),
+            shadow: self.shadow,
+            completion: false,
         };
         // a full ring counts the drop (and the writer records a gap); never blocks unbounded
         let _ = ring.push(rec);

@@ -26,6 +26,8 @@
 //!   `none` when no status was sent: the agent vanished first);
 //! - `portcullis_refusals_total{proxy,code}` — the gateway's own answers by error code;
 //! - `portcullis_request_duration_seconds{proxy}` — histogram of `total_us`;
+//! - `portcullis_shadow_hits_total{proxy,decision}` — report-mode rules that would have
+//!   decided the call differently, by the decision they would have made;
 //! - `portcullis_meter_rejections_total{proxy}`, `portcullis_scanner_hits_total{proxy}`,
 //!   `portcullis_redactions_total{proxy}`, `portcullis_request_bytes_total{proxy}`,
 //!   `portcullis_response_bytes_total{proxy}`;
@@ -52,7 +54,7 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
 const NB: usize = LATENCY_BUCKETS_US.len() + 1;
 
 /// The gateway's own error codes (`Refusal::code`), in export order.
-pub const CODES: [&str; 14] = [
+pub const CODES: [&str; 15] = [
     "unauthenticated",
     "credential_expired",
     "no_rule_matched",
@@ -67,6 +69,7 @@ pub const CODES: [&str; 14] = [
     "upstream_unreachable",
     "upstream_timeout",
     "upstream_auth_failed",
+    "audit_unavailable",
 ];
 
 const DECISIONS: [Decision; 3] = [Decision::Allow, Decision::Deny, Decision::Approve];
@@ -106,6 +109,8 @@ pub struct CallSample {
     pub status: u16,
     pub code: Option<&'static str>,
     pub scanner_hit: bool,
+    /// The decision a report-mode rule would have made instead.
+    pub shadow: Option<Decision>,
     pub redactions: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -120,6 +125,7 @@ pub struct ProxyCounters {
     latency_sum_us: AtomicU64,
     meter_rejections: AtomicU64,
     scanner_hits: AtomicU64,
+    shadow_hits: [AtomicU64; 3],
     redactions: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -134,6 +140,7 @@ impl Default for ProxyCounters {
             latency_sum_us: AtomicU64::new(0),
             meter_rejections: AtomicU64::new(0),
             scanner_hits: AtomicU64::new(0),
+            shadow_hits: Default::default(),
             redactions: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -163,6 +170,9 @@ impl ProxyCounters {
         bump(&self.latency_sum_us, c.total_us);
         if c.scanner_hit {
             bump(&self.scanner_hits, 1);
+        }
+        if let Some(d) = c.shadow {
+            bump(&self.shadow_hits[decision_index(d)], 1);
         }
         if c.redactions > 0 {
             bump(&self.redactions, c.redactions);
@@ -435,6 +445,25 @@ impl Metrics {
                 let _ = writeln!(o, "{name}{{proxy=\"{}\"}} {}", esc(p), f(t));
             }
         }
+        header(
+            &mut o,
+            "portcullis_shadow_hits_total",
+            "counter",
+            "Calls a report-mode rule would have decided differently, by the decision it would have made.",
+        );
+        for (p, t) in &merged {
+            for (di, d) in DECISIONS.iter().enumerate() {
+                if t.shadow_hits[di] > 0 {
+                    let _ = writeln!(
+                        o,
+                        "portcullis_shadow_hits_total{{proxy=\"{}\",decision=\"{}\"}} {}",
+                        esc(p),
+                        d.as_str(),
+                        t.shadow_hits[di]
+                    );
+                }
+            }
+        }
         for (name, help, v) in [
             (
                 "portcullis_upstream_connect_errors_total",
@@ -470,7 +499,25 @@ impl Metrics {
             );
         }
         if let Some(a) = audit {
-            let gauges: [(&str, &str, &str, u64); 8] = [
+            let gauges: [(&str, &str, &str, u64); 11] = [
+                (
+                    "portcullis_audit_degraded",
+                    "gauge",
+                    "1 while audit writes fail (records are held, or refused under on_error = \"refuse\").",
+                    u64::from(a.degraded),
+                ),
+                (
+                    "portcullis_audit_checkpoints_total",
+                    "counter",
+                    "Checkpoint records written.",
+                    a.checkpoints,
+                ),
+                (
+                    "portcullis_audit_files_removed_total",
+                    "counter",
+                    "Audit log files deleted by retention.",
+                    a.files_removed,
+                ),
                 (
                     "portcullis_audit_queue_depth",
                     "gauge",
@@ -528,7 +575,7 @@ impl Metrics {
                 &mut o,
                 "portcullis_audit_dropped_total",
                 "counter",
-                "Audit records dropped (queue: ring full; backlog: writer buffer full).",
+                "Audit records dropped (queue: ring full; backlog: writer buffer full; write_failed: the disk refused writes until shutdown).",
             );
             let _ = writeln!(
                 o,
@@ -539,6 +586,11 @@ impl Metrics {
                 o,
                 "portcullis_audit_dropped_total{{reason=\"backlog\"}} {}",
                 a.dropped_backlog
+            );
+            let _ = writeln!(
+                o,
+                "portcullis_audit_dropped_total{{reason=\"write_failed\"}} {}",
+                a.dropped_write
             );
         }
         o
@@ -557,6 +609,8 @@ pub struct Totals {
     pub latency_sum_us: u64,
     pub meter_rejections: u64,
     pub scanner_hits: u64,
+    /// Report-mode rule hits by the decision they would have made.
+    pub shadow_hits: [u64; 3],
     pub redactions: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -578,6 +632,9 @@ impl Totals {
         self.latency_sum_us += get(&c.latency_sum_us);
         self.meter_rejections += get(&c.meter_rejections);
         self.scanner_hits += get(&c.scanner_hits);
+        for (i, v) in self.shadow_hits.iter_mut().enumerate() {
+            *v += get(&c.shadow_hits[i]);
+        }
         self.redactions += get(&c.redactions);
         self.bytes_in += get(&c.bytes_in);
         self.bytes_out += get(&c.bytes_out);

@@ -59,11 +59,13 @@ pub async fn serve_call(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> 
         Err(Stop::Quiet) => return false,
         Err(Stop::Refuse(r)) => {
             let mut log = CallLog::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
+            log.client = s.peer;
             return refuse(client, s, &mut log, r, None, Version::Http11, lim).await;
         }
     }
     let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
     let mut log = CallLog::new(id, w.audit.as_deref(), Some(&w.metrics));
+    log.client = s.peer;
     log.method = SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let wants_keep = s.head.keep_alive && !w.draining.get();
@@ -127,8 +129,10 @@ async fn call(
     // 7. scanners: the whole body, before any connection to the upstream is opened
     scan(proxy, s, lim, log)?;
 
-    // 8. outbound request: one head, signed as it is sent
+    // 8. outbound request: one head, signed as it is sent (under `[audit] on_error =
+    // "refuse"`, only if the call can be recorded)
     at.phase = Phase::Forward;
+    log.audit_gate()?;
     let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
     let method = s.head.method.get(&s.rbuf);
     let method_is_head = method == b"HEAD";
@@ -166,6 +170,9 @@ async fn call(
     })?;
     let keep = wants_keep && plan.framing != write::Framing::Close;
     let status = s.resp.status;
+    log.status = status;
+    // fsync = "always" + on_error = "refuse": the record is on disk before the response leaves
+    log.durable(lim.upstream_timeout).await?;
     s.out.clear();
     write::response_head(
         &mut s.out,
@@ -181,7 +188,6 @@ async fn call(
         version,
         plan.drop_encoding,
     );
-    log.status = status;
     let resp_head_len = s.resp.head_len;
     let upstream_keep = s.resp.keep_alive;
     let io = StreamIo {
@@ -241,6 +247,9 @@ async fn refuse(
     let keep = consumed.is_some();
     log.status = refusal.status();
     log.code = Some(refusal.code());
+    // fsync = "always" + on_error = "refuse": the refusal's record is on disk first too (if it
+    // cannot be, the refusal goes out anyway: nothing was released upstream)
+    let _ = log.durable(lim.upstream_timeout).await;
     s.out.clear();
     write::error_response(
         &mut s.out,

@@ -109,6 +109,10 @@ pub(super) fn authorize(
         |name: &str| find_header(headers, src, name.as_bytes()),
     );
     log.rule = decision.rule.and_then(|r| u32::try_from(r).ok());
+    log.shadow = proxy
+        .rules
+        .shadow(&decision)
+        .and_then(|(r, e)| Some((u32::try_from(r).ok()?, Decision::from(e))));
     for r in &decision.report_hits {
         tracing::info!(target: "shadow", id = log.id.as_str(), proxy = %proxy.name, rule = r,
             "a report-mode rule would have changed this decision");

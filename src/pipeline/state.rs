@@ -32,6 +32,8 @@ pub struct Scratch {
     pub path: String,
     /// Header lines the gateway adds to its answer (`RateLimit-*`).
     pub extra: Vec<u8>,
+    /// The agent's address (set per connection).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Scratch sets kept for reuse per worker.

@@ -96,6 +96,16 @@ pub struct RawRule {
     pub mode: Option<String>,
 }
 
+impl From<Effect> for crate::observe::audit::Decision {
+    fn from(e: Effect) -> Self {
+        match e {
+            Effect::Allow => crate::observe::audit::Decision::Allow,
+            Effect::Deny => crate::observe::audit::Decision::Deny,
+            Effect::Approve => crate::observe::audit::Decision::Approve,
+        }
+    }
+}
+
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -703,6 +713,16 @@ impl RuleSet {
         self.default_effect
     }
 
+    /// The rule (index and effect) of `d.report_hits` that would have decided had the
+    /// report-mode rules been enforced: the one with the strongest effect (deny > approve >
+    /// allow), as enforcement picks.
+    pub fn shadow(&self, d: &Decision) -> Option<(usize, Effect)> {
+        d.report_hits
+            .iter()
+            .filter_map(|&i| self.rules.get(i).map(|r| (i, r.effect)))
+            .max_by_key(|(i, e)| (e.rank(), std::cmp::Reverse(*i)))
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -905,7 +925,8 @@ mod tests {
     #[test]
     fn trace_is_allowed_only_by_a_rule_that_names_it() {
         let no_header = |_: &str| None;
-        let cases: &[(&str, Vec<RawRule>, Effect, &[u8], Effect)] = &[
+        type Case<'a> = (&'a str, Vec<RawRule>, Effect, &'a [u8], Effect);
+        let cases: &[Case] = &[
             (
                 "allow * does not cover TRACE",
                 vec![rule("allow", &["*"], "/**")],

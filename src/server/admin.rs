@@ -1,5 +1,7 @@
-//! The admin listener, on its own thread: `/healthz`, `/readyz` (no token); `GET /metrics`,
-//! `GET /v1/requests`, `GET /v1/telemetry` and `POST /v1/reload` (bearer `admin_token`). Same
+//! The admin listener, on its own thread: `/healthz`, `/readyz` (no token; "degraded" while
+//! audit writes fail, 503 when `on_error = "refuse"` refuses calls meanwhile); `GET /metrics`,
+//! `GET /v1/requests` (`?shadow=1`: report-mode rule hits), `GET /v1/telemetry`,
+//! `GET /v1/audit/head` (the latest checkpoint) and `POST /v1/reload` (bearer `admin_token`). Same
 //! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
 //! a two-thread blocking pool attached to the admin runtime.
 use crate::http::head::{self, RequestHead};
@@ -73,10 +75,35 @@ async fn serve(mut s: TcpStream, control: Arc<Control>) {
     };
     let reply = match (method, path) {
         (b"GET", b"/healthz") => Reply::json(200, r#"{"status":"ok"}"#.to_string()),
-        (b"GET", b"/readyz") if control.is_ready() => {
-            Reply::json(200, r#"{"status":"ready"}"#.to_string())
+        (b"GET", b"/readyz") if !control.is_ready() => {
+            Reply::json(503, r#"{"status":"not ready"}"#.to_string())
         }
-        (b"GET", b"/readyz") => Reply::json(503, r#"{"status":"not ready"}"#.to_string()),
+        // audit writes failing: "degraded"; not ready when calls are refused meanwhile
+        (b"GET", b"/readyz") => match control.audit.as_ref().filter(|a| a.degraded()) {
+            Some(a) if a.refusing() => Reply::json(
+                503,
+                r#"{"status":"degraded","audit":"failing","calls":"refused"}"#.to_string(),
+            ),
+            Some(_) => Reply::json(
+                200,
+                r#"{"status":"degraded","audit":"failing","calls":"served"}"#.to_string(),
+            ),
+            None => Reply::json(200, r#"{"status":"ready"}"#.to_string()),
+        },
+        (b"GET", b"/v1/audit/head") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => match control.audit.as_ref() {
+                None => audit_disabled(),
+                Some(a) => match a.head() {
+                    Some(h) => Reply::json(200, h),
+                    None => Reply::error(
+                        404,
+                        "no_checkpoint",
+                        "no checkpoint yet (they need [audit] signing_key or head_file, and calls)",
+                    ),
+                },
+            },
+        },
         (b"GET", b"/metrics") => match authorized(&head, &buf, &control) {
             Err(r) => r,
             Ok(()) => {
@@ -106,7 +133,11 @@ async fn serve(mut s: TcpStream, control: Arc<Control>) {
                 Err(e) => Reply::error(400, "reload_failed", &e.to_string()),
             },
         },
-        (_, b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry")
+        (
+            _,
+            b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry"
+            | b"/v1/audit/head",
+        )
         | (_, b"/v1/reload") => Reply::error(
             405,
             "method_not_allowed",
@@ -251,7 +282,9 @@ pub fn parse_query_string(
     Ok(out)
 }
 
-const PARAMS: [&str; 6] = ["proxy", "agent", "status", "since", "until", "limit"];
+const PARAMS: [&str; 7] = [
+    "proxy", "agent", "status", "since", "until", "shadow", "limit",
+];
 
 fn pct_decode(s: &[u8]) -> Option<String> {
     String::from_utf8(crate::http::query::pct_decode_strict(s)?).ok()
@@ -278,6 +311,13 @@ pub fn requests_query(qs: &[u8], now_us: u64) -> Result<crate::observe::audit::Q
             }
             "since" => q.since = Some(time_param(k, &v, now_us)?),
             "until" => q.until = Some(time_param(k, &v, now_us)?),
+            "shadow" => {
+                q.shadow = match v.as_str() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err("shadow: expected 1 or 0".into()),
+                }
+            }
             _ => {
                 q.limit = match v.parse::<usize>() {
                     Ok(n @ 1..=MAX_REQUESTS_LIMIT) => n,

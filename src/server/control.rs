@@ -67,6 +67,21 @@ impl AuditView {
     pub fn snapshot(&self) -> crate::observe::audit::StatsSnapshot {
         self.stats.snapshot(&self.ring)
     }
+
+    /// Audit writes are failing right now.
+    pub fn degraded(&self) -> bool {
+        self.ring.failing()
+    }
+
+    /// Calls are refused while the trail cannot take records (`on_error = "refuse"`).
+    pub fn refusing(&self) -> bool {
+        !self.ring.accepting()
+    }
+
+    /// The latest published head (JSON), if a checkpoint was written.
+    pub fn head(&self) -> Option<String> {
+        self.stats.head()
+    }
 }
 
 #[derive(Debug)]

@@ -105,9 +105,9 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
 
 async fn accept_one(l: &TcpListener, w: &Rc<Worker>, cancel: CancelHandle) {
     match l.cancelable_accept(cancel).await {
-        Ok((stream, _peer)) => {
+        Ok((stream, peer)) => {
             let _ = stream.set_nodelay(true);
-            monoio::spawn(serve(stream, w.clone()));
+            monoio::spawn(serve(stream, w.clone(), peer));
         }
         Err(_) if w.draining.get() => {}
         Err(e) => {
@@ -127,7 +127,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// One agent connection: wait (without holding a buffer) for a request, serve it, repeat.
-async fn serve(mut stream: TcpStream, w: Rc<Worker>) {
+async fn serve(mut stream: TcpStream, w: Rc<Worker>, peer: std::net::SocketAddr) {
     let mut pending: Option<Box<Scratch>> = None;
     loop {
         if pending.is_none() {
@@ -141,6 +141,7 @@ async fn serve(mut stream: TcpStream, w: Rc<Worker>) {
             }
         }
         let mut s = pending.take().unwrap_or_else(|| w.take_scratch());
+        s.peer = Some(peer);
         w.inflight.set(w.inflight.get() + 1);
         let guard = InFlight(&w.inflight);
         let keep = Box::pin(pipeline::serve_call(&w, &mut stream, &mut s)).await;

@@ -48,6 +48,16 @@ pub fn decode32(s: &[u8]) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// An even number of hex digits (either case) → bytes.
+pub fn decode(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.chunks_exact(2)
+        .map(|pair| Some((digit(pair[0])? << 4) | digit(pair[1])?))
+        .collect()
+}
+
 /// The value of up to 16 hex digits (`None` on any other byte or on none at all).
 pub fn value(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 16 {

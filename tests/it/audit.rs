@@ -211,15 +211,15 @@ pub fn check_record(r: &StoredRecord, e: &Expect) {
     }
 }
 
-fn calls(dir: &Path) -> Vec<StoredRecord> {
+pub fn calls(dir: &Path) -> Vec<StoredRecord> {
     portcullis::observe::audit::verify::read_all(dir)
         .unwrap()
         .into_iter()
-        .filter(|r| !r.is_gap())
+        .filter(|r| r.is_call())
         .collect()
 }
 
-fn stop(gw: &mut Gateway) {
+pub fn stop(gw: &mut Gateway) {
     gw.signal("TERM");
     let st = gw
         .wait_exit(Duration::from_secs(15))
@@ -227,7 +227,7 @@ fn stop(gw: &mut Gateway) {
     assert!(st.success(), "{st}: {}", gw.stderr_text());
 }
 
-fn portcullis_ok(args: &[&str]) -> String {
+pub fn portcullis_ok(args: &[&str]) -> String {
     let out = run_portcullis(args, &[], Duration::from_secs(30));
     assert!(
         out.status.success(),
@@ -351,7 +351,7 @@ fn one_record_per_call_verify_logs_and_a_tampered_line() {
     );
 }
 
-fn admin_get(port: u16, path: &str, token: Option<&str>) -> Response {
+pub fn admin_get(port: u16, path: &str, token: Option<&str>) -> Response {
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -362,7 +362,7 @@ fn admin_get(port: u16, path: &str, token: Option<&str>) -> Response {
     parse_response(&raw).unwrap_or_else(|e| panic!("admin GET {path}: {e}: {}", show(&raw)))
 }
 
-fn records_of(r: &Response) -> Vec<StoredRecord> {
+pub fn records_of(r: &Response) -> Vec<StoredRecord> {
     assert_eq!(r.status, 200, "{}", show(&r.raw));
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

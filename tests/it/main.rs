@@ -12,6 +12,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod audit_integrity;
 mod authz;
 mod bao;
 mod cli_ident;

@@ -11,8 +11,12 @@
 //!
 //! - [`record`]: the record, its line encoding and the chain hash; [`StoredRecord`] read back.
 //! - [`ring`]: the only `unsafe` code of the crate.
+//! - [`gate`]: [`AuditRing`], the ring plus what the data plane needs of the writer's health
+//!   (`on_error = "refuse"`: [`AuditRing::accepting`], durable-before-response tickets).
+//! - [`sign`]: Ed25519 checkpoint keys.
 //! - [`writer`]: the dedicated thread; [`AuditConfig`], [`Handle`], exported [`AuditStats`].
-//! - [`verify`]: chain verification with file:line breaks; a line reader.
+//! - [`verify`]: chain verification with file:line breaks, checkpoint signatures, the expected
+//!   head and retention anchors; a line reader.
 //! - [`query`]: filtered newest-first queries over the index.
 //! - [`index`], [`files`]: the sidecar index format, file names and listing.
 //!
@@ -30,10 +34,12 @@
 #![deny(unsafe_code)]
 
 pub mod files;
+pub mod gate;
 pub mod index;
 pub mod query;
 pub mod record;
 pub mod ring;
+pub mod sign;
 pub mod telemetry;
 pub mod verify;
 pub mod writer;
@@ -41,13 +47,15 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use gate::{AuditRing, Durability, OnError};
 pub use query::{Query, QueryError, QueryResult, StatusFilter, query, query_visit};
 pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
 pub use ring::{OnFull, Ring};
-pub use verify::{Break, BreakKind, VerifyError, VerifyReport, verify_dir};
-pub use writer::{
-    AuditConfig, AuditRing, AuditStats, AuditWriter, FsyncPolicy, Handle, StatsSnapshot,
+pub use sign::SigningKey;
+pub use verify::{
+    Break, BreakKind, VerifyError, VerifyOptions, VerifyReport, verify_dir, verify_dir_with,
 };
+pub use writer::{AuditConfig, AuditStats, AuditWriter, FsyncPolicy, Handle, StatsSnapshot};
 
 use std::sync::Arc;
 

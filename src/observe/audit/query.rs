@@ -2,7 +2,8 @@
 //!
 //! "Newest first" is reverse log order, i.e. reverse completion order (the writer appends calls
 //! as they finish); `since`/`until` filter on `ts` (when the call was received), inclusive at
-//! both ends. Gap records are never returned.
+//! both ends; `shadow` keeps only calls a report-mode rule would have decided differently.
+//! Gap, checkpoint and anchor records are never returned.
 //!
 //! # How it stays fast on large logs
 //!
@@ -73,6 +74,8 @@ pub struct Query {
     pub status: Option<StatusFilter>,
     pub since: Option<u64>,
     pub until: Option<u64>,
+    /// Only calls with a report-mode (shadow) rule hit.
+    pub shadow: bool,
     pub limit: usize,
 }
 
@@ -84,6 +87,7 @@ impl Default for Query {
             status: None,
             since: None,
             until: None,
+            shadow: false,
             limit: DEFAULT_LIMIT,
         }
     }
@@ -92,7 +96,10 @@ impl Default for Query {
 impl Query {
     /// Whether a parsed record matches (the exact test behind the fast pre-filters).
     pub fn matches(&self, r: &StoredRecord) -> bool {
-        if r.is_gap() {
+        if !r.is_call() {
+            return false;
+        }
+        if self.shadow && r.shadow.is_none() {
             return false;
         }
         if let Some(p) = &self.proxy
@@ -245,6 +252,9 @@ impl<'q, 'v> Scan<'q, 'v> {
         if let Some(a) = &q.agent {
             needle("agent", a);
         }
+        if q.shadow {
+            needles.push(Finder::new(b",\"shadow\":{").into_owned());
+        }
         if let Some(StatusFilter::Exact(s)) = q.status {
             needles.push(Finder::new(format!(",\"status\":{s},").as_bytes()).into_owned());
         }
@@ -341,7 +351,7 @@ impl<'q, 'v> Scan<'q, 'v> {
         }
         if line
             .get(record::TS_PREFIX.len() + record::TS_LEN + 1..)
-            .is_some_and(|r| r.starts_with(b",\"kind\":\"gap\""))
+            .is_some_and(|r| r.starts_with(b",\"kind\":\""))
         {
             return false;
         }

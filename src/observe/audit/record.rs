@@ -10,13 +10,34 @@
 //! {"ts":"2026-11-24T09:59:27.123456Z","id":"…","agent":"support-bot","proxy":"crm","method":"GET",
 //!  "path":"/v1/accounts/42","status":200,"decision":"allow","code":null,"rule":0,"scanner":null,
 //!  "redactions":0,"bytes_in":0,"bytes_out":512,"upstream_status":200,"upstream_us":812,
-//!  "total_us":990,"prev":"<64 hex>","hash":"<64 hex>"}
-//! {"ts":"…","kind":"gap","dropped":12,"reason":"queue_full","prev":"<64 hex>","hash":"<64 hex>"}
+//!  "total_us":990,"client":"10.0.0.7:51234","shadow":null,"prev":"<64 hex>","hash":"<64 hex>"}
+//! {"ts":"…","kind":"gap","dropped":12,"reason":"queue_full","from":"…","to":"…","prev":"…","hash":"…"}
+//! {"ts":"…","kind":"checkpoint","records":1000,"key":"<64 hex>","sig":"<128 hex>","prev":"…","hash":"…"}
+//! {"ts":"…","kind":"anchor","first":"<64 hex>","file":"audit-….jsonl","removed":2,"prev":"…","hash":"…"}
+//! {"ts":"…","kind":"completion","id":"…","bytes_out":5120,"redactions":0,"total_us":1830,"prev":"…","hash":"…"}
 //! ```
 //!
-//! A call record has no `kind` member; a gap record (`"kind":"gap"`) stands where records were
-//! lost (`reason`: `queue_full` — the ring was full; `backlog_full` — the writer's pending buffer
-//! overflowed during a disk error; `torn_tail` — a line torn by a crash was cut off at restart).
+//! A call record has no `kind` member. `client` is the agent's address as the gateway saw it;
+//! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
+//! differently had it been enforced (the rule that would have won, and its decision).
+//!
+//! A gap record (`"kind":"gap"`) stands where records were lost, `dropped` of them, received
+//! between `from` and `to` (`reason`: `queue_full` — the ring was full; `backlog_full` — the
+//! writer's pending buffer overflowed during a disk error; `write_failed` — the disk still
+//! refused writes when the gateway stopped, so the records it held were lost (written from the
+//! reserve, see `writer.rs`); `torn_tail` — a line torn by a crash was cut off at restart).
+//!
+//! Under `fsync = "always"` + `on_error = "refuse"` a call's record is committed when its
+//! response head is released (so `bytes_out`/`total_us` stop there); a completion line
+//! (`"kind":"completion"`, same `ts` and `id`) follows once the body was sent, with the final
+//! `bytes_out`, `redactions` and `total_us`. It is not awaited: a crash mid-body loses it.
+//!
+//! A checkpoint (`"kind":"checkpoint"`) is written every N records or T seconds: `records` calls
+//! since the previous one, and, with `[audit] signing_key`, the Ed25519 public key and the
+//! signature over [`checkpoint_message`] (its time, `prev` and `records`), so the chain up to it
+//! is vouched for by the key holder. An anchor (`"kind":"anchor"`) is written by retention after
+//! deleting the oldest files: `first` is the hash of the first line that remains, so `verify`
+//! accepts a log that no longer starts at genesis exactly where retention cut it.
 //!
 //! # Hash chain
 //!
@@ -134,6 +155,14 @@ pub struct AuditRecord {
     pub upstream_status: Option<u16>,
     pub upstream_us: Option<u64>,
     pub total_us: u64,
+    /// The agent's address (the TCP peer): IP and port (kept apart from `SocketAddr` to fit
+    /// the slot).
+    pub client: Option<(std::net::IpAddr, u16)>,
+    /// A report-mode rule that would have decided differently: its index and decision.
+    pub shadow: Option<(u32, Decision)>,
+    /// Not a call record but the completion of one committed early (durable mode): only
+    /// `ts_us`, `id`, `bytes_out`, `redactions` and `total_us` are written.
+    pub completion: bool,
 }
 
 // A ring slot holds one record inline: keep it within 256 bytes (65,536 slots ≈ 16 MiB).
@@ -148,6 +177,8 @@ pub enum GapReason {
     BacklogFull,
     /// A line torn by a crash was cut from the end of the newest file at restart.
     TornTail,
+    /// The disk refused writes until shutdown: the records held in memory were lost.
+    WriteFailed,
 }
 
 impl GapReason {
@@ -156,6 +187,7 @@ impl GapReason {
             GapReason::QueueFull => "queue_full",
             GapReason::BacklogFull => "backlog_full",
             GapReason::TornTail => "torn_tail",
+            GapReason::WriteFailed => "write_failed",
         }
     }
 }
@@ -164,11 +196,34 @@ impl GapReason {
 #[derive(Clone, Copy, Debug)]
 pub enum Entry<'a> {
     Call(&'a AuditRecord),
+    /// A call record's completion (see [`AuditRecord::completion`]).
+    Completion(&'a AuditRecord),
     Gap {
         ts_us: u64,
         dropped: u64,
         reason: GapReason,
+        /// Receive times of the first and last lost record (or when the drops were seen).
+        window: Option<(u64, u64)>,
     },
+    Checkpoint {
+        ts_us: u64,
+        records: u64,
+        /// Public key and signature, with a signing key.
+        signed: Option<(&'a [u8; 32], &'a [u8; 64])>,
+    },
+    Anchor {
+        ts_us: u64,
+        first: &'a Hash,
+        file: &'a str,
+        removed: u64,
+    },
+}
+
+/// The bytes a checkpoint's signature covers: its timestamp (as written), the hash of the line
+/// before it (the chain head it vouches for) and its record count.
+pub fn checkpoint_message(ts: &str, prev_hex: &str, records: u64) -> Vec<u8> {
+    format!("portcullis audit checkpoint v1\nts={ts}\nprev={prev_hex}\nrecords={records}\n")
+        .into_bytes()
 }
 
 /// `{"ts":"` — every line starts with it, and the 27-byte timestamp follows.
@@ -183,10 +238,23 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
     let start = out.len();
     match entry {
         Entry::Call(r) => encode_call(out, r),
+        Entry::Completion(r) => {
+            out.extend_from_slice(TS_PREFIX);
+            push_ts(out, r.ts_us);
+            out.extend_from_slice(b"\",\"kind\":\"completion\",\"id\":");
+            push_json_str(out, r.id.as_str());
+            out.extend_from_slice(b",\"bytes_out\":");
+            push_u64(out, r.bytes_out);
+            out.extend_from_slice(b",\"redactions\":");
+            push_u64(out, r.redactions as u64);
+            out.extend_from_slice(b",\"total_us\":");
+            push_u64(out, r.total_us);
+        }
         Entry::Gap {
             ts_us,
             dropped,
             reason,
+            window,
         } => {
             out.extend_from_slice(TS_PREFIX);
             push_ts(out, *ts_us);
@@ -195,6 +263,50 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
             out.extend_from_slice(b",\"reason\":\"");
             out.extend_from_slice(reason.as_str().as_bytes());
             out.push(b'"');
+            if let Some((from, to)) = window {
+                out.extend_from_slice(b",\"from\":\"");
+                push_ts(out, *from);
+                out.extend_from_slice(b"\",\"to\":\"");
+                push_ts(out, *to);
+                out.push(b'"');
+            }
+        }
+        Entry::Checkpoint {
+            ts_us,
+            records,
+            signed,
+        } => {
+            out.extend_from_slice(TS_PREFIX);
+            push_ts(out, *ts_us);
+            out.extend_from_slice(b"\",\"kind\":\"checkpoint\",\"records\":");
+            push_u64(out, *records);
+            match signed {
+                Some((key, sig)) => {
+                    out.extend_from_slice(b",\"key\":\"");
+                    out.extend_from_slice(hex::encode(&key[..]).as_bytes());
+                    out.extend_from_slice(b"\",\"sig\":\"");
+                    out.extend_from_slice(hex::encode(&sig[..]).as_bytes());
+                    out.push(b'"');
+                }
+                None => out.extend_from_slice(b",\"key\":null,\"sig\":null"),
+            }
+        }
+        Entry::Anchor {
+            ts_us,
+            first,
+            file,
+            removed,
+        } => {
+            out.extend_from_slice(TS_PREFIX);
+            push_ts(out, *ts_us);
+            out.extend_from_slice(b"\",\"kind\":\"anchor\",\"first\":\"");
+            let mut fh = [0u8; 64];
+            hex_encode(first, &mut fh);
+            out.extend_from_slice(&fh);
+            out.extend_from_slice(b"\",\"file\":");
+            push_json_str(out, file);
+            out.extend_from_slice(b",\"removed\":");
+            push_u64(out, *removed);
         }
     }
     let mut prev_hex = [0u8; 64];
@@ -295,6 +407,27 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     push_opt_u64(out, r.upstream_us);
     out.extend_from_slice(b",\"total_us\":");
     push_u64(out, r.total_us);
+    out.extend_from_slice(b",\"client\":");
+    match r.client {
+        Some((ip, port)) => {
+            use std::io::Write as _;
+            out.push(b'"');
+            let _ = write!(out, "{}", std::net::SocketAddr::new(ip, port));
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"shadow\":");
+    match r.shadow {
+        Some((rule, d)) => {
+            out.extend_from_slice(b"{\"rule\":");
+            push_u64(out, rule as u64);
+            out.extend_from_slice(b",\"decision\":\"");
+            out.extend_from_slice(d.as_str().as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
@@ -563,11 +696,42 @@ pub struct StoredRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Gap: receive time of the first and the last lost record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Checkpoint: call records since the previous checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    /// Checkpoint: the Ed25519 public key (hex) and signature (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+    /// Anchor: the hash of the first remaining line, its file, and how many files were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<u64>,
     pub prev: String,
     pub hash: String,
+}
+
+/// The `shadow` member of a call record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shadow {
+    pub rule: u32,
+    pub decision: String,
 }
 
 impl StoredRecord {
@@ -577,6 +741,11 @@ impl StoredRecord {
 
     pub fn is_gap(&self) -> bool {
         self.kind.as_deref() == Some("gap")
+    }
+
+    /// A call record (not a gap, checkpoint or anchor).
+    pub fn is_call(&self) -> bool {
+        self.kind.is_none()
     }
 
     pub fn ts_us(&self) -> Option<u64> {
@@ -608,6 +777,9 @@ mod tests {
             upstream_status: None,
             upstream_us: None,
             total_us: 77,
+            client: Some(("10.0.0.7".parse().unwrap(), 51234)),
+            shadow: Some((2, Decision::Deny)),
+            completion: false,
         }
     }
 
@@ -628,6 +800,14 @@ mod tests {
         assert_eq!(s.code.as_deref(), Some("denied_by_rule"));
         assert_eq!(s.rule, Some(3));
         assert_eq!(s.upstream_status, None);
+        assert_eq!(s.client.as_deref(), Some("10.0.0.7:51234"));
+        assert_eq!(
+            s.shadow,
+            Some(Shadow {
+                rule: 2,
+                decision: "deny".into()
+            })
+        );
         assert_eq!(s.prev, "0".repeat(64));
         assert_eq!(s.hash, hex_string(&h));
         assert!(!s.is_gap());
@@ -645,6 +825,7 @@ mod tests {
             ts_us: 0,
             dropped: 12,
             reason: GapReason::QueueFull,
+            window: Some((1_000_000, 2_000_000)),
         };
         encode_line(&mut out, &g, &[7u8; 32]);
         let s = StoredRecord::parse(&out).unwrap();
@@ -653,6 +834,8 @@ mod tests {
         assert_eq!(s.reason.as_deref(), Some("queue_full"));
         assert_eq!(s.ts, "1970-01-01T00:00:00.000000Z");
         assert_eq!(s.prev, "07".repeat(32));
+        assert_eq!(s.from.as_deref(), Some("1970-01-01T00:00:01.000000Z"));
+        assert_eq!(s.to.as_deref(), Some("1970-01-01T00:00:02.000000Z"));
     }
 
     #[test]

@@ -157,6 +157,12 @@ impl<T> Ring<T> {
 
     /// Enqueues `v` if there is room; never waits, never counts.
     pub fn try_push(&self, v: T) -> Result<(), T> {
+        self.try_push_pos(v).map(|_| ())
+    }
+
+    /// Like [`Ring::try_push`], returning the position `v` took (0 for the first item ever;
+    /// the consumer pops positions in order).
+    pub fn try_push_pos(&self, v: T) -> Result<usize, T> {
         let mut pos = self.enqueue_pos.0.load(Ordering::Relaxed);
         loop {
             let slot = &self.slots[pos & self.mask];
@@ -178,7 +184,7 @@ impl<T> Ring<T> {
                         unsafe { (*slot.val.get()).write(v) };
                         slot.seq.store(pos.wrapping_add(1), Ordering::Release);
                         self.wake_consumer();
-                        return Ok(());
+                        return Ok(pos);
                     }
                     Err(actual) => pos = actual,
                 }
@@ -193,8 +199,13 @@ impl<T> Ring<T> {
     /// Enqueues `v`, applying the [`OnFull`] policy when full. `Err(v)` means the record was
     /// dropped and counted.
     pub fn push(&self, v: T) -> Result<(), T> {
-        let v = match self.try_push(v) {
-            Ok(()) => return Ok(()),
+        self.push_pos(v).map(|_| ())
+    }
+
+    /// Like [`Ring::push`], returning the position the item took.
+    pub fn push_pos(&self, v: T) -> Result<usize, T> {
+        let v = match self.try_push_pos(v) {
+            Ok(p) => return Ok(p),
             Err(v) => v,
         };
         match self.on_full {
@@ -207,7 +218,7 @@ impl<T> Ring<T> {
     }
 
     #[cold]
-    fn push_blocking(&self, mut v: T) -> Result<(), T> {
+    fn push_blocking(&self, mut v: T) -> Result<usize, T> {
         let deadline = clock::now() + self.block_budget;
         let mut spins = 0u32;
         loop {
@@ -218,8 +229,8 @@ impl<T> Ring<T> {
                 std::thread::yield_now();
             }
             spins = spins.wrapping_add(1);
-            match self.try_push(v) {
-                Ok(()) => return Ok(()),
+            match self.try_push_pos(v) {
+                Ok(p) => return Ok(p),
                 Err(back) => v = back,
             }
             if spins.is_multiple_of(16) && clock::now() >= deadline {

@@ -160,6 +160,7 @@ pub fn compute(
         status: None,
         since: Some(since),
         until: Some(until),
+        shadow: false,
         limit: max_records,
     };
     let mut groups: BTreeMap<(Option<String>, Option<String>), Acc> = BTreeMap::new();

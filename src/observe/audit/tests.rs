@@ -44,6 +44,12 @@ fn rec(i: u64) -> AuditRecord {
         upstream_status: (status != 403).then_some(status),
         upstream_us: (status != 403).then_some(i % 5000),
         total_us: i % 7000,
+        client: Some((
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            40_000 + (i % 1000) as u16,
+        )),
+        shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
+        completion: false,
     }
 }
 
@@ -299,7 +305,7 @@ fn restart_on_empty_newest_file_uses_the_one_before() {
 #[test]
 fn ring_drops_become_a_gap_record() {
     let d = tempfile::tempdir().unwrap();
-    let ring = std::sync::Arc::new(Ring::new(4, OnFull::Drop));
+    let ring = std::sync::Arc::new(AuditRing::new(4, OnFull::Drop, OnError::Continue, false));
     for i in 0..10 {
         let _ = ring.push(rec(i));
     }
@@ -433,6 +439,149 @@ fn removed_directory_is_noticed_and_recreated() {
     assert_eq!(all[0].id.as_deref(), Some(rec(5).id.as_str()));
 }
 
+// ---- checkpoints, retention, durability -------------------------------------------------------
+
+fn signing() -> (std::sync::Arc<SigningKey>, [u8; 32]) {
+    let (secret, public) = sign::generate().unwrap();
+    let key = SigningKey::from_secret(secret.as_bytes()).unwrap();
+    (
+        std::sync::Arc::new(key),
+        sign::parse_public_key(&public).unwrap(),
+    )
+}
+
+#[test]
+fn checkpoints_are_signed_published_and_verified() {
+    let d = tempfile::tempdir().unwrap();
+    let heads = tempfile::tempdir().unwrap();
+    let head_file = heads.path().join("head.json");
+    let (key, public) = signing();
+    let mut c = cfg(d.path());
+    c.signing_key = Some(key);
+    c.checkpoint_records = 10;
+    c.head_file = Some(head_file.clone());
+    let s = write_log(c, 0..25);
+    // after 10 and 20 calls, and the last 5 at shutdown
+    assert_eq!((s.written, s.checkpoints), (25, 3));
+    let all = verify::read_all(d.path()).unwrap();
+    let cps: Vec<&StoredRecord> = all
+        .iter()
+        .filter(|r| r.kind.as_deref() == Some("checkpoint"))
+        .collect();
+    assert_eq!(
+        cps.iter().map(|r| r.records).collect::<Vec<_>>(),
+        [Some(10), Some(10), Some(5)]
+    );
+    let opts = VerifyOptions {
+        pubkey: Some(public),
+        expect_head: None,
+    };
+    let r = verify::verify_dir_with(d.path(), &opts).unwrap();
+    assert_eq!(
+        (r.checkpoints, r.signed_checkpoints, r.after_checkpoint),
+        (3, 3, 0)
+    );
+    // the published head is the last checkpoint, signed
+    let text = std::fs::read_to_string(&head_file).unwrap();
+    let h = verify::read_head(&text, Some(&public)).unwrap();
+    assert_eq!(record::hex_string(&h), r.head);
+    let (_, other) = signing();
+    assert!(verify::read_head(&text, Some(&other)).is_err());
+    // another key: every checkpoint is a break
+    let opts = VerifyOptions {
+        pubkey: Some(other),
+        expect_head: Some(h),
+    };
+    match verify::verify_dir_with(d.path(), &opts) {
+        Err(VerifyError::Broken { count, breaks, .. }) => {
+            assert_eq!(count, 3);
+            assert!(
+                breaks
+                    .iter()
+                    .all(|b| matches!(b.kind, BreakKind::BadCheckpoint { .. }))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // cut after the second checkpoint: the chain verifies, the expected head is missing
+    let f = &logs(d.path())[0].path;
+    let l = lines(f);
+    let second = l
+        .iter()
+        .position(|x| x.contains(cps[1].hash.as_str()))
+        .unwrap();
+    write_lines(f, &l[..=second]);
+    assert!(verify_dir(d.path()).is_ok());
+    let opts = VerifyOptions {
+        pubkey: Some(public),
+        expect_head: Some(h),
+    };
+    let (b, count) = match verify::verify_dir_with(d.path(), &opts) {
+        Err(VerifyError::Broken { breaks, count, .. }) => (breaks, count),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(count, 1);
+    assert!(matches!(b[0].kind, BreakKind::HeadMissing { .. }));
+    assert!(b[0].to_string().contains("is not in the log"), "{}", b[0]);
+}
+
+#[test]
+fn retention_removes_old_files_and_anchors_what_remains() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.rotate_bytes = 4 << 10;
+    c.retain_files = Some(3);
+    let (ring, h) = start(c).unwrap();
+    for chunk in 0..10 {
+        push_all(&ring, chunk * 20..chunk * 20 + 20);
+        assert!(h.flush(Duration::from_secs(10)));
+    }
+    let s = h.flush_and_stop();
+    assert!(s.files_removed > 0, "{s:?}");
+    let remaining = logs(d.path());
+    assert!(remaining.len() <= 4, "{remaining:?}");
+    let r = verify_dir(d.path()).unwrap();
+    assert_eq!(
+        r.anchored.as_deref(),
+        Some(files::display_name(&remaining[0].path).as_str())
+    );
+    // an index goes with its file
+    for e in std::fs::read_dir(d.path()).unwrap() {
+        let p = e.unwrap().path();
+        if let Some(log) = p.to_str().and_then(|s| s.strip_suffix(".idx")) {
+            assert!(Path::new(log).exists(), "orphan index {p:?}");
+        }
+    }
+    // a file removed by hand is not what the anchor names
+    std::fs::remove_file(&remaining[0].path).unwrap();
+    let (b, _) = breaks(d.path());
+    assert!(matches!(b[0].kind, BreakKind::NotGenesis { .. }), "{b:?}");
+}
+
+#[test]
+fn durable_tickets_follow_the_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = cfg(d.path());
+    c.fsync = FsyncPolicy::Always;
+    c.on_error = OnError::Refuse;
+    let ring = c.ring();
+    assert!(ring.durable() && ring.accepting());
+    let t1 = ring.push_record(rec(1)).unwrap();
+    let t2 = ring.push_record(rec(2)).unwrap();
+    assert_eq!((t1, t2), (1, 2));
+    assert_eq!(ring.durability(t2), Durability::Pending);
+    let h = AuditWriter::spawn(c, ring.clone()).unwrap();
+    assert!(h.flush(Duration::from_secs(10)));
+    assert_eq!(ring.durability(t1), Durability::Durable);
+    assert_eq!(ring.durability(t2), Durability::Durable);
+    assert_eq!(ring.durability(t2 + 1), Durability::Pending);
+    h.flush_and_stop();
+    // without refuse, nothing waits
+    let mut c = cfg(d.path());
+    c.fsync = FsyncPolicy::Always;
+    assert!(!c.ring().durable());
+}
+
 // ---- queries ----------------------------------------------------------------------------------
 
 fn naive(all: &[StoredRecord], q: &Query) -> Vec<StoredRecord> {
@@ -481,7 +630,7 @@ fn query_basics() {
 #[test]
 fn query_ignores_gaps_and_a_line_being_written() {
     let d = tempfile::tempdir().unwrap();
-    let ring = std::sync::Arc::new(Ring::new(4, OnFull::Drop));
+    let ring = std::sync::Arc::new(AuditRing::new(4, OnFull::Drop, OnError::Continue, false));
     for i in 0..10 {
         let _ = ring.push(rec(i));
     }
@@ -555,6 +704,7 @@ fn query_large_log_matches_naive_filter() {
             status: StatusFilter::parse("4xx"),
             since: Some(BASE_TS + span / 3),
             until: Some(BASE_TS + span / 3 + 5_000_000),
+            shadow: false,
             limit: 10_000,
         },
     ];
@@ -576,6 +726,7 @@ fn query_large_log_matches_naive_filter() {
             until: next()
                 .is_multiple_of(2)
                 .then(|| since + next() % (span / 4)),
+            shadow: next().is_multiple_of(5),
             limit: [1, 10, 100, 5000][(next() % 4) as usize],
         });
     }

@@ -4,8 +4,11 @@
 //!
 //! # Durability ("acknowledged")
 //!
-//! Nothing is acknowledged to the agent: the response has been sent before its record is
-//! written (the trail is off the request path, SPEC "Audit records"). What the policies promise:
+//! By default nothing is acknowledged to the agent: the response has been sent before its
+//! record is written (the trail is off the request path, SPEC "Audit records"). With
+//! `fsync = "always"` and `on_error = "refuse"` the order flips: the pipeline waits for the
+//! record's `fdatasync` before it releases the response head (see `gate.rs`). What the
+//! policies promise:
 //! - a record counts as **written** ([`AuditStats::written`]) once `write(2)` returned for the
 //!   batch holding it — it survives a crash of the process, not of the host;
 //! - it counts as **synced** ([`AuditStats::synced`]) once an `fdatasync` that followed that
@@ -25,20 +28,41 @@
 //! truncated to its last `\n`) and a `torn_tail` gap record opens the new file, so the loss is
 //! itself on the chain and `verify` sees an intact log.
 //!
-//! # Errors
+//! # Errors (a full disk)
 //!
 //! A failed write is rolled back (`ftruncate` to the last good length; if even that fails the
-//! file is abandoned and a new one opened), counted in [`AuditStats::write_errors`], logged, and
-//! retried with backoff (10 ms doubling to 1 s). Records wait in a pending buffer bounded by
-//! `pending_max`; beyond it they are dropped and a `backlog_full` gap record takes their place.
-//! Ring overflows (its drop counter) become `queue_full` gap records. The thread never panics on
-//! I/O. If the directory is removed or the open file unlinked, the writer notices (checked every
-//! second) and recreates it — `verify` then reports the missing history.
+//! file is abandoned and a new one opened), counted in [`AuditStats::write_errors`] and retried
+//! with backoff (10 ms doubling to 1 s). The writer is *failing* from the first failed write to
+//! the next successful one: one warning at the start, one info line at the end (with the error
+//! count and how long it lasted), the `portcullis_audit_degraded` gauge, `/readyz` "degraded",
+//! and under `on_error = "refuse"` calls are refused meanwhile. Records wait in a pending buffer
+//! bounded by `pending_max`; beyond it they are dropped and a `backlog_full` gap record (count
+//! and receive-time window) takes their place, written as soon as writing succeeds again. Ring
+//! overflows (its drop counter) become `queue_full` gap records. If the gateway stops while the
+//! disk still refuses writes (after 5 s of retries), everything still held becomes one
+//! `write_failed` gap record, written into space freed by deleting the *reserve*: a
+//! pre-allocated file (`.reserve`, [`RESERVE_BYTES`]) kept in the directory for exactly this, so
+//! the next `audit verify` reports the loss instead of "ok". The reserve is re-created at the
+//! next start. The thread never panics on I/O. If the directory is removed or the open file
+//! unlinked, the writer notices (checked every second) and recreates it — `verify` then
+//! reports the missing history.
+//!
+//! # Checkpoints, the published head, retention
+//!
+//! With `signing_key` or `head_file`, a checkpoint record follows every `checkpoint_records`
+//! calls, every `checkpoint_interval` with calls since the last one, and the last calls at
+//! shutdown. It is synced at once, then published: written (atomically) to `head_file` and
+//! kept for `GET /v1/audit/head`, so `audit verify --expect-head` can prove that nothing before
+//! it was cut from the end. With `retain_files` / `retain`, the oldest closed files are
+//! deleted (never the open one, never the newest non-empty one) after each rotation, at start
+//! and once a minute; an anchor record then names the hash of the first line that remains.
 #![forbid(unsafe_code)]
 
+use super::gate::{AuditRing, OnError};
 use super::index::{self, BlockEntry};
 use super::record::{AuditRecord, Entry, GENESIS, GapReason, Hash, encode_line};
-use super::ring::{OnFull, Ring};
+use super::ring::OnFull;
+use super::sign::SigningKey;
 use super::{files, record};
 use crate::util::clock;
 use std::collections::VecDeque;
@@ -47,12 +71,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// The ring the data plane pushes into.
-pub type AuditRing = Ring<AuditRecord>;
 
 /// `[audit] fsync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +116,22 @@ pub struct AuditConfig {
     pub pending_max: usize,
     /// Records per index block.
     pub block_records: u32,
+    /// `[audit] on_error`.
+    pub on_error: OnError,
+    /// `[audit] signing_key`: signs checkpoints.
+    pub signing_key: Option<Arc<SigningKey>>,
+    /// `[audit] checkpoint_records`: a checkpoint after this many calls.
+    pub checkpoint_records: u64,
+    /// `[audit] checkpoint_interval`: a checkpoint this long after the last one (if calls came).
+    pub checkpoint_interval: Duration,
+    /// `[audit] head_file`: where the latest checkpoint is published (outside `dir`).
+    pub head_file: Option<PathBuf>,
+    /// `[audit] retain_files`: keep at most this many log files.
+    pub retain_files: Option<usize>,
+    /// `[audit] retain`: delete log files last written longer ago than this.
+    pub retain_age: Option<Duration>,
+    /// Size of the reserve file (0: none).
+    pub reserve_bytes: u64,
 }
 
 impl AuditConfig {
@@ -106,14 +144,37 @@ impl AuditConfig {
             queue_capacity: 65_536,
             pending_max: 262_144,
             block_records: index::DEFAULT_BLOCK_RECORDS,
+            on_error: OnError::Continue,
+            signing_key: None,
+            checkpoint_records: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            head_file: None,
+            retain_files: None,
+            retain_age: None,
+            reserve_bytes: RESERVE_BYTES,
         }
     }
 
     /// The ring for this config.
     pub fn ring(&self) -> Arc<AuditRing> {
-        Arc::new(Ring::new(self.queue_capacity, self.on_full))
+        Arc::new(AuditRing::new(
+            self.queue_capacity,
+            self.on_full,
+            self.on_error,
+            self.fsync == FsyncPolicy::Always,
+        ))
+    }
+
+    /// Whether checkpoint records are written.
+    pub fn checkpoints(&self) -> bool {
+        self.signing_key.is_some() || self.head_file.is_some()
     }
 }
+
+/// Default size of the reserve file that guarantees room for the last gap record.
+pub const RESERVE_BYTES: u64 = 256 << 10;
+/// The reserve file's name in the audit directory.
+pub const RESERVE_NAME: &str = ".reserve";
 
 /// Counters exported to the metrics module (all monotonic except `pending`).
 #[derive(Debug, Default)]
@@ -133,6 +194,14 @@ pub struct AuditStats {
     pub files_opened: AtomicU64,
     /// Records waiting in the writer (gauge).
     pub pending: AtomicU64,
+    /// Records lost because the disk still refused writes at shutdown (before the process
+    /// exits; the `write_failed` gap record carries the count).
+    pub dropped_write: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Files deleted by retention.
+    pub files_removed: AtomicU64,
+    /// The latest published head (JSON), for `GET /v1/audit/head`.
+    pub head: RwLock<Option<String>>,
 }
 
 /// A point-in-time view for `/metrics`.
@@ -151,6 +220,11 @@ pub struct StatsSnapshot {
     pub files_opened: u64,
     /// Ring depth + writer pending.
     pub queue_depth: u64,
+    /// Writes are failing right now.
+    pub degraded: bool,
+    pub dropped_write: u64,
+    pub checkpoints: u64,
+    pub files_removed: u64,
 }
 
 impl AuditStats {
@@ -167,7 +241,16 @@ impl AuditStats {
             bytes: l(&self.bytes),
             files_opened: l(&self.files_opened),
             queue_depth: ring.len() as u64 + l(&self.pending),
+            degraded: ring.failing(),
+            dropped_write: l(&self.dropped_write),
+            checkpoints: l(&self.checkpoints),
+            files_removed: l(&self.files_removed),
         }
+    }
+
+    /// The latest published head, if a checkpoint was written.
+    pub fn head(&self) -> Option<String> {
+        self.head.read().ok().and_then(|h| h.clone())
     }
 }
 
@@ -185,6 +268,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Bytes read from the end of the newest file to find the chain head at start.
 const TAIL_WINDOW: u64 = 64 << 10;
+/// How often retention looks for files past `retain`.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
 
 /// Control of the running writer thread.
 pub struct Handle {
@@ -259,18 +344,29 @@ impl Drop for Handle {
 pub struct AuditWriter;
 
 impl AuditWriter {
-    /// Creates `dir` if needed, finds the chain head (repairing a torn last line), and starts
-    /// the thread. Errors here are startup errors (unusable directory).
+    /// Creates `dir` if needed, finds the chain head (repairing a torn last line), makes the
+    /// reserve, applies retention and starts the thread. Errors here are startup errors
+    /// (unusable directory).
     pub fn spawn(cfg: AuditConfig, ring: Arc<AuditRing>) -> io::Result<Handle> {
         std::fs::create_dir_all(&cfg.dir)?;
         let rec = recover(&cfg.dir)?;
         let stats = Arc::new(AuditStats::default());
+        // the last published head stays served until this run publishes its own
+        if let Some(text) = cfg
+            .head_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            && let Ok(mut h) = stats.head.write()
+        {
+            *h = Some(text.trim().to_string());
+        }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             flush_req: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
             stats: stats.clone(),
         });
+        let now = clock::now();
         let mut w = Writer {
             // every drop of this ring's life gets a gap record (the writer is its one consumer)
             seen_ring_drops: 0,
@@ -286,16 +382,28 @@ impl AuditWriter {
             metas: Vec::with_capacity(BATCH),
             dirty_since_sync: false,
             unsynced: 0,
-            last_sync: clock::now(),
-            last_presence: clock::now(),
+            last_sync: now,
+            last_presence: now,
             backoff: BACKOFF_MIN,
             retry_at: None,
             consecutive_errors: 0,
+            popped: 0,
+            written_ticket: 0,
+            last_drain_us: unix_us(),
+            failing_since: None,
+            since_cp_enqueued: 0,
+            since_cp_written: 0,
+            last_cp: now,
+            last_retention: now,
+            parked: Vec::new(),
             cfg,
         };
         if rec.torn_bytes > 0 {
-            w.push_gap(1, GapReason::TornTail);
+            let t = unix_us();
+            w.push_gap(1, GapReason::TornTail, (t, t));
         }
+        w.make_reserve();
+        w.apply_retention();
         let thread = std::thread::Builder::new()
             .name("portcullis-audit".into())
             .spawn(move || w.run())?;
@@ -310,12 +418,31 @@ impl AuditWriter {
 // Nearly every item is a record; boxing it would add an allocation per record.
 #[allow(clippy::large_enum_variant)]
 enum Item {
-    Rec(AuditRecord),
+    /// A call record and its ticket (ring position + 1).
+    Rec(AuditRecord, u64),
     Gap {
         ts_us: u64,
         dropped: u64,
         reason: GapReason,
+        window: (u64, u64),
     },
+    Checkpoint,
+    Anchor {
+        first: Hash,
+        file: String,
+        removed: u64,
+    },
+}
+
+/// A checkpoint as written, for publishing.
+struct CheckpointHead {
+    ts_us: u64,
+    /// The hash of the line before it (what the signature covers).
+    prev: Hash,
+    records: u64,
+    /// Its own line hash (the head to expect).
+    hash: Hash,
+    sig: Option<[u8; 64]>,
 }
 
 struct Meta {
@@ -356,6 +483,21 @@ struct Writer {
     backoff: Duration,
     retry_at: Option<Instant>,
     consecutive_errors: u64,
+    /// Records popped from the ring so far (= the ticket of the last one popped).
+    popped: u64,
+    /// Ticket of the last call record written (synced tickets follow it on `sync`).
+    written_ticket: u64,
+    /// When the ring was last drained (µs), for the window of `queue_full` gaps.
+    last_drain_us: u64,
+    /// Since when writes fail (µs since the epoch, and the monotonic instant).
+    failing_since: Option<(u64, Instant)>,
+    /// Calls queued / written since the last checkpoint.
+    since_cp_enqueued: u64,
+    since_cp_written: u64,
+    last_cp: Instant,
+    last_retention: Instant,
+    /// Calls waiting for their ticket to be synced (durable mode).
+    parked: Vec<(u64, std::task::Waker)>,
 }
 
 fn unix_us() -> u64 {
@@ -366,11 +508,18 @@ impl Writer {
     fn run(mut self) {
         self.ring.register_consumer();
         let mut stop_deadline: Option<Instant> = None;
+        let mut final_checkpoint = false;
         loop {
             let stopping = self.shared.stop.load(Ordering::Acquire);
             let flush_req = self.shared.flush_req.load(Ordering::Acquire);
             self.drain();
             let now = clock::now();
+            if self.cfg.checkpoints()
+                && self.since_cp_enqueued > 0
+                && now.duration_since(self.last_cp) >= self.cfg.checkpoint_interval
+            {
+                self.push_checkpoint();
+            }
             let writable = self.retry_at.is_none_or(|t| now >= t);
             if !self.pending.is_empty() && writable {
                 self.write_batch();
@@ -381,6 +530,11 @@ impl Writer {
                 self.last_presence = now;
                 self.check_presence();
             }
+            if self.cfg.retain_age.is_some()
+                && now.duration_since(self.last_retention) >= RETENTION_CHECK
+            {
+                self.apply_retention();
+            }
             let idle = self.pending.is_empty() && self.ring.is_empty();
             if idle && flush_req > self.shared.flush_done.load(Ordering::Acquire) {
                 if self.cfg.fsync != FsyncPolicy::Never {
@@ -389,6 +543,13 @@ impl Writer {
                 self.shared.flush_done.store(flush_req, Ordering::Release);
             }
             if stopping {
+                if idle && !final_checkpoint && self.cfg.checkpoints() && self.since_cp_enqueued > 0
+                {
+                    // the last calls get a checkpoint too, so the published head is the end
+                    final_checkpoint = true;
+                    self.push_checkpoint();
+                    continue;
+                }
                 if idle {
                     break;
                 }
@@ -396,16 +557,14 @@ impl Writer {
                 if self.consecutive_errors > 0
                     && now >= *stop_deadline.get_or_insert(now + STOP_GRACE)
                 {
-                    tracing::error!(
-                        pending = self.pending_records,
-                        "audit: giving up on pending records at shutdown (disk keeps failing)"
-                    );
+                    self.write_loss_from_reserve();
                     break;
                 }
             }
             if !self.pending.is_empty() && writable {
                 continue;
             }
+            self.ring.wake_waiters(&mut self.parked);
             let mut timeout = IDLE_PARK;
             if let Some(t) = self.retry_at {
                 timeout = timeout.min(t.saturating_duration_since(now));
@@ -434,46 +593,76 @@ impl Writer {
         };
         for _ in 0..want {
             match self.ring.pop() {
-                Some(r) => self.enqueue(r),
+                Some(r) => {
+                    self.popped += 1;
+                    self.enqueue(r, self.popped)
+                }
                 None => break,
             }
         }
+        let now_us = unix_us();
         let d = self.ring.dropped();
         if d > self.seen_ring_drops {
-            self.push_gap(d - self.seen_ring_drops, GapReason::QueueFull);
+            // the drops happened since the last drain
+            self.push_gap(
+                d - self.seen_ring_drops,
+                GapReason::QueueFull,
+                (self.last_drain_us, now_us),
+            );
             self.seen_ring_drops = d;
         }
+        self.last_drain_us = now_us;
         self.stats
             .pending
             .store(self.pending_records as u64, Ordering::Relaxed);
     }
 
-    fn enqueue(&mut self, r: AuditRecord) {
+    fn enqueue(&mut self, r: AuditRecord, ticket: u64) {
         if self.pending_records >= self.cfg.pending_max.max(1) {
             self.stats.dropped_backlog.fetch_add(1, Ordering::Relaxed);
-            self.push_gap(1, GapReason::BacklogFull);
+            self.ring.set_lost_through(ticket);
+            self.push_gap(1, GapReason::BacklogFull, (r.ts_us, r.ts_us));
             return;
         }
-        self.pending.push_back(Item::Rec(r));
+        let call = !r.completion;
+        self.pending.push_back(Item::Rec(r, ticket));
         self.pending_records += 1;
+        if call && self.cfg.checkpoints() {
+            self.since_cp_enqueued += 1;
+            if self.since_cp_enqueued >= self.cfg.checkpoint_records.max(1) {
+                self.push_checkpoint();
+            }
+        }
+    }
+
+    fn push_checkpoint(&mut self) {
+        self.pending.push_back(Item::Checkpoint);
+        self.since_cp_enqueued = 0;
+        self.last_cp = clock::now();
     }
 
     /// Adds a gap, merging into the last pending gap when it has the same reason, or whatever
     /// its reason while the backlog is full (so gaps cannot grow the buffer without bound).
-    fn push_gap(&mut self, n: u64, reason: GapReason) {
+    fn push_gap(&mut self, n: u64, reason: GapReason, window: (u64, u64)) {
         let full = self.pending_records >= self.cfg.pending_max.max(1);
         if let Some(Item::Gap {
-            dropped, reason: r, ..
+            dropped,
+            reason: r,
+            window: w,
+            ..
         }) = self.pending.back_mut()
             && (*r == reason || full)
         {
             *dropped += n;
+            w.0 = w.0.min(window.0);
+            w.1 = w.1.max(window.1);
             return;
         }
         self.pending.push_back(Item::Gap {
             ts_us: unix_us(),
             dropped: n,
             reason,
+            window,
         });
     }
 
@@ -489,13 +678,31 @@ impl Writer {
         self.buf.clear();
         self.metas.clear();
         let mut h = self.chain;
+        let mut last_ticket = None;
+        let mut cp_calls = self.since_cp_written;
+        // the last checkpoint of the batch
+        let mut head: Option<CheckpointHead> = None;
         for item in self.pending.iter().take(BATCH) {
             if !self.metas.is_empty() && base + self.buf.len() as u64 >= self.cfg.rotate_bytes {
                 break;
             }
             let meta = match item {
-                Item::Rec(r) => {
+                Item::Rec(r, ticket) if r.completion => {
+                    h = encode_line(&mut self.buf, &Entry::Completion(r), &h);
+                    last_ticket = Some(*ticket);
+                    Meta {
+                        ts: r.ts_us.min(record::MAX_TS_US),
+                        status: None,
+                        keys: [0; 3],
+                        nkeys: 0,
+                        end: self.buf.len(),
+                        call: false,
+                    }
+                }
+                Item::Rec(r, ticket) => {
                     h = encode_line(&mut self.buf, &Entry::Call(r), &h);
+                    last_ticket = Some(*ticket);
+                    cp_calls += 1;
                     let mut keys = [0u64; 3];
                     let mut nkeys = 0;
                     if let Some(p) = &r.proxy {
@@ -517,20 +724,72 @@ impl Writer {
                         call: true,
                     }
                 }
-                &Item::Gap {
-                    ts_us,
-                    dropped,
-                    reason,
-                } => {
-                    h = encode_line(
-                        &mut self.buf,
-                        &Entry::Gap {
+                other => {
+                    let ts_us = unix_us();
+                    let prev = h;
+                    match other {
+                        &Item::Gap {
                             ts_us,
                             dropped,
                             reason,
-                        },
-                        &h,
-                    );
+                            window,
+                        } => {
+                            h = encode_line(
+                                &mut self.buf,
+                                &Entry::Gap {
+                                    ts_us,
+                                    dropped,
+                                    reason,
+                                    window: Some(window),
+                                },
+                                &h,
+                            );
+                        }
+                        Item::Checkpoint => {
+                            let sig = self.cfg.signing_key.as_ref().map(|k| {
+                                let msg = record::checkpoint_message(
+                                    &record::format_ts(ts_us),
+                                    &record::hex_string(&prev),
+                                    cp_calls,
+                                );
+                                (k.public(), k.sign(&msg))
+                            });
+                            h = encode_line(
+                                &mut self.buf,
+                                &Entry::Checkpoint {
+                                    ts_us,
+                                    records: cp_calls,
+                                    signed: sig.as_ref().map(|(k, s)| (*k, s)),
+                                },
+                                &h,
+                            );
+                            head = Some(CheckpointHead {
+                                ts_us,
+                                prev,
+                                records: cp_calls,
+                                hash: h,
+                                sig: sig.map(|(_, s)| s),
+                            });
+                            cp_calls = 0;
+                        }
+                        Item::Anchor {
+                            first,
+                            file,
+                            removed,
+                        } => {
+                            h = encode_line(
+                                &mut self.buf,
+                                &Entry::Anchor {
+                                    ts_us,
+                                    first,
+                                    file,
+                                    removed: *removed,
+                                },
+                                &h,
+                            );
+                        }
+                        Item::Rec(..) => {}
+                    }
                     Meta {
                         ts: ts_us.min(record::MAX_TS_US),
                         status: None,
@@ -553,9 +812,12 @@ impl Writer {
         }
         // committed
         self.chain = h;
+        self.since_cp_written = cp_calls;
+        if let Some(t) = last_ticket {
+            self.written_ticket = t;
+        }
         f.len = base + self.buf.len() as u64;
         let mut calls = 0u64;
-        let mut gaps = 0u64;
         let mut idx_out = Vec::new();
         for m in &self.metas {
             f.block
@@ -566,15 +828,21 @@ impl Writer {
             }
             if m.call {
                 calls += 1;
-            } else {
-                gaps += 1;
             }
         }
         write_idx(f, &idx_out);
+        let mut gaps = 0u64;
+        let mut cps = 0u64;
+        let mut recs = 0usize;
         for _ in 0..self.metas.len() {
-            self.pending.pop_front();
+            match self.pending.pop_front() {
+                Some(Item::Gap { .. }) => gaps += 1,
+                Some(Item::Checkpoint) => cps += 1,
+                Some(Item::Rec(..)) => recs += 1,
+                _ => {}
+            }
         }
-        self.pending_records -= calls as usize;
+        self.pending_records -= recs;
         self.stats.written.fetch_add(calls, Ordering::Relaxed);
         self.stats.gap_records.fetch_add(gaps, Ordering::Relaxed);
         self.stats
@@ -588,30 +856,49 @@ impl Writer {
         self.retry_at = None;
         self.backoff = BACKOFF_MIN;
         if self.consecutive_errors > 0 {
+            let (since_us, since) = self
+                .failing_since
+                .take()
+                .unwrap_or((unix_us(), clock::now()));
             tracing::info!(
                 errors = self.consecutive_errors,
-                "audit: writing again after errors"
+                failing_since = %record::format_ts(since_us),
+                failing_for_ms = since.elapsed().as_millis() as u64,
+                "audit: writing again after errors; records held meanwhile are written now"
             );
             self.consecutive_errors = 0;
+            self.ring.set_failing(false);
         }
         let rotate = f.len >= self.cfg.rotate_bytes;
-        if self.cfg.fsync == FsyncPolicy::Always {
+        if self.cfg.fsync == FsyncPolicy::Always || head.is_some() {
+            // a published head must be durable (it would otherwise claim lost lines)
             self.sync();
         }
+        if let Some(cp) = head
+            && !self.dirty_since_sync
+        {
+            self.publish_head(&cp);
+        }
+        // counted once published (the metric never runs ahead of the head)
+        self.stats.checkpoints.fetch_add(cps, Ordering::Relaxed);
         if rotate {
             self.close_file();
+            self.apply_retention();
         }
     }
 
     fn fail(&mut self, what: &'static str, e: io::Error) {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         self.consecutive_errors += 1;
-        let n = self.consecutive_errors;
-        if n.is_power_of_two() {
+        if self.consecutive_errors == 1 {
+            self.failing_since = Some((unix_us(), clock::now()));
+            self.ring.set_failing(true);
+            self.ring.wake_waiters(&mut self.parked);
             tracing::warn!(
-                dir = %self.cfg.dir.display(), error = %e, consecutive = n,
+                dir = %self.cfg.dir.display(), error = %e,
                 pending = self.pending_records,
-                "audit: {what} failed; retrying"
+                on_error = ?self.cfg.on_error,
+                "audit: {what} failed; holding records and retrying (logged once until it recovers)"
             );
         }
         self.retry_at = Some(clock::now() + self.backoff);
@@ -643,11 +930,43 @@ impl Writer {
                     .fetch_add(self.unsynced, Ordering::Relaxed);
                 self.unsynced = 0;
                 self.dirty_since_sync = false;
+                self.ring.set_synced_through(self.written_ticket);
             }
             Err(e) => {
                 self.stats.fsync_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(file = %f.path.display(), error = %e, "audit: fsync failed");
+                // not durable: failing until a later write (and its sync) succeeds
+                if self.consecutive_errors == 0 {
+                    self.failing_since = Some((unix_us(), clock::now()));
+                }
+                self.consecutive_errors += 1;
+                self.ring.set_failing(true);
+                self.retry_at = Some(clock::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
+        }
+        // calls waiting for their record (durable mode) go on at once
+        self.ring.wake_waiters(&mut self.parked);
+    }
+
+    /// Writes the latest checkpoint to `head_file` (atomically) and keeps it for the admin API.
+    fn publish_head(&mut self, cp: &CheckpointHead) {
+        let head = serde_json::json!({
+            "ts": record::format_ts(cp.ts_us),
+            "hash": record::hex_string(&cp.hash),
+            "prev": record::hex_string(&cp.prev),
+            "records": cp.records,
+            "key": self.cfg.signing_key.as_ref().map(|k| crate::util::hex::encode(k.public())),
+            "sig": cp.sig.map(|s| crate::util::hex::encode(&s[..])),
+        })
+        .to_string();
+        if let Some(path) = &self.cfg.head_file
+            && let Err(e) = write_atomic(path, head.as_bytes())
+        {
+            tracing::warn!(file = %path.display(), error = %e, "audit: cannot publish the head");
+        }
+        if let Ok(mut h) = self.stats.head.write() {
+            *h = Some(head);
         }
     }
 
@@ -741,6 +1060,189 @@ impl Writer {
             self.retry_at = None;
         }
     }
+
+    /// Creates the reserve file if it is missing (best effort: a full disk at start is logged).
+    fn make_reserve(&mut self) {
+        if self.cfg.reserve_bytes == 0 {
+            return;
+        }
+        let path = self.cfg.dir.join(RESERVE_NAME);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.cfg.reserve_bytes) {
+            return;
+        }
+        let res = File::create(&path).and_then(|mut f| {
+            let zeros = vec![0u8; 64 << 10];
+            let mut left = self.cfg.reserve_bytes;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                f.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()
+        });
+        if let Err(e) = res {
+            let _ = std::fs::remove_file(&path);
+            tracing::warn!(file = %path.display(), error = %e,
+                "audit: cannot create the reserve; a loss at a full-disk shutdown may go unrecorded");
+        }
+    }
+
+    /// Shutdown on a disk that still refuses writes: everything held becomes one
+    /// `write_failed` gap, written into the space the reserve frees.
+    fn write_loss_from_reserve(&mut self) {
+        let mut lost = 0u64;
+        let mut from = u64::MAX;
+        let mut to = 0u64;
+        let mut kept = VecDeque::new();
+        for item in self.pending.drain(..) {
+            match item {
+                Item::Rec(r, t) => {
+                    lost += u64::from(!r.completion);
+                    from = from.min(r.ts_us);
+                    to = to.max(r.ts_us);
+                    self.ring.set_lost_through(t);
+                }
+                Item::Gap {
+                    dropped, window, ..
+                } => {
+                    lost += dropped;
+                    from = from.min(window.0);
+                    to = to.max(window.1);
+                }
+                other @ (Item::Anchor { .. } | Item::Checkpoint) => kept.push_back(other),
+            }
+        }
+        self.pending_records = 0;
+        if from > to {
+            from = unix_us();
+            to = from;
+        }
+        self.stats.dropped_write.fetch_add(lost, Ordering::Relaxed);
+        self.pending.push_back(Item::Gap {
+            ts_us: unix_us(),
+            dropped: lost,
+            reason: GapReason::WriteFailed,
+            window: (from, to),
+        });
+        self.pending.extend(kept);
+        if self.cfg.checkpoints() {
+            self.pending.push_back(Item::Checkpoint);
+        }
+        let reserve = self.cfg.dir.join(RESERVE_NAME);
+        let freed = std::fs::remove_file(&reserve).is_ok();
+        // the rolled-back file may be gone or unusable: start from a clean state
+        self.retry_at = None;
+        self.write_batch();
+        if self.pending.is_empty() {
+            tracing::error!(
+                lost, reserve_used = freed,
+                from = %record::format_ts(from), to = %record::format_ts(to),
+                "audit: the disk still refuses writes at shutdown; {lost} record(s) lost, \
+                 recorded as a write_failed gap record"
+            );
+        } else {
+            tracing::error!(
+                lost,
+                reserve_used = freed,
+                "audit: the disk still refuses writes at shutdown; {lost} record(s) lost and \
+                 the gap record could not be written either"
+            );
+        }
+    }
+
+    /// Deletes the oldest files past `retain_files` / `retain` and queues an anchor naming the
+    /// first line that remains. Never deletes the open file or the newest non-empty one.
+    fn apply_retention(&mut self) {
+        self.last_retention = clock::now();
+        if self.cfg.retain_files.is_none() && self.cfg.retain_age.is_none() {
+            return;
+        }
+        let Ok(logs) = files::list_files(&self.cfg.dir) else {
+            return;
+        };
+        let open = self.file.as_ref().map(|f| f.path.clone());
+        let lens: Vec<u64> = logs
+            .iter()
+            .map(|l| std::fs::metadata(&l.path).map_or(0, |m| m.len()))
+            .collect();
+        let Some(newest_nonempty) = lens.iter().rposition(|&l| l > 0) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        let mut count = logs.len();
+        let mut removed = 0u64;
+        for (i, lf) in logs.iter().enumerate() {
+            if i >= newest_nonempty || open.as_deref() == Some(lf.path.as_path()) {
+                break;
+            }
+            let too_many = self.cfg.retain_files.is_some_and(|n| count > n.max(1));
+            let too_old = self.cfg.retain_age.is_some_and(|age| {
+                std::fs::metadata(&lf.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .is_some_and(|d| d > age)
+            });
+            if !too_many && !too_old {
+                break;
+            }
+            match std::fs::remove_file(&lf.path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(index::idx_path(&lf.path));
+                    count -= 1;
+                    removed += 1;
+                    tracing::info!(file = %lf.path.display(), "audit: retention removed a file");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %lf.path.display(), error = %e, "audit: retention cannot remove a file");
+                    break;
+                }
+            }
+        }
+        if removed == 0 {
+            return;
+        }
+        self.stats
+            .files_removed
+            .fetch_add(removed, Ordering::Relaxed);
+        // the first line that remains
+        let first = files::list_files(&self.cfg.dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .find_map(|lf| first_line_hash(&lf.path).map(|h| (h, lf)));
+        if let Some((first, lf)) = first {
+            self.pending.push_back(Item::Anchor {
+                first,
+                file: files::display_name(&lf.path),
+                removed,
+            });
+        }
+    }
+}
+
+/// The stored hash of a file's first line.
+fn first_line_hash(path: &Path) -> Option<Hash> {
+    let mut r = super::verify::LineReader::open(path).ok()?;
+    let l = r.next_line().ok()??;
+    if !l.complete {
+        return None;
+    }
+    record::split_tail(l.bytes).and_then(|t| record::hex_decode(t.hash_hex))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 fn write_idx(f: &mut OpenLog, bytes: &[u8]) {
