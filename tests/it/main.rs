@@ -17,6 +17,7 @@ mod bao;
 mod cli_ident;
 mod configs;
 mod forwarding;
+mod hardening;
 mod identity;
 mod lifecycle;
 mod meter;
