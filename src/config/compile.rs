@@ -677,6 +677,9 @@ impl Cx<'_> {
                 proxies.push(proxy);
             }
         }
+        for p in &mut proxies {
+            p.underscore_headers = limits.underscore_headers;
+        }
         warnings.append(&mut self.proxy_warnings);
         if proxies.is_empty() && self.errors.is_empty() {
             warnings.push(format!(
@@ -804,6 +807,17 @@ impl Cx<'_> {
                 "must be at most 1GiB (bodies are held whole for scanning)",
             );
         }
+        let underscore_headers = match &raw.server.get_ref().underscore_headers {
+            None => d.underscore_headers,
+            Some(v) => crate::http::hop::Underscores::from_name(v.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    v,
+                    "server.underscore_headers",
+                    format!("unknown value {:?} (drop | refuse | pass)", v.get_ref()),
+                );
+                d.underscore_headers
+            }),
+        };
         Limits {
             max_head: max_head.min(1 << 20) as usize,
             max_headers,
@@ -826,6 +840,7 @@ impl Cx<'_> {
                 d.upstream_idle_timeout,
             ),
             drain_timeout: self.duration(&l.drain_timeout, "limits.drain_timeout", d.drain_timeout),
+            underscore_headers,
         }
     }
 
@@ -1179,6 +1194,19 @@ impl Cx<'_> {
             }
         };
         let redact = self.redaction(i, p);
+        let path_params = match &p.path_params {
+            None => crate::http::canon::PathParams::default(),
+            Some(v) => {
+                crate::http::canon::PathParams::from_name(v.get_ref()).unwrap_or_else(|| {
+                    self.err(
+                        v,
+                        format!("proxies[{i}].path_params"),
+                        format!("unknown value {:?} (refuse | strip)", v.get_ref()),
+                    );
+                    crate::http::canon::PathParams::default()
+                })
+            }
+        };
         let default_effect = p
             .default_effect
             .as_ref()
@@ -1245,6 +1273,8 @@ impl Cx<'_> {
             redact,
             oauth,
             forward_cookies: p.forward_cookies.unwrap_or(false),
+            path_params,
+            underscore_headers: crate::http::hop::Underscores::default(),
             name: name.clone(),
             upstream: Upstream {
                 https: u.https,
@@ -1457,6 +1487,16 @@ mod tests {
                 "bad default proxy",
                 "[server]\nlisten = [\"127.0.0.1:1\"]\ndefault_proxy = \"x\"\n",
                 "t.toml:3: server.default_proxy: no proxy named \"x\"",
+            ),
+            (
+                "bad underscore_headers",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\nunderscore_headers = \"fold\"\n",
+                "t.toml:3: server.underscore_headers: unknown value \"fold\" (drop | refuse | pass)",
+            ),
+            (
+                "bad path_params",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\npath_params = \"keep\"\n",
+                "t.toml:6: proxies[0].path_params: unknown value \"keep\" (refuse | strip)",
             ),
             (
                 "literal token",

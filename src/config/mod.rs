@@ -68,6 +68,8 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     pub drain_timeout: Duration,
+    /// `server.underscore_headers`: request fields whose name holds `_` (checked on the head).
+    pub underscore_headers: crate::http::hop::Underscores,
 }
 
 impl Default for Limits {
@@ -82,6 +84,7 @@ impl Default for Limits {
             upstream_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(4),
             drain_timeout: Duration::from_secs(30),
+            underscore_headers: crate::http::hop::Underscores::Drop,
         }
     }
 }
@@ -100,6 +103,10 @@ pub struct Proxy {
     /// For `auth = { scheme = "oauth2" }`: the process-wide token source.
     pub oauth: Option<crate::credentials::token_source::Binding>,
     pub forward_cookies: bool,
+    /// `path_params`: what a `;` in a path segment means for this proxy (`http::canon`).
+    pub path_params: crate::http::canon::PathParams,
+    /// `server.underscore_headers`, for the outbound header filter.
+    pub underscore_headers: crate::http::hop::Underscores,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
     /// The compiled rule trie (with `default_effect`).

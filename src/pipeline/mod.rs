@@ -561,6 +561,12 @@ async fn read_head(client: &mut TcpStream, s: &mut Scratch, lim: &Limits) -> Hea
     loop {
         if !s.rbuf.is_empty() {
             match head::parse_request(&s.rbuf, &limits, &mut s.head) {
+                Ok(true)
+                    if s.head.underscore_names
+                        && lim.underscore_headers == crate::http::hop::Underscores::Refuse =>
+                {
+                    return HeadRead::Bad("header name holds an underscore");
+                }
                 Ok(true) => return HeadRead::Ok,
                 Ok(false) => {}
                 Err(HeadError::TooLarge) => return HeadRead::Bad("request head too large"),

@@ -95,6 +95,7 @@ fn stripped(name: &[u8], connection: Option<&[u8]>, proxy: &Proxy) -> bool {
     (proxy.redact.is_some() && name.eq_ignore_ascii_case(b"accept-encoding"))
         || hop::strip_from_request(name)
         || hop::listed_in_connection(name, connection)
+        || hop::drop_underscored(name, proxy.underscore_headers)
         || identity::is_credential_header(name, None, proxy.forward_cookies)
         || proxy.auth.as_ref().is_some_and(|a| a.owns_header(name))
 }

@@ -47,3 +47,132 @@ fn chunk_larger_than_the_body_limit_is_refused_at_its_size_line() {
     }
     assert_eq!(mock.count(), 0, "nothing may reach the upstream");
 }
+
+const ACCOUNTS_ONLY: &str = "default_effect = \"deny\"\n\n  [[proxies.rules]]\n  effect = \"allow\"\n  methods = \"*\"\n  path = \"/v1/accounts/**\"\n";
+
+/// An allow on `/v1/accounts/**` never admits a path that Tomcat, Jetty or Spring resolve
+/// outside it (`..;`), whatever the proxy's `path_params`.
+#[test]
+fn path_parameters_never_leave_the_allowed_subtree() {
+    let mock = MockUpstream::start(echo_request_line);
+    let refuse = proxy("re", &mock.url()).replace("default_effect = \"allow\"\n", ACCOUNTS_ONLY);
+    let strip = proxy("st", &mock.url()).replace(
+        "default_effect = \"allow\"\n",
+        &format!("path_params = \"strip\"\n{ACCOUNTS_ONLY}"),
+    );
+    let gw = Gateway::start(&config_with(1, "", &[refuse, strip]));
+    // (name, target, status, what the upstream receives (None: nothing))
+    let rows: &[(&str, &str, u16, Option<&str>)] = &[
+        (
+            "control",
+            "/re/v1/accounts/42",
+            200,
+            Some("/v1/accounts/42"),
+        ),
+        ("tomcat dotdot", "/re/v1/accounts/..;/admin", 400, None),
+        (
+            "encoded semicolon",
+            "/re/v1/accounts/..%3B/admin",
+            400,
+            None,
+        ),
+        (
+            "encoded dots and param",
+            "/re/v1/accounts/%2e%2e;/admin",
+            400,
+            None,
+        ),
+        ("dot param", "/re/v1/accounts/.;/42", 400, None),
+        ("jsessionid", "/re/v1/accounts;jsessionid=x/42", 400, None),
+        (
+            "double encoded dots",
+            "/re/v1/accounts/%252e%252e/admin",
+            400,
+            None,
+        ),
+        ("iis stream", "/re/v1/accounts/x::$DATA", 400, None),
+        ("backslash", "/re/v1/accounts/..\\admin", 400, None),
+        // strip: the cut path is what is checked and forwarded
+        (
+            "strip: dotdot is checked as /v1/admin",
+            "/st/v1/accounts/..;/admin",
+            403,
+            None,
+        ),
+        (
+            "strip: param dropped",
+            "/st/v1/accounts;jsessionid=x/42",
+            200,
+            Some("/v1/accounts/42"),
+        ),
+        (
+            "strip: dot param",
+            "/st/v1/accounts/.;x/42",
+            200,
+            Some("/v1/accounts/42"),
+        ),
+        (
+            "strip: encoded dots still refused",
+            "/st/v1/accounts/%2e%2e;/admin",
+            400,
+            None,
+        ),
+    ];
+    for (name, target, status, forwarded) in rows {
+        let before = mock.count();
+        let r = gw.conn().roundtrip(&get(target));
+        assert_eq!(r.status, *status, "{name}: {}", show(&r.raw));
+        match forwarded {
+            Some(path) => {
+                let got = mock.requests().pop().unwrap();
+                assert_eq!(&got.target, path, "{name}");
+            }
+            None => assert_eq!(mock.count(), before, "{name}: reached the upstream"),
+        }
+    }
+}
+
+/// `X_Api_Key` beside the injected `X-Api-Key`, `Transfer_Encoding`: dropped by default,
+/// refused or passed when configured.
+#[test]
+fn header_names_with_underscores_follow_server_underscore_headers() {
+    let mock = MockUpstream::start(|_| Reply::ok("ok"));
+    let req = b"GET /up/x HTTP/1.1\r\nHost: gw\r\nX_Api_Key: agent-chosen\r\nTransfer_Encoding: chunked\r\nX-Other_Name: 1\r\nX-Fine: 2\r\n\r\n";
+    // (policy line, status, whether the upstream sees the underscored fields)
+    let rows: &[(&str, u16, Option<bool>)] = &[
+        ("", 200, Some(false)),
+        ("underscore_headers = \"drop\"\n", 200, Some(false)),
+        ("underscore_headers = \"refuse\"\n", 400, None),
+        ("underscore_headers = \"pass\"\n", 200, Some(true)),
+    ];
+    for (policy, status, seen) in rows {
+        let toml = config_with(1, "", &[proxy("up", &mock.url())]).replacen(
+            "workers = 1\n",
+            &format!("workers = 1\n{policy}"),
+            1,
+        );
+        let gw = Gateway::start(&toml);
+        let before = mock.count();
+        let r = gw.conn().roundtrip(req);
+        assert_eq!(r.status, *status, "{policy:?}: {}", show(&r.raw));
+        match seen {
+            None => {
+                assert_gateway_error(&r, 400, "bad_request");
+                assert_eq!(mock.count(), before, "{policy:?}: reached the upstream");
+            }
+            Some(seen) => {
+                let got = mock.requests().pop().unwrap();
+                assert_eq!(got.header("x-fine"), Some("2"), "{policy:?}");
+                for name in ["X_Api_Key", "Transfer_Encoding", "X-Other_Name"] {
+                    assert_eq!(
+                        got.header(name).is_some(),
+                        *seen,
+                        "{policy:?}: {name} in {}",
+                        got.head_str()
+                    );
+                }
+                assert!(!got.chunked, "{policy:?}");
+            }
+        }
+    }
+}
