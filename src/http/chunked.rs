@@ -533,17 +533,58 @@ mod tests {
         use ChunkedError::*;
         // (name, input, limit, body or (error, offset of the refused byte))
         #[rustfmt::skip]
-        let cases: &[(&str, &[u8], u64, Result<&[u8], (ChunkedError, usize)>)] = &[
+        type Row = (&'static str, &'static [u8], u64, Result<&'static [u8], (ChunkedError, usize)>);
+        let cases: &[Row] = &[
             ("at the limit", b"5\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
-            ("two chunks at the limit", b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", 5, Ok(b"hello")),
-            ("one over in one chunk", b"6\r\nhello!\r\n0\r\n\r\n", 5, Err((TooLarge, 0))),
-            ("second chunk over", b"2\r\nhe\r\n4\r\nllo!\r\n0\r\n\r\n", 5, Err((TooLarge, 7))),
-            ("huge size refused on its digits, no data needed", b"ffffffff\r\n", 1 << 20, Err((TooLarge, 5))),
-            ("16-digit size refused before overflow", b"fffffffffffffff\r\n", 1 << 20, Err((TooLarge, 5))),
-            ("leading zeros are free", b"000000000005\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
+            (
+                "two chunks at the limit",
+                b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+                5,
+                Ok(b"hello"),
+            ),
+            (
+                "one over in one chunk",
+                b"6\r\nhello!\r\n0\r\n\r\n",
+                5,
+                Err((TooLarge, 0)),
+            ),
+            (
+                "second chunk over",
+                b"2\r\nhe\r\n4\r\nllo!\r\n0\r\n\r\n",
+                5,
+                Err((TooLarge, 7)),
+            ),
+            (
+                "huge size refused on its digits, no data needed",
+                b"ffffffff\r\n",
+                1 << 20,
+                Err((TooLarge, 5)),
+            ),
+            (
+                "16-digit size refused before overflow",
+                b"fffffffffffffff\r\n",
+                1 << 20,
+                Err((TooLarge, 5)),
+            ),
+            (
+                "leading zeros are free",
+                b"000000000005\r\nhello\r\n0\r\n\r\n",
+                5,
+                Ok(b"hello"),
+            ),
             ("zero limit, empty body", b"0\r\n\r\n", 0, Ok(b"")),
-            ("zero limit, any data", b"1\r\na\r\n0\r\n\r\n", 0, Err((TooLarge, 0))),
-            ("size checked before the extension", b"9;ext\r\n", 8, Err((TooLarge, 0))),
+            (
+                "zero limit, any data",
+                b"1\r\na\r\n0\r\n\r\n",
+                0,
+                Err((TooLarge, 0)),
+            ),
+            (
+                "size checked before the extension",
+                b"9;ext\r\n",
+                8,
+                Err((TooLarge, 0)),
+            ),
         ];
         for (name, input, limit, want) in cases {
             let got = decode_limited(input, *limit);

@@ -301,14 +301,15 @@ pub async fn exchange(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bo
     // 7. scanners: the whole body, before any connection to the upstream is opened
     if let Some(scanners) = &proxy.scanners {
         let src = &s.rbuf;
-        let encoding = s
+        // every field line: the scanner combines repeated Content-Encoding lines (RFC 9110)
+        // and reads Content-Type for its decoded views
+        let fields = s
             .head
             .headers
             .iter()
-            .find(|h| h.name.get(src).eq_ignore_ascii_case(b"content-encoding"))
-            .map(|h| h.value.get(src));
+            .map(|h| (h.name.get(src), h.value.get(src)));
         let max_decoded = usize::try_from(lim.max_body).unwrap_or(usize::MAX);
-        let refusal = match scanners.scan_encoded(&s.body, encoding, max_decoded) {
+        let refusal = match scanners.scan_request(&s.body, fields, max_decoded) {
             Ok(outcome) => {
                 for h in &outcome.reports {
                     tracing::info!(target: "shadow", id = ex.id.as_str(), proxy = %proxy.name,

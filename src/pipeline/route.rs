@@ -229,7 +229,8 @@ path_params = "strip"
         )
         .unwrap();
         // (target, proxy name and rest below it, or the refusal code)
-        let table: &[(&str, Result<(&str, &str), &str>)] = &[
+        type Want = Result<(&'static str, &'static str), &'static str>;
+        let table: &[(&str, Want)] = &[
             ("/refuse/v1/accounts/42", Ok(("refuse", "/v1/accounts/42"))),
             ("/refuse/v1/accounts/..;/admin", Err("bad_request")),
             ("/refuse/v1/accounts/..%3b/admin", Err("bad_request")),

@@ -176,3 +176,72 @@ fn header_names_with_underscores_follow_server_underscore_headers() {
         }
     }
 }
+
+const SCANNED: &str = "default_effect = \"allow\"\n\n  [[proxies.scanners]]\n  name = \"no-secrets\"\n  detectors = [\"aws_access_key\", \"credit_card\"]\n  literals = [\"CONFIDENTIAL\"]\n";
+
+fn post(ctype: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = format!(
+        "POST /up/v1/notes HTTP/1.1\r\nHost: gw\r\nContent-Type: {ctype}\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// What the upstream would decode is what the scanner reads: repeated Content-Encoding lines,
+/// JSON escapes, form encoding, base64, multipart parts. Every row passed the scanner before.
+#[test]
+fn the_scanner_reads_what_the_upstream_decodes() {
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let mock = MockUpstream::start(|_| Reply::ok("ok"));
+    let up = proxy("up", &mock.url()).replace("default_effect = \"allow\"\n", SCANNED);
+    let gw = Gateway::start(&config_with(1, "", &[up]));
+    let hit = br#"{"k":"AKIAIOSFODNN7EXAMPLE"}"#;
+    let json = "application/json";
+    // (name, content type, extra header lines, body, status)
+    let rows: Vec<(&str, &str, &str, Vec<u8>, u16)> = vec![
+        ("gzip + gzip lines", json, "Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n", gzip(&gzip(hit)), 403),
+        ("identity + gzip lines", json, "Content-Encoding: identity\r\nContent-Encoding: gzip\r\n", gzip(hit), 403),
+        ("gzip + br lines: unscannable", json, "Content-Encoding: gzip\r\nContent-Encoding: br\r\n", gzip(hit), 400),
+        ("json \\u escapes", json, "", br#"{"k":"\u0041KIAIOSFODNN7EXAMPLE"}"#.to_vec(), 403),
+        ("json literal escape", json, "", br#"{"t":"CONFIDENTI\u0041L"}"#.to_vec(), 403),
+        ("json \\u card digits", json, "", br#"{"n":"\u0034111 1111 1111 1111"}"#.to_vec(), 403),
+        ("json in a json string", json, "", br#"{"arguments":"{\"k\":\"\\u0041KIAIOSFODNN7EXAMPLE\"}"}"#.to_vec(), 403),
+        ("form encoding", "application/x-www-form-urlencoded", "", b"a=1&k=%41%4B%49%41IOSFODNN7EXAMPLE".to_vec(), 403),
+        ("base64", json, "", format!(r#"{{"f":"{}"}}"#, b64(b"key AKIAIOSFODNN7EXAMPLE")).into_bytes(), 403),
+        ("multipart base64 part", "multipart/form-data; boundary=xx", "",
+            format!("--xx\r\nContent-Disposition: form-data; name=\"f\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--xx--\r\n", b64(b"the CONFIDENTIAL file")).into_bytes(), 403),
+        // controls
+        ("clean json with escapes", json, "", br#"{"t":"caf\u00e9 \"q\"\n"}"#.to_vec(), 200),
+        ("clean gzip + gzip", json, "Content-Encoding: gzip, gzip\r\n", gzip(&gzip(b"{}")), 200),
+    ];
+    for (name, ct, extra, body, status) in rows {
+        let before = mock.count();
+        let r = gw.conn().roundtrip(&post(ct, extra, &body));
+        match status {
+            403 => {
+                assert_gateway_error(&r, 403, "payload_blocked");
+            }
+            400 => {
+                assert_gateway_error(&r, 400, "bad_request");
+            }
+            _ => assert_eq!(r.status, status, "{name}: {}", show(&r.raw)),
+        }
+        let forwarded = mock.count() - before;
+        assert_eq!(forwarded, usize::from(status == 200), "{name}");
+        if status == 200 {
+            // the body goes upstream as sent, with both codings
+            let got = mock.requests().pop().unwrap();
+            assert_eq!(got.body, body, "{name}");
+        }
+    }
+}
