@@ -680,6 +680,18 @@ impl Cx<'_> {
         for p in &mut proxies {
             p.underscore_headers = limits.underscore_headers;
         }
+        for (i, a) in proxies.iter().enumerate() {
+            for b in &proxies[i + 1..] {
+                let (x, y) = (&a.upstream, &b.upstream);
+                if x.host == y.host && x.port == y.port && x.base_path == y.base_path {
+                    warnings.push(format!(
+                        "{}: proxies {:?} and {:?} have the same upstream ({}{}): absolute-form \
+                         requests to it are refused as ambiguous (/{{proxy}}/ paths are unaffected)",
+                        self.file, a.name, b.name, x.authority, x.base_path
+                    ));
+                }
+            }
+        }
         warnings.append(&mut self.proxy_warnings);
         if proxies.is_empty() && self.errors.is_empty() {
             warnings.push(format!(
@@ -1417,6 +1429,19 @@ mod tests {
         assert_eq!(p.upstream.addr, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.proxy_index("crm"), Some(0));
         assert_eq!(c.limits.max_head, 16 * 1024);
+    }
+
+    #[test]
+    fn proxies_sharing_an_upstream_are_warned_about() {
+        let toml = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"https://x.example/api\"\n[[proxies]]\nname = \"b\"\nupstream = \"https://x.example/api/\"\n[[proxies]]\nname = \"c\"\nupstream = \"https://x.example/api/v2\"\n";
+        let c = compile_str("t.toml", toml, Path::new(".")).unwrap();
+        let w: Vec<&String> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("ambiguous"))
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert!(w[0].contains("\"a\" and \"b\""), "{w:?}");
     }
 
     #[test]

@@ -103,7 +103,12 @@ fn resolve_with(
     canon::canonicalize_with(p, params, path).map_err(|e| Refusal::BadRequest(e.message()))?;
     let proxy = cfg
         .proxy_for_origin(host, port, path)
-        .ok_or(Refusal::UnknownOrigin)?;
+        .map_err(|m| match m {
+            crate::config::OriginMiss::Unknown => Refusal::UnknownOrigin,
+            crate::config::OriginMiss::Ambiguous(..) => Refusal::BadRequest(
+                "the absolute-form target matches several proxies equally: use /{proxy}/...",
+            ),
+        })?;
     let rest_start = cfg.proxies[proxy].upstream.base_path.len();
     Ok(Route {
         proxy,
@@ -201,6 +206,59 @@ default_effect = "allow"
         assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/1m.bin"));
         let r = resolve(&c, b"/", &mut path).unwrap();
         assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/"));
+    }
+
+    /// Issue 12: several proxies on one origin: the longest base path decides, in whatever order
+    /// the proxies are written; equal matches are refused, never given to the first.
+    #[test]
+    fn absolute_form_takes_the_longest_base_path_in_any_config_order() {
+        let proxies = [
+            ("root", "https://api.example.com"),
+            ("v1", "https://api.example.com/v1"),
+            ("v1-admin", "https://api.example.com/v1/admin"),
+            ("other-port", "https://api.example.com:8443/v1/admin/x"),
+            ("twin-a", "http://twin.example.com/t"),
+            ("twin-b", "http://twin.example.com/t"),
+            ("plain", "http://mixed.example.com/m"),
+            ("tls", "https://mixed.example.com/m"),
+        ];
+        // (target, proxy or refusal code)
+        let table: &[(&str, Result<&str, &str>)] = &[
+            ("http://api.example.com/v1/admin/users", Ok("v1-admin")),
+            ("http://api.example.com/v1/admin", Ok("v1-admin")),
+            ("http://api.example.com/v1/administrators", Ok("v1")),
+            ("http://api.example.com/v1/accounts", Ok("v1")),
+            ("http://api.example.com/v2", Ok("root")),
+            ("http://api.example.com", Ok("root")),
+            ("http://api.example.com:8443/v1/admin/x/y", Ok("other-port")),
+            ("http://api.example.com:8443/v1", Err("unknown_origin")),
+            ("http://twin.example.com/t/x", Err("bad_request")),
+            ("http://twin.example.com/u", Err("unknown_origin")),
+            // a port-less target matches the http (80) and https (443) twins equally
+            ("http://mixed.example.com/m/x", Err("bad_request")),
+            ("http://mixed.example.com:443/m/x", Ok("tls")),
+            ("http://mixed.example.com:80/m/x", Ok("plain")),
+        ];
+        for reversed in [false, true] {
+            let mut order: Vec<_> = proxies.to_vec();
+            if reversed {
+                order.reverse();
+            }
+            let mut toml = String::from("[server]\nlisten = [\"127.0.0.1:1\"]\n");
+            for (name, up) in &order {
+                toml.push_str(&format!(
+                    "[[proxies]]\nname = \"{name}\"\nupstream = \"{up}\"\ndefault_effect = \"allow\"\n"
+                ));
+            }
+            let c = compile_str("t.toml", &toml, Path::new(".")).unwrap();
+            let mut path = String::new();
+            for (target, want) in table {
+                let got = resolve(&c, target.as_bytes(), &mut path)
+                    .map(|r| c.proxies[r.proxy].name.as_str())
+                    .map_err(|e| e.code());
+                assert_eq!(got, *want, "{target} (reversed: {reversed})");
+            }
+        }
     }
 
     #[test]

@@ -245,3 +245,34 @@ fn the_scanner_reads_what_the_upstream_decodes() {
         }
     }
 }
+
+/// Several proxies on one origin: an absolute-form request is decided by the proxy with the
+/// longest base path, whatever the config order; equal matches are refused.
+#[test]
+fn absolute_form_is_decided_by_the_longest_base_path() {
+    let mock = MockUpstream::start(echo_request_line);
+    let short = proxy("short", &format!("{}/a", mock.url()));
+    let long = proxy("long", &format!("{}/a/b", mock.url()))
+        .replace("default_effect = \"allow\"", "default_effect = \"deny\"");
+    let twin = proxy("twin", &format!("{}/a/b", mock.url()));
+    let origin = format!("http://127.0.0.1:{}", mock.port());
+    for (name, proxies) in [
+        ("short first", vec![short.clone(), long.clone()]),
+        ("long first", vec![long.clone(), short.clone()]),
+    ] {
+        let gw = Gateway::start(&config_with(1, "", &proxies));
+        let r = gw.conn().roundtrip(&get(&format!("{origin}/a/b/x")));
+        assert_gateway_error(&r, 403, "no_rule_matched");
+        let r = gw.conn().roundtrip(&get(&format!("{origin}/a/c")));
+        assert_eq!(r.status, 200, "{name}: {}", show(&r.raw));
+        assert_eq!(mock.requests().pop().unwrap().target, "/a/c", "{name}");
+    }
+    let before = mock.count();
+    let gw = Gateway::start(&config_with(1, "", &[short, long, twin]));
+    let r = gw.conn().roundtrip(&get(&format!("{origin}/a/b/x")));
+    assert_gateway_error(&r, 400, "bad_request");
+    assert_eq!(mock.count(), before, "an ambiguous target reaches nothing");
+    // path-prefix routing names the proxy: unaffected
+    let r = gw.conn().roundtrip(&get("/twin/x"));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+}
