@@ -12,9 +12,9 @@
 //! in CRLF; the trailer section (≤ 8 KiB) is `token ":" value` lines, validated and dropped.
 //!
 //! Body limit ([`ChunkedDecoder::with_limit`], used for request bodies): a chunk whose size
-//! would take the body past the limit is refused (`TooLarge`) on the hex digit that makes it
-//! too large, before its data is read or waited for; without a limit a chunk of any 16-digit
-//! size is streamed.
+//! would take the body past the limit is refused (`TooLarge`) on the byte that ends its hex
+//! digits, before the rest of its size line, its data or anything else is waited for; without a
+//! limit a chunk of any 16-digit size is streamed.
 use super::hop;
 use crate::util::hex;
 use std::ops::Range;
@@ -258,7 +258,6 @@ impl ChunkedDecoder {
     fn framing(state: State, b: u8, budget: u64) -> Result<State, ChunkedError> {
         Ok(match state {
             State::SizeStart => match hex::digit(b).map(u64::from) {
-                Some(v) if v > budget => return Err(ChunkedError::TooLarge),
                 Some(v) => State::Size { size: v, digits: 1 },
                 None if b == b'\n' => return Err(ChunkedError::BadLineEnding),
                 None => return Err(ChunkedError::BadSize),
@@ -267,11 +266,16 @@ impl ChunkedDecoder {
                 (Some(_), _) if digits >= MAX_SIZE_DIGITS => {
                     return Err(ChunkedError::SizeOverflow);
                 }
-                (Some(v), _) if (size << 4) | v > budget => return Err(ChunkedError::TooLarge),
                 (Some(v), _) => State::Size {
                     size: (size << 4) | v,
                     digits: digits + 1,
                 },
+                // the digits are complete: a size above the body limit is refused here, before
+                // the rest of the line, and long before its data (a malformed, 17-digit size is
+                // `SizeOverflow` first)
+                (None, b'\r' | b';' | b' ' | b'\t') if size > budget => {
+                    return Err(ChunkedError::TooLarge);
+                }
                 (None, b'\r') => State::SizeLf { size },
                 (None, b';') => State::Ext { size, ext: 1 },
                 (None, b' ' | b'\t') => State::Bws { size, ext: 1 },
@@ -532,59 +536,26 @@ mod tests {
     fn limit_table() {
         use ChunkedError::*;
         // (name, input, limit, body or (error, offset of the refused byte))
+        type Row = (
+            &'static str,
+            &'static [u8],
+            u64,
+            Result<&'static [u8], (ChunkedError, usize)>,
+        );
         #[rustfmt::skip]
-        type Row = (&'static str, &'static [u8], u64, Result<&'static [u8], (ChunkedError, usize)>);
         let cases: &[Row] = &[
             ("at the limit", b"5\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
-            (
-                "two chunks at the limit",
-                b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
-                5,
-                Ok(b"hello"),
-            ),
-            (
-                "one over in one chunk",
-                b"6\r\nhello!\r\n0\r\n\r\n",
-                5,
-                Err((TooLarge, 0)),
-            ),
-            (
-                "second chunk over",
-                b"2\r\nhe\r\n4\r\nllo!\r\n0\r\n\r\n",
-                5,
-                Err((TooLarge, 7)),
-            ),
-            (
-                "huge size refused on its digits, no data needed",
-                b"ffffffff\r\n",
-                1 << 20,
-                Err((TooLarge, 5)),
-            ),
-            (
-                "16-digit size refused before overflow",
-                b"fffffffffffffff\r\n",
-                1 << 20,
-                Err((TooLarge, 5)),
-            ),
-            (
-                "leading zeros are free",
-                b"000000000005\r\nhello\r\n0\r\n\r\n",
-                5,
-                Ok(b"hello"),
-            ),
+            ("two chunks at the limit", b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", 5, Ok(b"hello")),
+            ("one over in one chunk", b"6\r\nhello!\r\n0\r\n\r\n", 5, Err((TooLarge, 1))),
+            ("second chunk over", b"2\r\nhe\r\n4\r\nllo!\r\n0\r\n\r\n", 5, Err((TooLarge, 8))),
+            ("huge size refused where its digits end, no LF or data needed", b"ffffffff\r", 1 << 20, Err((TooLarge, 8))),
+            ("15-digit size", b"fffffffffffffff\r\n", 1 << 20, Err((TooLarge, 15))),
+            ("17 digits is malformed first", b"ffffffffffffffff1\r\n", 1 << 20, Err((SizeOverflow, 16))),
+            ("leading zeros are free", b"000000000005\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
             ("zero limit, empty body", b"0\r\n\r\n", 0, Ok(b"")),
-            (
-                "zero limit, any data",
-                b"1\r\na\r\n0\r\n\r\n",
-                0,
-                Err((TooLarge, 0)),
-            ),
-            (
-                "size checked before the extension",
-                b"9;ext\r\n",
-                8,
-                Err((TooLarge, 0)),
-            ),
+            ("zero limit, any data", b"1\r\na\r\n0\r\n\r\n", 0, Err((TooLarge, 1))),
+            ("size checked before the extension", b"9;ext\r\n", 8, Err((TooLarge, 1))),
+            ("size checked before BWS", b"9 ;x\r\n", 8, Err((TooLarge, 1))),
         ];
         for (name, input, limit, want) in cases {
             let got = decode_limited(input, *limit);
@@ -734,7 +705,8 @@ mod tests {
                     // refused on a size line: no more than `limit` data bytes came before it
                     let (before, _, _) = decode(&input[..at]).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                     prop_assert!(before.len() as u64 <= limit);
-                    prop_assert!(hex::digit(input[at]).is_some(), "refused on a hex digit");
+                    prop_assert_eq!(input[at], b'\r', "refused where the size digits end");
+                    prop_assert!(hex::digit(input[at - 1]).is_some());
                 }
             }
         }
