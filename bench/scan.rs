@@ -1,6 +1,11 @@
 //! Scanner throughput on a 64 KiB JSON request body (the shape of an LLM API call: prose,
 //! ids, timestamps, prices), with 100 literals and every built-in detector in one proxy.
 //! `cargo bench --bench scan`; target ≥ 1 GB/s per core.
+//!
+//! `scan_request` (issue 12) adds the decoded views: on the ordinary body it costs the trigger
+//! checks only (no view is built: no JSON escape that can hide a match, no long base64 run
+//! beyond the ids); the `decoded_*` cases measure bodies that do build views (a body from a
+//! client that escapes every non-ASCII character, a form body, a body carrying base64).
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use portcullis::scan::{Detector, RawScanner, ScanSet};
 use std::hint::black_box;
@@ -238,6 +243,62 @@ fn bench(c: &mut Criterion) {
             }
             black_box(s.finish())
         })
+    });
+    // issue 12: the decoded views
+    const MAX: usize = 1 << 20;
+    let json: &[(&[u8], &[u8])] = &[(b"content-type", b"application/json")];
+    let form: &[(&[u8], &[u8])] = &[(b"content-type", b"application/x-www-form-urlencoded")];
+    // Python's json.dumps default: every non-ASCII character escaped (one `\u00e9` per ~60 B)
+    let escaped: Vec<u8> = String::from_utf8_lossy(&clean)
+        .replace("customer", "caf\\u00e9 customer")
+        .into_bytes()
+        .into_iter()
+        .take(clean.len())
+        .collect();
+    let form_body: Vec<u8> = clean
+        .iter()
+        .flat_map(|&b| match b {
+            b' ' => vec![b'+'],
+            b'"' | b'{' | b'}' | b':' | b',' | b'[' | b']' => format!("%{b:02X}").into_bytes(),
+            b => vec![b],
+        })
+        .take(clean.len())
+        .collect();
+    let b64_body: Vec<u8> = {
+        use base64::Engine;
+        let blob = base64::engine::general_purpose::STANDARD.encode(&clean[..clean.len() / 2]);
+        let mut v = br#"{"model":"m","image":"data:image/png;base64,"#.to_vec();
+        v.extend_from_slice(blob.as_bytes());
+        v.extend_from_slice(br#""}"#);
+        v.truncate(clean.len());
+        v
+    };
+    for (name, body) in [
+        ("escaped", &escaped),
+        ("form", &form_body),
+        ("b64", &b64_body),
+    ] {
+        assert!(
+            full.scan_request(body, json.iter().copied(), MAX).is_ok(),
+            "{name} scans"
+        );
+    }
+    assert!(
+        full.scan_request(&clean, json.iter().copied(), MAX)
+            .unwrap()
+            .is_clean()
+    );
+    g.bench_function("64KiB_clean_request_views_100lit_all_detectors", |b| {
+        b.iter(|| black_box(full.scan_request(black_box(&clean), json.iter().copied(), MAX)))
+    });
+    g.bench_function("64KiB_decoded_json_escapes_100lit_all_detectors", |b| {
+        b.iter(|| black_box(full.scan_request(black_box(&escaped), json.iter().copied(), MAX)))
+    });
+    g.bench_function("64KiB_decoded_form_100lit_all_detectors", |b| {
+        b.iter(|| black_box(full.scan_request(black_box(&form_body), form.iter().copied(), MAX)))
+    });
+    g.bench_function("64KiB_decoded_base64_100lit_all_detectors", |b| {
+        b.iter(|| black_box(full.scan_request(black_box(&b64_body), json.iter().copied(), MAX)))
     });
     g.finish();
 }

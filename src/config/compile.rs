@@ -745,6 +745,21 @@ impl Cx<'_> {
                 proxies.push(proxy);
             }
         }
+        for p in &mut proxies {
+            p.underscore_headers = limits.underscore_headers;
+        }
+        for (i, a) in proxies.iter().enumerate() {
+            for b in &proxies[i + 1..] {
+                let (x, y) = (&a.upstream, &b.upstream);
+                if x.host == y.host && x.port == y.port && x.base_path == y.base_path {
+                    warnings.push(format!(
+                        "{}: proxies {:?} and {:?} have the same upstream ({}{}): absolute-form \
+                         requests to it are refused as ambiguous (/{{proxy}}/ paths are unaffected)",
+                        self.file, a.name, b.name, x.authority, x.base_path
+                    ));
+                }
+            }
+        }
         warnings.append(&mut self.proxy_warnings);
         if proxies.is_empty() && self.errors.is_empty() {
             warnings.push(format!(
@@ -870,6 +885,17 @@ impl Cx<'_> {
                 "must be at most 1GiB (bodies are held whole for scanning)",
             );
         }
+        let underscore_headers = match &raw.server.get_ref().underscore_headers {
+            None => d.underscore_headers,
+            Some(v) => crate::http::hop::Underscores::from_name(v.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    v,
+                    "server.underscore_headers",
+                    format!("unknown value {:?} (drop | refuse | pass)", v.get_ref()),
+                );
+                d.underscore_headers
+            }),
+        };
         Limits {
             max_head: max_head.min(1 << 20) as usize,
             max_headers,
@@ -898,6 +924,7 @@ impl Cx<'_> {
             ),
             body_timeout: self.duration(&l.body_timeout, "limits.body_timeout", d.body_timeout),
             drain_timeout: self.duration(&l.drain_timeout, "limits.drain_timeout", d.drain_timeout),
+            underscore_headers,
         }
     }
 
@@ -1251,6 +1278,19 @@ impl Cx<'_> {
             }
         };
         let redact = self.redaction(i, p);
+        let path_params = match &p.path_params {
+            None => crate::http::canon::PathParams::default(),
+            Some(v) => {
+                crate::http::canon::PathParams::from_name(v.get_ref()).unwrap_or_else(|| {
+                    self.err(
+                        v,
+                        format!("proxies[{i}].path_params"),
+                        format!("unknown value {:?} (refuse | strip)", v.get_ref()),
+                    );
+                    crate::http::canon::PathParams::default()
+                })
+            }
+        };
         let default_effect = p
             .default_effect
             .as_ref()
@@ -1334,6 +1374,8 @@ impl Cx<'_> {
             redact,
             oauth,
             forward_cookies,
+            path_params,
+            underscore_headers: crate::http::hop::Underscores::default(),
             name: name.clone(),
             upstream: Upstream {
                 https: u.https,
@@ -1479,6 +1521,19 @@ mod tests {
     }
 
     #[test]
+    fn proxies_sharing_an_upstream_are_warned_about() {
+        let toml = "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"https://x.example/api\"\n[[proxies]]\nname = \"b\"\nupstream = \"https://x.example/api/\"\n[[proxies]]\nname = \"c\"\nupstream = \"https://x.example/api/v2\"\n";
+        let c = compile_str("t.toml", toml, Path::new(".")).unwrap();
+        let w: Vec<&String> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("ambiguous"))
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert!(w[0].contains("\"a\" and \"b\""), "{w:?}");
+    }
+
+    #[test]
     fn error_table_names_file_line_and_key() {
         let table: &[(&str, &str, &str)] = &[
             (
@@ -1546,6 +1601,16 @@ mod tests {
                 "bad default proxy",
                 "[server]\nlisten = [\"127.0.0.1:1\"]\ndefault_proxy = \"x\"\n",
                 "t.toml:3: server.default_proxy: no proxy named \"x\"",
+            ),
+            (
+                "bad underscore_headers",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\nunderscore_headers = \"fold\"\n",
+                "t.toml:3: server.underscore_headers: unknown value \"fold\" (drop | refuse | pass)",
+            ),
+            (
+                "bad path_params",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\npath_params = \"keep\"\n",
+                "t.toml:6: proxies[0].path_params: unknown value \"keep\" (refuse | strip)",
             ),
             (
                 "literal token",

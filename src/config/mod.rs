@@ -73,6 +73,8 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     /// How long SIGTERM waits for in-flight requests before exiting anyway.
     pub drain_timeout: Duration,
+    /// `server.underscore_headers`: request fields whose name holds `_` (checked on the head).
+    pub underscore_headers: crate::http::hop::Underscores,
 }
 
 impl Default for Limits {
@@ -89,6 +91,7 @@ impl Default for Limits {
             upstream_stream_timeout: Duration::from_secs(300),
             body_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            underscore_headers: crate::http::hop::Underscores::Drop,
         }
     }
 }
@@ -111,6 +114,10 @@ pub struct Proxy {
     /// header that can carry the agent's credential (and `Cookie` unless `forward_cookies`), the
     /// headers the target credential sets, and `Accept-Encoding` when responses are redacted.
     pub request_filter: crate::http::hop::HeaderFilter,
+    /// `path_params`: what a `;` in a path segment means for this proxy (`http::canon`).
+    pub path_params: crate::http::canon::PathParams,
+    /// `server.underscore_headers`, for the outbound header filter.
+    pub underscore_headers: crate::http::hop::Underscores,
     /// Response redaction (`[[proxies.redact]]`), if any.
     pub redact: Option<Redaction>,
     /// The compiled rule trie (with `default_effect`).
@@ -155,11 +162,20 @@ impl Compiled {
     }
 
     /// Absolute-form routing: the proxy whose upstream host and port match, and whose base path
-    /// contains `path` on a segment boundary (longest base path wins). A target without a port
-    /// matches an upstream on its scheme's default port whatever the scheme, so
-    /// `GET http://api.example.com/...` reaches an `https://api.example.com` upstream over TLS.
-    pub fn proxy_for_origin(&self, host: &str, port: Option<u16>, path: &str) -> Option<usize> {
+    /// contains `path` on a segment boundary; the longest base path wins, whatever the config
+    /// order. A target without a port matches an upstream on its scheme's default port whatever
+    /// the scheme, so `GET http://api.example.com/...` reaches an `https://api.example.com`
+    /// upstream over TLS. Two proxies that match equally well (same host and base path: the
+    /// same upstream named twice, or `http://` and `https://` twins for a port-less target) make
+    /// the target ambiguous: it is refused rather than given to whichever comes first.
+    pub fn proxy_for_origin(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        path: &str,
+    ) -> Result<usize, OriginMiss> {
         let mut best: Option<(usize, usize)> = None;
+        let mut tie = None;
         for (i, p) in self.proxies.iter().enumerate() {
             let u = &p.upstream;
             if !u.host.eq_ignore_ascii_case(host) {
@@ -175,10 +191,31 @@ impl Compiled {
             let base = u.base_path.as_str();
             let under = path.starts_with(base)
                 && (path.len() == base.len() || path.as_bytes().get(base.len()) == Some(&b'/'));
-            if under && best.is_none_or(|(_, len)| base.len() > len) {
-                best = Some((i, base.len()));
+            if !under {
+                continue;
+            }
+            match best {
+                Some((j, len)) if base.len() == len => tie = Some((j, i)),
+                Some((_, len)) if base.len() < len => {}
+                _ => {
+                    best = Some((i, base.len()));
+                    tie = None;
+                }
             }
         }
-        best.map(|(i, _)| i)
+        match (best, tie) {
+            (None, _) => Err(OriginMiss::Unknown),
+            (Some(_), Some((a, b))) => Err(OriginMiss::Ambiguous(a, b)),
+            (Some((i, _)), None) => Ok(i),
+        }
     }
+}
+
+/// Why an absolute-form target names no proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginMiss {
+    /// No proxy has that upstream origin and a base path above the path.
+    Unknown,
+    /// These two proxies (config order) match equally well.
+    Ambiguous(usize, usize),
 }

@@ -167,6 +167,9 @@ pub struct RawServer {
     /// Proxy for paths whose first segment names no proxy (the whole path is forwarded).
     #[serde(default)]
     pub default_proxy: Option<Spanned<String>>,
+    /// Request header fields whose name holds `_`: "drop" (default), "refuse" or "pass".
+    #[serde(default)]
+    pub underscore_headers: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +223,9 @@ pub struct RawProxy {
     /// Forward the agent's `Cookie` header (stripped by default, like every credential).
     #[serde(default)]
     pub forward_cookies: Option<bool>,
+    /// A `;` in a path segment: "refuse" (default, 400) or "strip" (cut as Tomcat does).
+    #[serde(default)]
+    pub path_params: Option<Spanned<String>>,
     /// `[[proxies.redact]]`: JSON paths removed or masked in responses.
     #[serde(default)]
     pub redact: Vec<Spanned<RawRedact>>,

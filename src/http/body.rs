@@ -1,6 +1,6 @@
 //! The request body, read whole into one buffer (≤ `max_request_body`) before anything goes
 //! upstream, so scanners see all of it and the upstream gets an unambiguous Content-Length.
-use super::chunked::ChunkedDecoder;
+use super::chunked::{ChunkedDecoder, ChunkedError};
 use super::head::BodyKind;
 use crate::http::io::{IoFail, read_append};
 use monoio::io::AsyncReadRent;
@@ -70,12 +70,14 @@ pub async fn read<R: AsyncReadRent>(
             Ok(head_len + take)
         }
         BodyKind::Chunked => {
-            let mut dec = ChunkedDecoder::new();
+            // the limit refuses a too-large chunk on its size line, before its data is awaited
+            let mut dec = ChunkedDecoder::with_limit(max);
             let mut pos = head_len;
             loop {
-                let step = dec
-                    .step(&rbuf[pos..])
-                    .map_err(|e| BodyFail::Bad(e.message()))?;
+                let step = dec.step(&rbuf[pos..]).map_err(|e| match e {
+                    ChunkedError::TooLarge => BodyFail::TooLarge,
+                    e => BodyFail::Bad(e.message()),
+                })?;
                 let data = &rbuf[pos + step.data.start..pos + step.data.end];
                 if (dst.len() + data.len()) as u64 > max {
                     return Err(BodyFail::TooLarge);

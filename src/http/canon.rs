@@ -15,6 +15,27 @@
 //! - empty segments are collapsed (`//` → `/`); a trailing slash is kept (one), as is the slash
 //!   that a trailing `.` or `..` leaves.
 //!
+//! - path parameters (issue 12): Tomcat, Jetty and Spring cut every segment at its first `;`
+//!   before resolving dot segments, so `/v1/accounts/..;/admin` reaches `/v1/admin` there while
+//!   a proxy that keeps `..;` as a name would match it against `/v1/accounts/**`. The policy is
+//!   [`PathParams`], per proxy (`path_params`): `Refuse` (the default: any `;` in a segment,
+//!   raw or as `%3B`, is a 400) or `Strip` (each segment is cut at its first `;`/`%3B` before
+//!   dot segments are resolved, as Tomcat does, and the cut form is what is matched and
+//!   forwarded). Either way the forwarded path holds no `;`, so no backend can read a parameter
+//!   the rules did not see. `Keep` (a `;` is an ordinary character) is only routing's first
+//!   look, to find which proxy's policy applies;
+//! - double encoding of a structural byte (`%252e`, `%252F`, `%255c`, `%253B`, `%2525`) is
+//!   refused: a backend or a second proxy that decodes twice (IIS did) would see `.`, `/`, `\`,
+//!   `;`; `%u` escapes (IIS) are malformed escapes here;
+//! - an NTFS stream name (`:$`, raw or escaped: `admin::$INDEX_ALLOCATION`, `x.aspx::$DATA`) is
+//!   refused: IIS and ASP.NET on Windows open the named file or directory through it.
+//!
+//! Not canonicalised, by design (documented in the README): letter case, and the trailing dots
+//! and spaces Windows drops from names. Rules match case-sensitively on the exact segment, so on
+//! case-insensitive backends (IIS, ASP.NET, Express's default router) an allow rule admits only
+//! its exact spelling (other spellings fall to `default_effect`), but a deny rule does not cover
+//! `/ADMIN` or `/admin.`: write allow-lists (`default_effect = "deny"`) for those backends.
+//!
 //! The function is idempotent: the canonical form of a canonical path is itself.
 use crate::util::hex;
 
@@ -35,11 +56,41 @@ pub enum CanonError {
     InvalidUtf8,
     Fragment,
     TooLong,
+    /// A `;` (or `%3B`) in a segment under [`PathParams::Refuse`].
+    PathParameter,
+    /// `%25` followed by the escape of `.`, `/`, `\`, `;` or `%`.
+    DoubleEncoded,
+    /// `:$` in a segment (an NTFS stream name).
+    StreamName,
+}
+
+/// What a `;` in a path segment means (`path_params` in a proxy's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathParams {
+    /// A `;` or `%3B` anywhere in the path is refused (400).
+    #[default]
+    Refuse,
+    /// Each segment is cut at its first `;` or `%3B` before dot segments are resolved (what
+    /// Tomcat, Jetty and Spring do): `/a/..;x/b` is `/b`, `/a;v=1/b` is `/a/b`.
+    Strip,
+    /// A `;` is an ordinary sub-delimiter, kept. Never used for the path that is matched and
+    /// forwarded; routing uses it to find the proxy whose policy then applies.
+    Keep,
+}
+
+impl PathParams {
+    pub fn from_name(s: &str) -> Option<PathParams> {
+        match s {
+            "refuse" => Some(PathParams::Refuse),
+            "strip" => Some(PathParams::Strip),
+            _ => None,
+        }
+    }
 }
 
 impl CanonError {
     /// The message that goes into the 400's JSON error.
-    pub fn message(self) -> &'static str {
+    pub const fn message(self) -> &'static str {
         match self {
             CanonError::NotAbsolute => "path must start with /",
             CanonError::EncodedSlash => "path holds an encoded slash (%2F)",
@@ -52,6 +103,9 @@ impl CanonError {
             CanonError::InvalidUtf8 => "path is not valid UTF-8 once decoded",
             CanonError::Fragment => "request target holds a fragment (#)",
             CanonError::TooLong => "path is too long",
+            CanonError::PathParameter => "path segment holds a parameter (;)",
+            CanonError::DoubleEncoded => "path holds a double-encoded character (%25..)",
+            CanonError::StreamName => "path holds a stream name (:$)",
         }
     }
 }
@@ -131,11 +185,44 @@ impl Utf8 {
     }
 }
 
+/// Where the parameters of segment `seg` start: its first `;` or `%3B`.
+fn param_start(seg: &[u8]) -> Option<usize> {
+    seg.iter().enumerate().find_map(|(i, &b)| match b {
+        b';' => Some(i),
+        b'%' if seg
+            .get(i + 1..i + 3)
+            .is_some_and(|e| e.eq_ignore_ascii_case(b"3b")) =>
+        {
+            Some(i)
+        }
+        _ => None,
+    })
+}
+
+/// Whether the escape that `%25` starts at `seg[i]` is followed by (`%25` + hex pair) the
+/// escape of a structural byte.
+fn double_encoded(seg: &[u8], i: usize) -> bool {
+    match (seg.get(i + 3), seg.get(i + 4)) {
+        (Some(&h), Some(&l)) => match (hex::digit(h), hex::digit(l)) {
+            (Some(h), Some(l)) => matches!((h << 4) | l, b'.' | b'/' | b'\\' | b';' | b'%'),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Appends the canonical form of the segment `seg` (no slashes in it) to `out`. Returns whether
 /// any `.` in it was spelt as an escape.
-fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
+fn push_segment(seg: &[u8], params: PathParams, out: &mut String) -> Result<bool, CanonError> {
+    let seg = match (params, param_start(seg)) {
+        (_, None) | (PathParams::Keep, _) => seg,
+        (PathParams::Refuse, Some(_)) => return Err(CanonError::PathParameter),
+        (PathParams::Strip, Some(i)) => &seg[..i],
+    };
     let mut utf8 = Utf8::default();
     let mut encoded_dot = false;
+    // the previous decoded byte was a ':'
+    let mut colon = false;
     let mut i = 0;
     while i < seg.len() {
         let b = seg[i];
@@ -153,8 +240,11 @@ fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
                 b'\\' => return Err(CanonError::Backslash),
                 0 => return Err(CanonError::Nul),
                 0x01..=0x1f | 0x7f => return Err(CanonError::ControlChar),
+                b'%' if double_encoded(seg, i) => return Err(CanonError::DoubleEncoded),
+                b'$' if colon => return Err(CanonError::StreamName),
                 _ => {}
             }
+            colon = v == b':';
             utf8.feed(v)?;
             if is_unreserved(v) {
                 encoded_dot |= v == b'.';
@@ -170,8 +260,10 @@ fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
             0 => return Err(CanonError::Nul),
             b'#' => return Err(CanonError::Fragment),
             0x01..=0x20 | 0x7f => return Err(CanonError::ControlChar),
+            b'$' if colon => return Err(CanonError::StreamName),
             _ => {}
         }
+        colon = b == b':';
         utf8.feed(b)?;
         if must_encode(b) {
             push_escaped(out, b);
@@ -184,8 +276,19 @@ fn push_segment(seg: &[u8], out: &mut String) -> Result<bool, CanonError> {
     Ok(encoded_dot)
 }
 
-/// Appends the canonical form of `path` to `out`. On error, `out` may hold a partial result.
+/// Appends the canonical form of `path` to `out`, with the default [`PathParams::Refuse`]. On
+/// error, `out` may hold a partial result.
 pub fn canonicalize_into(path: &[u8], out: &mut String) -> Result<(), CanonError> {
+    canonicalize_with(path, PathParams::Refuse, out)
+}
+
+/// Appends the canonical form of `path` under the path-parameter policy `params` to `out`.
+/// On error, `out` may hold a partial result.
+pub fn canonicalize_with(
+    path: &[u8],
+    params: PathParams,
+    out: &mut String,
+) -> Result<(), CanonError> {
     if path.len() > MAX_PATH_LEN {
         return Err(CanonError::TooLong);
     }
@@ -199,7 +302,7 @@ pub fn canonicalize_into(path: &[u8], out: &mut String) -> Result<(), CanonError
     for seg in rest.split(|&b| b == b'/') {
         let start = out.len();
         out.push('/');
-        let encoded_dot = push_segment(seg, out)?;
+        let encoded_dot = push_segment(seg, params, out)?;
         let s = &out[start + 1..];
         let dots = match s {
             "" => 0,
@@ -282,8 +385,8 @@ mod tests {
         ("encode_raw_angle_backtick", "/<a>`", Ok("/%3Ca%3E%60")),
         (
             "raw_subdelims_kept",
-            "/a!$&'()*+,;=:@b",
-            Ok("/a!$&'()*+,;=:@b"),
+            "/a!$&'()*+,=:@b",
+            Ok("/a!$&'()*+,=:@b"),
         ),
         ("raw_brackets_kept", "/[x]", Ok("/[x]")),
         ("not_absolute_empty", "", Err(NotAbsolute)),
@@ -344,6 +447,290 @@ mod tests {
         }
     }
 
+    /// Issue 12: path parameters and the backend tricks around them, under each policy.
+    /// (name, input, with `Refuse`, with `Strip`)
+    #[allow(clippy::type_complexity)]
+    const PARAMS: &[(
+        &str,
+        &str,
+        Result<&str, CanonError>,
+        Result<&str, CanonError>,
+    )] = &[
+        (
+            "tomcat_dotdot_param",
+            "/v1/accounts/..;/admin",
+            Err(PathParameter),
+            Ok("/v1/admin"),
+        ),
+        (
+            "tomcat_dotdot_param_value",
+            "/v1/accounts/..;x=1/admin",
+            Err(PathParameter),
+            Ok("/v1/admin"),
+        ),
+        (
+            "tomcat_dot_param",
+            "/v1/accounts/.;/x",
+            Err(PathParameter),
+            Ok("/v1/accounts/x"),
+        ),
+        (
+            "encoded_semicolon",
+            "/v1/accounts/..%3B/admin",
+            Err(PathParameter),
+            Ok("/v1/admin"),
+        ),
+        (
+            "encoded_semicolon_lower",
+            "/v1/accounts/..%3b/admin",
+            Err(PathParameter),
+            Ok("/v1/admin"),
+        ),
+        (
+            "encoded_dotdot_param",
+            "/v1/accounts/%2e%2e;/admin",
+            Err(PathParameter),
+            Err(EncodedDotSegment),
+        ),
+        (
+            "half_encoded_dotdot_param",
+            "/v1/accounts/.%2E;x/admin",
+            Err(PathParameter),
+            Err(EncodedDotSegment),
+        ),
+        (
+            "param_above_root",
+            "/..;/x",
+            Err(PathParameter),
+            Err(AboveRoot),
+        ),
+        (
+            "jsessionid",
+            "/v1/accounts;jsessionid=abc/42",
+            Err(PathParameter),
+            Ok("/v1/accounts/42"),
+        ),
+        (
+            "matrix_params",
+            "/v1/cars;color=red;year=2020/list",
+            Err(PathParameter),
+            Ok("/v1/cars/list"),
+        ),
+        (
+            "param_only_segment",
+            "/v1/;x/accounts",
+            Err(PathParameter),
+            Ok("/v1/accounts"),
+        ),
+        (
+            "trailing_param",
+            "/v1/accounts;",
+            Err(PathParameter),
+            Ok("/v1/accounts"),
+        ),
+        (
+            "param_holding_slash_escape",
+            "/v1/a;%2F/b",
+            Err(PathParameter),
+            Ok("/v1/a/b"),
+        ),
+        (
+            "param_after_trailing_dotdot",
+            "/v1/a/b/..;",
+            Err(PathParameter),
+            Ok("/v1/a/"),
+        ),
+        (
+            "backslash_param",
+            "/v1/a\\..;/b",
+            Err(PathParameter),
+            Err(Backslash),
+        ),
+        (
+            "encoded_backslash_dotdot",
+            "/v1/a/..%5c..%5cadmin",
+            Err(Backslash),
+            Err(Backslash),
+        ),
+        (
+            "iis_unicode_escape",
+            "/v1/a/%u002e%u002e/b",
+            Err(BadPercent),
+            Err(BadPercent),
+        ),
+        (
+            "double_encoded_dot",
+            "/v1/a/%252e%252e/b",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "double_encoded_slash",
+            "/v1/a%252Fb",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "double_encoded_backslash",
+            "/v1/a%255cb",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "double_encoded_semicolon",
+            "/v1/a/..%253B/b",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "triple_encoded",
+            "/v1/a/%25252e",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "percent_literal_ok",
+            "/v1/100%25off",
+            Ok("/v1/100%25off"),
+            Ok("/v1/100%25off"),
+        ),
+        (
+            "percent_then_letter_ok",
+            "/v1/100%25ab",
+            Ok("/v1/100%25ab"),
+            Ok("/v1/100%25ab"),
+        ),
+        (
+            "iis_data_stream",
+            "/v1/a/x.aspx::$DATA",
+            Err(StreamName),
+            Err(StreamName),
+        ),
+        (
+            "iis_index_allocation",
+            "/v1/admin::$INDEX_ALLOCATION/x",
+            Err(StreamName),
+            Err(StreamName),
+        ),
+        (
+            "iis_stream_escaped_dollar",
+            "/v1/x:%24DATA",
+            Err(StreamName),
+            Err(StreamName),
+        ),
+        (
+            "iis_stream_escaped_colon",
+            "/v1/x%3A$DATA",
+            Err(StreamName),
+            Err(StreamName),
+        ),
+        (
+            "google_custom_method_ok",
+            "/v1/projects/p:batchGet",
+            Ok("/v1/projects/p:batchGet"),
+            Ok("/v1/projects/p:batchGet"),
+        ),
+        (
+            "dollar_ok",
+            "/v1/$metadata",
+            Ok("/v1/$metadata"),
+            Ok("/v1/$metadata"),
+        ),
+        (
+            "stream_in_param_stripped",
+            "/v1/a;:$DATA/b",
+            Err(PathParameter),
+            Ok("/v1/a/b"),
+        ),
+    ];
+
+    #[test]
+    fn path_parameter_table() {
+        assert!(PARAMS.len() >= 30);
+        for (name, input, refuse, strip) in PARAMS {
+            for (mode, want) in [(PathParams::Refuse, refuse), (PathParams::Strip, strip)] {
+                let mut got = String::new();
+                let r = canonicalize_with(input.as_bytes(), mode, &mut got).map(|()| got);
+                assert_eq!(r.as_deref().map_err(|e| *e), *want, "{name} {mode:?}");
+                if let Ok(c) = &r {
+                    assert!(
+                        !c.contains(';') && !c.to_ascii_lowercase().contains("%3b"),
+                        "{name}"
+                    );
+                    let mut again = String::new();
+                    canonicalize_with(c.as_bytes(), mode, &mut again).unwrap();
+                    assert_eq!(&again, c, "{name} {mode:?}: idempotent");
+                }
+            }
+        }
+        // the default is Refuse, and `canonicalize` uses it
+        assert_eq!(PathParams::default(), PathParams::Refuse);
+        assert_eq!(canonicalize(b"/a/..;/b"), Err(PathParameter));
+        // Keep (routing's first look) treats `..;` as a name: the bug this policy closes
+        let mut kept = String::new();
+        canonicalize_with(b"/v1/accounts/..;/admin", PathParams::Keep, &mut kept).unwrap();
+        assert_eq!(kept, "/v1/accounts/..;/admin");
+        assert_eq!(tomcat(kept.as_bytes()), "/v1/admin");
+        assert_eq!(PathParams::from_name("strip"), Some(PathParams::Strip));
+        assert_eq!(PathParams::from_name("keep"), None);
+    }
+
+    /// A model of how Tomcat / Jetty / Spring resolve a received path: cut each segment at its
+    /// first `;`, percent-decode it, then resolve dot segments and collapse empty ones.
+    fn tomcat(path: &[u8]) -> String {
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let s = std::str::from_utf8(path).unwrap_or("");
+        let parts: Vec<&str> = s.split('/').skip(1).collect();
+        let last = parts.len().saturating_sub(1);
+        let mut trailing = false;
+        for (i, seg) in parts.iter().enumerate() {
+            let seg = seg.split(';').next().unwrap_or("");
+            let mut d = Vec::new();
+            let b = seg.as_bytes();
+            let mut j = 0;
+            while j < b.len() {
+                if b[j] == b'%'
+                    && let (Some(h), Some(l)) = (
+                        b.get(j + 1).and_then(|&c| hex::digit(c)),
+                        b.get(j + 2).and_then(|&c| hex::digit(c)),
+                    )
+                {
+                    d.push((h << 4) | l);
+                    j += 3;
+                    continue;
+                }
+                d.push(b[j]);
+                j += 1;
+            }
+            trailing = i == last;
+            match &d[..] {
+                b"" => {}
+                b"." => {}
+                b".." => {
+                    segs.pop();
+                }
+                _ => {
+                    trailing = false;
+                    segs.push(d);
+                }
+            }
+        }
+        let mut out = String::new();
+        for s in &segs {
+            out.push('/');
+            out.push_str(&String::from_utf8_lossy(s));
+        }
+        if trailing || out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+
+    /// The decoded form of a canonical path (what a backend that decodes once sees).
+    fn decoded(c: &str) -> String {
+        tomcat(c.as_bytes())
+    }
+
     #[test]
     fn raw_invalid_utf8_is_refused() {
         assert_eq!(canonicalize(b"/a\xffb"), Err(InvalidUtf8));
@@ -392,6 +779,28 @@ mod tests {
         })
     }
 
+    fn param_path_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"/".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b";".to_vec()),
+            Just(b"%3B".to_vec()),
+            Just(b"%3b".to_vec()),
+            Just(b"=x".to_vec()),
+            Just(b"%2e".to_vec()),
+            Just(b"%41".to_vec()),
+            "[a-z]{1,3}".prop_map(|s| s.into_bytes()),
+        ];
+        prop::collection::vec(piece, 0..14).prop_map(|v| {
+            let mut p = vec![b'/'];
+            for x in v {
+                p.extend(x);
+            }
+            p
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -410,6 +819,42 @@ mod tests {
                 prop_assert!(c.bytes().all(|b| b.is_ascii_graphic()), "{c}");
                 prop_assert!(!c.contains('\\') && !c.contains('#'), "{c}");
                 prop_assert_eq!(canonicalize(c.as_bytes()), Ok(c.clone()));
+            }
+        }
+
+        /// Issue 12: whatever the policy, the path a Tomcat-like backend resolves from the
+        /// forwarded (canonical) path is the canonical path itself, decoded: a rule that admits
+        /// the canonical path admits what the backend serves. (With `Keep`, `/a/..;/b` breaks it.)
+        #[test]
+        fn backend_resolves_the_checked_path(p in param_path_strategy(), strip in any::<bool>()) {
+            let mode = if strip { PathParams::Strip } else { PathParams::Refuse };
+            let mut c = String::new();
+            if canonicalize_with(&p, mode, &mut c).is_ok() {
+                prop_assert!(!c.contains(';'), "{c}");
+                prop_assert_eq!(tomcat(c.as_bytes()), decoded(&c), "{}", c);
+                let mut again = String::new();
+                prop_assert!(canonicalize_with(c.as_bytes(), mode, &mut again).is_ok());
+                prop_assert_eq!(&again, &c);
+                // Strip is what Tomcat resolves from the raw path (Tomcat reads `%3B` as a
+                // character of the name; Strip cuts there too, which only ever shortens)
+                if strip && !p.to_ascii_lowercase().windows(3).any(|w| w == b"%3b") {
+                    prop_assert_eq!(decoded(&c), tomcat(&p));
+                }
+            }
+        }
+
+        #[test]
+        fn refuse_accepts_exactly_the_paths_without_parameters(p in param_path_strategy()) {
+            let has = p.split(|&b| b == b'/').any(|s| param_start(s).is_some());
+            let mut c = String::new();
+            let r = canonicalize_with(&p, PathParams::Refuse, &mut c);
+            if has {
+                prop_assert!(r.is_err());
+            } else {
+                let mut k = String::new();
+                let kr = canonicalize_with(&p, PathParams::Keep, &mut k);
+                prop_assert_eq!(r.is_ok(), kr.is_ok());
+                if r.is_ok() { prop_assert_eq!(c, k); }
             }
         }
 

@@ -10,6 +10,11 @@
 //! and a `;` extension; extensions may hold any byte but CR, LF and controls other than HTAB,
 //! and everything after the digits of a size line is bounded at 1024 bytes; every line ends
 //! in CRLF; the trailer section (≤ 8 KiB) is `token ":" value` lines, validated and dropped.
+//!
+//! Body limit ([`ChunkedDecoder::with_limit`], used for request bodies): a chunk whose size
+//! would take the body past the limit is refused (`TooLarge`) on the byte that ends its hex
+//! digits, before the rest of its size line, its data or anything else is waited for; without a
+//! limit a chunk of any 16-digit size is streamed.
 use super::hop;
 use crate::util::hex;
 use std::ops::Range;
@@ -32,6 +37,8 @@ pub enum ChunkedError {
     ExtensionTooLong,
     TrailersTooLarge,
     BadTrailer,
+    /// The body (the chunks so far plus the declared size of this one) exceeds the limit.
+    TooLarge,
 }
 
 impl ChunkedError {
@@ -43,6 +50,7 @@ impl ChunkedError {
             ChunkedError::ExtensionTooLong => "chunk extension too long",
             ChunkedError::TrailersTooLarge => "trailer section too large",
             ChunkedError::BadTrailer => "invalid trailer field",
+            ChunkedError::TooLarge => "chunk size exceeds the body size limit",
         }
     }
 }
@@ -131,9 +139,23 @@ enum State {
     Failed(ChunkedError),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChunkedDecoder {
     state: State,
+    /// Most body bytes accepted (`u64::MAX`: no limit).
+    limit: u64,
+    /// Body bytes declared by the chunk sizes completed so far.
+    declared: u64,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: State::default(),
+            limit: u64::MAX,
+            declared: 0,
+        }
+    }
 }
 
 /// Field-value bytes: HTAB, SP, VCHAR, obs-text.
@@ -145,6 +167,15 @@ fn is_value_byte(b: u8) -> bool {
 impl ChunkedDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that refuses (`TooLarge`) a body of more than `limit` bytes as soon as a size
+    /// line declares one, so a huge chunk size is never waited on.
+    pub fn with_limit(limit: u64) -> Self {
+        ChunkedDecoder {
+            limit,
+            ..Self::default()
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -213,13 +244,18 @@ impl ChunkedDecoder {
                 });
             };
             pos += 1;
-            self.state = Self::framing(self.state, b)?;
+            let budget = self.limit.saturating_sub(self.declared);
+            self.state = Self::framing(self.state, b, budget)?;
+            if let State::Data { remaining } = self.state {
+                // entered on the size line's LF: `remaining` is the chunk's whole size
+                self.declared = self.declared.saturating_add(remaining);
+            }
         }
     }
 
-    /// One framing byte: the next state.
+    /// One framing byte: the next state. `budget`: the most the chunk being sized may hold.
     #[inline]
-    fn framing(state: State, b: u8) -> Result<State, ChunkedError> {
+    fn framing(state: State, b: u8, budget: u64) -> Result<State, ChunkedError> {
         Ok(match state {
             State::SizeStart => match hex::digit(b).map(u64::from) {
                 Some(v) => State::Size { size: v, digits: 1 },
@@ -234,6 +270,12 @@ impl ChunkedDecoder {
                     size: (size << 4) | v,
                     digits: digits + 1,
                 },
+                // the digits are complete: a size above the body limit is refused here, before
+                // the rest of the line, and long before its data (a malformed, 17-digit size is
+                // `SizeOverflow` first)
+                (None, b'\r' | b';' | b' ' | b'\t') if size > budget => {
+                    return Err(ChunkedError::TooLarge);
+                }
                 (None, b'\r') => State::SizeLf { size },
                 (None, b';') => State::Ext { size, ext: 1 },
                 (None, b' ' | b'\t') => State::Bws { size, ext: 1 },
@@ -473,6 +515,56 @@ mod tests {
         }
     }
 
+    /// Decodes `input` whole with a body limit: the body, or the error and how far it got.
+    fn decode_limited(input: &[u8], limit: u64) -> Result<Vec<u8>, (ChunkedError, usize)> {
+        let mut dec = ChunkedDecoder::with_limit(limit);
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            // one byte at a time, so an error's position is exact
+            let end = (pos + 1).min(input.len());
+            let step = dec.step(&input[pos..end]).map_err(|e| (e, pos))?;
+            body.extend_from_slice(&input[pos..end][step.data.clone()]);
+            pos += step.consumed;
+            if step.done || (step.consumed == 0 && pos == input.len()) {
+                return Ok(body);
+            }
+        }
+    }
+
+    #[test]
+    fn limit_table() {
+        use ChunkedError::*;
+        // (name, input, limit, body or (error, offset of the refused byte))
+        type Row = (
+            &'static str,
+            &'static [u8],
+            u64,
+            Result<&'static [u8], (ChunkedError, usize)>,
+        );
+        #[rustfmt::skip]
+        let cases: &[Row] = &[
+            ("at the limit", b"5\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
+            ("two chunks at the limit", b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", 5, Ok(b"hello")),
+            ("one over in one chunk", b"6\r\nhello!\r\n0\r\n\r\n", 5, Err((TooLarge, 1))),
+            ("second chunk over", b"2\r\nhe\r\n4\r\nllo!\r\n0\r\n\r\n", 5, Err((TooLarge, 8))),
+            ("huge size refused where its digits end, no LF or data needed", b"ffffffff\r", 1 << 20, Err((TooLarge, 8))),
+            ("15-digit size", b"fffffffffffffff\r\n", 1 << 20, Err((TooLarge, 15))),
+            ("17 digits is malformed first", b"ffffffffffffffff1\r\n", 1 << 20, Err((SizeOverflow, 16))),
+            ("leading zeros are free", b"000000000005\r\nhello\r\n0\r\n\r\n", 5, Ok(b"hello")),
+            ("zero limit, empty body", b"0\r\n\r\n", 0, Ok(b"")),
+            ("zero limit, any data", b"1\r\na\r\n0\r\n\r\n", 0, Err((TooLarge, 1))),
+            ("size checked before the extension", b"9;ext\r\n", 8, Err((TooLarge, 1))),
+            ("size checked before BWS", b"9 ;x\r\n", 8, Err((TooLarge, 1))),
+        ];
+        for (name, input, limit, want) in cases {
+            let got = decode_limited(input, *limit);
+            assert_eq!(got.as_deref().map_err(|e| *e), *want, "{name}");
+        }
+        // without a limit the same huge size is streamed
+        assert!(ChunkedDecoder::new().step(b"ffffffff\r\n").is_ok());
+    }
+
     #[test]
     fn error_is_sticky() {
         let mut dec = ChunkedDecoder::new();
@@ -593,6 +685,30 @@ mod tests {
             input.extend_from_slice(&tail);
             prop_assert_eq!(decode_split(&input, &cuts), Ok((body.clone(), enc.len(), true)));
             prop_assert_eq!(bytewise(&input), Ok((body, enc.len(), true)));
+        }
+
+        #[test]
+        fn limit_refuses_exactly_the_bodies_above_it(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            sizes in proptest::collection::vec(1usize..100, 1..8),
+            limit in 0u64..400,
+        ) {
+            let input = encode(&body, &sizes, false, false);
+            match decode_limited(&input, limit) {
+                Ok(got) => {
+                    prop_assert!(body.len() as u64 <= limit);
+                    prop_assert_eq!(got, body);
+                }
+                Err((e, at)) => {
+                    prop_assert_eq!(e, ChunkedError::TooLarge);
+                    prop_assert!(body.len() as u64 > limit);
+                    // refused on a size line: no more than `limit` data bytes came before it
+                    let (before, _, _) = decode(&input[..at]).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    prop_assert!(before.len() as u64 <= limit);
+                    prop_assert_eq!(input[at], b'\r', "refused where the size digits end");
+                    prop_assert!(hex::digit(input[at - 1]).is_some());
+                }
+            }
         }
 
         #[test]

@@ -165,6 +165,8 @@ pub struct RequestHead {
     pub host: Option<Span>,
     /// Value of the single `Connection` header.
     pub connection: Option<Span>,
+    /// Some header name holds an `_` (`server.underscore_headers` decides what that means).
+    pub underscore_names: bool,
 }
 
 #[derive(Debug, Default)]
@@ -241,8 +243,10 @@ pub fn parse_request(
     let mut host: Option<Span> = None;
     let mut connection: Option<Span> = None;
     let mut expect_continue = false;
+    let mut underscore_names = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        underscore_names |= name.contains(&b'_');
         let hs = HeaderSpan {
             name: span_of(base, head_len, name)?,
             value: span_of(base, head_len, trim_ows(h.value))?,
@@ -320,6 +324,7 @@ pub fn parse_request(
     out.expect_continue = expect_continue;
     out.host = host;
     out.connection = connection;
+    out.underscore_names = underscore_names;
     Ok(true)
 }
 
@@ -846,6 +851,26 @@ mod tests {
         let buf3 = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(parse_request(buf3, &LIM, &mut out), Ok(true));
         assert!(!out.expect_continue);
+    }
+
+    #[test]
+    fn underscore_names_are_noticed() {
+        // (name, head, whether some header name holds an `_`)
+        let table: &[(&str, &[u8], bool)] = &[
+            ("none", b"GET / HTTP/1.1\r\nHost: a\r\nX-Api-Key: k\r\n\r\n", false),
+            ("value only", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a_b\r\n\r\n", false),
+            ("x_api_key", b"GET / HTTP/1.1\r\nHost: a\r\nX_Api_Key: k\r\n\r\n", true),
+            ("transfer_encoding", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nContent-Length: 0\r\n\r\n", true),
+            ("last of many", b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nc_: 3\r\n\r\n", true),
+        ];
+        let mut out = RequestHead::default();
+        for &(name, buf, want) in table {
+            assert_eq!(parse_request(buf, &LIM, &mut out), Ok(true), "{name}");
+            assert_eq!(out.underscore_names, want, "{name}");
+        }
+        // a later head without one clears it
+        parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &LIM, &mut out).unwrap();
+        assert!(!out.underscore_names);
     }
 
     #[test]

@@ -1,7 +1,44 @@
 //! Which header fields stop at the gateway (RFC 9110 §7.6.1 hop-by-hop fields, plus the ones the
 //! gateway owns and rewrites itself), and the field syntax every module checks names and values
 //! against (`tchar`, tokens, valid values).
+//!
+//! Header names with `_` (issue 12): many backends (Django/WSGI and PHP through CGI-style
+//! `HTTP_*` variables, Rails, some Node/Go frameworks) fold `_` and `-` to the same name, so
+//! `Transfer_Encoding` or an agent's `X_Api_Key` beside the gateway's injected `X-Api-Key` would
+//! reach them as the field the gateway owns. nginx drops such fields by default; so does the
+//! gateway ([`Underscores::Drop`]); `server.underscore_headers` may instead refuse the request
+//! (400, decided on the parsed head) or pass the fields on.
 use super::head::tokens;
+
+/// What happens to request header fields whose name holds `_` (`server.underscore_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Not forwarded (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with 400 `bad_request`.
+    Refuse,
+    /// Forwarded as received.
+    Pass,
+}
+
+impl Underscores {
+    pub fn from_name(s: &str) -> Option<Underscores> {
+        match s {
+            "drop" => Some(Underscores::Drop),
+            "refuse" => Some(Underscores::Refuse),
+            "pass" => Some(Underscores::Pass),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a request field named `name` is kept from the upstream under `policy` because its
+/// name holds an `_` (with `Refuse` such a request never gets this far; it is dropped anyway).
+#[inline]
+pub fn drop_underscored(name: &[u8], policy: Underscores) -> bool {
+    policy != Underscores::Pass && memchr::memchr(b'_', name).is_some()
+}
 
 /// An RFC 9110 §5.6.2 `tchar`.
 #[inline]
@@ -140,5 +177,35 @@ mod tests {
         assert!(listed_in_connection(b"X-Foo", Some(b"close, x-foo")));
         assert!(!listed_in_connection(b"X-Foo", Some(b"close")));
         assert!(!listed_in_connection(b"X-Foo", None));
+    }
+
+    #[test]
+    fn underscore_table() {
+        use Underscores::*;
+        // (name, policy, dropped)
+        let table: &[(&[u8], Underscores, bool)] = &[
+            (b"Transfer_Encoding", Drop, true),
+            (b"X_Api_Key", Drop, true),
+            (b"x_api_key", Drop, true),
+            (b"_", Drop, true),
+            (b"Content_Length", Drop, true),
+            (b"X-Api-Key", Drop, false),
+            (b"Accept", Drop, false),
+            (b"X_Api_Key", Refuse, true),
+            (b"X-Api-Key", Refuse, false),
+            (b"X_Api_Key", Pass, false),
+            (b"Transfer_Encoding", Pass, false),
+        ];
+        for &(name, policy, want) in table {
+            assert_eq!(
+                drop_underscored(name, policy),
+                want,
+                "{} {policy:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert_eq!(Underscores::default(), Drop);
+        assert_eq!(Underscores::from_name("refuse"), Some(Refuse));
+        assert_eq!(Underscores::from_name("Drop"), None);
     }
 }

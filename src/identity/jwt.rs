@@ -2,6 +2,9 @@
 //! never `none`, never HS* — a shared-secret HMAC key in a JWKS would let anyone holding the
 //! "public" set mint tokens) against a JWK set, with issuer / audience / exp / nbf checks and a
 //! bounded clock leeway, and caches verified tokens so repeats skip the signature check.
+//! A token whose protected header has a `crit` parameter is refused (RFC 7515 §4.1.11: the
+//! verifier must understand every extension listed there, and it understands none — e.g.
+//! RFC 7797's `b64: false` would change what the signature covers).
 //!
 //! Ownership: one `JwtVerifier` per worker (it owns its cache; `verify` takes `&mut self`, no
 //! locks). The parsed key set is an `Arc<KeySet>`, so a refresh done once can be handed to every
@@ -670,6 +673,9 @@ impl JwtVerifier {
     ) -> Result<(JwtAgent, Option<i64>, Option<String>), AuthnError> {
         use serde_json::Value;
         let unauth = AuthnError::Unauthenticated;
+        if has_crit(token) {
+            return Err(unauth);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| unauth)?;
         if !matches!(
             header.alg,
@@ -742,6 +748,25 @@ impl JwtVerifier {
             Some(_) => return Err(unauth),
         };
         Ok((JwtAgent { id, roles, exp }, nbf, header.kid))
+    }
+}
+
+/// Whether the token's protected header names a `crit` parameter (in any form: RFC 7515
+/// §4.1.11 lists extensions the verifier must understand, and none is understood here). A header
+/// that does not decode as a JSON object is left to `decode_header` to refuse.
+fn has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(seg) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg) else {
+        return false;
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
+        Ok(h) => h.contains_key("crit"),
+        // not an object: refused later; a duplicate-free parse failure with "crit" in it is
+        // refused here too, so no parser difference can hide it
+        Err(_) => memchr::memmem::find(&json, b"\"crit\"").is_some(),
     }
 }
 
@@ -1025,6 +1050,48 @@ mod tests {
             (
                 "ES256 header naming the RSA kid",
                 token_with(&json!({"alg":"ES256","kid":"r1"}), &claims(), &e),
+                NOW,
+                un.clone(),
+            ),
+            (
+                "crit naming an unknown extension",
+                token_with(
+                    &json!({"alg":"ES256","kid":"e1","crit":["exp"],"exp":1}),
+                    &claims(),
+                    &e,
+                ),
+                NOW,
+                un.clone(),
+            ),
+            (
+                "crit b64 (RFC 7797 unencoded payload)",
+                token_with(
+                    &json!({"alg":"ES256","kid":"e1","crit":["b64"],"b64":false}),
+                    &claims(),
+                    &e,
+                ),
+                NOW,
+                un.clone(),
+            ),
+            (
+                "crit empty list (malformed)",
+                token_with(&json!({"alg":"ES256","kid":"e1","crit":[]}), &claims(), &e),
+                NOW,
+                un.clone(),
+            ),
+            (
+                "crit not a list",
+                token_with(&json!({"alg":"ES256","kid":"e1","crit":"x"}), &claims(), &e),
+                NOW,
+                un.clone(),
+            ),
+            (
+                "crit null",
+                token_with(
+                    &json!({"alg":"ES256","kid":"e1","crit":null}),
+                    &claims(),
+                    &e,
+                ),
                 NOW,
                 un.clone(),
             ),

@@ -1,9 +1,14 @@
 //! Request target → proxy. Path-prefix form `/{proxy}/{rest}` and absolute-form
 //! `http://host[:port]/base/...`. The path is canonicalised first (the whole of it, proxy
 //! segment included), so the path that is routed and checked is the path that is forwarded.
+//!
+//! Path parameters (`;`, issue 12): the path is first canonicalised keeping `;` as a character,
+//! only to find the proxy whose `path_params` policy applies. `refuse` answers 400; `strip`
+//! canonicalises again with every segment cut at its `;` (which can lead to another proxy: the
+//! path then means what Tomcat would make of it), and that proxy's policy must allow it too.
 use crate::config::Compiled;
 use crate::error::Refusal;
-use crate::http::canon;
+use crate::http::canon::{self, PathParams};
 
 /// Where a request goes. Offsets refer to the canonical path written into the caller's string
 /// and to the raw request target.
@@ -19,10 +24,42 @@ pub struct Route {
 
 /// `target` is the raw request target; the canonical path is written to `path`.
 pub fn resolve(cfg: &Compiled, target: &[u8], path: &mut String) -> Result<Route, Refusal> {
+    if !has_params(target) {
+        return resolve_with(cfg, target, path, PathParams::Refuse);
+    }
+    let first = resolve_with(cfg, target, path, PathParams::Keep)?;
+    const PARAM: Refusal = Refusal::BadRequest(canon::CanonError::PathParameter.message());
+    if cfg.proxies[first.proxy].path_params != PathParams::Strip {
+        return Err(PARAM);
+    }
+    let route = resolve_with(cfg, target, path, PathParams::Strip)?;
+    if cfg.proxies[route.proxy].path_params != PathParams::Strip {
+        return Err(PARAM);
+    }
+    Ok(route)
+}
+
+/// Whether the path part of `target` holds a `;` or `%3B`.
+fn has_params(target: &[u8]) -> bool {
+    let path = match memchr::memchr(b'?', target) {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    memchr::memchr(b';', path).is_some()
+        || memchr::memmem::find_iter(path, b"%3")
+            .any(|i| matches!(path.get(i + 2), Some(b'b' | b'B')))
+}
+
+fn resolve_with(
+    cfg: &Compiled,
+    target: &[u8],
+    path: &mut String,
+    params: PathParams,
+) -> Result<Route, Refusal> {
     path.clear();
     if target.first() == Some(&b'/') {
         let (p, q) = split_query(target, 0)?;
-        canon::canonicalize_into(p, path).map_err(|e| Refusal::BadRequest(e.message()))?;
+        canon::canonicalize_with(p, params, path).map_err(|e| Refusal::BadRequest(e.message()))?;
         let name_end = path[1..].find('/').map_or(path.len(), |i| i + 1);
         return match cfg.proxy_index(&path[1..name_end]) {
             Some(proxy) => Ok(Route {
@@ -63,10 +100,15 @@ pub fn resolve(cfg: &Compiled, target: &[u8], path: &mut String) -> Result<Route
         let (_, q) = split_query(target, path_start)?;
         (&b"/"[..], q)
     };
-    canon::canonicalize_into(p, path).map_err(|e| Refusal::BadRequest(e.message()))?;
+    canon::canonicalize_with(p, params, path).map_err(|e| Refusal::BadRequest(e.message()))?;
     let proxy = cfg
         .proxy_for_origin(host, port, path)
-        .ok_or(Refusal::UnknownOrigin)?;
+        .map_err(|m| match m {
+            crate::config::OriginMiss::Unknown => Refusal::UnknownOrigin,
+            crate::config::OriginMiss::Ambiguous(..) => Refusal::BadRequest(
+                "the absolute-form target matches several proxies equally: use /{proxy}/...",
+            ),
+        })?;
     let rest_start = cfg.proxies[proxy].upstream.base_path.len();
     Ok(Route {
         proxy,
@@ -164,6 +206,126 @@ default_effect = "allow"
         assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/1m.bin"));
         let r = resolve(&c, b"/", &mut path).unwrap();
         assert_eq!((r.proxy, &path[r.rest_start..]), (1, "/"));
+    }
+
+    /// Issue 12: several proxies on one origin: the longest base path decides, in whatever order
+    /// the proxies are written; equal matches are refused, never given to the first.
+    #[test]
+    fn absolute_form_takes_the_longest_base_path_in_any_config_order() {
+        let proxies = [
+            ("root", "https://api.example.com"),
+            ("v1", "https://api.example.com/v1"),
+            ("v1-admin", "https://api.example.com/v1/admin"),
+            ("other-port", "https://api.example.com:8443/v1/admin/x"),
+            ("twin-a", "http://twin.example.com/t"),
+            ("twin-b", "http://twin.example.com/t"),
+            ("plain", "http://mixed.example.com/m"),
+            ("tls", "https://mixed.example.com/m"),
+        ];
+        // (target, proxy or refusal code)
+        let table: &[(&str, Result<&str, &str>)] = &[
+            ("http://api.example.com/v1/admin/users", Ok("v1-admin")),
+            ("http://api.example.com/v1/admin", Ok("v1-admin")),
+            ("http://api.example.com/v1/administrators", Ok("v1")),
+            ("http://api.example.com/v1/accounts", Ok("v1")),
+            ("http://api.example.com/v2", Ok("root")),
+            ("http://api.example.com", Ok("root")),
+            ("http://api.example.com:8443/v1/admin/x/y", Ok("other-port")),
+            ("http://api.example.com:8443/v1", Err("unknown_origin")),
+            ("http://twin.example.com/t/x", Err("bad_request")),
+            ("http://twin.example.com/u", Err("unknown_origin")),
+            // a port-less target matches the http (80) and https (443) twins equally
+            ("http://mixed.example.com/m/x", Err("bad_request")),
+            ("http://mixed.example.com:443/m/x", Ok("tls")),
+            ("http://mixed.example.com:80/m/x", Ok("plain")),
+        ];
+        for reversed in [false, true] {
+            let mut order: Vec<_> = proxies.to_vec();
+            if reversed {
+                order.reverse();
+            }
+            let mut toml = String::from("[server]\nlisten = [\"127.0.0.1:1\"]\n");
+            for (name, up) in &order {
+                toml.push_str(&format!(
+                    "[[proxies]]\nname = \"{name}\"\nupstream = \"{up}\"\ndefault_effect = \"allow\"\n"
+                ));
+            }
+            let c = compile_str("t.toml", &toml, Path::new(".")).unwrap();
+            let mut path = String::new();
+            for (target, want) in table {
+                let got = resolve(&c, target.as_bytes(), &mut path)
+                    .map(|r| c.proxies[r.proxy].name.as_str())
+                    .map_err(|e| e.code());
+                assert_eq!(got, *want, "{target} (reversed: {reversed})");
+            }
+        }
+    }
+
+    #[test]
+    fn path_params_policy_table() {
+        let c = compile_str(
+            "t.toml",
+            r#"
+[server]
+listen = ["127.0.0.1:1"]
+[[proxies]]
+name = "refuse"
+upstream = "https://api.example.com/r"
+default_effect = "allow"
+[[proxies]]
+name = "strip"
+upstream = "https://api.example.com/s"
+default_effect = "allow"
+path_params = "strip"
+[[proxies]]
+name = "strip2"
+upstream = "http://127.0.0.1:8082"
+default_effect = "allow"
+path_params = "strip"
+"#,
+            Path::new("."),
+        )
+        .unwrap();
+        // (target, proxy name and rest below it, or the refusal code)
+        type Want = Result<(&'static str, &'static str), &'static str>;
+        let table: &[(&str, Want)] = &[
+            ("/refuse/v1/accounts/42", Ok(("refuse", "/v1/accounts/42"))),
+            ("/refuse/v1/accounts/..;/admin", Err("bad_request")),
+            ("/refuse/v1/accounts/..%3b/admin", Err("bad_request")),
+            ("/refuse/v1/a;jsessionid=1", Err("bad_request")),
+            ("/refuse/v1/a?x=;", Ok(("refuse", "/v1/a"))),
+            ("/strip/v1/accounts/..;/admin", Ok(("strip", "/v1/admin"))),
+            (
+                "/strip/v1/accounts;v=2/42",
+                Ok(("strip", "/v1/accounts/42")),
+            ),
+            ("/strip/v1/..%3B/..;/strip2/x", Ok(("strip2", "/x"))),
+            // stripping leads into a proxy that refuses parameters
+            ("/strip/..;/refuse/admin", Err("bad_request")),
+            // a refusing proxy's path that strips into a stripping one is refused all the same
+            ("/refuse/..;/strip/x", Err("bad_request")),
+            ("/strip/%2e%2e;/x", Err("bad_request")),
+            (
+                "http://api.example.com/s/v1/a/..;/b",
+                Ok(("strip", "/v1/b")),
+            ),
+            ("http://api.example.com/r/v1/a/..;/b", Err("bad_request")),
+            // what Tomcat makes of it: /s/../r/admin is /r/admin, the refusing proxy
+            ("http://api.example.com/s/..;/r/admin", Err("bad_request")),
+        ];
+        let mut path = String::new();
+        for (target, want) in table {
+            let got = resolve(&c, target.as_bytes(), &mut path);
+            match (got, want) {
+                (Ok(r), Ok((name, rest))) => {
+                    assert_eq!(&c.proxies[r.proxy].name, name, "{target}");
+                    assert_eq!(&path[r.rest_start..], *rest, "{target}");
+                    assert!(!path.contains(';'), "{target}");
+                }
+                (Err(e), Err(code)) => assert_eq!(e.code(), *code, "{target}"),
+                (got, want) => panic!("{target}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub(super) async fn read_head(
     loop {
         if !s.rbuf.is_empty() {
             match head::parse_request(&s.rbuf, &limits, &mut s.head) {
+                Ok(true)
+                    if s.head.underscore_names
+                        && lim.underscore_headers == crate::http::hop::Underscores::Refuse =>
+                {
+                    return bad("header name holds an underscore");
+                }
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(HeadError::TooLarge) => return bad("request head too large"),
@@ -210,10 +216,17 @@ pub(super) fn scan(
     let Some(scanners) = &proxy.scanners else {
         return Ok(());
     };
-    let encoding = find_header(&s.head.headers, &s.rbuf, b"content-encoding");
+    // every field line: the scanner combines repeated Content-Encoding lines (RFC 9110) and
+    // reads Content-Type for its decoded views
+    let src = &s.rbuf;
+    let fields = s
+        .head
+        .headers
+        .iter()
+        .map(|h| (h.name.get(src), h.value.get(src)));
     let max_decoded = usize::try_from(lim.max_body).unwrap_or(usize::MAX);
     let outcome = scanners
-        .scan_encoded(&s.body, encoding, max_decoded)
+        .scan_request(&s.body, fields, max_decoded)
         .inspect_err(|_| log.decision = Decision::Deny)?;
     for h in &outcome.reports {
         tracing::info!(target: "shadow", id = log.id.as_str(), proxy = %proxy.name,

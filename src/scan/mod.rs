@@ -27,7 +27,24 @@
 //! scanner and detector/literal) for shadow-mode logging. [`ScanOutcome::blocked`] is the
 //! blocking hit that starts first in the body (ties: scanner order, then detectors before
 //! literals), so the answer does not depend on how the body was cut into chunks.
+//!
+//! What a request body is scanned as ([`ScanSet::scan_request`], issue 12):
+//! - the content codings: every `Content-Encoding` field line, combined as RFC 9110 §5.3 says (a
+//!   comma-separated list in order; `identity` is no coding), undone last to first — `gzip`,
+//!   `x-gzip`, `deflate`, at most [`MAX_CODINGS`] of them; any other coding is refused
+//!   (`UnsupportedEncoding`), so a body the scanner cannot read never passes;
+//! - then the decoded body as is, and the decoded views an upstream may read (`views.rs`):
+//!   multipart parts with their transfer encodings undone (`multipart/*` content type), the
+//!   form decoding (`application/x-www-form-urlencoded`), JSON string escapes undone (any body
+//!   holding one that can hide a match), long base64 runs decoded; views are chained (a form
+//!   field holding JSON escapes, a JSON document inside a JSON string, base64 inside a JSON
+//!   string, base64 of base64) at most three decodings deep, so at most 29 views, each no
+//!   longer than the body, one chain (≤ 3 buffers) alive at a time. A view
+//!   is built only when its trigger is present (a `\u`, a long base64 run...), so an ordinary
+//!   body costs one extra memchr pass and one base64-run probe pass (≈ one byte read in 16).
+//!   Hit offsets in a view count from the end of the body plus the views before it.
 mod detectors;
+mod views;
 
 pub use detectors::Detector;
 use detectors::{Anchor, LOOKAHEAD, LOOKBEHIND};
@@ -115,7 +132,8 @@ impl ScanOutcome<'_> {
 /// Why an encoded body could not be scanned; the gateway refuses the call in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
-    /// A content coding other than identity, gzip, x-gzip or deflate, or several stacked.
+    /// A content coding other than identity, gzip, x-gzip or deflate, or more than
+    /// [`MAX_CODINGS`] of them.
     #[error("unsupported content-encoding: the body cannot be scanned")]
     UnsupportedEncoding,
     /// Decoding would exceed the allowed decoded size.
@@ -150,6 +168,51 @@ pub struct ScanSet {
     max_pattern: usize,
     /// Whether any scanner asks for a report-mode hit.
     any_report: bool,
+    /// Some literal holds `"`, `\\` or a control character: every JSON escape can hide it.
+    json_all_escapes: bool,
+}
+
+/// Most content codings undone for one body (more is refused as unscannable).
+pub const MAX_CODINGS: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Deflate,
+}
+
+/// A decoded view (or the body itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Body,
+    Multipart,
+    Form,
+    Json,
+    Base64,
+}
+
+impl View {
+    /// How many decodings deep a view may be: JSON in a JSON string in a base64 blob.
+    const MAX_DEPTH: u8 = 3;
+
+    /// The views decoded from this one, at `depth` decodings below the body: multipart and form
+    /// apply to the body as sent (the request's Content-Type describes it); JSON escapes and
+    /// base64 to anything, repeatedly (a JSON document in a JSON string, base64 of base64).
+    fn next(self, depth: u8) -> &'static [View] {
+        match self {
+            _ if depth >= View::MAX_DEPTH => &[],
+            View::Body => &[View::Multipart, View::Form, View::Json, View::Base64],
+            _ => &[View::Json, View::Base64],
+        }
+    }
+}
+
+/// What the scanner reads from the request head.
+#[derive(Debug, Default)]
+struct BodyFields<'a> {
+    codings: [Option<Coding>; MAX_CODINGS],
+    form: bool,
+    boundary: Option<&'a [u8]>,
 }
 
 type CompileErrors = Vec<(String, String)>;
@@ -275,7 +338,12 @@ impl ScanSet {
             }
         };
         let any_report = infos.iter().any(|s| s.mode == Mode::Report);
+        let json_all_escapes = scanners
+            .iter()
+            .flat_map(|s| &s.literals)
+            .any(|l| l.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
         Ok(ScanSet {
+            json_all_escapes,
             scanners: infos,
             ac,
             roles: patterns.into_iter().map(|p| p.1).collect(),
@@ -307,50 +375,84 @@ impl ScanSet {
         acc.into_outcome(self)
     }
 
-    /// Scans a body sent with `Content-Encoding: content_encoding`: identity (or none) as is;
-    /// `gzip`/`x-gzip` (every member) and `deflate` (zlib, or raw deflate as some clients send
-    /// it) decoded first, at most `max_decoded` bytes. Any other or stacked coding is refused,
-    /// never skipped.
+    /// Scans a body sent with `Content-Encoding: content_encoding` (one field line) and no
+    /// Content-Type; see [`ScanSet::scan_request`].
     pub fn scan_encoded(
         &self,
         body: &[u8],
         content_encoding: Option<&[u8]>,
         max_decoded: usize,
     ) -> Result<ScanOutcome<'_>, ScanError> {
-        let coding = content_encoding.map(|c| c.trim_ascii()).unwrap_or(b"");
-        if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
-            return Ok(self.scan(body));
+        self.scan_request(
+            body,
+            content_encoding.map(|v| (&b"content-encoding"[..], v)),
+            max_decoded,
+        )
+    }
+
+    /// Scans a request body with the request's header fields (`(name, value)`, in order; only
+    /// `Content-Encoding` and `Content-Type` are read): the content codings of every
+    /// `Content-Encoding` line undone (at most `max_decoded` bytes at each step), then the
+    /// decoded body and its decoded views (module header). A coding other than identity,
+    /// `gzip`, `x-gzip` or `deflate`, or more than [`MAX_CODINGS`], is refused, never skipped.
+    pub fn scan_request<'h>(
+        &self,
+        body: &[u8],
+        fields: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+        max_decoded: usize,
+    ) -> Result<ScanOutcome<'_>, ScanError> {
+        let f = BodyFields::read(fields)?;
+        let mut decoded: std::borrow::Cow<'_, [u8]> = std::borrow::Cow::Borrowed(body);
+        if !body.is_empty() {
+            // applied in order by the sender: undone last first
+            for c in f.codings.iter().rev().flatten() {
+                decoded = std::borrow::Cow::Owned(decode_coding(*c, &decoded, max_decoded)?);
+            }
         }
-        let known = [&b"gzip"[..], b"x-gzip", b"deflate"];
-        if !known.iter().any(|k| coding.eq_ignore_ascii_case(k)) {
-            return Err(ScanError::UnsupportedEncoding);
-        }
-        if body.is_empty() {
-            // No body: nothing to decode (some clients label empty bodies anyway).
-            return Ok(self.scan(body));
-        }
-        let decoded =
-            if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
-                decode(flate2::read::MultiGzDecoder::new(body), max_decoded)?
-            } else if coding.eq_ignore_ascii_case(b"deflate") {
-                let mut z = flate2::read::ZlibDecoder::new(body);
-                match read_bounded(&mut z, max_decoded) {
-                    Ok(d) if z.total_in() == body.len() as u64 => d,
-                    Ok(_) => return Err(ScanError::Corrupt),
-                    Err(ScanError::Corrupt) => {
-                        let mut r = flate2::read::DeflateDecoder::new(body);
-                        let d = read_bounded(&mut r, max_decoded)?;
-                        if r.total_in() != body.len() as u64 {
-                            return Err(ScanError::Corrupt);
-                        }
-                        d
+        let mut acc = Acc::default();
+        let mut base = 0;
+        self.scan_view(&decoded, View::Body, 0, &f, &mut acc, &mut base);
+        Ok(acc.into_outcome(self))
+    }
+
+    /// Scans `v` (a view of kind `kind`, `depth` decodings below the body), then every view
+    /// decoded from it. `base`: the virtual offset of `v`'s first byte.
+    fn scan_view(
+        &self,
+        v: &[u8],
+        kind: View,
+        depth: u8,
+        f: &BodyFields<'_>,
+        acc: &mut Acc,
+        base: &mut usize,
+    ) {
+        self.scan_window(v, *base, 0, v.len(), acc);
+        *base += v.len();
+        let mut out = Vec::new();
+        for &next in kind.next(depth) {
+            let built = match next {
+                View::Multipart => f.boundary.is_some_and(|b| views::multipart(v, b, &mut out)),
+                View::Form => {
+                    f.form && views::form_needs_view(v) && {
+                        views::form_decode(v, &mut out);
+                        true
                     }
-                    Err(e) => return Err(e),
                 }
-            } else {
-                return Err(ScanError::UnsupportedEncoding);
+                View::Json => {
+                    views::json_needs_view(v, self.json_all_escapes) && {
+                        views::json_unescape(v, &mut out);
+                        true
+                    }
+                }
+                View::Base64 => views::base64_runs(v, &mut out),
+                View::Body => false,
             };
-        Ok(self.scan(&decoded))
+            if built {
+                let view = std::mem::take(&mut out);
+                self.scan_view(&view, next, depth + 1, f, acc, base);
+                out = view;
+            }
+        }
     }
 
     /// An incremental scanner: [`Scanner::finish`] gives exactly what [`ScanSet::scan`] gives
@@ -593,6 +695,70 @@ fn read_bounded(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ScanError> {
 
 fn decode(mut r: impl Read, max: usize) -> Result<Vec<u8>, ScanError> {
     read_bounded(&mut r, max)
+}
+
+/// Undoes one content coding: `gzip` (every member), `deflate` (zlib, or raw deflate as some
+/// clients send it); the whole input must be consumed.
+fn decode_coding(c: Coding, body: &[u8], max: usize) -> Result<Vec<u8>, ScanError> {
+    match c {
+        Coding::Gzip => decode(flate2::read::MultiGzDecoder::new(body), max),
+        Coding::Deflate => {
+            let mut z = flate2::read::ZlibDecoder::new(body);
+            match read_bounded(&mut z, max) {
+                Ok(d) if z.total_in() == body.len() as u64 => Ok(d),
+                Ok(_) => Err(ScanError::Corrupt),
+                Err(ScanError::Corrupt) => {
+                    let mut r = flate2::read::DeflateDecoder::new(body);
+                    let d = read_bounded(&mut r, max)?;
+                    if r.total_in() != body.len() as u64 {
+                        return Err(ScanError::Corrupt);
+                    }
+                    Ok(d)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+impl<'a> BodyFields<'a> {
+    /// Combines the field lines: every `Content-Encoding` line's list in order (RFC 9110 §5.3),
+    /// and the `Content-Type` lines (a form or multipart type on any of them counts).
+    fn read(
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<BodyFields<'a>, ScanError> {
+        let mut f = BodyFields::default();
+        let mut n = 0;
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"content-encoding") {
+                for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let c = if t.is_empty() || t.eq_ignore_ascii_case(b"identity") {
+                        continue;
+                    } else if t.eq_ignore_ascii_case(b"gzip") || t.eq_ignore_ascii_case(b"x-gzip") {
+                        Coding::Gzip
+                    } else if t.eq_ignore_ascii_case(b"deflate") {
+                        Coding::Deflate
+                    } else {
+                        return Err(ScanError::UnsupportedEncoding);
+                    };
+                    let slot = f.codings.get_mut(n).ok_or(ScanError::UnsupportedEncoding)?;
+                    *slot = Some(c);
+                    n += 1;
+                }
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                let media = value
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii();
+                f.form |= media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
+                if f.boundary.is_none() {
+                    f.boundary = views::multipart_boundary(value);
+                }
+            }
+        }
+        Ok(f)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -534,8 +534,8 @@ fn encoded_bodies() {
         &b"br"[..],
         b"zstd",
         b"compress",
-        b"gzip, gzip",
         b"gzip,br",
+        b"gzip, gzip, gzip, gzip, gzip",
         b"x",
     ] {
         assert_eq!(
@@ -571,6 +571,92 @@ fn encoded_bodies() {
         Ok(false)
     );
     assert_eq!(blocked(set.scan_encoded(b"", Some(b"gzip"), 10)), Ok(false));
+}
+
+/// Issue 12: repeated `Content-Encoding` lines are one list (RFC 9110 §5.3), applied in order;
+/// the scanner undoes all of it or refuses the body (before, only the first line was read).
+#[test]
+fn repeated_content_encoding_lines_are_combined() {
+    let set =
+        ScanSet::compile(&[scanner("s", &["aws_access_key"], &["confidential"], None)]).unwrap();
+    let hit = b"{\"k\":\"AKIAIOSFODNN7EXAMPLE\"}";
+    let gz2 = gzip(&gzip(hit));
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&gzip(hit)).unwrap();
+    let gzip_then_deflate = z.finish().unwrap();
+    type Lines = &'static [&'static [u8]];
+    // (name, body, Content-Encoding lines, blocked or the error)
+    type Row = (&'static str, Vec<u8>, Lines, Result<bool, ScanError>);
+    let rows: Vec<Row> = vec![
+        (
+            "gzip + gzip lines",
+            gz2.clone(),
+            &[b"gzip", b"gzip"],
+            Ok(true),
+        ),
+        (
+            "gzip, gzip in one line",
+            gz2.clone(),
+            &[b"gzip, gzip"],
+            Ok(true),
+        ),
+        (
+            "identity + gzip",
+            gzip(hit),
+            &[b"identity", b"gzip"],
+            Ok(true),
+        ),
+        (
+            "gzip + identity",
+            gzip(hit),
+            &[b"gzip", b"identity"],
+            Ok(true),
+        ),
+        (
+            "gzip then deflate, in order",
+            gzip_then_deflate.clone(),
+            &[b"gzip", b"deflate"],
+            Ok(true),
+        ),
+        (
+            "wrong order is corrupt",
+            gzip_then_deflate,
+            &[b"deflate", b"gzip"],
+            Err(ScanError::Corrupt),
+        ),
+        (
+            "first line only would see gzip",
+            gz2.clone(),
+            &[b"GZIP", b" x-gzip "],
+            Ok(true),
+        ),
+        ("empty elements", gzip(hit), &[b",gzip,", b""], Ok(true)),
+        (
+            "a second line says gzip, body is not",
+            hit.to_vec(),
+            &[b"identity", b"gzip"],
+            Err(ScanError::Corrupt),
+        ),
+        (
+            "second line unknown",
+            gzip(hit),
+            &[b"gzip", b"br"],
+            Err(ScanError::UnsupportedEncoding),
+        ),
+        (
+            "five codings",
+            gz2,
+            &[b"gzip", b"gzip", b"gzip", b"gzip", b"gzip"],
+            Err(ScanError::UnsupportedEncoding),
+        ),
+    ];
+    for (name, body, lines, want) in rows {
+        let fields = lines.iter().map(|l| (&b"Content-Encoding"[..], *l));
+        let got = set
+            .scan_request(&body, fields, 1 << 20)
+            .map(|o| o.blocked.is_some());
+        assert_eq!(got, want, "{name}");
+    }
 }
 
 #[test]
@@ -782,5 +868,279 @@ proptest! {
         };
         let got = (out.blocked.as_ref().map(lit), out.reports.iter().map(lit).collect::<Vec<_>>());
         prop_assert_eq!(got, naive_literals(&scanners, &body));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12: decoded views
+
+fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Every character as a JSON `\uXXXX` escape.
+fn json_u(s: &str) -> String {
+    s.chars().map(|c| format!("\\u{:04x}", c as u32)).collect()
+}
+
+/// Percent-encodes every byte.
+fn pct(s: &[u8]) -> String {
+    s.iter().map(|b| format!("%{b:02X}")).collect()
+}
+
+/// A body the raw scan passes and the decoded views block (each row would pass before issue 12),
+/// and bodies that must stay clean.
+#[test]
+fn decoded_views_table() {
+    let set = ScanSet::compile(&[
+        scanner(
+            "dets",
+            &["aws_access_key", "credit_card", "github_token"],
+            &[],
+            None,
+        ),
+        scanner(
+            "lits",
+            &[],
+            &["CONFIDENTIAL", "top secret", "internal/admin"],
+            None,
+        ),
+    ])
+    .unwrap();
+    let key = "AKIAIOSFODNN7EXAMPLE";
+    let mp = |cte: &str, content: &str| {
+        format!(
+            "--B0und\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{content}\r\n--B0und--\r\n"
+        )
+    };
+    const JSON: &str = "application/json";
+    const FORM: &str = "application/x-www-form-urlencoded";
+    const MULTI: &str = "multipart/form-data; boundary=B0und";
+    // (name, content type, body, (scanner, detector or literal index) of the blocked hit)
+    type Row = (
+        &'static str,
+        &'static str,
+        String,
+        Option<(&'static str, HitKind)>,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "json \\u in a key id",
+            JSON,
+            format!(r#"{{"k":"\u0041KIA{}"}}"#, &key[4..]),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "json \\u digits of a card",
+            JSON,
+            r#"{"n":"\u0034111 1111 1111 1111"}"#.into(),
+            Some(("dets", HitKind::Detector(Detector::CreditCard))),
+        ),
+        (
+            "json \\u in a literal",
+            JSON,
+            r#"{"t":"CONFIDENTI\u0041L"}"#.into(),
+            Some(("lits", HitKind::Literal(0))),
+        ),
+        (
+            "json every char escaped",
+            JSON,
+            format!(r#"{{"t":"{}"}}"#, json_u("top secret")),
+            Some(("lits", HitKind::Literal(1))),
+        ),
+        (
+            "json escaped solidus",
+            JSON,
+            r#"{"u":"internal\/admin"}"#.into(),
+            Some(("lits", HitKind::Literal(2))),
+        ),
+        (
+            "json escapes, no content type",
+            "",
+            format!(r#"{{"k":"{}"}}"#, json_u(key)),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "form percent-encoded",
+            FORM,
+            format!("a=1&k={}", pct(key.as_bytes())),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "form plus as space",
+            FORM,
+            "note=top+secret".into(),
+            Some(("lits", HitKind::Literal(1))),
+        ),
+        (
+            "form field holding json escapes",
+            FORM,
+            format!(
+                "j={}",
+                pct(format!(r#"{{"k":"{}"}}"#, json_u(key)).as_bytes())
+            ),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "base64 blob",
+            JSON,
+            format!(
+                r#"{{"file":"{}"}}"#,
+                b64(b"the key is AKIAIOSFODNN7EXAMPLE ok")
+            ),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "base64 data url",
+            JSON,
+            format!(
+                r#"{{"img":"data:text/plain;base64,{}"}}"#,
+                b64(b"CONFIDENTIAL report")
+            ),
+            Some(("lits", HitKind::Literal(0))),
+        ),
+        (
+            "base64 with escaped slashes",
+            JSON,
+            format!(
+                r#"{{"f":"{}"}}"#,
+                b64(b"\xff\xff\xff\xffCONFIDENTIAL ok \xfb\xff").replace('/', "\\/")
+            ),
+            Some(("lits", HitKind::Literal(0))),
+        ),
+        (
+            "json inside base64",
+            JSON,
+            format!(
+                r#"{{"f":"{}"}}"#,
+                b64(format!(r#"{{"k":"{}"}}"#, json_u(key)).as_bytes())
+            ),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "multipart base64 part",
+            MULTI,
+            mp(
+                "base64",
+                &b64(format!("x {key} y").as_bytes())
+                    .as_bytes()
+                    .chunks(8)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect::<Vec<_>>()
+                    .join("\r\n"),
+            ),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "multipart quoted-printable part",
+            MULTI,
+            mp("quoted-printable", "CONFIDENTI=41L text"),
+            Some(("lits", HitKind::Literal(0))),
+        ),
+        // controls: clean bodies stay clean, plain hits are still found first
+        (
+            "plain hit",
+            JSON,
+            format!(r#"{{"k":"{key}"}}"#),
+            Some(("dets", HitKind::Detector(Detector::AwsAccessKey))),
+        ),
+        (
+            "clean json with escapes",
+            JSON,
+            r#"{"t":"line\nnext \"quoted\" caf\u00e9 \/ \\"}"#.into(),
+            None,
+        ),
+        (
+            "clean base64 image",
+            JSON,
+            format!(
+                r#"{{"img":"{}"}}"#,
+                b64(&[
+                    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44,
+                    0x52
+                ])
+            ),
+            None,
+        ),
+        ("clean form", FORM, "a=b+c&d=%7E".into(), None),
+        (
+            "percent not decoded outside forms",
+            JSON,
+            format!(r#"{{"k":"{}"}}"#, pct(key.as_bytes())),
+            None,
+        ),
+        (
+            "clean multipart",
+            MULTI,
+            mp("base64", &b64(b"hello, nothing here")),
+            None,
+        ),
+    ];
+    for (name, ct, body, want) in rows {
+        let raw = set.scan(body.as_bytes());
+        let fields = [(&b"content-type"[..], ct.as_bytes())];
+        let got = set
+            .scan_request(body.as_bytes(), fields, 1 << 20)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = got.blocked.map(|h| (h.scanner, h.kind));
+        assert_eq!(got, want, "{name}: {body}");
+        if want.is_some() && !name.starts_with("plain") {
+            assert!(raw.blocked.is_none(), "{name}: the raw bytes already match");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Enc {
+    JsonU,
+    Form,
+    Base64,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A secret wrapped in up to two layers of the encodings an upstream undoes (JSON escapes,
+    /// form encoding on a form body, base64), anywhere in ordinary text, is always found.
+    #[test]
+    fn encoded_secrets_are_found(
+        layers in prop::collection::vec(prop_oneof![Just(Enc::JsonU), Just(Enc::Form), Just(Enc::Base64)], 1..3),
+        before in "[a-z ]{0,40}",
+        after in "[a-z ]{0,40}",
+        secret in prop_oneof![Just("AKIAIOSFODNN7EXAMPLE"), Just("CONFIDENTIAL")],
+    ) {
+        let set = ScanSet::compile(&[scanner("s", &["aws_access_key"], &["confidential"], None)]).unwrap();
+        // form encoding only applies to the body as sent: keep it outermost
+        let mut layers = layers;
+        let form = layers.iter().any(|l| matches!(l, Enc::Form));
+        layers.retain(|l| !matches!(l, Enc::Form));
+        let mut text = format!(" {secret} ");
+        for l in &layers {
+            text = match l {
+                Enc::JsonU => json_u(&text),
+                Enc::Base64 => format!(" {} ", b64(text.as_bytes())),
+                Enc::Form => text,
+            };
+        }
+        let body = if form {
+            format!("{}={}&x={}", before.replace(' ', "+"), pct(text.as_bytes()), after.replace(' ', "+"))
+        } else {
+            format!(r#"{{"a":"{before}","b":"{text}","c":"{after}"}}"#)
+        };
+        let ct: &[u8] = if form { b"application/x-www-form-urlencoded" } else { b"application/json" };
+        let out = set.scan_request(body.as_bytes(), [(&b"content-type"[..], ct)], 1 << 20).unwrap();
+        prop_assert!(out.blocked.is_some(), "{:?}: {}", layers, body);
+    }
+
+    /// Views never lose a raw hit: whatever the body, a hit of `scan` is a hit of `scan_request`.
+    #[test]
+    fn views_only_add_hits(body in body()) {
+        let set = full_set();
+        let raw = set.scan(&body);
+        let all = set.scan_request(&body, [(&b"content-type"[..], &b"application/x-www-form-urlencoded"[..])], 1 << 20).unwrap();
+        // view hits count from the end of the body: a raw hit always comes first
+        prop_assert!(raw.blocked.is_none() || all.blocked == raw.blocked);
+        prop_assert!(raw.blocked.is_some() || all.blocked.is_none_or(|h| h.offset >= body.len()));
     }
 }

@@ -99,7 +99,10 @@ pub fn begin(
     let connection = head.connection.map(|c| c.get(src));
     for h in &head.headers {
         let name = h.name.get(src);
-        if proxy.request_filter.contains(name) || hop::listed_in_connection(name, connection) {
+        if proxy.request_filter.contains(name)
+            || hop::listed_in_connection(name, connection)
+            || hop::drop_underscored(name, proxy.underscore_headers)
+        {
             continue;
         }
         out.extend_from_slice(name);

@@ -224,6 +224,18 @@ fn check_reports_file_line_and_key_for_bad_configs() {
         ),
         ("duplicate_proxy_name", dup, 15, Some("name")),
         (
+            "bad_underscore_headers",
+            insert_after(3, "underscore_headers = \"fold\""),
+            4,
+            Some("server.underscore_headers"),
+        ),
+        (
+            "bad_path_params",
+            insert_after(12, "path_params = \"keep\""),
+            13,
+            Some("proxies[0].path_params"),
+        ),
+        (
             "empty_listen_list",
             with_line(2, "listen = []"),
             2,

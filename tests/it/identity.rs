@@ -233,7 +233,13 @@ thread_local! {
 }
 
 fn jwt(claims: serde_json::Value) -> String {
-    let header = serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"});
+    jwt_with_header(
+        serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"}),
+        claims,
+    )
+}
+
+fn jwt_with_header(header: serde_json::Value, claims: serde_json::Value) -> String {
     let msg = format!(
         "{}.{}",
         B64.encode(header.to_string()),
@@ -302,6 +308,18 @@ fn jwt_agents_from_the_idp_are_verified() {
     let r = c.roundtrip(&req(
         "/bearer/j",
         &format!("Authorization: Bearer {tampered}\r\n"),
+    ));
+    assert_gateway_error(&r, 401, "unauthenticated");
+    // RFC 7515 §4.1.11: a `crit` extension the gateway does not understand (issue 12)
+    let crit = jwt_with_header(
+        serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1", "crit": ["x-ext"],
+            "x-ext": true}),
+        serde_json::json!({"iss": "https://idp.test/", "aud": "portcullis",
+        "sub": "mcp-server-7", "exp": now + 600}),
+    );
+    let r = c.roundtrip(&req(
+        "/bearer/j",
+        &format!("Authorization: Bearer {crit}\r\n"),
     ));
     assert_gateway_error(&r, 401, "unauthenticated");
     assert_eq!(mock.count(), 3);

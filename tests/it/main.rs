@@ -18,6 +18,7 @@ mod bao;
 mod cli_ident;
 mod configs;
 mod forwarding;
+mod hardening;
 mod identity;
 mod lifecycle;
 mod meter;

@@ -269,7 +269,8 @@ fn percent_encoding_normalisation_property() {
     let (mock, gw) = setup();
     let c = std::cell::RefCell::new(gw.conn());
     const UNRESERVED: &[u8] = b"ABCXYZabcxyz0189-._~";
-    const SUB_DELIMS: &[u8] = b"!$&'()*+,;=:@";
+    // no `;`: a path parameter is refused by default (hardening.rs covers it)
+    const SUB_DELIMS: &[u8] = b"!$&'()*+,=:@";
     // (byte, encode?, upper-case hex?)
     let ch = (
         0..UNRESERVED.len() + SUB_DELIMS.len(),
