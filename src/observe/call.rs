@@ -174,7 +174,7 @@ impl<'w> CallLog<'w> {
         if self.committed {
             return Ok(());
         }
-        let rec = self.record(self.started.elapsed().as_micros() as u64);
+        let rec = self.record(self.started.elapsed().as_micros() as u64, true);
         self.committed = true;
         let ticket = ring.push_record(rec);
         if ring.wait_durable(ticket, timeout).await {
@@ -184,19 +184,24 @@ impl<'w> CallLog<'w> {
         }
     }
 
-    fn record(&mut self, total_us: u64) -> AuditRecord {
+    /// The call's audit record. `keep`: the call goes on (its record is taken early, under
+    /// durable audit), so its fields are cloned; otherwise (the drop) they are moved out.
+    fn record(&mut self, total_us: u64, keep: bool) -> AuditRecord {
+        fn pick<T: Default + Clone>(v: &mut T, keep: bool) -> T {
+            if keep { v.clone() } else { std::mem::take(v) }
+        }
         AuditRecord {
             ts_us: self.ts_us,
             id: SmallStr::new(self.id.as_str()),
-            agent: self.agent.clone(),
-            proxy: self.proxy_name.clone(),
+            agent: pick(&mut self.agent, keep),
+            proxy: pick(&mut self.proxy_name, keep),
             method: self.method.clone(),
-            path: self.path.clone(),
+            path: pick(&mut self.path, keep),
             status: self.status,
             decision: self.decision,
             code: self.code,
             rule: self.rule,
-            scanner: self.scanner.clone(),
+            scanner: pick(&mut self.scanner, keep),
             redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
@@ -264,28 +269,7 @@ impl Drop for CallLog<'_> {
             });
             return;
         }
-        let rec = AuditRecord {
-            ts_us: self.ts_us,
-            id: SmallStr::new(self.id.as_str()),
-            agent: self.agent.take(),
-            proxy: self.proxy_name.take(),
-            method: self.method.clone(),
-            path: std::mem::take(&mut self.path),
-            status: self.status,
-            decision: self.decision,
-            code: self.code,
-            rule: self.rule,
-            scanner: self.scanner.take(),
-            redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            upstream_status: self.upstream_status,
-            upstream_us: self.upstream_us,
-            total_us,
-            client: self.client.map(|a| (a.ip(), a.port())),
-            shadow: self.shadow,
-            completion: false,
-        };
+        let rec = self.record(total_us, false);
         // a full ring counts the drop (and the writer records a gap); never blocks unbounded
         let _ = ring.push(rec);
     }
