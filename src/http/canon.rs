@@ -219,6 +219,7 @@ fn push_segment(seg: &[u8], params: PathParams, out: &mut String) -> Result<bool
         (PathParams::Refuse, Some(_)) => return Err(CanonError::PathParameter),
         (PathParams::Strip, Some(i)) => &seg[..i],
     };
+    let start = out.len();
     let mut utf8 = Utf8::default();
     let mut encoded_dot = false;
     // the previous decoded byte was a ':'
@@ -273,6 +274,12 @@ fn push_segment(seg: &[u8], params: PathParams, out: &mut String) -> Result<bool
         i += 1;
     }
     utf8.finish()?;
+    // A double encoding can also be spelt across escapes (`%25` + `2%65` is `%252e` once
+    // canonical): look at the output too, so that a canonical path is its own canonical form.
+    let written = &out.as_bytes()[start..];
+    if (0..written.len()).any(|j| written[j..].starts_with(b"%25") && double_encoded(written, j)) {
+        return Err(CanonError::DoubleEncoded);
+    }
     Ok(encoded_dot)
 }
 
@@ -561,6 +568,18 @@ mod tests {
         (
             "double_encoded_dot",
             "/v1/a/%252e%252e/b",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "double_encoding_spelt_across_escapes",
+            "/v1/a/%252%65/b",
+            Err(DoubleEncoded),
+            Err(DoubleEncoded),
+        ),
+        (
+            "double_encoded_percent_across_escapes",
+            "/v0+%252%351$",
             Err(DoubleEncoded),
             Err(DoubleEncoded),
         ),
