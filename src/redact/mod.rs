@@ -33,6 +33,6 @@ mod path;
 pub mod response;
 mod sse;
 
-pub use json::{JsonRedactor, Limits, MASK, OnInvalid, RedactError};
+pub use json::{JsonRedactor, Limits, OnInvalid, RedactError};
 pub use path::{Action, RedactProgram};
 pub use sse::{DEFAULT_MAX_EVENT, SseRedactor};
