@@ -11,6 +11,7 @@ pub(crate) mod credentials;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod identity;
+pub(crate) mod mcp;
 pub(crate) mod net;
 pub(crate) mod observe;
 pub(crate) mod pipeline;
@@ -56,6 +57,17 @@ pub mod internals {
         pub use crate::identity::{Credential, extract_credential, key_sha256_hex};
         pub mod jwt {
             pub use crate::identity::jwt::peek_issuer;
+        }
+    }
+    pub mod mcp {
+        pub mod glob {
+            pub use crate::mcp::glob::Glob;
+        }
+        pub mod jsonrpc {
+            pub use crate::mcp::jsonrpc::{
+                Body, DEFAULT_MAX_BATCH, Id, McpError, Message, Target, check_headers,
+                decode_header_value, parse_body,
+            };
         }
     }
     pub mod observe {
