@@ -636,24 +636,23 @@ impl Cx<'_> {
         };
         let mut out: Vec<Arc<crate::siem::SinkConfig>> = Vec::new();
         let base_dir = self.base_dir;
+        let mut names = std::collections::HashSet::new();
         for (i, s) in a.get_ref().sinks.iter().enumerate() {
+            let name = &s.get_ref().name;
+            if !names.insert(name.get_ref().clone()) {
+                self.err(
+                    name,
+                    format!("audit.sinks[{i}].name"),
+                    format!("duplicate sink name {:?}", name.get_ref()),
+                );
+                continue;
+            }
             let mut secret = |r: &str, what: &str| {
                 self.secret(r, &format!("audit.sinks[{i}].auth.{what}"))
                     .map_err(|e| e.to_string())
             };
             match crate::siem::config::compile(s.get_ref(), base_dir, &mut secret) {
-                Ok(c) => {
-                    if out.iter().any(|o| o.name == c.name) {
-                        let name = &s.get_ref().name;
-                        self.err(
-                            name,
-                            format!("audit.sinks[{i}].name"),
-                            format!("duplicate sink name {:?}", c.name),
-                        );
-                        continue;
-                    }
-                    out.push(Arc::new(c));
-                }
+                Ok(c) => out.push(Arc::new(c)),
                 Err(errs) => {
                     for (off, key, msg) in errs {
                         self.push_error(off, format!("audit.sinks[{i}].{key}"), msg);
