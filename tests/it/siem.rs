@@ -500,7 +500,8 @@ fn rsyslogd() -> String {
 }
 
 impl Rsyslog {
-    fn start() -> Rsyslog {
+    /// Plain imtcp + imudp, or (with `tls`) imtcp through the gtls driver only (RFC 5425).
+    fn start(tls: Option<&TestPki>) -> Rsyslog {
         let dir = tempfile::tempdir().unwrap();
         let tcp = free_port();
         let udp = {
@@ -508,10 +509,35 @@ impl Rsyslog {
             s.local_addr().unwrap().port()
         };
         let d = dir.path().display();
+        let (global_tls, imtcp, udp_input) = match tls {
+            Some(pki) => {
+                for (name, pem) in [
+                    ("ca.pem", &pki.ca_pem),
+                    ("cert.pem", &pki.leaf_cert_pem),
+                    ("key.pem", &pki.leaf_key_pem),
+                ] {
+                    std::fs::write(dir.path().join(name), pem).unwrap();
+                }
+                (
+                    format!(
+                        " DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+                         DefaultNetstreamDriverCertFile=\"{d}/cert.pem\" DefaultNetstreamDriverKeyFile=\"{d}/key.pem\""
+                    ),
+                    "module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")",
+                    String::new(),
+                )
+            }
+            None => (
+                String::new(),
+                "module(load=\"imtcp\")\nmodule(load=\"imudp\")",
+                format!(
+                    "input(type=\"imudp\" address=\"127.0.0.1\" port=\"{udp}\" ruleset=\"udp\")"
+                ),
+            ),
+        };
         let conf = format!(
-            r#"global(workDirectory="{d}" maxMessageSize="256k")
-module(load="imtcp")
-module(load="imudp")
+            r#"global(workDirectory="{d}" maxMessageSize="256k"{global_tls})
+{imtcp}
 template(name="fields" type="list") {{
   property(name="app-name") constant(value="\t")
   property(name="msgid") constant(value="\t")
@@ -521,7 +547,7 @@ template(name="fields" type="list") {{
 ruleset(name="tcp") {{ action(type="omfile" file="{d}/tcp.log" template="fields") }}
 ruleset(name="udp") {{ action(type="omfile" file="{d}/udp.log" template="fields") }}
 input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="tcp")
-input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="udp")
+{udp_input}
 "#
         );
         let conf_path = dir.path().join("rsyslog.conf");
@@ -581,7 +607,7 @@ impl Drop for Rsyslog {
 
 #[test]
 fn rsyslog_receives_every_record_over_tcp_and_udp_as_rfc5424() {
-    let rs = Rsyslog::start();
+    let rs = Rsyslog::start(None);
     let mock = MockUpstream::start(|_| Reply::ok("fine"));
     let trail = tempfile::tempdir().unwrap();
     let dir = trail.path().join("audit");
@@ -679,5 +705,95 @@ address = "127.0.0.1:{udp}"
         .collect();
     for id in &ids {
         assert!(tcp_ids.contains(id), "{id} not delivered");
+    }
+}
+
+#[test]
+fn rsyslog_receives_every_record_over_tls_and_a_receiver_with_an_unknown_ca_gets_nothing() {
+    let pki = make_pki();
+    let rs = Rsyslog::start(Some(&pki));
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let trail = tempfile::tempdir().unwrap();
+    let dir = trail.path().join("audit");
+    let admin = free_port();
+    let toml = audit_config(&mock.url(), dir.to_str().unwrap(), "1s", Some(admin))
+        + &format!(
+            r#"
+[[audit.sinks]]
+name = "tls"
+type = "syslog"
+transport = "tls"
+address = "127.0.0.1:{port}"
+server_name = "localhost"
+ca_file = "ca.pem"
+retry_max = "200ms"
+
+[[audit.sinks]]
+name = "untrusted"
+type = "syslog"
+transport = "tls"
+address = "127.0.0.1:{port}"
+server_name = "localhost"
+retry_max = "200ms"
+"#,
+            port = rs.tcp
+        );
+    let mut gw = Gateway::start_with_files(
+        &toml,
+        &[
+            ("admin.token", format!("{ADMIN_TOKEN}\n").as_bytes()),
+            ("ca.pem", pki.ca_pem.as_bytes()),
+        ],
+    );
+    wait_admin(admin);
+    let ids = some_calls(gw.port(), 6, "tls");
+    let n = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let want = audit_lines(&dir).len();
+        (want >= 6 && rs.received("tcp").len() >= want).then_some(want)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "rsyslog got {} of {} records over TLS; rsyslogd: {}\ngateway: {}",
+            rs.received("tcp").len(),
+            audit_lines(&dir).len(),
+            rs.stderr(),
+            gw.stderr_text()
+        )
+    });
+    wait_metric(admin, "portcullis_sink_delivered_total", "tls", |v| {
+        v == n as u64
+    });
+    // the sink that does not trust the receiver's CA never sends a record
+    wait_metric(admin, "portcullis_sink_failed_total", "untrusted", |v| {
+        v >= 2
+    });
+    assert_eq!(
+        sink_metric(admin, "portcullis_sink_delivered_total", "untrusted"),
+        Some(0)
+    );
+    wait_metric(admin, "portcullis_sink_lag_records", "untrusted", |v| {
+        v >= n as u64
+    });
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+    let log = gw.stderr_text() + &gw.stdout_text();
+    assert!(log.contains("TLS with 127.0.0.1:"), "{log}");
+
+    let lines = audit_lines(&dir);
+    let got = rs.received("tcp");
+    assert_eq!(
+        got.len(),
+        lines.len(),
+        "the untrusted sink delivered something"
+    );
+    for (line, (_, _, sd, msg)) in lines.iter().zip(&got) {
+        assert_eq!(msg, line);
+        assert!(sd.contains(&format!("hash=\"{}\"", hash_of(line))), "{sd}");
+    }
+    for id in &ids {
+        assert!(
+            got.iter().any(|(_, _, _, m)| m.contains(id.as_str())),
+            "{id}"
+        );
     }
 }
