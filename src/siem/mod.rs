@@ -31,7 +31,7 @@ pub mod tail;
 pub use config::{RawSink, SinkConfig};
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -122,7 +122,7 @@ fn wait(stop: &flume::Receiver<()>, d: Duration) -> bool {
 }
 
 /// The sink thread.
-fn run(dir: &PathBuf, cfg: &SinkConfig, st: &SinkStats, stop: &flume::Receiver<()>) {
+fn run(dir: &Path, cfg: &SinkConfig, st: &SinkStats, stop: &flume::Receiver<()>) {
     let name = cfg.name.as_str();
     let mut tail = tail::Tail::open(dir, name);
     let mut sender = deliver::Deliverer::new(cfg);
@@ -223,12 +223,15 @@ fn update_lag(tail: &tail::Tail, st: &SinkStats) {
     }
 }
 
+/// Name, type, help and value of one metric family.
+type Family = (&'static str, &'static str, &'static str, fn(&SinkStats) -> u64);
+
 /// The `portcullis_sink_*` families for `/metrics`.
 pub fn render_metrics(stats: &[Arc<SinkStats>], o: &mut String) {
     if stats.is_empty() {
         return;
     }
-    let families: [(&str, &str, &str, fn(&SinkStats) -> u64); 6] = [
+    let families: [Family; 6] = [
         (
             "portcullis_sink_delivered_total",
             "counter",
