@@ -119,6 +119,8 @@ pub enum HttpFormat {
     Ndjson,
     SplunkHec,
     ElasticBulk,
+    /// `type = "otlp"`: OTLP/HTTP logs, protobuf.
+    OtlpLogs,
 }
 
 /// The header that authenticates to an `http` sink.
@@ -184,7 +186,7 @@ fn print_ascii(s: &str, max: usize) -> bool {
 }
 
 /// This host's name for the syslog HOSTNAME field, `-` if unknown.
-fn local_hostname() -> String {
+pub fn local_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
@@ -276,7 +278,7 @@ pub fn compile(
         }
     };
     let kind = match raw.kind.get_ref().as_str() {
-        "http" => {
+        ty @ ("http" | "otlp") => {
             not_for(
                 &mut errs,
                 &[
@@ -287,14 +289,25 @@ pub fn compile(
                     ("facility", raw.facility.as_ref().map(at)),
                     ("hostname", raw.hostname.as_ref().map(at)),
                 ],
-                "http",
+                ty,
             );
+            if ty == "otlp" {
+                not_for(
+                    &mut errs,
+                    &[
+                        ("format", raw.format.as_ref().map(at)),
+                        ("index", raw.index.as_ref().map(at)),
+                        ("sourcetype", raw.sourcetype.as_ref().map(at)),
+                    ],
+                    ty,
+                );
+            }
             let url = match &raw.url {
                 None => {
                     errs.push((
                         at(&raw.kind),
                         "url".into(),
-                        "is required for type = \"http\"".into(),
+                        format!("is required for type = {ty:?}"),
                     ));
                     None
                 }
@@ -307,6 +320,7 @@ pub fn compile(
                 },
             };
             let format = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+                _ if ty == "otlp" => HttpFormat::OtlpLogs,
                 None | Some((_, "ndjson")) => HttpFormat::Ndjson,
                 Some((_, "splunk_hec")) => HttpFormat::SplunkHec,
                 Some((_, "elastic_bulk")) => HttpFormat::ElasticBulk,
@@ -328,7 +342,8 @@ pub fn compile(
                     "is required for format = \"elastic_bulk\" (the index or data stream)".into(),
                 ));
             }
-            if format == HttpFormat::Ndjson
+            if ty == "http"
+                && format == HttpFormat::Ndjson
                 && let Some(i) = &raw.index
             {
                 errs.push((
@@ -337,7 +352,8 @@ pub fn compile(
                     "is a setting of format = \"splunk_hec\" or \"elastic_bulk\"".into(),
                 ));
             }
-            if format != HttpFormat::SplunkHec
+            if ty == "http"
+                && format != HttpFormat::SplunkHec
                 && let Some(s) = &raw.sourcetype
             {
                 errs.push((
@@ -514,7 +530,7 @@ pub fn compile(
             errs.push((
                 at(&raw.kind),
                 "type".into(),
-                format!("{other:?}: must be \"http\" or \"syslog\""),
+                format!("{other:?}: must be \"http\", \"syslog\" or \"otlp\""),
             ));
             None
         }

@@ -224,7 +224,12 @@ fn update_lag(tail: &tail::Tail, st: &SinkStats) {
 }
 
 /// Name, type, help and value of one metric family.
-type Family = (&'static str, &'static str, &'static str, fn(&SinkStats) -> u64);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SinkStats) -> u64,
+);
 
 /// The `portcullis_sink_*` families for `/metrics`.
 pub fn render_metrics(stats: &[Arc<SinkStats>], o: &mut String) {

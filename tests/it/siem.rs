@@ -470,7 +470,7 @@ address = "127.0.0.1:514"
         "c.toml:22: audit.sinks[3].index: is required for format = \"elastic_bulk\"",
         "c.toml:25: audit.sinks[3].auth: ",
         "PORTCULLIS_TEST_NO_SUCH_VAR_SIEM",
-        "c.toml:28: audit.sinks[4].type: \"kafka\": must be \"http\" or \"syslog\"",
+        "c.toml:28: audit.sinks[4].type: \"kafka\": must be \"http\", \"syslog\" or \"otlp\"",
         "c.toml:33: audit.sinks[5].batch: must be between 1 and 10000",
         "c.toml:35: audit.sinks[6].name: duplicate sink name \"s6\"",
     ] {
@@ -795,5 +795,189 @@ retry_max = "200ms"
             got.iter().any(|(_, _, _, m)| m.contains(id.as_str())),
             "{id}"
         );
+    }
+}
+
+// ---- OTLP/HTTP logs --------------------------------------------------------------------------
+
+/// One request off `s`: the lower-cased head and the body (Content-Length framing).
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((head, buf[head_end..head_end + len].to_vec()))
+}
+
+#[test]
+fn otlp_collector_decodes_every_record_as_a_log_record() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+
+    // a collector on 127.0.0.1: the first export is answered 500 (retried), then 200
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<(String, ExportLogsServiceRequest)>>> = Arc::default();
+    let exports = Arc::new(AtomicUsize::new(0));
+    {
+        let (got, exports) = (got.clone(), exports.clone());
+        l.set_nonblocking(true).unwrap();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline && exports.load(Ordering::Relaxed) < 1000 {
+                let Ok((mut s, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Some((head, body)) = read_request(&mut s) else {
+                    continue;
+                };
+                let first = exports.fetch_add(1, Ordering::Relaxed) == 0;
+                match ExportLogsServiceRequest::decode(body.as_slice()) {
+                    Ok(req) if !first => {
+                        got.lock().unwrap().push((head, req));
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+                        );
+                    }
+                    _ => {
+                        let _ = s.write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+                        );
+                    }
+                }
+            }
+        });
+    }
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let trail = tempfile::tempdir().unwrap();
+    let dir = trail.path().join("audit");
+    let admin = free_port();
+    let toml = audit_config(&mock.url(), dir.to_str().unwrap(), "1s", Some(admin))
+        + &format!(
+            r#"
+[[audit.sinks]]
+name = "collector"
+type = "otlp"
+url = "http://127.0.0.1:{port}/v1/logs"
+auth = {{ type = "header", name = "X-Scope-OrgID", value = "file:sink.token" }}
+batch = 4
+retry_max = "200ms"
+"#
+        );
+    let mut gw = start_with_sink(&toml);
+    wait_admin(admin);
+    let ids = some_calls(gw.port(), 7, "otlp");
+    let n = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let want = audit_lines(&dir).len();
+        let have: usize = got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.resource_logs[0].scope_logs[0].log_records.len())
+            .sum();
+        (want >= 7 && have >= want).then_some(want)
+    })
+    .expect("the collector did not get every record");
+    wait_metric(admin, "portcullis_sink_delivered_total", "collector", |v| {
+        v == n as u64
+    });
+    assert!(sink_metric(admin, "portcullis_sink_failed_total", "collector").unwrap() >= 1);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+
+    let lines = audit_lines(&dir);
+    let got = got.lock().unwrap();
+    let mut bodies = Vec::new();
+    for (head, req) in got.iter() {
+        assert!(head.starts_with("post /v1/logs http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains("\r\ncontent-type: application/x-protobuf\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!(
+                "\r\nx-scope-orgid: {}\r\n",
+                SINK_TOKEN.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+        let rl = &req.resource_logs[0];
+        let service = rl
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .find(|a| a.key == "service.name");
+        assert!(matches!(
+            service.and_then(|a| a.value.as_ref()).and_then(|v| v.value.as_ref()),
+            Some(Any::StringValue(s)) if s == "portcullis"
+        ));
+        let sl = &rl.scope_logs[0];
+        assert_eq!(sl.scope.as_ref().unwrap().name, "portcullis.audit");
+        assert!(sl.log_records.len() <= 4);
+        for r in &sl.log_records {
+            let Some(Any::StringValue(body)) = r.body.as_ref().and_then(|b| b.value.clone()) else {
+                panic!("body is not a string: {r:?}");
+            };
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let attr = |k: &str| {
+                r.attributes
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| v.value.clone())
+            };
+            assert_eq!(
+                attr("portcullis.hash"),
+                Some(Any::StringValue(hash_of(&body)))
+            );
+            let ts_us = r.time_unix_nano / 1000;
+            assert!(ts_us > 1_700_000_000_000_000, "{}", r.time_unix_nano);
+            if v.get("kind").is_none() {
+                assert_eq!(r.event_name, "portcullis.audit.call");
+                assert_eq!(
+                    attr("portcullis.id"),
+                    Some(Any::StringValue(v["id"].as_str().unwrap().into()))
+                );
+                assert_eq!(
+                    attr("portcullis.status"),
+                    Some(Any::IntValue(v["status"].as_i64().unwrap()))
+                );
+                let allowed = v["decision"] == "allow";
+                assert_eq!(r.severity_number, if allowed { 9 } else { 13 });
+            }
+            bodies.push(body);
+        }
+    }
+    // record for record, in order (the refused first export was sent again)
+    assert_eq!(bodies, lines);
+    for id in &ids {
+        assert!(bodies.iter().any(|b| b.contains(id.as_str())), "{id}");
     }
 }
