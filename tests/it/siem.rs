@@ -981,3 +981,99 @@ retry_max = "200ms"
         assert!(bodies.iter().any(|b| b.contains(id.as_str())), "{id}");
     }
 }
+
+#[test]
+fn retention_keeps_what_a_sink_has_not_delivered_until_max_lag() {
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let rx = Receiver::start();
+    rx.set(UNAVAILABLE);
+    let trail = tempfile::tempdir().unwrap();
+    let dir = trail.path().join("audit");
+    let admin = free_port();
+    let dead = free_port(); // nothing listens there
+    let toml = http_sink_config(&mock.url(), dir.to_str().unwrap(), admin, rx.port).replace(
+        "fsync = \"1s\"\n",
+        "fsync = \"1s\"\nrotate = 1500\nretain_files = 2\n",
+    ) + &format!(
+        r#"
+[[audit.sinks]]
+name = "lagging"
+type = "http"
+url = "http://127.0.0.1:{dead}/never"
+retry_max = "200ms"
+max_lag = "1s"
+"#
+    );
+    let mut gw = start_with_sink(&toml);
+    wait_admin(admin);
+    let first_file = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".jsonl"))
+            .collect();
+        names.sort();
+        (names.first().cloned(), names.len())
+    };
+
+    // both sinks down: retention (2 files) deletes nothing
+    some_calls(gw.port(), 30, "r");
+    let (oldest, count) = first_file();
+    assert!(
+        count >= 5,
+        "{count} files: rotate did not happen as expected"
+    );
+    let log = gw.log_when(
+        |l| l.contains("retention keeps a file a sink has not delivered yet"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("retention keeps a file a sink has not delivered yet"),
+        "{log}"
+    );
+    assert_eq!(
+        first_file().0,
+        oldest,
+        "a file was deleted before any sink delivered it"
+    );
+    let before = audit_lines(&dir);
+
+    // "siem" recovers and catches up; "lagging" stays down past its max_lag: now retention
+    // deletes, and "lagging" counts the files it lost
+    rx.set(OK);
+    wait_metric(admin, "portcullis_sink_delivered_total", "siem", |v| {
+        v >= before.len() as u64
+    });
+    let gone = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        some_calls(gw.port(), 3, "more");
+        (first_file().0 != oldest).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "retention never deleted the delivered files"
+    );
+    wait_metric(admin, "portcullis_sink_gaps_total", "lagging", |v| v >= 1);
+    assert_eq!(
+        sink_metric(admin, "portcullis_sink_gaps_total", "siem"),
+        Some(0)
+    );
+    assert_eq!(
+        sink_metric(admin, "portcullis_sink_delivered_total", "lagging"),
+        Some(0)
+    );
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+    let log = gw.stderr_text() + &gw.stdout_text();
+    assert!(log.contains("lags more than max_lag"), "{log}");
+
+    // every line the deleted files held had reached "siem"
+    let got: HashSet<String> = rx.lines().into_iter().collect();
+    let missing: Vec<&String> = before.iter().filter(|l| !got.contains(*l)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lines never delivered: {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
