@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["upstream"],
     &["config"],
-    &["credentials"],
+    &["credentials", "siem"],
     &["secrets", "identity"],
     &["policy", "net"],
     &["observe", "http"],

@@ -20,6 +20,7 @@ pub(crate) mod redact;
 pub(crate) mod scan;
 pub(crate) mod secrets;
 pub(crate) mod server;
+pub(crate) mod siem;
 pub(crate) mod upstream;
 pub(crate) mod util;
 

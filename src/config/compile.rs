@@ -625,6 +625,53 @@ impl Cx<'_> {
         Some(cfg)
     }
 
+    /// `[[audit.sinks]]`; retention of `audit` waits for each sink.
+    fn sinks(
+        &mut self,
+        raw: &RawConfig,
+        audit: Option<&mut crate::observe::audit::AuditConfig>,
+    ) -> Vec<Arc<crate::siem::SinkConfig>> {
+        let Some(a) = raw.audit.as_ref() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<crate::siem::SinkConfig>> = Vec::new();
+        let base_dir = self.base_dir;
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in a.get_ref().sinks.iter().enumerate() {
+            let name = &s.get_ref().name;
+            if !names.insert(name.get_ref().clone()) {
+                self.err(
+                    name,
+                    format!("audit.sinks[{i}].name"),
+                    format!("duplicate sink name {:?}", name.get_ref()),
+                );
+                continue;
+            }
+            let mut secret = |r: &str, what: &str| {
+                self.secret(r, &format!("audit.sinks[{i}].auth.{what}"))
+                    .map_err(|e| e.to_string())
+            };
+            match crate::siem::config::compile(s.get_ref(), base_dir, &mut secret) {
+                Ok(c) => out.push(Arc::new(c)),
+                Err(errs) => {
+                    for (off, key, msg) in errs {
+                        self.push_error(off, format!("audit.sinks[{i}].{key}"), msg);
+                    }
+                }
+            }
+        }
+        if let Some(cfg) = audit {
+            cfg.sink_holds = out
+                .iter()
+                .map(|s| crate::observe::audit::cursor::SinkHold {
+                    name: s.name.clone(),
+                    max_lag: s.max_lag,
+                })
+                .collect();
+        }
+        out
+    }
+
     /// `[[agents]]` and `[[jwt]]`.
     fn identity(&mut self, raw: &RawConfig) -> Identity {
         let mut agents = Vec::with_capacity(raw.agents.len());
@@ -707,7 +754,8 @@ impl Cx<'_> {
         self.open_vault(&raw);
         self.kv_settings(&raw);
         let identity = self.identity(&raw);
-        let audit = self.audit(&raw);
+        let mut audit = self.audit(&raw);
+        let sinks = self.sinks(&raw, audit.as_mut());
         let server = self.server(&raw);
         let limits = self.limits(&raw);
         self.cluster = self.meters(&raw);
@@ -786,6 +834,7 @@ impl Cx<'_> {
             proxies,
             identity,
             audit,
+            sinks,
             by_name,
             warnings,
             kv: std::mem::take(&mut self.kv_bindings),

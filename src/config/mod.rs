@@ -28,6 +28,8 @@ pub struct Compiled {
     pub identity: Identity,
     /// `[audit]`, if configured (read at start; a reload cannot move the trail).
     pub audit: Option<crate::observe::audit::AuditConfig>,
+    /// `[[audit.sinks]]` (read at start, like `[audit]`).
+    pub sinks: Vec<Arc<crate::siem::SinkConfig>>,
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,

@@ -95,6 +95,9 @@ pub struct RawAudit {
     pub retain_files: Option<Spanned<i64>>,
     #[serde(default)]
     pub retain: Option<Spanned<String>>,
+    /// `[[audit.sinks]]`: where the records are delivered (SIEM, collector).
+    #[serde(default)]
+    pub sinks: Vec<Spanned<crate::siem::RawSink>>,
 }
 
 /// `[secrets]`: external secret stores.

@@ -108,10 +108,14 @@ async fn serve(mut s: TcpStream, control: Arc<Control>) {
             Err(r) => r,
             Ok(()) => {
                 let audit = control.audit.as_ref().map(|a| a.snapshot());
+                let mut body = control.metrics.render(audit.as_ref());
+                if let Some(a) = control.audit.as_ref() {
+                    crate::siem::render_metrics(&a.sinks, &mut body);
+                }
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
-                    body: control.metrics.render(audit.as_ref()),
+                    body,
                 }
             }
         },

@@ -53,6 +53,8 @@ pub struct AuditView {
     pub dir: PathBuf,
     stats: Arc<crate::observe::audit::AuditStats>,
     ring: Arc<crate::observe::audit::AuditRing>,
+    /// `[[audit.sinks]]` counters.
+    pub sinks: Vec<Arc<crate::siem::SinkStats>>,
 }
 
 impl AuditView {
@@ -61,7 +63,18 @@ impl AuditView {
         stats: Arc<crate::observe::audit::AuditStats>,
         ring: Arc<crate::observe::audit::AuditRing>,
     ) -> Self {
-        AuditView { dir, stats, ring }
+        AuditView {
+            dir,
+            stats,
+            ring,
+            sinks: Vec::new(),
+        }
+    }
+
+    /// The `[[audit.sinks]]` counters, for `/metrics`.
+    pub fn with_sinks(mut self, sinks: Vec<Arc<crate::siem::SinkStats>>) -> Self {
+        self.sinks = sinks;
+        self
     }
 
     pub fn snapshot(&self) -> crate::observe::audit::StatsSnapshot {

@@ -51,6 +51,16 @@ pub fn run(source: Source) -> Result<()> {
         }
         None => None,
     };
+    // `[[audit.sinks]]` read the files the writer writes, each on its own thread
+    let sinks = match (&cfg.audit, cfg.sinks.is_empty()) {
+        (Some(a), false) => {
+            let s = crate::siem::Sinks::start(&a.dir, &cfg.sinks)
+                .context("starting the audit sink threads")?;
+            tracing::info!(sinks = cfg.sinks.len(), "audit sinks started");
+            Some(s)
+        }
+        _ => None,
+    };
     // OAuth2 tokens and https JWKS are fetched and refreshed on their own thread
     crate::server::refresher::start().context("starting the refresher thread")?;
 
@@ -81,11 +91,10 @@ pub fn run(source: Source) -> Result<()> {
         }
     }
     let audit_view = match (&cfg.audit, &audit) {
-        (Some(a), Some((ring, handle))) => Some(AuditView::new(
-            a.dir.clone(),
-            handle.stats().clone(),
-            ring.clone(),
-        )),
+        (Some(a), Some((ring, handle))) => Some(
+            AuditView::new(a.dir.clone(), handle.stats().clone(), ring.clone())
+                .with_sinks(sinks.as_ref().map(|s| s.stats.clone()).unwrap_or_default()),
+        ),
         _ => None,
     };
     let control = Arc::new(Control::new(
@@ -131,6 +140,11 @@ pub fn run(source: Source) -> Result<()> {
             dropped = st.dropped_queue + st.dropped_backlog,
             "audit trail closed"
         );
+    }
+    // after the writer's last records: a sink that is up delivers them on its next poll, or
+    // after the next start
+    if let Some(s) = sinks {
+        s.stop();
     }
     tracing::info!("stopped");
     Ok(())

@@ -27,6 +27,7 @@ mod metrics;
 mod oauth;
 mod redact;
 mod routing;
+mod siem;
 mod smuggling;
 mod tls;
 mod upstream_errors;

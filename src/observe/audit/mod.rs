@@ -33,6 +33,7 @@
 //! cannot (a `forbid` here would cover `ring` too).
 #![deny(unsafe_code)]
 
+pub mod cursor;
 pub mod files;
 pub mod gate;
 pub mod index;

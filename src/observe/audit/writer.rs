@@ -132,6 +132,9 @@ pub struct AuditConfig {
     pub retain_age: Option<Duration>,
     /// Size of the reserve file (0: none).
     pub reserve_bytes: u64,
+    /// `[[audit.sinks]]`: retention keeps the files these sinks have not delivered yet
+    /// (`cursor.rs`).
+    pub sink_holds: Vec<super::cursor::SinkHold>,
 }
 
 impl AuditConfig {
@@ -152,6 +155,7 @@ impl AuditConfig {
             retain_files: None,
             retain_age: None,
             reserve_bytes: RESERVE_BYTES,
+            sink_holds: Vec::new(),
         }
     }
 
@@ -1184,6 +1188,12 @@ impl Writer {
                     .is_some_and(|d| d > age)
             });
             if !too_many && !too_old {
+                break;
+            }
+            // a sink that has not delivered this file yet keeps it (and every newer one)
+            if let Some(sink) = super::cursor::held(&self.cfg.dir, lf, &self.cfg.sink_holds) {
+                tracing::info!(file = %lf.path.display(), sink,
+                    "audit: retention keeps a file a sink has not delivered yet");
                 break;
             }
             match std::fs::remove_file(&lf.path) {
