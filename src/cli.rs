@@ -239,6 +239,17 @@ pub enum VaultCommand {
     },
     /// Print a new random vault key (base64, 32 bytes) for `[vault].key`.
     Keygen,
+    /// Re-encrypt every secret under a new key (keeps the file's owner, group and mode). Then
+    /// put the new key where `[vault].key` points and reload: `portcullis vault keygen >
+    /// vault.key.new; portcullis vault rekey -c CONFIG --new-key-ref file:vault.key.new; mv
+    /// vault.key.new vault.key`.
+    Rekey {
+        /// The new key, `env:VAR` or `file:PATH` (base64, 32 bytes: `portcullis vault keygen`).
+        #[arg(long, value_name = "REF")]
+        new_key_ref: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
 }
 
 pub fn run(source: Source) -> Result<()> {
@@ -901,17 +912,28 @@ pub fn vault(cmd: VaultCommand) -> Result<bool> {
             let (file, key) = vault_location(&at)?;
             let mut v = Vault::open_or_create(&file, &key)?;
             let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprintln!(
-                    "Type the secret for '{name}', then Enter and Ctrl-D (it will be echoed; prefer a pipe):"
-                );
-            }
             let mut buf = Zeroizing::new(Vec::new());
-            stdin
-                .lock()
-                .read_to_end(&mut buf)
-                .context("reading the secret from stdin")?;
-            strip_one_newline(&mut buf);
+            if stdin.is_terminal() {
+                // typed: not echoed, asked twice
+                let first = Zeroizing::new(
+                    rpassword::prompt_password(format!("secret for '{name}' (not echoed): "))
+                        .context("reading the secret from the terminal")?,
+                );
+                let again = Zeroizing::new(
+                    rpassword::prompt_password("again: ")
+                        .context("reading the secret from the terminal")?,
+                );
+                if *first != *again {
+                    bail!("the two entries differ: nothing stored");
+                }
+                buf.extend_from_slice(first.as_bytes());
+            } else {
+                stdin
+                    .lock()
+                    .read_to_end(&mut buf)
+                    .context("reading the secret from stdin")?;
+                strip_one_newline(&mut buf);
+            }
             if buf.is_empty() {
                 bail!("refusing to store an empty secret (nothing on stdin)");
             }
@@ -937,6 +959,22 @@ pub fn vault(cmd: VaultCommand) -> Result<bool> {
             for n in v.names() {
                 println!("{n}");
             }
+            Ok(true)
+        }
+        VaultCommand::Rekey { new_key_ref, at } => {
+            let (file, key) = vault_location(&at)?;
+            let new_key = VaultKey::from_reference(&new_key_ref, Path::new("."))
+                .with_context(|| format!("--new-key-ref {new_key_ref}"))?;
+            let mut v = Vault::open(&file, &key)?;
+            v.rekey(&new_key)?;
+            v.save()?;
+            // prove the file opens under the new key before telling the operator to swap keys
+            let n = Vault::open(&file, &new_key)?.len();
+            eprintln!(
+                "re-encrypted {n} secret(s) in {} under the new key: now put the new key where \
+                 [vault].key points, and reload (until then a reload or restart cannot open the vault)",
+                file.display()
+            );
             Ok(true)
         }
         VaultCommand::Rm { name, at } => {
