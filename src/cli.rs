@@ -25,14 +25,21 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Validate and compile a config; print a summary, or the errors and exit 1.
+    /// Validate and compile a config; print a summary and warnings, or the errors and exit 1.
     Check {
+        /// Config file (TOML). Without it: /etc/portcullis/portcullis.toml if it exists, else
+        /// the embedded quickstart config.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Do not contact the KV server: `kv:` references are checked for syntax only (the
         /// skipped ones are listed).
         #[arg(long)]
         offline: bool,
+        /// Also prove that this user (the service's, e.g. `portcullis`) can read the config's
+        /// input files and write the paths the service writes (the audit directory). Needs
+        /// root to switch users; an error per path that fails.
+        #[arg(long, value_name = "USER")]
+        as_user: Option<String>,
     },
     /// Agent identities.
     Agent {
@@ -51,6 +58,62 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `portcullis manpage > portcullis.1`.
+    Manpage,
+}
+
+/// The installed config, which `check` without `-c` looks at first.
+pub const SYSTEM_CONFIG: &str = "/etc/portcullis/portcullis.toml";
+
+/// `portcullis completions SHELL`: the completion script on `out` (a closed pipe is an error,
+/// not a panic).
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "portcullis", &mut buf);
+    out.write_all(&buf)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `portcullis manpage`: the man page (section 1, subcommands included) on `out`.
+pub fn manpage(out: &mut dyn std::io::Write) -> Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    // each subcommand's own options, as `portcullis-SUB` sections
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("portcullis {}", sub.get_name());
+        let m = clap_mangen::Man::new(sub.clone().bin_name(name.clone()));
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        m.render_synopsis_section(out)?;
+        m.render_description_section(out)?;
+        m.render_options_section(out)?;
+        m.render_subcommands_section(out)?;
+    }
+    writeln!(
+        out,
+        ".SH ENVIRONMENT\n.TP\n\\fBPORTCULLIS_LOG\\fR\nLog filter (default \\fBinfo\\fR; \\fBinfo,access=debug\\fR adds one line per call).\n\
+         .TP\n\\fBPORTCULLIS_LOG_FORMAT\\fR\n\\fBjson\\fR: one JSON object per log line.\n\
+         .TP\n\\fBMONOIO_FORCE_LEGACY_DRIVER\\fR\n\\fB1\\fR: epoll instead of io_uring.\n\
+         .SH FILES\n.TP\n\\fI{SYSTEM_CONFIG}\\fR\nThe config \\fBcheck\\fR looks at without \\fB-c\\fR (the unit's \\fB-c\\fR).\n\
+         .TP\n\\fI/var/lib/portcullis/audit\\fR\nAudit records of the packaged config.\n\
+         .SH SEE ALSO\n/usr/share/doc/portcullis/ (config reference, error codes, audit format, admin API)"
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
 }
 
 /// Where the audit directory is: `--dir`, else the config's `[audit].dir`, else `./audit`.
@@ -176,18 +239,72 @@ pub enum VaultCommand {
     },
     /// Print a new random vault key (base64, 32 bytes) for `[vault].key`.
     Keygen,
+    /// Re-encrypt every secret under a new key (keeps the file's owner, group and mode). Then
+    /// put the new key where `[vault].key` points and reload: `portcullis vault keygen >
+    /// vault.key.new; portcullis vault rekey -c CONFIG --new-key-ref file:vault.key.new; mv
+    /// vault.key.new vault.key`.
+    Rekey {
+        /// The new key, `env:VAR` or `file:PATH` (base64, 32 bytes: `portcullis vault keygen`).
+        #[arg(long, value_name = "REF")]
+        new_key_ref: String,
+        #[command(flatten)]
+        at: VaultLocation,
+    },
 }
 
 pub fn run(source: Source) -> Result<()> {
     crate::server::start::run(source)
 }
 
-/// Prints a summary of a compiled config, or returns its errors.
-pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
-    let opts = crate::config::CompileOptions { offline };
-    match crate::config::compile_file_with(&path, opts) {
+/// What `check` checks: `-c FILE`, else the installed config if there is one, else the
+/// embedded quickstart.
+fn check_source(config: Option<PathBuf>) -> Source {
+    match config {
+        Some(p) => Source::File(p),
+        None if Path::new(SYSTEM_CONFIG).exists() => Source::File(PathBuf::from(SYSTEM_CONFIG)),
+        None => Source::Embedded,
+    }
+}
+
+/// `portcullis check`: prints a summary of a compiled config (and its warnings), or its errors;
+/// also that the paths the service writes are writable by this process's user (with
+/// `--as-user`, by that user: the whole check is re-run as it).
+pub fn check(config: Option<PathBuf>, offline: bool, as_user: Option<String>) -> Result<bool> {
+    let source = check_source(config);
+    if let Some(user) = as_user {
+        return check_as_user(&source, offline, &user);
+    }
+    let (result, shown) = match &source {
+        Source::File(path) => {
+            let opts = crate::config::CompileOptions { offline };
+            (
+                crate::config::compile_file_with(path, opts),
+                path.display().to_string(),
+            )
+        }
+        Source::Embedded => (source.compile(), "<embedded quickstart.toml>".to_string()),
+    };
+    match result {
         Ok(c) => {
-            println!("{}: ok", path.display());
+            let mut path_errors = Vec::new();
+            if let Some(a) = &c.audit {
+                if let Err(e) = probe_writable_dir(&a.dir) {
+                    path_errors.push(format!("{shown}: audit.dir: {e}"));
+                }
+                if let Some(h) = &a.head_file
+                    && let Err(e) = probe_writable_file(h)
+                {
+                    path_errors.push(format!("{shown}: audit.head_file: {e}"));
+                }
+            }
+            if !path_errors.is_empty() {
+                for e in &path_errors {
+                    eprintln!("{e}");
+                }
+                return Ok(false);
+            }
+            let path = &shown;
+            println!("{path}: ok");
             println!(
                 "  listen: {}",
                 c.server
@@ -210,12 +327,12 @@ pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
             for p in &c.proxies {
                 let u = &p.upstream;
                 println!(
-                    "    {:<16} -> {}://{}{}  default {:?}",
+                    "    {:<16} -> {}://{}{}  default {}",
                     p.name,
                     if u.https { "https" } else { "http" },
                     u.authority,
                     u.base_path,
-                    p.default_effect
+                    format!("{:?}", p.default_effect).to_lowercase()
                 );
                 let mut parts = vec![format!("{} rule(s)", p.rules.len())];
                 if let Some(sc) = &p.scanners {
@@ -257,6 +374,9 @@ pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
             for w in &c.warnings {
                 println!("warning: {w}");
             }
+            if let Some(w) = sandbox_warning(&source, &c) {
+                println!("warning: {w}");
+            }
             Ok(true)
         }
         Err(e) => {
@@ -264,6 +384,139 @@ pub fn check(path: PathBuf, offline: bool) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// The shipped unit (`ProtectSystem=strict`) lets the service write only under its state and
+/// logs directories: an audit directory elsewhere, in a config under /etc/portcullis, fails
+/// at start although the path itself is writable.
+fn sandbox_warning(source: &Source, c: &crate::config::Compiled) -> Option<String> {
+    let Source::File(p) = source else { return None };
+    if !p.starts_with("/etc/portcullis") {
+        return None;
+    }
+    let a = c.audit.as_ref()?;
+    let writable = ["/var/lib/portcullis", "/var/log/portcullis"];
+    let mut out = Vec::new();
+    let mut paths = vec![("audit.dir", a.dir.as_path())];
+    if let Some(h) = &a.head_file {
+        paths.push(("audit.head_file", h.as_path()));
+    }
+    for (key, path) in paths {
+        if !writable.iter().any(|w| path.starts_with(w)) {
+            out.push(format!(
+                "{key} {} is outside /var/lib/portcullis and /var/log/portcullis: the shipped \
+                 unit (ProtectSystem=strict) makes it read-only; move it there, or add \
+                 `ReadWritePaths={}` in `systemctl edit portcullis`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    (!out.is_empty()).then(|| out.join("; "))
+}
+
+/// The directory is writable by this process (or, if it does not exist yet, can be created in
+/// its nearest existing ancestor). Nothing is created.
+fn probe_writable_dir(dir: &Path) -> Result<(), String> {
+    use nix::unistd::{AccessFlags, access};
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!(
+            "{} exists and is not a directory: point the key at a directory (or remove the file)",
+            dir.display()
+        )),
+        Ok(_) => access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+            format!(
+                "{} is not writable by {}: {} (chown it to the service user, or pick a directory \
+                 under /var/lib/portcullis)",
+                dir.display(),
+                whoami(),
+                e.desc()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut up = dir.parent();
+            while let Some(p) = up {
+                let p = if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                };
+                if p.exists() {
+                    return probe_writable_dir(p).map_err(|e| {
+                        format!(
+                            "{} does not exist and cannot be created: {e}",
+                            dir.display()
+                        )
+                    });
+                }
+                up = p.parent();
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    }
+}
+
+/// The file is writable (or creatable in its directory) by this process.
+fn probe_writable_file(file: &Path) -> Result<(), String> {
+    use nix::unistd::{AccessFlags, access};
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_dir() => Err(format!("{} is a directory, not a file", file.display())),
+        Ok(_) => access(file, AccessFlags::W_OK).map_err(|e| {
+            format!(
+                "{} is not writable by {}: {}",
+                file.display(),
+                whoami(),
+                e.desc()
+            )
+        }),
+        Err(_) => match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_writable_dir(p),
+            _ => probe_writable_dir(Path::new(".")),
+        },
+    }
+}
+
+/// The effective user's name (or uid), for messages.
+fn whoami() -> String {
+    let uid = nix::unistd::Uid::effective();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => format!("user {}", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// `check --as-user USER`: the same check, run by USER (its uid and primary group, as the
+/// service runs), so every file the config reads and every path it writes is tried with
+/// that user's rights.
+fn check_as_user(source: &Source, offline: bool, user: &str) -> Result<bool> {
+    use std::os::unix::process::CommandExt;
+    let u = nix::unistd::User::from_name(user)
+        .with_context(|| format!("--as-user {user}: looking up the user"))?
+        .with_context(|| format!("--as-user {user}: no such user"))?;
+    let me = nix::unistd::Uid::effective();
+    let exe = std::env::current_exe().context("--as-user: finding this program")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("check");
+    if let Source::File(p) = source {
+        // the child may start elsewhere: give it an absolute path
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        cmd.arg("-c").arg(p);
+    }
+    if offline {
+        cmd.arg("--offline");
+    }
+    if me != u.uid {
+        if !me.is_root() {
+            bail!("--as-user {user}: switching to another user needs root (run it with sudo)");
+        }
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    eprintln!("checking as user {user} (uid {}, gid {})", u.uid, u.gid);
+    let status = cmd
+        .status()
+        .with_context(|| format!("--as-user {user}: running the check as {user}"))?;
+    Ok(status.success())
 }
 
 /// `portcullis agent add`: prints the key (stdout, first line) and the config lines.
@@ -659,17 +912,28 @@ pub fn vault(cmd: VaultCommand) -> Result<bool> {
             let (file, key) = vault_location(&at)?;
             let mut v = Vault::open_or_create(&file, &key)?;
             let stdin = std::io::stdin();
-            if stdin.is_terminal() {
-                eprintln!(
-                    "Type the secret for '{name}', then Enter and Ctrl-D (it will be echoed; prefer a pipe):"
-                );
-            }
             let mut buf = Zeroizing::new(Vec::new());
-            stdin
-                .lock()
-                .read_to_end(&mut buf)
-                .context("reading the secret from stdin")?;
-            strip_one_newline(&mut buf);
+            if stdin.is_terminal() {
+                // typed: not echoed, asked twice
+                let first = Zeroizing::new(
+                    rpassword::prompt_password(format!("secret for '{name}' (not echoed): "))
+                        .context("reading the secret from the terminal")?,
+                );
+                let again = Zeroizing::new(
+                    rpassword::prompt_password("again: ")
+                        .context("reading the secret from the terminal")?,
+                );
+                if *first != *again {
+                    bail!("the two entries differ: nothing stored");
+                }
+                buf.extend_from_slice(first.as_bytes());
+            } else {
+                stdin
+                    .lock()
+                    .read_to_end(&mut buf)
+                    .context("reading the secret from stdin")?;
+                strip_one_newline(&mut buf);
+            }
             if buf.is_empty() {
                 bail!("refusing to store an empty secret (nothing on stdin)");
             }
@@ -695,6 +959,22 @@ pub fn vault(cmd: VaultCommand) -> Result<bool> {
             for n in v.names() {
                 println!("{n}");
             }
+            Ok(true)
+        }
+        VaultCommand::Rekey { new_key_ref, at } => {
+            let (file, key) = vault_location(&at)?;
+            let new_key = VaultKey::from_reference(&new_key_ref, Path::new("."))
+                .with_context(|| format!("--new-key-ref {new_key_ref}"))?;
+            let mut v = Vault::open(&file, &key)?;
+            v.rekey(&new_key)?;
+            v.save()?;
+            // prove the file opens under the new key before telling the operator to swap keys
+            let n = Vault::open(&file, &new_key)?.len();
+            eprintln!(
+                "re-encrypted {n} secret(s) in {} under the new key: now put the new key where \
+                 [vault].key points, and reload (until then a reload or restart cannot open the vault)",
+                file.display()
+            );
             Ok(true)
         }
         VaultCommand::Rm { name, at } => {

@@ -26,7 +26,15 @@ fn main() -> ExitCode {
             };
             cli::run(source).map(|_| true)
         }
-        Command::Check { config, offline } => cli::check(config, offline),
+        Command::Check {
+            config,
+            offline,
+            as_user,
+        } => cli::check(config, offline, as_user),
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout()).map(|_| true)
+        }
+        Command::Manpage => cli::manpage(&mut std::io::stdout()).map(|_| true),
         Command::Agent { command } => cli::agent(command),
         Command::Vault { command } => cli::vault(command),
         Command::Logs(args) => cli::logs(args),

@@ -25,6 +25,10 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 && self.key == "-" {
+            // about the file as a whole (it cannot be read): no line, no key
+            return write!(f, "{}: {}", self.file, self.message);
+        }
         write!(
             f,
             "{}:{}: {}: {}",
@@ -784,11 +788,8 @@ impl Cx<'_> {
                     );
                     continue;
                 }
-                if proxy.rules.is_empty() && proxy.default_effect != Effect::Allow {
-                    warnings.push(format!(
-                        "{}:{}: proxies[{i}]: proxy {:?} has no rules and default_effect is not allow: it refuses every call",
-                        self.file, self.line_at(p.span().start), proxy.name));
-                }
+                // (a proxy that refuses every call is reported once, by the rule set's own
+                // "no allow rule" warning)
                 by_name.insert(proxy.name.clone(), proxies.len());
                 proxies.push(proxy);
             }

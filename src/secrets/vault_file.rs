@@ -384,6 +384,12 @@ impl Vault {
         Ok(())
     }
 
+    /// Re-encrypts under `key` from now on (`save` writes it): `portcullis vault rekey`.
+    pub fn rekey(&mut self, key: &VaultKey) -> Result<(), VaultError> {
+        self.key = key.aead()?;
+        Ok(())
+    }
+
     /// Removes `name`; false if it was not there.
     pub fn remove(&mut self, name: &str) -> bool {
         self.entries.remove(name).is_some()
@@ -424,6 +430,9 @@ impl Vault {
             std::process::id(),
             crate::util::hex::encode(&suffix)
         ));
+        // A rewrite keeps the file's owner, group and mode (a vault chowned to the service user
+        // stays readable by it after `sudo portcullis vault set`); a new vault is 0600.
+        let previous = std::fs::metadata(&self.path).ok();
         let result: std::io::Result<()> = (|| {
             let mut opts = std::fs::OpenOptions::new();
             opts.write(true).create_new(true);
@@ -433,6 +442,21 @@ impl Vault {
                 opts.mode(0o600);
             }
             let mut f = opts.open(&tmp)?;
+            #[cfg(unix)]
+            if let Some(m) = &previous {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid())).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot keep the vault's owner {}:{} ({e}): run this as that user or as root",
+                            m.uid(),
+                            m.gid()
+                        ),
+                    )
+                })?;
+                f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            }
             f.write_all(&bytes)?;
             f.sync_all()?;
             drop(f);

@@ -21,12 +21,42 @@ fn worker_count(cfg: &Compiled) -> usize {
     }
 }
 
+/// Refuses a listen address that another process already serves. The workers share each
+/// address through SO_REUSEPORT, which would also let a second gateway (a stale instance, a
+/// test run, another config) bind it and silently take part of the calls. This probe binds
+/// each address once without SO_REUSEPORT (SO_REUSEADDR only, so sockets in TIME_WAIT do not
+/// count): that fails while anything listens there. Port 0 (a fresh port) is not probed.
+pub fn refuse_served_addresses(addrs: &[std::net::SocketAddr]) -> Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    for a in addrs.iter().filter(|a| a.port() != 0) {
+        let probe = Socket::new(Domain::for_address(*a), Type::STREAM, Some(Protocol::TCP))
+            .context("creating a socket to probe the listen addresses")?;
+        probe
+            .set_reuse_address(true)
+            .context("probing the listen addresses")?;
+        if a.is_ipv6() {
+            let _ = probe.set_only_v6(true);
+        }
+        match probe.bind(&(*a).into()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "server.listen {a}: the address is already in use by another process (another \
+                 portcullis?); stop it (`ss -ltnp 'sport = :{}'` shows who) or listen elsewhere",
+                a.port()
+            ),
+            Err(e) => bail!("server.listen {a}: cannot bind: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// `portcullis run`: serve until SIGTERM/SIGINT.
 pub fn run(source: Source) -> Result<()> {
     let cfg = Arc::new(source.compile().map_err(|e| anyhow::anyhow!("{e}"))?);
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
+    refuse_served_addresses(&cfg.server.listen)?;
     // signals first, so an early SIGTERM/SIGHUP is not lost
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGHUP,

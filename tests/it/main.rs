@@ -25,6 +25,7 @@ mod meter;
 mod meter_redis;
 mod metrics;
 mod oauth;
+mod operator;
 mod redact;
 mod routing;
 mod siem;

@@ -1,0 +1,375 @@
+//! What an operator meets (issue 20): `check` without `-c`, its messages and its path probes
+//! (`--as-user`), a second instance on a served address, vault rewrites keeping owner and mode,
+//! `vault rekey`, the man page and shell completions.
+use crate::support::*;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `portcullis ARGS` with `stdin` piped in (not a TTY) and `env` set.
+fn run_in(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("PORTCULLIS_VAULT_KEY");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("spawn portcullis");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const DENY_PROXY: &str =
+    "[[proxies]]\nname = \"a\"\nupstream = \"http://127.0.0.1:9\"\ndefault_effect = \"deny\"\n";
+
+#[test]
+fn check_without_config_checks_the_installed_or_the_embedded_config() {
+    let o = run_portcullis(&["check"], &[], T);
+    let out = text(&o.stdout);
+    if std::path::Path::new("/etc/portcullis/portcullis.toml").exists() {
+        // a package is installed on this machine: that file is what `check` looks at
+        assert!(
+            out.contains("/etc/portcullis/portcullis.toml") || !o.status.success(),
+            "{out}"
+        );
+    } else {
+        assert!(o.status.success(), "{out}{}", text(&o.stderr));
+        assert!(out.starts_with("<embedded quickstart.toml>: ok\n"), "{out}");
+        assert!(
+            out.contains("demo             -> http://127.0.0.1:8081  default allow"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn check_of_a_missing_file_names_the_file_without_a_fake_line_and_key() {
+    let o = run_portcullis(&["check", "-c", "/nonexistent-dir/p.toml"], &[], T);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.starts_with("/nonexistent-dir/p.toml: cannot read config file: "),
+        "{err}"
+    );
+    assert!(!err.contains(":0:") && !err.contains(" -: "), "{err}");
+}
+
+#[test]
+fn check_refuses_an_audit_dir_that_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("audit"), b"not a directory").unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"audit\"\n{DENY_PROXY}"),
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "audit.dir: {}/audit exists and is not a directory",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    // only the duplicate-free warning set: one "no allow rule" line, not two
+    std::fs::remove_file(dir.path().join("audit")).unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert_eq!(out.matches("warning:").count(), 1, "{out}");
+    assert!(out.contains("no allow rule"), "{out}");
+}
+
+#[test]
+fn check_as_user_proves_the_audit_dir_writable_by_that_user() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let audit = dir.path().join("audit");
+    std::fs::create_dir(&audit).unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:1\"]\n[audit]\ndir = \"audit\"\n{DENY_PROXY}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = cfg.to_str().unwrap();
+    let o = run_portcullis(&["check", "-c", c, "--as-user", "no-such-user-x"], &[], T);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--as-user no-such-user-x: no such user"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run_portcullis(&["check", "-c", c, "--as-user", "nobody"], &[], T);
+    if !is_root() {
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("needs root"),
+            "{}",
+            text(&o.stderr)
+        );
+        return;
+    }
+    // root-owned 0700 audit dir: the service user could not write it
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("checking as user nobody")
+            && err.contains(&format!(
+                "audit.dir: {} is not writable by user nobody",
+                audit.display()
+            )),
+        "{err}"
+    );
+    // chowned to the user: ok, and the summary is printed by the child running as it
+    let nobody = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"nobody")).then(|| (f[2].to_string(), f[3].to_string()))
+        })
+        .expect("a nobody user");
+    let st = Command::new("chown")
+        .arg(format!("{}:{}", nobody.0, nobody.1))
+        .arg(&audit)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = run_portcullis(&["check", "-c", c, "--as-user", "nobody"], &[], T);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains(&format!("{c}: ok")),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+#[test]
+fn a_second_instance_on_a_served_address_is_refused() {
+    let up = MockUpstream::start(echo_request_line);
+    let first = Gateway::start(&simple_config(&format!("http://127.0.0.1:{}", up.port())));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("second.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{}\"]\nworkers = 1\n{DENY_PROXY}",
+            first.port()
+        ),
+    )
+    .unwrap();
+    let o = run_portcullis(&["run", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "server.listen 127.0.0.1:{}: the address is already in use by another process",
+            first.port()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("portcullis ready"), "{err}");
+    // the first instance still answers every call itself (the second never took a share)
+    for i in 0..8 {
+        let r = parse_response(&send_raw(first.port(), &get(&format!("/up/n{i}")))).unwrap();
+        assert_eq!(r.status, 200, "call {i}");
+    }
+    assert_eq!(up.requests().len(), 8);
+}
+
+fn keygen() -> String {
+    let o = run_in(&["vault", "keygen"], b"", &[]);
+    assert!(o.status.success());
+    text(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn vault_rewrites_keep_owner_group_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen();
+    let file = dir.path().join("v.pcv");
+    let f = file.to_str().unwrap();
+    let env = [("K", key.as_str())];
+    let set = |name: &str, val: &[u8]| {
+        let o = run_in(
+            &["vault", "set", name, "--file", f, "--key-ref", "env:K"],
+            val,
+            &env,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    set("a", b"one\n");
+    // a new vault is 0600
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o7777, 0o600);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let owner = if is_root() {
+        let st = Command::new("chown")
+            .arg("65534:65534")
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        (65534, 65534)
+    } else {
+        let m = std::fs::metadata(&file).unwrap();
+        (m.uid(), m.gid())
+    };
+    set("b", b"two\n");
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777),
+        (owner.0, owner.1, 0o640)
+    );
+    let o = run_in(
+        &["vault", "rm", "a", "--file", f, "--key-ref", "env:K"],
+        b"",
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let m = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid(), m.mode() & 0o7777),
+        (owner.0, owner.1, 0o640)
+    );
+    // no temp file left next to it
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["v.pcv".to_string()]);
+}
+
+#[test]
+fn vault_rekey_re_encrypts_under_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (keygen(), keygen());
+    assert_ne!(old, new);
+    std::fs::write(dir.path().join("new.key"), format!("{new}\n")).unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(&cfg, "[vault]\nfile = \"v.pcv\"\nkey = \"env:OLD\"\n").unwrap();
+    let c = cfg.to_str().unwrap();
+    let env = [("OLD", old.as_str()), ("NEW", new.as_str())];
+    for (n, v) in [("crm-token", &b"tok-1"[..]), ("other", b"tok-2")] {
+        let o = run_in(&["vault", "set", n, "-c", c], v, &env);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    let before = std::fs::read(dir.path().join("v.pcv")).unwrap();
+    // a bad new key reference changes nothing
+    let o = run_in(
+        &["vault", "rekey", "-c", c, "--new-key-ref", "env:UNSET_X"],
+        b"",
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--new-key-ref env:UNSET_X"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(std::fs::read(dir.path().join("v.pcv")).unwrap(), before);
+
+    let new_ref = format!("file:{}", dir.path().join("new.key").display());
+    let o = run_in(
+        &["vault", "rekey", "-c", c, "--new-key-ref", &new_ref],
+        b"",
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("re-encrypted 2 secret(s)"),
+        "{}",
+        text(&o.stderr)
+    );
+    let f = dir.path().join("v.pcv");
+    let f = f.to_str().unwrap();
+    // the old key no longer opens it; the new one does, with both secrets
+    let o = run_in(
+        &["vault", "list", "--file", f, "--key-ref", "env:OLD"],
+        b"",
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("wrong vault key"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = run_in(
+        &["vault", "list", "--file", f, "--key-ref", "env:NEW"],
+        b"",
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "crm-token\nother\n");
+}
+
+#[test]
+fn man_page_and_completions_cover_every_subcommand() {
+    let o = run_portcullis(&["manpage"], &[], T);
+    assert!(o.status.success());
+    let man = text(&o.stdout);
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    for sub in [
+        "run",
+        "check",
+        "agent",
+        "vault",
+        "logs",
+        "audit",
+        "completions",
+    ] {
+        assert!(
+            man.contains(&format!("PORTCULLIS {}", sub.to_uppercase())),
+            "{sub}"
+        );
+    }
+    assert!(
+        man.contains("\\-\\-as\\-user"),
+        "check's options are in the page"
+    );
+    assert!(man.contains("PORTCULLIS_LOG"));
+    for (shell, marker) in [
+        ("bash", "complete -F _portcullis"),
+        ("zsh", "#compdef portcullis"),
+        ("fish", "complete -c portcullis"),
+    ] {
+        let o = run_portcullis(&["completions", shell], &[], T);
+        assert!(o.status.success(), "{shell}");
+        let s = text(&o.stdout);
+        assert!(s.contains(marker), "{shell}: {}", &s[..s.len().min(300)]);
+        assert!(s.contains("rekey") && s.contains("as-user"), "{shell}");
+    }
+    let o = run_portcullis(&["completions", "tcsh"], &[], T);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("invalid value 'tcsh'"),
+        "{}",
+        text(&o.stderr)
+    );
+}
