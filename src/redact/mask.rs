@@ -28,8 +28,8 @@ pub const MASK_BYTE: u8 = b'*';
 pub const MIN_MARK: usize = 4;
 
 /// A streaming masker for one call.
-pub struct Masker {
-    finders: Vec<memmem::Finder<'static>>,
+pub struct Masker<'m> {
+    finders: Vec<memmem::Finder<'m>>,
     /// The longest mark's length.
     max_len: usize,
     /// Unmasked bytes held back from the end of the previous piece (a possible mark start).
@@ -43,21 +43,20 @@ pub struct Masker {
     ranges: Vec<(usize, usize)>,
 }
 
-impl Masker {
+impl<'m> Masker<'m> {
     /// A masker for `marks` (duplicates and marks shorter than [`MIN_MARK`] dropped); `None`
     /// when nothing is left to mask.
-    pub fn new<I, M>(marks: I) -> Option<Masker>
+    pub fn new<I>(marks: I) -> Option<Masker<'m>>
     where
-        I: IntoIterator<Item = M>,
-        M: AsRef<[u8]>,
+        I: IntoIterator<Item = &'m [u8]>,
     {
-        let mut finders: Vec<memmem::Finder<'static>> = Vec::new();
+        let mut finders: Vec<memmem::Finder<'m>> = Vec::new();
         for m in marks {
-            let m = m.as_ref();
             if m.len() < MIN_MARK || finders.iter().any(|f| f.needle() == m) {
                 continue;
             }
-            finders.push(memmem::Finder::new(m).into_owned());
+            // borrowed, not copied: the marks stay in their zeroizing buffers
+            finders.push(memmem::Finder::new(m));
         }
         if finders.is_empty() {
             return None;
@@ -141,7 +140,7 @@ impl Masker {
 
 /// Every occurrence of every mark in `hay` (offsets shifted by `base`), in `out`.
 fn find_all(
-    finders: &[memmem::Finder<'static>],
+    finders: &[memmem::Finder<'_>],
     hay: &[u8],
     base: usize,
     out: &mut Vec<(usize, usize)>,
@@ -158,7 +157,7 @@ fn find_all(
 }
 
 /// The length of the longest suffix of `w` that is a proper prefix of some mark.
-fn held_suffix(finders: &[memmem::Finder<'static>], max_len: usize, w: &[u8]) -> usize {
+fn held_suffix(finders: &[memmem::Finder<'_>], max_len: usize, w: &[u8]) -> usize {
     let Some(&last) = w.last() else { return 0 };
     let top = (max_len - 1).min(w.len());
     for k in (1..=top).rev() {
@@ -206,7 +205,10 @@ mod tests {
     #[test]
     fn no_marks_no_masker() {
         assert!(Masker::new(Vec::<&[u8]>::new()).is_none());
-        assert!(Masker::new([b"abc"]).is_none(), "shorter than MIN_MARK");
+        assert!(
+            Masker::new([&b"abc"[..]]).is_none(),
+            "shorter than MIN_MARK"
+        );
     }
 
     #[test]
@@ -296,7 +298,7 @@ mod tests {
 
     #[test]
     fn holds_back_at_most_the_longest_mark() {
-        let mut m = Masker::new([b"0123456789"]).expect("marks");
+        let mut m = Masker::new([&b"0123456789"[..]]).expect("marks");
         let mut out = Vec::new();
         m.feed(b"aaaa012345678", &mut out);
         assert_eq!(out, b"aaaa");
@@ -307,7 +309,7 @@ mod tests {
 
     #[test]
     fn headers_in_place() {
-        let mut m = Masker::new([b"tok-123456"]).expect("marks");
+        let mut m = Masker::new([&b"tok-123456"[..]]).expect("marks");
         let mut v = b"https://x/cb?key=tok-123456&a=tok-123456".to_vec();
         assert_eq!(m.mask_in_place(&mut v), 2);
         assert_eq!(&v[..], b"https://x/cb?key=**********&a=**********");
