@@ -27,6 +27,7 @@ mod metrics;
 mod oauth;
 mod redact;
 mod routing;
+mod secret_mask;
 mod smuggling;
 mod tls;
 mod upstream_errors;
