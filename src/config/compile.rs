@@ -1405,8 +1405,9 @@ impl Cx<'_> {
             if !forward_cookies {
                 names.push(b"cookie");
             }
-            if redact.is_some() {
-                // redacted responses are asked for uncompressed (request::begin)
+            if redact.is_some() || auth.is_some() {
+                // redacted responses, and responses that may reflect the injected secret
+                // (masked), are asked for uncompressed (request::Outbound::finish)
                 names.push(b"accept-encoding");
             }
             if let Some(a) = &auth {

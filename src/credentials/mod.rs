@@ -467,11 +467,49 @@ fn shape_secret(shape: &Shape, raw: &[u8]) -> Result<Zeroizing<Vec<u8>>, &'stati
     Ok(v)
 }
 
+/// The secret byte strings one call's credential put on (or signed) the request, which must
+/// never come back in the response to the agent: the response masks them
+/// (`redact::mask::Masker`). Marked here, where each credential is built, and never guessed
+/// from header names: a bearer token, a header credential, a basic `user:pass` raw and in
+/// base64 (and the password alone), a query credential raw and form-encoded, an OAuth2 access
+/// token, a SigV4 session token and the signing keys (HMAC, SigV4 secret access key). Not
+/// marked: signatures, timestamps, `X-Amz-Date`, key ids, usernames.
+pub type SecretMarks = Vec<Zeroizing<Vec<u8>>>;
+
+/// The marks of a secret `raw` put on a request as `shape`.
+fn shape_marks(shape: &Shape, raw: &[u8], out: &mut SecretMarks) {
+    out.push(Zeroizing::new(raw.to_vec()));
+    match shape {
+        Shape::Header | Shape::Bearer | Shape::Bytes => {}
+        Shape::Basic(user) => {
+            let mut creds = Zeroizing::new(user.as_bytes().to_vec());
+            creds.push(b':');
+            creds.extend_from_slice(raw);
+            out.push(Zeroizing::new(B64.encode(&*creds).into_bytes()));
+            out.push(creds);
+        }
+        Shape::Form => {
+            let mut enc = Zeroizing::new(Vec::with_capacity(raw.len() * 3));
+            form_encode(&mut enc, raw);
+            if *enc != raw {
+                out.push(enc);
+            }
+        }
+    }
+}
+
 /// Where a credential's secret comes from: fixed at compile time (already shaped), or the
 /// current value of a `kv:` entry (shaped per call).
 pub enum SecretSource {
-    Fixed(Secret),
-    Kv { entry: Arc<KvEntry>, shape: Shape },
+    /// The shaped value and its marks (see [`SecretMarks`]).
+    Fixed {
+        value: Secret,
+        marks: Vec<Secret>,
+    },
+    Kv {
+        entry: Arc<KvEntry>,
+        shape: Shape,
+    },
 }
 
 /// The bytes of a secret for one call.
@@ -494,7 +532,7 @@ impl SecretSource {
     /// The (shaped) secret for a call (a `kv:` value must still be servable now).
     pub fn get(&self) -> Result<Exposed<'_>, AuthApplyError> {
         match self {
-            SecretSource::Fixed(s) => Ok(Exposed::Borrowed(s.expose())),
+            SecretSource::Fixed { value, .. } => Ok(Exposed::Borrowed(value.expose())),
             SecretSource::Kv { entry, shape } => {
                 let v = entry
                     .current(crate::util::clock::mono_ns())
@@ -510,10 +548,33 @@ impl SecretSource {
         }
     }
 
+    /// As `get`, and appends the secret's marks (the byte strings that must never come back
+    /// in a response) to `marks`.
+    pub fn get_marked(&self, marks: &mut SecretMarks) -> Result<Exposed<'_>, AuthApplyError> {
+        match self {
+            SecretSource::Fixed { value, marks: m } => {
+                marks.extend(m.iter().map(|s| Zeroizing::new(s.expose().to_vec())));
+                Ok(Exposed::Borrowed(value.expose()))
+            }
+            SecretSource::Kv { entry, shape } => {
+                let v = entry
+                    .current(crate::util::clock::mono_ns())
+                    .map_err(AuthApplyError::SecretUnavailable)?;
+                let shaped = shape_secret(shape, v.expose()).map_err(|_| {
+                    AuthApplyError::SecretUnavailable(
+                        "the kv secret is empty or cannot go in a header",
+                    )
+                })?;
+                shape_marks(shape, v.expose(), marks);
+                Ok(Exposed::Owned(shaped))
+            }
+        }
+    }
+
     pub fn kv_entry(&self) -> Option<&Arc<KvEntry>> {
         match self {
             SecretSource::Kv { entry, .. } => Some(entry),
-            SecretSource::Fixed(_) => None,
+            SecretSource::Fixed { .. } => None,
         }
     }
 }
@@ -532,7 +593,12 @@ fn source_field(
     match resolve(reference).map_err(|e| cfg_err(field, e.to_string()))? {
         Resolved::Fixed(s) => {
             let v = shape_secret(&shape, s.expose()).map_err(|m| cfg_err(field, m))?;
-            Ok(SecretSource::Fixed(Secret::new(v.to_vec())))
+            let mut marks = SecretMarks::new();
+            shape_marks(&shape, s.expose(), &mut marks);
+            Ok(SecretSource::Fixed {
+                value: Secret::new(v.to_vec()),
+                marks: marks.into_iter().map(|m| Secret::new(m.to_vec())).collect(),
+            })
         }
         Resolved::Kv(entry) => {
             if let Some(now) = entry.snapshot() {
@@ -842,17 +908,18 @@ impl OutboundAuth {
         oauth_token: Option<&Secret>,
         out_headers: &mut AuthHeaders<'a>,
         out_query: &mut Zeroizing<String>,
+        marks: &mut SecretMarks,
     ) -> Result<(), AuthApplyError> {
         match self {
             OutboundAuth::Static { header, value } => {
-                let v = value.get()?;
+                let v = value.get_marked(marks)?;
                 out_headers.push((header.as_str(), Zeroizing::new(v.to_vec())));
             }
             OutboundAuth::Query { param, value } => {
                 out_query.push_str(param.as_str());
                 out_query.push('=');
                 // form_encode output is ASCII.
-                out_query.push_str(&String::from_utf8_lossy(&value.get()?));
+                out_query.push_str(&String::from_utf8_lossy(&value.get_marked(marks)?));
             }
             OutboundAuth::Hmac {
                 key,
@@ -876,7 +943,7 @@ impl OutboundAuth {
                         ),
                     }
                 }
-                let k = hmac::Key::new(hmac::HMAC_SHA256, &key.get()?);
+                let k = hmac::Key::new(hmac::HMAC_SHA256, &key.get_marked(marks)?);
                 let tag = hmac::sign(&k, &sts);
                 let sig = match encoding {
                     HmacEncoding::Hex => hex::encode(tag.as_ref()),
@@ -903,9 +970,9 @@ impl OutboundAuth {
                     })
                     .copied()
                     .collect();
-                let secret = secret.get()?;
+                let secret = secret.get_marked(marks)?;
                 let session_token = match session_token {
-                    Some(t) => Some(t.get()?),
+                    Some(t) => Some(t.get_marked(marks)?),
                     None => None,
                 };
                 let creds = SigV4Credentials {
@@ -932,6 +999,7 @@ impl OutboundAuth {
             }
             OutboundAuth::OAuth2(_) => {
                 let t = oauth_token.ok_or(AuthApplyError::NoToken)?;
+                marks.push(Zeroizing::new(t.expose().to_vec()));
                 let mut v = Zeroizing::new(b"Bearer ".to_vec());
                 v.extend_from_slice(t.expose());
                 out_headers.push(("Authorization", v));
@@ -1127,6 +1195,85 @@ mod tests {
         OutboundAuth::compile(&w.auth, &mut resolve).map_err(|e| e.to_string())
     }
 
+    fn marks_of(a: &OutboundAuth, token: Option<&Secret>) -> Vec<String> {
+        let headers: &[(&[u8], &[u8])] = &[(b"Host", b"example.amazonaws.com")];
+        let req = OutboundRequest {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers,
+            body: b"",
+        };
+        let mut out = Vec::new();
+        let mut q = Zeroizing::new(String::new());
+        let mut marks = Vec::new();
+        a.apply(&req, 1_440_938_160, token, &mut out, &mut q, &mut marks)
+            .unwrap();
+        let mut m: Vec<String> = marks
+            .iter()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        m.sort();
+        m
+    }
+
+    /// The credential code marks exactly the secret byte strings (never signatures, dates or
+    /// key ids), for the response masker.
+    #[test]
+    fn secret_marks_per_scheme() {
+        let c = |t: &str| compile_toml(t).unwrap();
+        assert_eq!(
+            marks_of(&c(r#"{ scheme = "bearer", secret = "vault:tok" }"#), None),
+            ["tok-SECRET-1"]
+        );
+        assert_eq!(
+            marks_of(
+                &c(r#"{ scheme = "header", header = "X-Api-Key", secret = "vault:pw" }"#),
+                None
+            ),
+            ["pw-SECRET-2"]
+        );
+        // raw password, user:pass raw and in base64
+        assert_eq!(
+            marks_of(
+                &c(r#"{ scheme = "basic", username = "svc", secret = "vault:pw" }"#),
+                None
+            ),
+            ["c3ZjOnB3LVNFQ1JFVC0y", "pw-SECRET-2", "svc:pw-SECRET-2"]
+        );
+        // raw and form-encoded
+        assert_eq!(
+            marks_of(
+                &c(r#"{ scheme = "query", param = "key", secret = "vault:spacey" }"#),
+                None
+            ),
+            ["a b&c", "a%20b%26c"]
+        );
+        // the signing key is marked; the signature and the timestamp are not
+        assert_eq!(
+            marks_of(&c(r#"{ scheme = "hmac", secret = "vault:hmac" }"#), None),
+            ["key"]
+        );
+        let m = marks_of(
+            &c(
+                r#"{ scheme = "sigv4", access_key_id = "env:AKID", secret = "vault:aws", region = "us-east-1", service = "iam", session_token = "vault:sts" }"#,
+            ),
+            None,
+        );
+        assert_eq!(
+            m,
+            [
+                "session-SECRET-4",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+            ]
+        );
+        let o = c(
+            r#"{ scheme = "oauth2", token_url = "http://127.0.0.1:1/t", client_id = "c", secret = "vault:client" }"#,
+        );
+        let tok = Secret::new(b"access-TOKEN-6".to_vec());
+        assert_eq!(marks_of(&o, Some(&tok)), ["access-TOKEN-6"]);
+    }
+
     fn apply(a: &OutboundAuth, token: Option<&Secret>) -> (Vec<(String, String)>, String) {
         let headers: &[(&[u8], &[u8])] =
             &[(b"Host", b"example.amazonaws.com"), (b"Accept", b"*/*")];
@@ -1139,8 +1286,15 @@ mod tests {
         };
         let mut out = Vec::new();
         let mut q = Zeroizing::new(String::new());
-        a.apply(&req, 1_440_938_160, token, &mut out, &mut q)
-            .unwrap();
+        a.apply(
+            &req,
+            1_440_938_160,
+            token,
+            &mut out,
+            &mut q,
+            &mut Vec::new(),
+        )
+        .unwrap();
         let out = out
             .into_iter()
             .map(|(n, v)| (n.to_string(), String::from_utf8(v.to_vec()).unwrap()))
@@ -1418,7 +1572,9 @@ mod tests {
         };
         let mut h = Vec::new();
         let mut q = Zeroizing::new(String::new());
-        let e = a.apply(&req, 0, None, &mut h, &mut q).unwrap_err();
+        let e = a
+            .apply(&req, 0, None, &mut h, &mut q, &mut Vec::new())
+            .unwrap_err();
         assert_eq!((e.status(), e.code()), (502, "upstream_auth_failed"));
         let t = Secret::new(b"at".to_vec());
         let (h, _) = apply(&a, Some(&t));

@@ -107,6 +107,8 @@ pub struct CallLog<'w> {
     pub upstream_us: Option<u64>,
     /// Values removed or masked from the response.
     pub redactions: u64,
+    /// Injected secrets the upstream reflected in the response (masked).
+    pub secret_reflected: u64,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The agent's address.
@@ -145,6 +147,7 @@ impl<'w> CallLog<'w> {
             upstream_started: None,
             upstream_us: None,
             redactions: 0,
+            secret_reflected: 0,
             metrics_slot: None,
             client: None,
             shadow: None,
@@ -203,6 +206,7 @@ impl<'w> CallLog<'w> {
             rule: self.rule,
             scanner: pick(&mut self.scanner, keep),
             redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+            secret_reflected: u32::try_from(self.secret_reflected).unwrap_or(u32::MAX),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             upstream_status: self.upstream_status,
@@ -250,6 +254,7 @@ impl Drop for CallLog<'_> {
                 scanner_hit: self.scanner.is_some(),
                 shadow: self.shadow.map(|(_, d)| d),
                 redactions: self.redactions,
+                secret_masked: self.secret_reflected,
                 bytes_in: self.bytes_in,
                 bytes_out: self.bytes_out,
                 total_us,
@@ -263,6 +268,7 @@ impl Drop for CallLog<'_> {
                 id: SmallStr::new(self.id.as_str()),
                 bytes_out: self.bytes_out,
                 redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
+                secret_reflected: u32::try_from(self.secret_reflected).unwrap_or(u32::MAX),
                 total_us,
                 completion: true,
                 ..AuditRecord::default()

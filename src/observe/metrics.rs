@@ -29,7 +29,8 @@
 //! - `portcullis_shadow_hits_total{proxy,decision}` — report-mode rules that would have
 //!   decided the call differently, by the decision they would have made;
 //! - `portcullis_meter_rejections_total{proxy}`, `portcullis_scanner_hits_total{proxy}`,
-//!   `portcullis_redactions_total{proxy}`, `portcullis_request_bytes_total{proxy}`,
+//!   `portcullis_redactions_total{proxy}`, `portcullis_secret_masked_total{proxy}` (injected
+//!   secrets an upstream reflected, masked), `portcullis_request_bytes_total{proxy}`,
 //!   `portcullis_response_bytes_total{proxy}`;
 //! - `portcullis_upstream_pool_idle_connections{worker}` — sampled by each worker's pool sweeper
 //!   (once a second);
@@ -112,6 +113,8 @@ pub struct CallSample {
     /// The decision a report-mode rule would have made instead.
     pub shadow: Option<Decision>,
     pub redactions: u64,
+    /// Injected secrets masked in the response.
+    pub secret_masked: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub total_us: u64,
@@ -127,6 +130,7 @@ pub struct ProxyCounters {
     scanner_hits: AtomicU64,
     shadow_hits: [AtomicU64; 3],
     redactions: AtomicU64,
+    secret_masked: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -142,6 +146,7 @@ impl Default for ProxyCounters {
             scanner_hits: AtomicU64::new(0),
             shadow_hits: Default::default(),
             redactions: AtomicU64::new(0),
+            secret_masked: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         }
@@ -176,6 +181,9 @@ impl ProxyCounters {
         }
         if c.redactions > 0 {
             bump(&self.redactions, c.redactions);
+        }
+        if c.secret_masked > 0 {
+            bump(&self.secret_masked, c.secret_masked);
         }
         bump(&self.bytes_in, c.bytes_in);
         bump(&self.bytes_out, c.bytes_out);
@@ -412,7 +420,7 @@ impl Metrics {
                 esc(p)
             );
         }
-        let simple: [SimpleCounter; 5] = [
+        let simple: [SimpleCounter; 6] = [
             (
                 "portcullis_meter_rejections_total",
                 "Calls refused by a meter (rate_limited).",
@@ -427,6 +435,11 @@ impl Metrics {
                 "portcullis_redactions_total",
                 "Values removed or masked from responses.",
                 |t| t.redactions,
+            ),
+            (
+                "portcullis_secret_masked_total",
+                "Injected secrets an upstream reflected in a response, masked.",
+                |t| t.secret_masked,
             ),
             (
                 "portcullis_request_bytes_total",
@@ -612,6 +625,7 @@ pub struct Totals {
     /// Report-mode rule hits by the decision they would have made.
     pub shadow_hits: [u64; 3],
     pub redactions: u64,
+    pub secret_masked: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -636,6 +650,7 @@ impl Totals {
             *v += get(&c.shadow_hits[i]);
         }
         self.redactions += get(&c.redactions);
+        self.secret_masked += get(&c.secret_masked);
         self.bytes_in += get(&c.bytes_in);
         self.bytes_out += get(&c.bytes_out);
     }

@@ -30,6 +30,7 @@ use crate::http::io::write_all;
 use crate::http::write;
 use crate::observe::audit::SmallStr;
 use crate::observe::call::CallLog;
+use crate::redact::mask::Masker;
 use crate::upstream::request;
 use crate::upstream::response::{self, StreamEnd, StreamIo};
 use crate::util::clock;
@@ -158,16 +159,22 @@ async fn call(
     // 10. response to the agent (redacted on the way when the proxy asks for it)
     at.phase = Phase::Respond;
     let version = s.head.version;
+    // the secrets the credential injected are masked in what comes back (none: no masker)
+    let mut masker = Masker::new(s.marks.iter().map(|m| m.as_slice()));
     let mut plan = response::plan(
         &s.resp,
         &s.ubuf,
         proxy.redact.as_ref(),
         method_is_head,
         version,
+        masker.is_some(),
     )
     .inspect_err(|_| {
-        tracing::warn!(proxy = %proxy.name, "upstream response has an encoding the redactor cannot undo");
+        tracing::warn!(proxy = %proxy.name, "upstream response has an encoding the gateway cannot undo");
     })?;
+    if let Some(m) = masker.as_mut() {
+        log.secret_reflected = response::mask_head(&s.resp, &mut s.ubuf, m);
+    }
     let keep = wants_keep && plan.framing != write::Framing::Close;
     let status = s.resp.status;
     log.status = status;
@@ -205,10 +212,22 @@ async fn call(
         plan.kind,
         plan.framing,
         plan.redactor.as_mut(),
+        masker.as_mut(),
     )
     .await;
     if let Some(r) = &plan.redactor {
         log.redactions = r.redactions();
+    }
+    if let Some(m) = &masker
+        && m.hits() > 0
+    {
+        log.secret_reflected = m.hits();
+        tracing::warn!(
+            proxy = %proxy.name,
+            request_id = log.id.as_str(),
+            masked = m.hits(),
+            "the upstream reflected the injected secret: masked"
+        );
     }
     Ok(match end {
         StreamEnd::Reusable if upstream_keep && !w.draining.get() => {

@@ -41,6 +41,7 @@ pub async fn prepare(
     let rest = &s.path[route.rest_start..];
     let ob = request::begin(&mut s.out, &s.rbuf, &s.head, proxy, rest, query);
     let mut credential_read_ns = 0;
+    s.marks.clear();
     let mut auth_headers = Vec::new();
     let mut auth_query = Zeroizing::new(String::new());
     if let Some(auth) = &proxy.auth {
@@ -65,10 +66,17 @@ pub async fn prepare(
         let req = ob.request(&s.out, &headers, &s.body);
         let now = clock::unix_now().as_secs() as i64;
         let secret = token.as_deref().map(Token::secret);
-        auth.apply(&req, now, secret, &mut auth_headers, &mut auth_query)
-            .inspect_err(|e| {
-                tracing::warn!(proxy = %proxy.name, error = %e, "cannot produce the target credential");
-            })?;
+        auth.apply(
+            &req,
+            now,
+            secret,
+            &mut auth_headers,
+            &mut auth_query,
+            &mut s.marks,
+        )
+        .inspect_err(|e| {
+            tracing::warn!(proxy = %proxy.name, error = %e, "cannot produce the target credential");
+        })?;
     }
     ob.finish(
         &mut s.out,

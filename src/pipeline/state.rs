@@ -34,6 +34,8 @@ pub struct Scratch {
     pub extra: Vec<u8>,
     /// The agent's address (set per connection).
     pub peer: Option<std::net::SocketAddr>,
+    /// The secrets this call's credential put on the request (masked in the response).
+    pub marks: crate::credentials::SecretMarks,
 }
 
 /// Scratch sets kept for reuse per worker.
@@ -145,6 +147,7 @@ impl Worker {
                 b.shrink_to(MAX_KEPT_BUF);
             }
         }
+        s.marks.clear();
         let mut free = self.free.borrow_mut();
         if free.len() < MAX_FREE_SCRATCH {
             free.push(s);

@@ -29,6 +29,7 @@
 //! upstream `Content-Length` is dropped). `redactions()` feeds the audit record.
 
 mod json;
+pub mod mask;
 mod path;
 pub mod response;
 mod sse;

@@ -152,7 +152,7 @@ impl Outbound {
     }
 
     /// Completes the head: the credential's query parameter (after the agent's), its headers,
-    /// `Accept-Encoding: identity` for a redacting proxy, `X-Request-Id`, `Content-Length`.
+    /// `Accept-Encoding: identity` for a redacting proxy or one that injects a credential, `X-Request-Id`, `Content-Length`.
     /// This is the only place a `Secret` is written on the data plane.
     pub fn finish(
         &self,
@@ -168,7 +168,8 @@ impl Outbound {
             let at = self.query.end;
             out.splice(at..at, std::iter::once(sep).chain(auth_query.bytes()));
         }
-        if proxy.redact.is_some() {
+        if proxy.redact.is_some() || proxy.auth.is_some() {
+            // redacted or masked (the injected secret) responses: decoded bytes only
             out.extend_from_slice(b"Accept-Encoding: identity\r\n");
         }
         for (name, value) in auth_headers {

@@ -10,6 +10,7 @@ use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{BodyKind, Limits, ResponseHead, Version, find_header, parse_response};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
+use crate::redact::mask::Masker;
 use crate::redact::{self, response::ResponseRedactor};
 use monoio::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -129,29 +130,40 @@ pub struct Plan<'p> {
 }
 
 /// Plans the response for `resp` (in `ubuf`). A body the proxy would redact but whose
-/// encoding the redactor cannot undo is refused.
+/// encoding the redactor cannot undo is refused; so is a content-encoded body when the call
+/// injected a secret (`masking`) and the redactor does not decode it: the request asked for
+/// `Accept-Encoding: identity`, and an encoded body could carry the secret past the masker.
 pub fn plan<'p>(
     resp: &ResponseHead,
     ubuf: &[u8],
     redaction: Option<&'p Redaction>,
     method_is_head: bool,
     version: Version,
+    masking: bool,
 ) -> Result<Plan<'p>, Refusal> {
     let status = resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
+    let coding = content_coding(resp, ubuf);
     let mut redactor = None;
     let mut drop_encoding = false;
     if let Some(r) = redaction
         && !no_body
         && let Some(bt) = header(resp, ubuf, b"content-type").and_then(redact::response::body_type)
     {
-        let enc = redact::response::encoding(header(resp, ubuf, b"content-encoding")).ok_or(
-            Refusal::UpstreamUnreachable(
-                "the upstream response is encoded in a way that cannot be redacted",
-            ),
-        )?;
+        let enc = match coding {
+            Ok(c) => redact::response::encoding(c),
+            Err(()) => None,
+        }
+        .ok_or(Refusal::UpstreamUnreachable(
+            "the upstream response is encoded in a way that cannot be redacted",
+        ))?;
         drop_encoding = enc != redact::response::Encoding::Identity;
         redactor = Some(ResponseRedactor::new(&r.program, bt, enc, r.on_invalid));
+    }
+    if masking && !no_body && redactor.is_none() && coding != Ok(None) {
+        return Err(Refusal::UpstreamUnreachable(
+            "the upstream response is content-encoded although identity was asked for; it cannot be checked for the injected secret",
+        ));
     }
     let framing = framing(
         if no_body { None } else { Some(resp.body) },
@@ -169,6 +181,43 @@ pub fn plan<'p>(
         redactor,
         drop_encoding,
     })
+}
+
+/// The response's content coding, all `Content-Encoding` field lines combined (RFC 9110
+/// §5.3: repeated lines are one comma-separated list): `Ok(None)` when nothing but `identity`
+/// (or nothing) is listed, `Ok(Some(coding))` for exactly one coding, `Err(())` for stacked
+/// codings (`gzip` + `gzip`), which nothing here decodes.
+pub fn content_coding<'a>(resp: &ResponseHead, src: &'a [u8]) -> Result<Option<&'a [u8]>, ()> {
+    let mut found = None;
+    for h in &resp.headers {
+        if !h.name.get(src).eq_ignore_ascii_case(b"content-encoding") {
+            continue;
+        }
+        for c in h.value.get(src).split(|b| *b == b',') {
+            let c = c.trim_ascii();
+            if c.is_empty() || c.eq_ignore_ascii_case(b"identity") {
+                continue;
+            }
+            if found.replace(c).is_some() {
+                return Err(());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Masks the call's injected secrets in the response head held in `ubuf` (the reason phrase
+/// and every header value), in place and same-length, so the parsed spans stay valid.
+/// Returns how many were masked.
+pub fn mask_head(resp: &ResponseHead, ubuf: &mut [u8], masker: &mut Masker<'_>) -> u64 {
+    let mut n = 0;
+    let spans = std::iter::once(resp.reason).chain(resp.headers.iter().map(|h| h.value));
+    for sp in spans {
+        if let Some(v) = ubuf.get_mut(sp.start as usize..sp.end as usize) {
+            n += masker.mask_in_place(v);
+        }
+    }
+    n
 }
 
 /// The agent's framing for an upstream body of `kind` (`None`: the answer has no body),
@@ -205,27 +254,43 @@ struct Sink<'a, 'r> {
     redactor: Option<&'a mut ResponseRedactor<'r>>,
     /// The transform's output for one piece.
     red: Vec<u8>,
+    /// Masks the call's injected secrets (after the redactor: it sees decoded bytes).
+    masker: Option<&'a mut Masker<'r>>,
+    /// The masker's output for one piece (chunked framing only).
+    masked: Vec<u8>,
 }
 
 impl Sink<'_, '_> {
+    /// Frames `data` into `out`, through the masker if any.
+    fn frame(&mut self, data: &[u8]) {
+        match self.masker.as_deref_mut() {
+            None if self.chunked => push_chunk(self.out, data),
+            None => self.out.extend_from_slice(data),
+            Some(m) if self.chunked => {
+                self.masked.clear();
+                m.feed(data, &mut self.masked);
+                push_chunk(self.out, &self.masked);
+            }
+            Some(m) => m.feed(data, self.out),
+        }
+    }
+
     /// Transforms (if redacting) and frames `data` into `out`. A redaction error writes what
     /// is already framed and cuts the response.
     async fn push(&mut self, data: &[u8]) -> Result<(), StreamEnd> {
-        let data = match self.redactor.as_deref_mut() {
-            None => data,
+        match self.redactor.as_deref_mut() {
+            None => self.frame(data),
             Some(r) => {
-                self.red.clear();
-                if let Err(e) = r.feed(data, &mut self.red) {
+                let mut red = std::mem::take(&mut self.red);
+                red.clear();
+                if let Err(e) = r.feed(data, &mut red) {
+                    self.red = red;
                     tracing::warn!(error = %e, "response redaction failed: cutting the response");
                     return Err(self.cut().await);
                 }
-                &self.red
+                self.frame(&red);
+                self.red = red;
             }
-        };
-        if self.chunked {
-            push_chunk(self.out, data);
-        } else {
-            self.out.extend_from_slice(data);
         }
         Ok(())
     }
@@ -244,7 +309,8 @@ impl Sink<'_, '_> {
     /// Passes one whole upstream read on: straight from `buf` when nothing needs changing (no
     /// transform, no re-framing, nothing pending), else through `push` and `flush`.
     async fn forward(&mut self, buf: &mut Vec<u8>) -> Result<(), StreamEnd> {
-        if self.redactor.is_none() && !self.chunked && self.out.is_empty() {
+        if self.redactor.is_none() && self.masker.is_none() && !self.chunked && self.out.is_empty()
+        {
             let len = buf.len();
             *self.bytes_out += len as u64;
             return write_range(self.client, buf, 0..len, self.write_timeout)
@@ -258,15 +324,24 @@ impl Sink<'_, '_> {
     /// The end of the body: what the transform held back, the last chunk, the last write.
     async fn finish(&mut self) -> Result<(), StreamEnd> {
         if let Some(r) = self.redactor.as_deref_mut() {
-            self.red.clear();
-            if let Err(e) = r.finish(&mut self.red) {
+            let mut red = std::mem::take(&mut self.red);
+            red.clear();
+            if let Err(e) = r.finish(&mut red) {
+                self.red = red;
                 tracing::warn!(error = %e, "response redaction failed: cutting the response");
                 return Err(self.cut().await);
             }
+            self.frame(&red);
+            self.red = red;
+        }
+        if let Some(m) = self.masker.as_deref_mut() {
+            // what the masker held back (a possible secret start that never completed)
             if self.chunked {
-                push_chunk(self.out, &self.red);
+                self.masked.clear();
+                m.finish(&mut self.masked);
+                push_chunk(self.out, &self.masked);
             } else {
-                self.out.extend_from_slice(&self.red);
+                m.finish(self.out);
             }
         }
         if self.chunked {
@@ -284,13 +359,15 @@ impl Sink<'_, '_> {
 
 /// Writes the agent's head (already in `io.out`) and relays the body: decoded from the
 /// upstream's framing (`kind`), passed through `redactor` if any, framed for the agent
-/// (`framing`). One loop for plain and redacted bodies.
-pub async fn relay(
+/// (`framing`), with the call's injected secrets masked (`masker`, after the redactor). One
+/// loop for plain, redacted and masked bodies.
+pub async fn relay<'r>(
     io: StreamIo<'_>,
     head_len: usize,
     kind: BodyKind,
     framing: Framing,
-    redactor: Option<&mut ResponseRedactor<'_>>,
+    redactor: Option<&mut ResponseRedactor<'r>>,
+    masker: Option<&mut Masker<'r>>,
 ) -> StreamEnd {
     let StreamIo {
         conn,
@@ -309,6 +386,8 @@ pub async fn relay(
         chunked: framing == Framing::Chunked,
         red: Vec::with_capacity(if redactor.is_some() { STREAM_BUF } else { 0 }),
         redactor,
+        masked: Vec::new(),
+        masker,
     };
     match relay_body(conn, ubuf, head_len, kind, read_timeout, &mut sink).await {
         Ok(end) | Err(end) => end,

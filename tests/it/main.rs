@@ -29,6 +29,7 @@ mod operator;
 mod redact;
 mod routing;
 mod siem;
+mod secret_mask;
 mod smuggling;
 mod tls;
 mod upstream_errors;

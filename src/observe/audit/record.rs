@@ -18,6 +18,8 @@
 //! ```
 //!
 //! A call record has no `kind` member. `client` is the agent's address as the gateway saw it;
+//! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
+//! secrets the upstream reflected in the response, masked before they reached the agent.
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
 //! differently had it been enforced (the rule that would have won, and its decision).
 //!
@@ -150,6 +152,9 @@ pub struct AuditRecord {
     pub rule: Option<u32>,
     pub scanner: Option<Arc<str>>,
     pub redactions: u32,
+    /// Injected secrets the upstream reflected in the response (masked); written only when
+    /// not 0.
+    pub secret_reflected: u32,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub upstream_status: Option<u16>,
@@ -247,6 +252,7 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
             push_u64(out, r.bytes_out);
             out.extend_from_slice(b",\"redactions\":");
             push_u64(out, r.redactions as u64);
+            push_secret_reflected(out, r.secret_reflected);
             out.extend_from_slice(b",\"total_us\":");
             push_u64(out, r.total_us);
         }
@@ -397,6 +403,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     push_opt_str(out, r.scanner.as_deref());
     out.extend_from_slice(b",\"redactions\":");
     push_u64(out, r.redactions as u64);
+    push_secret_reflected(out, r.secret_reflected);
     out.extend_from_slice(b",\"bytes_in\":");
     push_u64(out, r.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
@@ -427,6 +434,14 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
             out.extend_from_slice(b"\"}");
         }
         None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
+fn push_secret_reflected(out: &mut Vec<u8>, n: u32) {
+    if n > 0 {
+        out.extend_from_slice(b",\"secret_reflected\":");
+        push_u64(out, n as u64);
     }
 }
 
@@ -685,6 +700,9 @@ pub struct StoredRecord {
     pub scanner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redactions: Option<u32>,
+    /// Injected secrets the upstream reflected (masked); absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_reflected: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -772,6 +790,7 @@ mod tests {
             rule: Some(3),
             scanner: None,
             redactions: 0,
+            secret_reflected: 0,
             bytes_in: 10,
             bytes_out: 99,
             upstream_status: None,

@@ -44,6 +44,7 @@ fn rec(i: u64) -> AuditRecord {
         rule: Some((i % 7) as u32),
         scanner: None,
         redactions: (i % 3) as u32,
+        secret_reflected: 0,
         bytes_in: i,
         bytes_out: i * 2,
         upstream_status: (status != 403).then_some(status),
