@@ -77,12 +77,10 @@ pub(super) fn authenticate<'v>(
         .headers
         .iter()
         .map(|h| (h.name.get(src), h.value.get(src)));
-    Ok(identity::authenticate(
-        &view.cfg.identity,
-        &mut verifiers,
-        headers,
-        now_unix,
-    )?)
+    // forward-proxy form (absolute-form target, or CONNECT's authority-form): a failure is 407
+    let proxy_mode = s.head.target.get(src).first() != Some(&b'/');
+    identity::authenticate(&view.cfg.identity, &mut verifiers, headers, now_unix)
+        .map_err(|r| Stop::Refuse(if proxy_mode { r.in_proxy_mode() } else { r }))
 }
 
 /// Stage 4: may this caller make this call. Records the deciding rule and the decision.

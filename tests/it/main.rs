@@ -17,6 +17,7 @@ mod authz;
 mod bao;
 mod cli_ident;
 mod configs;
+mod forward;
 mod forwarding;
 mod hardening;
 mod identity;
