@@ -31,6 +31,8 @@
 //! - `portcullis_meter_rejections_total{proxy}`, `portcullis_scanner_hits_total{proxy}`,
 //!   `portcullis_redactions_total{proxy}`, `portcullis_request_bytes_total{proxy}`,
 //!   `portcullis_response_bytes_total{proxy}`;
+//! - `portcullis_agent_tls_handshake_errors_total` — failed TLS handshakes on the agent
+//!   listeners (`[server] tls`);
 //! - `portcullis_upstream_pool_idle_connections{worker}` — sampled by each worker's pool sweeper
 //!   (once a second);
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
@@ -476,6 +478,11 @@ impl Metrics {
                 TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
             ),
             (
+                "portcullis_agent_tls_handshake_errors_total",
+                "TLS handshakes on the agent listeners that failed (client certificate, protocol, timeout).",
+                AGENT_TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
+            ),
+            (
                 "portcullis_upstream_stray_bytes_total",
                 "Idle upstream connections closed because bytes arrived on them (never reused).",
                 UPSTREAM_STRAY_BYTES.load(Ordering::Relaxed),
@@ -651,6 +658,9 @@ pub static UPSTREAM_CONNECT_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Failed upstream TLS handshakes.
 pub static TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Failed TLS handshakes on the agent listeners (bad client certificate, protocol, timeout).
+pub static AGENT_TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Idle upstream connections on which bytes arrived (closed, never reused).
 pub static UPSTREAM_STRAY_BYTES: std::sync::atomic::AtomicU64 =

@@ -11,6 +11,7 @@ use crate::http::head::{self, BodyKind, HeadError, RequestHead, find_header};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{self, CONTINUE_100};
 use crate::identity::{self, Caller};
+use crate::net::agent_io::AgentIo;
 use crate::observe::audit::Decision;
 use crate::observe::call::{CallLog, RequestId};
 use crate::policy::authz::Effect;
@@ -18,12 +19,11 @@ use crate::policy::meter::Verdict;
 use crate::upstream::conn::UpConn;
 use crate::upstream::response::{self, HeadFail};
 use crate::util::clock;
-use monoio::net::TcpStream;
 use std::sync::Arc;
 
 /// Stage 1: reads one request head into `s.rbuf` (which may already hold pipelined bytes).
 pub(super) async fn read_head(
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     lim: &Limits,
 ) -> Result<(), Stop> {
@@ -167,7 +167,7 @@ pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -
 /// Stage 6: the body, read whole (answering `Expect: 100-continue` first). Returns where the
 /// request ends in `s.rbuf`.
 pub(super) async fn read_body(
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     lim: &Limits,
 ) -> Result<usize, Stop> {

@@ -34,6 +34,8 @@ pub struct Scratch {
     pub extra: Vec<u8>,
     /// The agent's address (set per connection).
     pub peer: Option<std::net::SocketAddr>,
+    /// What the TLS handshake established (TLS listeners; set per connection).
+    pub tls_peer: Option<std::rc::Rc<crate::net::agent_io::PeerTls>>,
 }
 
 /// Scratch sets kept for reuse per worker.

@@ -22,6 +22,7 @@ mod forwarding;
 mod hardening;
 mod identity;
 mod lifecycle;
+mod listener_tls;
 mod meter;
 mod meter_redis;
 mod metrics;
