@@ -645,11 +645,23 @@ impl Cx<'_> {
                     }
                 },
             };
+            if r.key_sha256.is_none() && r.cert_subject.is_none() {
+                self.err(
+                    a,
+                    format!("agents[{i}].key_sha256"),
+                    "missing: an agent needs key_sha256 (or cert_subject on an mTLS listener)",
+                );
+            }
             agents.push(crate::identity::RawAgent {
                 id: r.id.get_ref().clone(),
-                key_sha256: r.key_sha256.get_ref().clone(),
+                key_sha256: r
+                    .key_sha256
+                    .as_ref()
+                    .map(|k| k.get_ref().clone())
+                    .unwrap_or_default(),
                 roles: r.roles.clone(),
                 expires_at,
+                cert_subject: r.cert_subject.as_ref().map(|c| c.get_ref().clone()),
             });
         }
         let table = match crate::identity::AgentTable::compile(&agents) {

@@ -147,11 +147,15 @@ pub struct RawVault {
 #[serde(deny_unknown_fields)]
 pub struct RawAgentEntry {
     pub id: Spanned<String>,
-    pub key_sha256: Spanned<String>,
+    /// Optional only when `cert_subject` identifies the agent (mTLS).
+    #[serde(default)]
+    pub key_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub expires_at: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub cert_subject: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

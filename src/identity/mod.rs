@@ -91,6 +91,17 @@ pub struct RawAgent {
     /// TOML datetime value, not a string; the config layer should accept both and pass the text.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// mTLS listeners (`[server] tls.client_ca`): the client certificate that identifies this
+    /// agent, by subject (`CN=bot` or `O=Example,CN=bot`: attributes in certificate order,
+    /// comma-separated) or by SPIFFE ID (`spiffe://trust.domain/path`, matched against the
+    /// certificate's URI SAN). With it, `key_sha256` may be empty (no key).
+    #[serde(default)]
+    pub cert_subject: Option<String>,
+}
+
+/// `CN=a, O=b` → `CN=a,O=b`: the form certificate subjects are compared in.
+pub fn normalize_subject(s: &str) -> String {
+    s.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 /// A compiled agent.
@@ -112,6 +123,8 @@ pub struct AgentTable {
     agents: Vec<Agent>,
     by_hash: HashMap<[u8; 32], AgentIdx>,
     by_id: HashMap<String, AgentIdx>,
+    /// Normalised certificate subjects and SPIFFE IDs (`cert_subject`).
+    by_cert: HashMap<String, AgentIdx>,
 }
 
 /// Agent ids: what shows up in audit records and rules. Printable, no spaces or quotes.
@@ -138,8 +151,30 @@ impl AgentTable {
                 ));
                 ok = false;
             }
-            let hash = hex::decode32(a.key_sha256.as_bytes());
-            if hash.is_none() {
+            let cert = a.cert_subject.as_deref().map(|c| {
+                if c.starts_with("spiffe://") {
+                    c.to_string()
+                } else {
+                    normalize_subject(c)
+                }
+            });
+            if cert
+                .as_deref()
+                .is_some_and(|c| c.is_empty() || !c.contains('=') && !c.starts_with("spiffe://"))
+            {
+                errors.push((
+                    key("cert_subject"),
+                    "expected a certificate subject like CN=bot or a SPIFFE ID like spiffe://example.org/bot".to_string(),
+                ));
+                ok = false;
+            }
+            let keyless = a.key_sha256.is_empty() && cert.is_some();
+            let hash = if keyless {
+                None
+            } else {
+                hex::decode32(a.key_sha256.as_bytes())
+            };
+            if hash.is_none() && !keyless {
                 errors.push((
                     key("key_sha256"),
                     "expected 64 hex characters (the SHA-256 printed by `portcullis agent add`)"
@@ -173,8 +208,22 @@ impl AgentTable {
             if !ok {
                 continue;
             }
-            let Some(hash) = hash else { continue };
             let idx = AgentIdx(t.agents.len() as u32);
+            if let Some(c) = &cert {
+                match t.by_cert.entry(c.clone()) {
+                    Entry::Occupied(o) => {
+                        let other = &t.agents[o.get().0 as usize].id;
+                        errors.push((
+                            key("cert_subject"),
+                            format!("same certificate identity as agent '{other}'"),
+                        ));
+                        continue;
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(idx);
+                    }
+                }
+            }
             match t.by_id.entry(a.id.clone()) {
                 Entry::Occupied(_) => {
                     errors.push((key("id"), format!("duplicate agent id '{}'", a.id)));
@@ -184,18 +233,25 @@ impl AgentTable {
                     v.insert(idx);
                 }
             }
-            match t.by_hash.entry(hash) {
-                Entry::Occupied(o) => {
-                    let other = &t.agents[o.get().0 as usize].id;
-                    errors.push((
-                        key("key_sha256"),
-                        format!("same key hash as agent '{other}': every agent needs its own key"),
-                    ));
-                    t.by_id.remove(&a.id);
-                    continue;
-                }
-                Entry::Vacant(v) => {
-                    v.insert(idx);
+            if let Some(hash) = hash {
+                match t.by_hash.entry(hash) {
+                    Entry::Occupied(o) => {
+                        let other = &t.agents[o.get().0 as usize].id;
+                        errors.push((
+                            key("key_sha256"),
+                            format!(
+                                "same key hash as agent '{other}': every agent needs its own key"
+                            ),
+                        ));
+                        t.by_id.remove(&a.id);
+                        if let Some(c) = &cert {
+                            t.by_cert.remove(c);
+                        }
+                        continue;
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(idx);
+                    }
                 }
             }
             t.agents.push(Agent {
@@ -225,6 +281,24 @@ impl AgentTable {
 
     pub fn by_id(&self, id: &str) -> Option<&Agent> {
         self.by_id.get(id).and_then(|i| self.get(*i))
+    }
+
+    /// The agent a verified client certificate identifies (SPIFFE ID first, then subject),
+    /// refused from its `expires_at` on like a key.
+    pub fn by_certificate(
+        &self,
+        subject: Option<&str>,
+        spiffe: Option<&str>,
+        now_unix: i64,
+    ) -> Option<Result<&Agent, AuthnError>> {
+        let idx = spiffe
+            .and_then(|u| self.by_cert.get(u))
+            .or_else(|| subject.and_then(|s| self.by_cert.get(&normalize_subject(s))))?;
+        let agent = self.get(*idx)?;
+        Some(match agent.expires_at {
+            Some(exp) if now_unix >= exp => Err(AuthnError::CredentialExpired),
+            _ => Ok(agent),
+        })
     }
 
     /// Looks up a presented API key. `now_unix` comes from `clock::unix_now()`.
@@ -553,6 +627,7 @@ mod tests {
             key_sha256: key_sha256_hex(key),
             roles: vec!["support".into()],
             expires_at: exp.map(Into::into),
+            cert_subject: None,
         }
     }
 
@@ -687,6 +762,54 @@ mod tests {
             Refusal::from(AuthnError::CredentialExpired).code(),
             "credential_expired"
         );
+    }
+
+    /// `cert_subject`: a subject or SPIFFE ID, unique; with it the key may be absent.
+    #[test]
+    fn cert_subject_table() {
+        let cert = |id: &str, key: &str, c: &str| RawAgent {
+            cert_subject: Some(c.into()),
+            key_sha256: key.into(),
+            ..raw(id, "pcs_unused", None)
+        };
+        let t = AgentTable::compile(&[
+            cert("a", "", "CN=a, O=Example"),
+            cert("b", &key_sha256_hex("pcs_b"), "spiffe://example.org/b"),
+        ])
+        .unwrap();
+        let who = |s: Option<&str>, u: Option<&str>| {
+            t.by_certificate(s, u, 0).map(|r| r.map(|a| a.id.as_str()))
+        };
+        assert_eq!(who(Some("CN=a,O=Example"), None), Some(Ok("a")));
+        assert_eq!(who(Some("CN=a, O=Example"), None), Some(Ok("a")));
+        assert_eq!(who(Some("O=Example,CN=a"), None), None, "order matters");
+        assert_eq!(
+            who(Some("CN=zz"), Some("spiffe://example.org/b")),
+            Some(Ok("b"))
+        );
+        assert_eq!(who(Some("CN=b"), None), None);
+        assert!(t.authenticate(b"pcs_b", 0).is_ok());
+        let errs = |agents: &[RawAgent]| {
+            AgentTable::compile(agents)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            errs(&[cert("a", "", "CN=a"), cert("b", "", "CN=a")]),
+            ["agents[1].cert_subject"]
+        );
+        assert_eq!(
+            errs(&[cert("a", "", "bot")]),
+            ["agents[0].cert_subject"]
+        );
+        assert_eq!(
+            errs(&[cert("a", "", "")]),
+            ["agents[0].cert_subject"]
+        );
+        assert_eq!(errs(&[cert("a", "zz", "CN=a")]), ["agents[0].key_sha256"]);
     }
 
     /// `Proxy-Authorization: Basic base64(user:password)`: the password is the credential,
@@ -958,6 +1081,7 @@ mod tests {
                     key_sha256: key_sha256_hex(&key),
                     roles: vec![],
                     expires_at: None,
+                    cert_subject: None,
                 }]).unwrap();
                 prop_assert!(t.authenticate(key.as_bytes(), 0).is_ok());
                 let mut other = key.clone().into_bytes();

@@ -70,6 +70,17 @@ pub(super) fn authenticate<'v>(
     s: &Scratch,
     now_unix: i64,
 ) -> Result<Caller<'v>, Stop> {
+    // mTLS listener: a verified client certificate that names an agent identifies the call
+    // (proxy credentials are then not consulted)
+    if let Some(p) = s.tls_peer.as_deref()
+        && let Some(found) = view.cfg.identity.agents.by_certificate(
+            p.cert_subject.as_deref(),
+            p.spiffe_id.as_deref(),
+            now_unix,
+        )
+    {
+        return Ok(Caller::Key(found?));
+    }
     let mut verifiers = view.jwt.borrow_mut();
     let src = &s.rbuf;
     let headers = s

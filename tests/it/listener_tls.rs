@@ -236,3 +236,134 @@ fn tls_config_errors_name_file_line_and_key() {
         );
     }
 }
+
+/// A client certificate signed by a fresh CA: subject CN `cn`, optional URI SAN. Returns (CA PEM, cert PEM, key PEM).
+fn client_cert(cn: &str, uri: Option<&str>) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "client CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if let Some(u) = uri {
+        p.subject_alt_names = vec![SanType::URI(u.try_into().unwrap())];
+    }
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// mTLS (`client_ca`): an agent identified by its certificate subject or SPIFFE URI SAN is
+/// audited under its id without any key; a listener with client_ca still takes keys from
+/// clients without a certificate; a certificate naming no agent is 401; a certificate from
+/// another CA fails the handshake (nothing reaches the upstream).
+#[test]
+fn mtls_identifies_the_agent_by_certificate() {
+    let mock = MockUpstream::start(|_| Reply::ok("m"));
+    let pki = make_pki();
+    // client_ca holds three CAs (one per certificate); the rogue's CA is not among them
+    let (ca1, cn_cert, cn_key) = client_cert("cert-bot", None);
+    let (ca2, sp_cert, sp_key) = client_cert("whatever", Some("spiffe://example.org/agent/s"));
+    let (ca3, stranger_cert, stranger_key) = client_cert("nobody", None);
+    let (_rogue_ca, rogue_cert, rogue_key) = client_cert("cert-bot", None);
+    let client_cas = format!("{ca1}{ca2}{ca3}");
+    let mut f = files(&pki);
+    for (n, b) in [
+        ("client-ca.pem", client_cas),
+        ("cn.crt", cn_cert),
+        ("cn.key", cn_key),
+        ("sp.crt", sp_cert),
+        ("sp.key", sp_key),
+        ("stranger.crt", stranger_cert),
+        ("stranger.key", stranger_key),
+        ("rogue.crt", rogue_cert),
+        ("rogue.key", rogue_key),
+    ] {
+        f.push((n, b.into_bytes()));
+    }
+    let refs: Vec<(&str, &[u8])> = f.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let cfg = forward_config(
+        &mock.url(),
+        r#"tls = { cert = "file:gw.crt", key = "file:gw.key", client_ca = "file:client-ca.pem" }"#,
+        "",
+    )
+    .replace(
+        "[[proxies]]",
+        "[[agents]]\nid = \"cert-bot\"\ncert_subject = \"CN=cert-bot\"\n\n[[agents]]\nid = \"spiffe-bot\"\ncert_subject = \"spiffe://example.org/agent/s\"\n\n[[proxies]]",
+    );
+    let gw = start_forward(&cfg, &refs);
+    let d = gw.dir().to_path_buf();
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    let url = format!("https://localhost:{}/api/v1/m", gw.port());
+    let with_cert = |c: &str, k: &str| {
+        curl(&[
+            "--cacert",
+            &p("ca.pem"),
+            "--cert",
+            &p(c),
+            "--key",
+            &p(k),
+            &url,
+        ])
+    };
+    let (code, text) = with_cert("cn.crt", "cn.key");
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = with_cert("sp.crt", "sp.key");
+    assert_eq!(code, 200, "{text}");
+    // no certificate: the key still works; nothing at all is 401
+    let (code, text) = curl(&[
+        "--cacert",
+        &p("ca.pem"),
+        "-H",
+        &format!("x-api-key: {BOT_KEY}"),
+        &url,
+    ]);
+    assert_eq!(code, 200, "{text}");
+    let (code, text) = curl(&["--cacert", &p("ca.pem"), &url]);
+    assert_eq!(code, 401, "{text}");
+    // a trusted certificate that names no agent is not an identity
+    let (code, text) = with_cert("stranger.crt", "stranger.key");
+    assert_eq!(code, 401, "{text}");
+    // the right subject from a CA the gateway does not trust: the handshake fails
+    let (code, text) = with_cert("rogue.crt", "rogue.key");
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(mock.count(), 3);
+    let recs = wait_audit(gw.dir(), 5);
+    let agents: Vec<_> = recs
+        .iter()
+        .map(|r| (r["agent"].as_str(), r["status"].as_u64()))
+        .collect();
+    assert_eq!(
+        agents,
+        vec![
+            (Some("cert-bot"), Some(200)),
+            (Some("spiffe-bot"), Some(200)),
+            (Some("bot"), Some(200)),
+            (None, Some(401)),
+            (None, Some(401)),
+        ]
+    );
+    // Python requests with a client certificate
+    let out = python(
+        &format!(
+            "import requests\nr = requests.get('{url}', cert=('{}', '{}'), verify='{}')\nprint(r.status_code)\n",
+            p("cn.crt"),
+            p("cn.key"),
+            p("ca.pem")
+        ),
+        &[],
+    );
+    assert_eq!(out.trim(), "200");
+    let log = gw.log_when(
+        |l| l.contains("agent TLS handshake failed"),
+        Duration::from_secs(5),
+    );
+    assert!(log.contains("agent TLS handshake failed"), "{log}");
+}
