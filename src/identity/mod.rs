@@ -801,14 +801,8 @@ mod tests {
             errs(&[cert("a", "", "CN=a"), cert("b", "", "CN=a")]),
             ["agents[1].cert_subject"]
         );
-        assert_eq!(
-            errs(&[cert("a", "", "bot")]),
-            ["agents[0].cert_subject"]
-        );
-        assert_eq!(
-            errs(&[cert("a", "", "")]),
-            ["agents[0].cert_subject"]
-        );
+        assert_eq!(errs(&[cert("a", "", "bot")]), ["agents[0].cert_subject"]);
+        assert_eq!(errs(&[cert("a", "", "")]), ["agents[0].cert_subject"]);
         assert_eq!(errs(&[cert("a", "zz", "CN=a")]), ["agents[0].key_sha256"]);
     }
 

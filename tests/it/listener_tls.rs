@@ -367,3 +367,65 @@ fn mtls_identifies_the_agent_by_certificate() {
     );
     assert!(log.contains("agent TLS handshake failed"), "{log}");
 }
+
+/// `admin_tls`: the admin API over TLS (the token never crosses in clear); plain HTTP to it
+/// gets no answer; the agent listener's failed handshakes show in `/metrics`.
+#[test]
+fn admin_listener_over_tls() {
+    let mock = MockUpstream::start(|_| Reply::ok("x"));
+    let pki = make_pki();
+    let admin_port = free_port();
+    let mut f = files(&pki);
+    f.push(("admin.token", b"adm-tls-token\n".to_vec()));
+    let refs: Vec<(&str, &[u8])> = f.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    let gw = start_forward(
+        &forward_config(
+            &mock.url(),
+            &format!(
+                "{TLS}\nadmin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token = \"file:admin.token\"\n\
+                 admin_tls = {{ cert = \"file:gw.crt\", key = \"file:gw.key\" }}"
+            ),
+            "",
+        ),
+        &refs,
+    );
+    let ca = gw.dir().join("ca.pem");
+    let admin = format!("https://localhost:{admin_port}");
+    let ok = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        (curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            &format!("{admin}/healthz"),
+        ])
+        .0 == 200)
+            .then_some(())
+    });
+    assert!(ok.is_some(), "{}", gw.stderr_text());
+    // one failed agent handshake (plain HTTP to the TLS agent listener)
+    let ex = send_raw_exchange(
+        gw.port(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(!ex.bytes.starts_with(b"HTTP/"));
+    let (code, text) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer adm-tls-token",
+        &format!("{admin}/metrics"),
+    ]);
+    assert_eq!(code, 200, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("portcullis_agent_tls_handshake_errors_total "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_ne!(line, "portcullis_agent_tls_handshake_errors_total 0");
+    // plain HTTP to the TLS admin listener: no HTTP answer
+    let ex = send_raw_exchange(
+        admin_port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(!ex.bytes.starts_with(b"HTTP/"), "{}", show(&ex.bytes));
+}
