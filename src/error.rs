@@ -10,6 +10,11 @@ pub enum Refusal {
     Unauthenticated,
     /// The agent key or token is past its `expires_at` / `exp`.
     CredentialExpired,
+    /// `Unauthenticated` or `CredentialExpired` (`expired`) on a request in forward-proxy form
+    /// (absolute-form target or CONNECT): 407 with `Proxy-Authenticate: Basic
+    /// realm="portcullis"`, the answer HTTP clients expect from a proxy that wants the
+    /// credentials of its URL. The code stays the one the 401 would carry.
+    ProxyAuthRequired { expired: bool },
     /// No rule matched and the proxy's `default_effect` is deny.
     NoRuleMatched,
     /// A `deny` rule matched.
@@ -48,6 +53,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Unauthenticated | Refusal::CredentialExpired => 401,
+            Refusal::ProxyAuthRequired { .. } => 407,
             Refusal::NoRuleMatched
             | Refusal::DeniedByRule
             | Refusal::ApprovalRequired
@@ -69,6 +75,8 @@ impl Refusal {
         match self {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::CredentialExpired => "credential_expired",
+            Refusal::ProxyAuthRequired { expired: false } => "unauthenticated",
+            Refusal::ProxyAuthRequired { expired: true } => "credential_expired",
             Refusal::NoRuleMatched => "no_rule_matched",
             Refusal::DeniedByRule => "denied_by_rule",
             Refusal::ApprovalRequired => "approval_required",
@@ -87,11 +95,28 @@ impl Refusal {
         }
     }
 
+    /// The refusal a forward-proxy request (absolute-form or CONNECT) gets instead: an
+    /// authentication failure becomes 407; anything else is unchanged.
+    pub fn in_proxy_mode(self) -> Refusal {
+        match self {
+            Refusal::Unauthenticated => Refusal::ProxyAuthRequired { expired: false },
+            Refusal::CredentialExpired => Refusal::ProxyAuthRequired { expired: true },
+            other => other,
+        }
+    }
+
     /// Human-readable explanation for the JSON error body.
     pub fn message(&self) -> String {
         match self {
             Refusal::Unauthenticated => "a valid proxy credential is required".into(),
-            Refusal::CredentialExpired => "the proxy credential has expired".into(),
+            Refusal::CredentialExpired | Refusal::ProxyAuthRequired { expired: true } => {
+                "the proxy credential has expired".into()
+            }
+            Refusal::ProxyAuthRequired { expired: false } => {
+                "a valid proxy credential is required (Proxy-Authorization: Basic with the agent \
+                 key or token as the password, or Bearer)"
+                    .into()
+            }
             Refusal::NoRuleMatched => "no rule allows this call".into(),
             Refusal::DeniedByRule => "a rule denies this call".into(),
             Refusal::ApprovalRequired => {
@@ -142,6 +167,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
         413 => "Content Too Large",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -161,6 +187,16 @@ mod tests {
         let table: &[(Refusal, u16, &str)] = &[
             (Refusal::Unauthenticated, 401, "unauthenticated"),
             (Refusal::CredentialExpired, 401, "credential_expired"),
+            (
+                Refusal::ProxyAuthRequired { expired: false },
+                407,
+                "unauthenticated",
+            ),
+            (
+                Refusal::ProxyAuthRequired { expired: true },
+                407,
+                "credential_expired",
+            ),
             (Refusal::NoRuleMatched, 403, "no_rule_matched"),
             (Refusal::DeniedByRule, 403, "denied_by_rule"),
             (Refusal::ApprovalRequired, 403, "approval_required"),

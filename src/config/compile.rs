@@ -696,11 +696,23 @@ impl Cx<'_> {
                     }
                 },
             };
+            if r.key_sha256.is_none() && r.cert_subject.is_none() {
+                self.err(
+                    a,
+                    format!("agents[{i}].key_sha256"),
+                    "missing: an agent needs key_sha256 (or cert_subject on an mTLS listener)",
+                );
+            }
             agents.push(crate::identity::RawAgent {
                 id: r.id.get_ref().clone(),
-                key_sha256: r.key_sha256.get_ref().clone(),
+                key_sha256: r
+                    .key_sha256
+                    .as_ref()
+                    .map(|k| k.get_ref().clone())
+                    .unwrap_or_default(),
                 roles: r.roles.clone(),
                 expires_at,
+                cert_subject: r.cert_subject.as_ref().map(|c| c.get_ref().clone()),
             });
         }
         let table = match crate::identity::AgentTable::compile(&agents) {
@@ -891,13 +903,69 @@ impl Cx<'_> {
                 }
             },
         };
+        let tls = s
+            .tls
+            .as_ref()
+            .and_then(|t| self.listener_tls(t, "server.tls"));
+        let admin_tls = s
+            .admin_tls
+            .as_ref()
+            .and_then(|t| self.listener_tls(t, "server.admin_tls"));
+        if admin_tls.is_some() && admin_listen.is_none() {
+            self.err(
+                s.admin_tls.as_ref()?,
+                "server.admin_tls",
+                "needs server.admin_listen",
+            );
+        }
         Some(Server {
             listen,
             workers,
             admin_listen,
             admin_token: admin_token.map(Arc::new),
             default_proxy: None,
+            tls,
+            admin_tls,
         })
+    }
+
+    /// `tls = { cert, key, client_ca }`: each a secret reference to PEM text.
+    fn listener_tls(
+        &mut self,
+        t: &Spanned<super::raw::RawListenerTls>,
+        key: &str,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        let line = self.line_at(t.span().start);
+        let r = t.get_ref();
+        let read = |this: &mut Self, reference: &str, field: &str| {
+            let what = format!("{}:{line}: {key}.{field}", this.file);
+            match this.secret(reference, &what) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    this.err(t, format!("{key}.{field}"), e.to_string());
+                    None
+                }
+            }
+        };
+        let cert = read(self, &r.cert, "cert");
+        let pkey = read(self, &r.key, "key");
+        let ca = match &r.client_ca {
+            None => None,
+            Some(c) => Some(read(self, c, "client_ca")?),
+        };
+        let (cert, pkey) = (cert?, pkey?);
+        let pem = crate::net::tls::ServerTlsPem {
+            cert_chain: cert.expose(),
+            key: pkey.expose(),
+            client_ca: ca.as_ref().map(|c| c.expose()),
+        };
+        match crate::net::tls::server_config(&pem) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.err(t, key, e);
+                None
+            }
+        }
     }
 
     fn limits(&mut self, raw: &RawConfig) -> Limits {

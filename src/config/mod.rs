@@ -50,6 +50,10 @@ pub struct Server {
     pub admin_token: Option<Arc<Secret>>,
     /// Index of the proxy that takes paths whose first segment names no proxy.
     pub default_proxy: Option<usize>,
+    /// `[server] tls`: the agent listeners speak TLS (rebuilt, so re-read, on every reload).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[server] admin_tls`: the admin listener speaks TLS.
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, Clone)]

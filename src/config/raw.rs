@@ -150,11 +150,15 @@ pub struct RawVault {
 #[serde(deny_unknown_fields)]
 pub struct RawAgentEntry {
     pub id: Spanned<String>,
-    pub key_sha256: Spanned<String>,
+    /// Optional only when `cert_subject` identifies the agent (mTLS).
+    #[serde(default)]
+    pub key_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub roles: Vec<String>,
     #[serde(default)]
     pub expires_at: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub cert_subject: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +177,23 @@ pub struct RawServer {
     /// Request header fields whose name holds `_`: "drop" (default), "refuse" or "pass".
     #[serde(default)]
     pub underscore_headers: Option<Spanned<String>>,
+    /// TLS on the agent listeners (issue 17).
+    #[serde(default)]
+    pub tls: Option<Spanned<RawListenerTls>>,
+    /// TLS on the admin listener.
+    #[serde(default)]
+    pub admin_tls: Option<Spanned<RawListenerTls>>,
+}
+
+/// `tls = { cert = "file:...", key = "vault:...", client_ca = "file:..." }`: secret
+/// references to PEM text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: String,
+    pub key: String,
+    #[serde(default)]
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -117,6 +117,9 @@ pub fn error_response(
         }
         // the refill thread retries Redis within 2 s
         Refusal::MeterUnavailable => out.extend_from_slice(b"Retry-After: 1\r\n"),
+        Refusal::ProxyAuthRequired { .. } => {
+            out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portcullis\"\r\n");
+        }
         _ => {}
     }
     out.extend_from_slice(extra);

@@ -91,6 +91,17 @@ pub struct RawAgent {
     /// TOML datetime value, not a string; the config layer should accept both and pass the text.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// mTLS listeners (`[server] tls.client_ca`): the client certificate that identifies this
+    /// agent, by subject (`CN=bot` or `O=Example,CN=bot`: attributes in certificate order,
+    /// comma-separated) or by SPIFFE ID (`spiffe://trust.domain/path`, matched against the
+    /// certificate's URI SAN). With it, `key_sha256` may be empty (no key).
+    #[serde(default)]
+    pub cert_subject: Option<String>,
+}
+
+/// `CN=a, O=b` → `CN=a,O=b`: the form certificate subjects are compared in.
+pub fn normalize_subject(s: &str) -> String {
+    s.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 /// A compiled agent.
@@ -112,6 +123,8 @@ pub struct AgentTable {
     agents: Vec<Agent>,
     by_hash: HashMap<[u8; 32], AgentIdx>,
     by_id: HashMap<String, AgentIdx>,
+    /// Normalised certificate subjects and SPIFFE IDs (`cert_subject`).
+    by_cert: HashMap<String, AgentIdx>,
 }
 
 /// Agent ids: what shows up in audit records and rules. Printable, no spaces or quotes.
@@ -138,8 +151,30 @@ impl AgentTable {
                 ));
                 ok = false;
             }
-            let hash = hex::decode32(a.key_sha256.as_bytes());
-            if hash.is_none() {
+            let cert = a.cert_subject.as_deref().map(|c| {
+                if c.starts_with("spiffe://") {
+                    c.to_string()
+                } else {
+                    normalize_subject(c)
+                }
+            });
+            if cert
+                .as_deref()
+                .is_some_and(|c| c.is_empty() || !c.contains('=') && !c.starts_with("spiffe://"))
+            {
+                errors.push((
+                    key("cert_subject"),
+                    "expected a certificate subject like CN=bot or a SPIFFE ID like spiffe://example.org/bot".to_string(),
+                ));
+                ok = false;
+            }
+            let keyless = a.key_sha256.is_empty() && cert.is_some();
+            let hash = if keyless {
+                None
+            } else {
+                hex::decode32(a.key_sha256.as_bytes())
+            };
+            if hash.is_none() && !keyless {
                 errors.push((
                     key("key_sha256"),
                     "expected 64 hex characters (the SHA-256 printed by `portcullis agent add`)"
@@ -173,8 +208,22 @@ impl AgentTable {
             if !ok {
                 continue;
             }
-            let Some(hash) = hash else { continue };
             let idx = AgentIdx(t.agents.len() as u32);
+            if let Some(c) = &cert {
+                match t.by_cert.entry(c.clone()) {
+                    Entry::Occupied(o) => {
+                        let other = &t.agents[o.get().0 as usize].id;
+                        errors.push((
+                            key("cert_subject"),
+                            format!("same certificate identity as agent '{other}'"),
+                        ));
+                        continue;
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(idx);
+                    }
+                }
+            }
             match t.by_id.entry(a.id.clone()) {
                 Entry::Occupied(_) => {
                     errors.push((key("id"), format!("duplicate agent id '{}'", a.id)));
@@ -184,18 +233,25 @@ impl AgentTable {
                     v.insert(idx);
                 }
             }
-            match t.by_hash.entry(hash) {
-                Entry::Occupied(o) => {
-                    let other = &t.agents[o.get().0 as usize].id;
-                    errors.push((
-                        key("key_sha256"),
-                        format!("same key hash as agent '{other}': every agent needs its own key"),
-                    ));
-                    t.by_id.remove(&a.id);
-                    continue;
-                }
-                Entry::Vacant(v) => {
-                    v.insert(idx);
+            if let Some(hash) = hash {
+                match t.by_hash.entry(hash) {
+                    Entry::Occupied(o) => {
+                        let other = &t.agents[o.get().0 as usize].id;
+                        errors.push((
+                            key("key_sha256"),
+                            format!(
+                                "same key hash as agent '{other}': every agent needs its own key"
+                            ),
+                        ));
+                        t.by_id.remove(&a.id);
+                        if let Some(c) = &cert {
+                            t.by_cert.remove(c);
+                        }
+                        continue;
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(idx);
+                    }
                 }
             }
             t.agents.push(Agent {
@@ -225,6 +281,24 @@ impl AgentTable {
 
     pub fn by_id(&self, id: &str) -> Option<&Agent> {
         self.by_id.get(id).and_then(|i| self.get(*i))
+    }
+
+    /// The agent a verified client certificate identifies (SPIFFE ID first, then subject),
+    /// refused from its `expires_at` on like a key.
+    pub fn by_certificate(
+        &self,
+        subject: Option<&str>,
+        spiffe: Option<&str>,
+        now_unix: i64,
+    ) -> Option<Result<&Agent, AuthnError>> {
+        let idx = spiffe
+            .and_then(|u| self.by_cert.get(u))
+            .or_else(|| subject.and_then(|s| self.by_cert.get(&normalize_subject(s))))?;
+        let agent = self.get(*idx)?;
+        Some(match agent.expires_at {
+            Some(exp) if now_unix >= exp => Err(AuthnError::CredentialExpired),
+            _ => Ok(agent),
+        })
     }
 
     /// Looks up a presented API key. `now_unix` comes from `clock::unix_now()`.
@@ -276,6 +350,11 @@ pub enum Credential<'a> {
     ApiKey(&'a [u8]),
     /// `xxx.yyy.zzz` in base64url: verify with a `JwtVerifier`.
     Jwt(&'a str),
+    /// `Proxy-Authorization: Basic <base64(user:password)>`, as every HTTP client sends the
+    /// credentials of a proxy URL (`HTTPS_PROXY=http://bot:pcs_KEY@gateway:8080`): the
+    /// password is the agent key or JWT; the user part must be empty or equal the agent id
+    /// (`basic_credential`). Holds the base64 text, still encoded.
+    Basic(&'a [u8]),
     /// Anything else: unauthenticated (kept so the caller can say which header held it).
     Other(&'a [u8]),
 }
@@ -304,7 +383,7 @@ impl<'a> Credential<'a> {
 
     pub fn bytes(&self) -> &'a [u8] {
         match self {
-            Credential::ApiKey(b) | Credential::Other(b) => b,
+            Credential::ApiKey(b) | Credential::Basic(b) | Credential::Other(b) => b,
             Credential::Jwt(s) => s.as_bytes(),
         }
     }
@@ -332,9 +411,56 @@ fn bearer(v: &[u8]) -> Option<&[u8]> {
     (!t.is_empty() && !t.contains(&b' ')).then_some(t)
 }
 
-/// Reads the proxy credential, in the SPEC's order: `Proxy-Authorization: Bearer`,
-/// `Authorization: Bearer`, `x-api-key`. Header names compare case-insensitively; a header of
-/// the right name but another scheme (`Basic ...`) is skipped. If the winning source appears more
+/// `Basic <base64>` (scheme case-insensitive) → the base64 text.
+fn basic(v: &[u8]) -> Option<&[u8]> {
+    let v = trim(v);
+    if v.len() < 6 || !v[..5].eq_ignore_ascii_case(b"basic") || !matches!(v[5], b' ' | b'\t') {
+        return None;
+    }
+    let t = trim(&v[6..]);
+    (!t.is_empty() && !t.contains(&b' ')).then_some(t)
+}
+
+/// A decoded `Proxy-Authorization: Basic` credential: the user part and the password (the
+/// agent key or JWT). Zeroized on drop; no `Debug`.
+pub struct BasicCredential {
+    decoded: zeroize::Zeroizing<Vec<u8>>,
+    colon: usize,
+}
+
+impl BasicCredential {
+    /// Decodes the base64 text of a Basic credential (`user:password`, split at the first
+    /// `:` as RFC 7617 says). `None` when it is not base64 or holds no `:`.
+    pub fn decode(b64: &[u8]) -> Option<BasicCredential> {
+        use base64::Engine;
+        let decoded =
+            zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(b64).ok()?);
+        let colon = memchr::memchr(b':', &decoded)?;
+        Some(BasicCredential { decoded, colon })
+    }
+
+    pub fn user(&self) -> &[u8] {
+        &self.decoded[..self.colon]
+    }
+
+    pub fn password(&self) -> &[u8] {
+        &self.decoded[self.colon + 1..]
+    }
+
+    /// The user part is empty (`http://:KEY@gateway`) or names the agent the password proves
+    /// (`http://support-bot:KEY@gateway`); any other user is refused rather than ignored, so a
+    /// proxy URL that names one agent and carries another's key is caught, not audited under
+    /// a name nobody wrote.
+    pub fn user_matches(&self, agent_id: Option<&str>) -> bool {
+        let u = self.user();
+        u.is_empty() || agent_id.is_some_and(|id| id.as_bytes() == u)
+    }
+}
+
+/// Reads the proxy credential, in the SPEC's order: `Proxy-Authorization: Bearer` or `Basic`
+/// (`Credential::Basic`), `Authorization: Bearer`, `x-api-key`. Header names compare
+/// case-insensitively; a header of the right name but another scheme (`Authorization: Basic
+/// ...`, meant for an upstream) is skipped. If the winning source appears more
 /// than once with a credential, the request is ambiguous and `None` is returned (→ 401), rather
 /// than guessing which copy the upstream or a log would see.
 pub fn extract_credential<'a>(
@@ -346,7 +472,7 @@ pub fn extract_credential<'a>(
         (CredSource::XApiKey, b"x-api-key"),
     ];
     for (src, name) in sources {
-        let mut found: Option<&'a [u8]> = None;
+        let mut found: Option<(&'a [u8], bool)> = None;
         let mut count = 0;
         for (n, v) in headers {
             if !n.eq_ignore_ascii_case(name) {
@@ -355,9 +481,12 @@ pub fn extract_credential<'a>(
             let tok = match src {
                 CredSource::XApiKey => {
                     let t = trim(v);
-                    (!t.is_empty()).then_some(t)
+                    (!t.is_empty()).then_some((t, false))
                 }
-                _ => bearer(v),
+                CredSource::ProxyAuthorization => bearer(v)
+                    .map(|t| (t, false))
+                    .or_else(|| basic(v).map(|t| (t, true))),
+                CredSource::Authorization => bearer(v).map(|t| (t, false)),
             };
             if let Some(t) = tok {
                 count += 1;
@@ -366,8 +495,13 @@ pub fn extract_credential<'a>(
         }
         match (count, found) {
             (0, _) => continue,
-            (1, Some(t)) if t.len() <= MAX_CREDENTIAL_LEN => {
-                return Some((Credential::classify(t), src));
+            (1, Some((t, is_basic))) if t.len() <= MAX_CREDENTIAL_LEN => {
+                let cred = if is_basic {
+                    Credential::Basic(t)
+                } else {
+                    Credential::classify(t)
+                };
+                return Some((cred, src));
             }
             _ => return None,
         }
@@ -448,6 +582,25 @@ pub fn authenticate<'c, 'h>(
     let Some((cred, _source)) = extract_credential(&found[..n]) else {
         return Err(Refusal::Unauthenticated);
     };
+    if let Credential::Basic(b64) = cred {
+        let basic = BasicCredential::decode(b64).ok_or(Refusal::Unauthenticated)?;
+        let inner = Credential::classify(basic.password());
+        let caller = verify(identity, verifiers, inner, now_unix)?;
+        if !basic.user_matches(caller.id()) {
+            return Err(Refusal::Unauthenticated);
+        }
+        return Ok(caller);
+    }
+    verify(identity, verifiers, cred, now_unix)
+}
+
+/// Checks one credential against the agent table or the JWT issuer that signed it.
+fn verify<'c>(
+    identity: &'c Identity,
+    verifiers: &mut [crate::identity::jwt::JwtVerifier],
+    cred: Credential<'_>,
+    now_unix: i64,
+) -> Result<Caller<'c>, Refusal> {
     match cred {
         Credential::ApiKey(k) => Ok(Caller::Key(identity.agents.authenticate(k, now_unix)?)),
         Credential::Jwt(t) => {
@@ -458,7 +611,8 @@ pub fn authenticate<'c, 'h>(
                 .ok_or(Refusal::Unauthenticated)?;
             Ok(Caller::Jwt(v.verify(t, now_unix)?))
         }
-        Credential::Other(_) => Err(Refusal::Unauthenticated),
+        // a Basic credential inside a Basic credential, or an unknown shape
+        Credential::Basic(_) | Credential::Other(_) => Err(Refusal::Unauthenticated),
     }
 }
 
@@ -473,6 +627,7 @@ mod tests {
             key_sha256: key_sha256_hex(key),
             roles: vec!["support".into()],
             expires_at: exp.map(Into::into),
+            cert_subject: None,
         }
     }
 
@@ -609,6 +764,171 @@ mod tests {
         );
     }
 
+    /// `cert_subject`: a subject or SPIFFE ID, unique; with it the key may be absent.
+    #[test]
+    fn cert_subject_table() {
+        let cert = |id: &str, key: &str, c: &str| RawAgent {
+            cert_subject: Some(c.into()),
+            key_sha256: key.into(),
+            ..raw(id, "pcs_unused", None)
+        };
+        let t = AgentTable::compile(&[
+            cert("a", "", "CN=a, O=Example"),
+            cert("b", &key_sha256_hex("pcs_b"), "spiffe://example.org/b"),
+        ])
+        .unwrap();
+        let who = |s: Option<&str>, u: Option<&str>| {
+            t.by_certificate(s, u, 0).map(|r| r.map(|a| a.id.as_str()))
+        };
+        assert_eq!(who(Some("CN=a,O=Example"), None), Some(Ok("a")));
+        assert_eq!(who(Some("CN=a, O=Example"), None), Some(Ok("a")));
+        assert_eq!(who(Some("O=Example,CN=a"), None), None, "order matters");
+        assert_eq!(
+            who(Some("CN=zz"), Some("spiffe://example.org/b")),
+            Some(Ok("b"))
+        );
+        assert_eq!(who(Some("CN=b"), None), None);
+        assert!(t.authenticate(b"pcs_b", 0).is_ok());
+        let errs = |agents: &[RawAgent]| {
+            AgentTable::compile(agents)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            errs(&[cert("a", "", "CN=a"), cert("b", "", "CN=a")]),
+            ["agents[1].cert_subject"]
+        );
+        assert_eq!(errs(&[cert("a", "", "bot")]), ["agents[0].cert_subject"]);
+        assert_eq!(errs(&[cert("a", "", "")]), ["agents[0].cert_subject"]);
+        assert_eq!(errs(&[cert("a", "zz", "CN=a")]), ["agents[0].key_sha256"]);
+    }
+
+    /// `Proxy-Authorization: Basic base64(user:password)`: the password is the credential,
+    /// the user part is empty or the agent id.
+    #[test]
+    fn proxy_basic_table() {
+        use base64::Engine;
+        let identity = Identity {
+            agents: AgentTable::compile(&[
+                raw("bot", "pcs_live", None),
+                raw("dated", "pcs_dated", Some("2027-01-01T00:00:00Z")),
+            ])
+            .unwrap(),
+            ..Identity::default()
+        };
+        let b64 = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        let cases: Vec<(&str, Vec<(&str, String)>, Result<&str, Refusal>)> = vec![
+            (
+                "agent id as user",
+                vec![("Proxy-Authorization", b64("bot:pcs_live"))],
+                Ok("bot"),
+            ),
+            (
+                "empty user",
+                vec![("proxy-authorization", b64(":pcs_live"))],
+                Ok("bot"),
+            ),
+            (
+                "scheme case",
+                vec![(
+                    "proxy-authorization",
+                    format!("bAsIc  {}  ", &b64(":pcs_live")[6..]),
+                )],
+                Ok("bot"),
+            ),
+            (
+                "another agent's name",
+                vec![("Proxy-Authorization", b64("dated:pcs_live"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "unknown user",
+                vec![("Proxy-Authorization", b64("x:pcs_live"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "wrong key",
+                vec![("Proxy-Authorization", b64("bot:pcs_nope"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "no colon",
+                vec![("Proxy-Authorization", b64("pcs_live"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "not base64",
+                vec![("Proxy-Authorization", "Basic %%%".into())],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "empty basic",
+                vec![("Proxy-Authorization", "Basic ".into())],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "key as user, empty password",
+                vec![("Proxy-Authorization", b64("pcs_live:"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "nested basic",
+                vec![(
+                    "Proxy-Authorization",
+                    b64(&format!(":{}", b64(":pcs_live"))),
+                )],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "expired",
+                vec![("Proxy-Authorization", b64("dated:pcs_dated"))],
+                Err(Refusal::CredentialExpired),
+            ),
+            (
+                "two proxy credentials are ambiguous",
+                vec![
+                    ("Proxy-Authorization", b64("bot:pcs_live")),
+                    ("Proxy-Authorization", "Bearer pcs_live".into()),
+                ],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "basic in authorization is for the upstream, not us",
+                vec![("Authorization", b64("bot:pcs_live"))],
+                Err(Refusal::Unauthenticated),
+            ),
+            (
+                "proxy basic wins over authorization bearer",
+                vec![
+                    ("Authorization", "Bearer pcs_nope".into()),
+                    ("Proxy-Authorization", b64("bot:pcs_live")),
+                ],
+                Ok("bot"),
+            ),
+        ];
+        for (name, headers, want) in cases {
+            let h: Vec<(&[u8], &[u8])> = headers
+                .iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                .collect();
+            let got = authenticate(&identity, &mut [], h.into_iter(), 1_798_761_600)
+                .map(|c| c.id().map(str::to_string));
+            let got = got
+                .as_ref()
+                .map(|o| o.as_deref().unwrap_or(""))
+                .map_err(Clone::clone);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
     #[test]
     fn extract_credential_table() {
         type H = &'static [(&'static [u8], &'static [u8])];
@@ -686,7 +1006,7 @@ mod tests {
             let got = match Credential::classify(v) {
                 Credential::ApiKey(_) => "key",
                 Credential::Jwt(_) => "jwt",
-                Credential::Other(_) => "other",
+                Credential::Basic(_) | Credential::Other(_) => "other",
             };
             assert_eq!(got, *want, "{}", String::from_utf8_lossy(v));
         }
@@ -755,6 +1075,7 @@ mod tests {
                     key_sha256: key_sha256_hex(&key),
                     roles: vec![],
                     expires_at: None,
+                    cert_subject: None,
                 }]).unwrap();
                 prop_assert!(t.authenticate(key.as_bytes(), 0).is_ok());
                 let mut other = key.clone().into_bytes();

@@ -1,5 +1,6 @@
 //! The control-plane client side: blocking HTTP(S) fetches (OAuth2 tokens, JWKS, OpenBao) and the
 //! rustls client configuration shared with the data plane's upstream connections.
+pub mod agent_io;
 pub mod fetch;
 pub mod tls;
 pub mod url;

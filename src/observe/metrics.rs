@@ -32,6 +32,8 @@
 //!   `portcullis_redactions_total{proxy}`, `portcullis_secret_masked_total{proxy}` (injected
 //!   secrets an upstream reflected, masked), `portcullis_request_bytes_total{proxy}`,
 //!   `portcullis_response_bytes_total{proxy}`;
+//! - `portcullis_agent_tls_handshake_errors_total` — failed TLS handshakes on the agent
+//!   listeners (`[server] tls`);
 //! - `portcullis_upstream_pool_idle_connections{worker}` — sampled by each worker's pool sweeper
 //!   (once a second);
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
@@ -489,6 +491,11 @@ impl Metrics {
                 TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
             ),
             (
+                "portcullis_agent_tls_handshake_errors_total",
+                "TLS handshakes on the agent listeners that failed (client certificate, protocol, timeout).",
+                AGENT_TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
+            ),
+            (
                 "portcullis_upstream_stray_bytes_total",
                 "Idle upstream connections closed because bytes arrived on them (never reused).",
                 UPSTREAM_STRAY_BYTES.load(Ordering::Relaxed),
@@ -666,6 +673,9 @@ pub static UPSTREAM_CONNECT_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Failed upstream TLS handshakes.
 pub static TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Failed TLS handshakes on the agent listeners (bad client certificate, protocol, timeout).
+pub static AGENT_TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Idle upstream connections on which bytes arrived (closed, never reused).
 pub static UPSTREAM_STRAY_BYTES: std::sync::atomic::AtomicU64 =

@@ -28,13 +28,13 @@ use crate::http::body;
 use crate::http::head::{BodyKind, Version};
 use crate::http::io::write_all;
 use crate::http::write;
+use crate::net::agent_io::AgentIo;
 use crate::observe::audit::SmallStr;
 use crate::observe::call::CallLog;
 use crate::redact::mask::Masker;
 use crate::upstream::request;
 use crate::upstream::response::{self, StreamEnd, StreamIo};
 use crate::util::clock;
-use monoio::net::TcpStream;
 use std::sync::Arc;
 
 /// Bodies up to this size are copied behind the outbound head and sent in one write.
@@ -50,7 +50,7 @@ struct Progress {
 
 /// Serves one call on `client`. Returns whether the agent connection stays open; `s.rbuf`
 /// then holds only the bytes of the next (pipelined) request.
-pub async fn serve_call(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> bool {
+pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bool {
     let view = w.view();
     let lim = &view.cfg.limits;
     s.extra.clear();
@@ -90,7 +90,7 @@ pub async fn serve_call(w: &Worker, client: &mut TcpStream, s: &mut Scratch) -> 
 async fn call(
     w: &Worker,
     view: &View,
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     log: &mut CallLog<'_>,
     at: &mut Progress,
@@ -250,7 +250,7 @@ async fn call(
 /// the refused request took when the connection stays open (`None`: it closes). Returns
 /// whether the connection stays open.
 async fn refuse(
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     log: &mut CallLog<'_>,
     refusal: Refusal,

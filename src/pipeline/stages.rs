@@ -11,6 +11,7 @@ use crate::http::head::{self, BodyKind, HeadError, RequestHead, find_header};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{self, CONTINUE_100};
 use crate::identity::{self, Caller};
+use crate::net::agent_io::AgentIo;
 use crate::observe::audit::Decision;
 use crate::observe::call::{CallLog, RequestId};
 use crate::policy::authz::Effect;
@@ -18,12 +19,11 @@ use crate::policy::meter::Verdict;
 use crate::upstream::conn::UpConn;
 use crate::upstream::response::{self, HeadFail};
 use crate::util::clock;
-use monoio::net::TcpStream;
 use std::sync::Arc;
 
 /// Stage 1: reads one request head into `s.rbuf` (which may already hold pipelined bytes).
 pub(super) async fn read_head(
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     lim: &Limits,
 ) -> Result<(), Stop> {
@@ -70,6 +70,17 @@ pub(super) fn authenticate<'v>(
     s: &Scratch,
     now_unix: i64,
 ) -> Result<Caller<'v>, Stop> {
+    // mTLS listener: a verified client certificate that names an agent identifies the call
+    // (proxy credentials are then not consulted)
+    if let Some(p) = s.tls_peer.as_deref()
+        && let Some(found) = view.cfg.identity.agents.by_certificate(
+            p.cert_subject.as_deref(),
+            p.spiffe_id.as_deref(),
+            now_unix,
+        )
+    {
+        return Ok(Caller::Key(found?));
+    }
     let mut verifiers = view.jwt.borrow_mut();
     let src = &s.rbuf;
     let headers = s
@@ -77,12 +88,10 @@ pub(super) fn authenticate<'v>(
         .headers
         .iter()
         .map(|h| (h.name.get(src), h.value.get(src)));
-    Ok(identity::authenticate(
-        &view.cfg.identity,
-        &mut verifiers,
-        headers,
-        now_unix,
-    )?)
+    // forward-proxy form (absolute-form target, or CONNECT's authority-form): a failure is 407
+    let proxy_mode = s.head.target.get(src).first() != Some(&b'/');
+    identity::authenticate(&view.cfg.identity, &mut verifiers, headers, now_unix)
+        .map_err(|r| Stop::Refuse(if proxy_mode { r.in_proxy_mode() } else { r }))
 }
 
 /// Stage 4: may this caller make this call. Records the deciding rule and the decision.
@@ -169,7 +178,7 @@ pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -
 /// Stage 6: the body, read whole (answering `Expect: 100-continue` first). Returns where the
 /// request ends in `s.rbuf`.
 pub(super) async fn read_body(
-    client: &mut TcpStream,
+    client: &mut AgentIo,
     s: &mut Scratch,
     lim: &Limits,
 ) -> Result<usize, Stop> {

@@ -36,6 +36,8 @@ pub struct Scratch {
     pub peer: Option<std::net::SocketAddr>,
     /// The secrets this call's credential put on the request (masked in the response).
     pub marks: crate::credentials::SecretMarks,
+    /// What the TLS handshake established (TLS listeners; set per connection).
+    pub tls_peer: Option<std::rc::Rc<crate::net::agent_io::PeerTls>>,
 }
 
 /// Scratch sets kept for reuse per worker.

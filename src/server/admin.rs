@@ -7,6 +7,7 @@
 use crate::http::head::{self, RequestHead};
 use crate::http::io::{read_append, write_all};
 use crate::http::write::push_u64;
+use crate::net::agent_io::{AgentIo, accept_tls};
 use crate::server::control::Control;
 use monoio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
@@ -37,8 +38,8 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<()> {
                     }
                 };
                 loop {
-                    if let Ok((s, _)) = listener.accept().await {
-                        monoio::spawn(serve(s, control.clone()));
+                    if let Ok((s, peer)) = listener.accept().await {
+                        monoio::spawn(accept(s, peer, control.clone()));
                     }
                 }
             });
@@ -46,7 +47,20 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(mut s: TcpStream, control: Arc<Control>) {
+/// `[server] admin_tls` (read from the current config, so a reload re-reads the certificate):
+/// the handshake first, bounded like a head.
+async fn accept(s: TcpStream, peer: SocketAddr, control: Arc<Control>) {
+    let tls = control.current().server.admin_tls.clone();
+    match tls {
+        None => serve(AgentIo::Plain(s), control).await,
+        Some(cfg) => match accept_tls(s, cfg, Duration::from_secs(10)).await {
+            Ok((io, _)) => serve(io, control).await,
+            Err(e) => tracing::info!(%peer, reason = %e, "admin TLS handshake failed"),
+        },
+    }
+}
+
+async fn serve(mut s: AgentIo, control: Arc<Control>) {
     let mut buf = Vec::with_capacity(8192);
     let mut head = RequestHead::default();
     let limits = head::Limits {
@@ -387,7 +401,7 @@ fn authorized(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), R
     }
 }
 
-async fn respond(s: &mut TcpStream, reply: Reply) {
+async fn respond(s: &mut AgentIo, reply: Reply) {
     let Reply {
         status,
         content_type,

@@ -2,6 +2,7 @@
 //! SO_REUSEPORT listeners and its own `Worker` state (`pipeline/state.rs`). Reload (two-phase)
 //! and drain arrive as messages; nothing on the request path is shared between workers.
 use crate::config::Compiled;
+use crate::net::agent_io::{AgentIo, HandshakeFail, PeerTls, accept_tls};
 use crate::pipeline::{self, Scratch, Worker};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
@@ -107,7 +108,14 @@ async fn accept_one(l: &TcpListener, w: &Rc<Worker>, cancel: CancelHandle) {
     match l.cancelable_accept(cancel).await {
         Ok((stream, peer)) => {
             let _ = stream.set_nodelay(true);
-            monoio::spawn(serve(stream, w.clone(), peer));
+            match w.view().cfg.server.tls.clone() {
+                None => {
+                    monoio::spawn(serve(AgentIo::Plain(stream), w.clone(), peer, None));
+                }
+                Some(tls) => {
+                    monoio::spawn(serve_tls(stream, tls, w.clone(), peer));
+                }
+            }
         }
         Err(_) if w.draining.get() => {}
         Err(e) => {
@@ -126,22 +134,55 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A connection to a TLS agent listener: the handshake (bounded by `head_timeout`), then the
+/// calls. A failed handshake is logged with rustls's reason and counted.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    w: Rc<Worker>,
+    peer: std::net::SocketAddr,
+) {
+    let timeout = w.view().cfg.limits.head_timeout;
+    match accept_tls(stream, tls, timeout).await {
+        Ok((io, tls_peer)) => serve(io, w, peer, Some(Rc::new(tls_peer))).await,
+        // a connection closed before a ClientHello (a port probe) is not worth a log line
+        Err(HandshakeFail::Closed) => {
+            tracing::debug!(worker = w.id, %peer, "agent closed before the TLS handshake ended");
+        }
+        Err(e) => {
+            crate::observe::metrics::AGENT_TLS_HANDSHAKE_ERRORS
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(worker = w.id, %peer, reason = %e, "agent TLS handshake failed");
+        }
+    }
+}
+
 /// One agent connection: wait (without holding a buffer) for a request, serve it, repeat.
-async fn serve(mut stream: TcpStream, w: Rc<Worker>, peer: std::net::SocketAddr) {
+/// Over TLS the wait is the head read itself (rustls may already hold the next request's
+/// bytes), so an idle TLS connection closes after `head_timeout` rather than `idle_timeout`.
+async fn serve(
+    mut stream: AgentIo,
+    w: Rc<Worker>,
+    peer: std::net::SocketAddr,
+    tls_peer: Option<Rc<PeerTls>>,
+) {
     let mut pending: Option<Box<Scratch>> = None;
     loop {
         if pending.is_none() {
             if w.draining.get() {
                 return;
             }
-            let idle = w.view().cfg.limits.idle_timeout;
-            match monoio::time::timeout(idle, stream.readable(false)).await {
-                Ok(Ok(())) => {}
-                _ => return,
+            if let AgentIo::Plain(tcp) = &stream {
+                let idle = w.view().cfg.limits.idle_timeout;
+                match monoio::time::timeout(idle, tcp.readable(false)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
             }
         }
         let mut s = pending.take().unwrap_or_else(|| w.take_scratch());
         s.peer = Some(peer);
+        s.tls_peer.clone_from(&tls_peer);
         w.inflight.set(w.inflight.get() + 1);
         let guard = InFlight(&w.inflight);
         let keep = Box::pin(pipeline::serve_call(&w, &mut stream, &mut s)).await;

@@ -11,8 +11,8 @@ use crate::http::head::{BodyKind, Limits, ResponseHead, Version, find_header, pa
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
 use crate::redact::mask::Masker;
+use crate::net::agent_io::AgentIo;
 use crate::redact::{self, response::ResponseRedactor};
-use monoio::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Largest upstream response head accepted.
@@ -107,7 +107,7 @@ pub enum StreamEnd {
 
 pub struct StreamIo<'a> {
     pub conn: &'a mut UpConn,
-    pub client: &'a mut TcpStream,
+    pub client: &'a mut AgentIo,
     /// Holds the response head at `[..head_len]` and whatever body bytes came with it.
     pub ubuf: &'a mut Vec<u8>,
     /// Holds the agent's response head (already built); body bytes are appended to it.
@@ -245,7 +245,7 @@ pub fn framing(
 /// and the writes. Everything the relay loop hands it goes through `push` (transform, frame,
 /// no I/O) and `flush` (write what is framed).
 struct Sink<'a, 'r> {
-    client: &'a mut TcpStream,
+    client: &'a mut AgentIo,
     /// The agent's response head first, then framed body bytes waiting to be written.
     out: &'a mut Vec<u8>,
     bytes_out: &'a mut u64,
