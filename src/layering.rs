@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["upstream"],
     &["config"],
+    &["state"],
     &["credentials"],
     &["secrets", "identity"],
     &["policy", "net"],

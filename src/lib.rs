@@ -19,6 +19,7 @@ pub mod redact;
 pub mod scan;
 pub mod secrets;
 pub mod server;
+pub mod state;
 pub mod upstream;
 pub mod util;
 

@@ -67,6 +67,10 @@ async fn serve(mut s: TcpStream, control: Arc<Control>) {
             _ => return,
         }
     }
+    if head.target.get(&buf).starts_with(b"/v1/approvals") {
+        let reply = crate::server::approvals::handle(&mut s, &head, &mut buf, &control).await;
+        return respond(&mut s, reply).await;
+    }
     let method = head.method.get(&buf);
     let target = head.target.get(&buf);
     let (path, query) = match memchr::memchr(b'?', target) {
