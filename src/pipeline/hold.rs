@@ -75,6 +75,7 @@ pub(super) async fn hold(
         body_sha256: crate::util::hex::encode(&body_sha),
         rule: log.rule,
         ttl: h.ttl,
+        request_id: log.id.as_str().to_string(),
     };
     let retry_after = h.hold.as_secs().clamp(5, 60);
     let answer = store.hold(req).await;

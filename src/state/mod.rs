@@ -126,6 +126,8 @@ pub struct HoldRequest {
     pub body_sha256: String,
     pub rule: Option<u32>,
     pub ttl: Duration,
+    /// The call's request id (recorded as `executed_by` if it executes an approval).
+    pub request_id: String,
 }
 
 /// How a decided approval ends a held call's wait.
@@ -472,6 +474,7 @@ impl Engine {
                 Status::Approved if a.executed_us.is_none() => {
                     // single use: claimed now, and the binding is released for the next call
                     a.executed_us = Some(now);
+                    a.executed_by = Some(req.request_id.clone());
                     if !self
                         .backend
                         .put(&a, Some(&prev), None, None, Some(&req.binding))?
