@@ -23,6 +23,7 @@
 // (`Store::hold`, `Store::claim`) only send and await.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod embedded;
+pub mod notify;
 pub mod redis;
 pub mod schema;
 
@@ -224,8 +225,16 @@ impl Store {
                 (Box::new(redis::RedisBackend::open(url, key_prefix)?), true)
             }
         };
+        let notifier = match &cfg.notify {
+            Some(n) => Some(
+                notify::Notifier::start(n, cfg.console_url.clone())
+                    .map_err(|e| StoreError(format!("approvals.notify: {e}")))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = flume::bounded(QUEUE);
         let mut eng = Engine {
+            notifier,
             backend,
             cfg,
             audit,
@@ -275,6 +284,7 @@ impl Store {
 
 /// The store thread's state.
 struct Engine {
+    notifier: Option<notify::Notifier>,
     backend: Box<dyn Backend>,
     cfg: ApprovalsConfig,
     audit: Option<Arc<AuditRing>>,
@@ -540,6 +550,9 @@ impl Engine {
         tracing::info!(approval = %a.id, proxy = %a.proxy, agent = a.agent.as_deref().unwrap_or("-"),
             method = %a.method, path = %a.path, "approval requested");
         self.audit_event(&a, "requested");
+        if let Some(n) = &self.notifier {
+            n.pending(&a);
+        }
         let (tx, rx) = flume::bounded(1);
         self.waiters.entry(a.id.clone()).or_default().push(tx);
         Ok(Some(HoldAnswer::Pending(a.id, rx)))

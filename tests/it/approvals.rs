@@ -720,3 +720,83 @@ fn two_gateways_share_approvals_through_redis_and_a_decision_on_one_releases_the
     assert_ne!(again, q);
     assert_eq!(mock.count(), 2);
 }
+
+#[test]
+fn the_notification_receiver_sees_each_new_approval_after_a_retry_and_no_secret() {
+    let mock = MockUpstream::start(echo_request_line);
+    // the receiver refuses the first delivery: the gateway retries with backoff
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let receiver = MockUpstream::start(move |_| {
+        if h.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::with(500, "Internal Server Error", &[], b"")
+        } else {
+            Reply::ok("ok")
+        }
+    });
+    let slack = MockUpstream::start(|_| Reply::ok("ok"));
+    let state = format!(
+        "[state]\ndir = \"state\"\n\n[approvals]\nconsole_url = \"https://console.example/\"\nnotify = {{ url = \"{}/hook\", format = \"json\" }}\n",
+        receiver.url()
+    );
+    let rig = start(&mock, &state, "");
+    let secret_body = "card=4111111111111111&note=PRIVATE-BODY";
+    let id = pending_id(
+        &rig.gw
+            .conn()
+            .roundtrip(&post("/pay/v1/quick/n?token=QUERY-SECRET", secret_body)),
+    );
+    assert!(
+        receiver.wait_for_requests(2, Duration::from_secs(15)),
+        "no retry reached the receiver"
+    );
+    let reqs = receiver.requests();
+    let last = &reqs[1];
+    assert_eq!(last.request_line(), "POST /hook HTTP/1.1");
+    assert_eq!(reqs[0].body, last.body, "the retry sends the same event");
+    let v: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(v["event"], "approval_requested");
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["agent"], "bot");
+    assert_eq!(v["proxy"], "pay");
+    assert_eq!(v["method"], "POST");
+    assert_eq!(v["path"], "/v1/quick/n");
+    assert_eq!(v["link"], format!("https://console.example/approvals/{id}"));
+    let raw = String::from_utf8_lossy(&last.raw);
+    for s in [
+        AGENT_KEY,
+        TARGET_SECRET,
+        "PRIVATE-BODY",
+        "4111",
+        "QUERY-SECRET",
+        ADMIN_TOKEN,
+    ] {
+        assert!(!raw.contains(s), "{s} leaked into the notification: {raw}");
+    }
+    drop(rig);
+
+    // slack format: one text line with the link
+    let state = format!(
+        "[state]\ndir = \"state\"\n\n[approvals]\nconsole_url = \"https://console.example\"\nnotify = {{ url = \"{}/services/T0\", format = \"slack\" }}\n",
+        slack.url()
+    );
+    let rig = start(&mock, &state, "");
+    let id = pending_id(
+        &rig.gw
+            .conn()
+            .roundtrip(&post("/pay/v1/quick/s", secret_body)),
+    );
+    assert!(slack.wait_for_requests(1, Duration::from_secs(10)));
+    let v: serde_json::Value = serde_json::from_slice(&slack.requests()[0].body).unwrap();
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains(&id) && text.contains("bot") && text.contains("/v1/quick/s"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("<https://console.example/approvals/{id}|review>")),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE-BODY"));
+    assert_eq!(mock.count(), 0);
+}

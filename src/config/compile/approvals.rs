@@ -249,6 +249,10 @@ impl Cx<'_> {
                     self.err(&nr.url, "approvals.notify.url", "must be an http(s):// URL");
                     return None;
                 }
+                if let Err(m) = crate::net::url::Url::parse(url) {
+                    self.err(&nr.url, "approvals.notify.url", m);
+                    return None;
+                }
                 let slack = match nr.format.as_ref().map(|f| f.get_ref().as_str()) {
                     None | Some("json") => false,
                     Some("slack") => true,
