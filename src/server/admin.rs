@@ -112,10 +112,14 @@ async fn serve(mut s: TcpStream, control: Arc<Control>) {
             Err(r) => r,
             Ok(()) => {
                 let audit = control.audit.as_ref().map(|a| a.snapshot());
+                let mut body = control.metrics.render(audit.as_ref());
+                if let Some(st) = control.state.get() {
+                    st.stats.render(&mut body);
+                }
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
-                    body: control.metrics.render(audit.as_ref()),
+                    body,
                 }
             }
         },

@@ -26,6 +26,7 @@ pub mod embedded;
 pub mod notify;
 pub mod redis;
 pub mod schema;
+pub mod stats;
 
 pub use schema::{Approval, Binding, Status};
 
@@ -207,6 +208,8 @@ pub enum Cmd {
 #[derive(Clone)]
 pub struct Store {
     tx: flume::Sender<Cmd>,
+    /// Approval metrics (written by the store thread).
+    pub stats: Arc<stats::ApprovalStats>,
 }
 
 /// Commands queued for the store thread beyond which a hold is refused (never waits).
@@ -233,7 +236,9 @@ impl Store {
             None => None,
         };
         let (tx, rx) = flume::bounded(QUEUE);
+        let stats = Arc::new(stats::ApprovalStats::default());
         let mut eng = Engine {
+            stats: stats.clone(),
             notifier,
             backend,
             cfg,
@@ -242,12 +247,13 @@ impl Store {
             pending: 0,
             poll,
         };
-        eng.pending = eng.count_pending();
+        let n = eng.count_pending();
+        eng.set_pending(n);
         std::thread::Builder::new()
             .name("portcullis-state".into())
             .spawn(move || eng.run(rx))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { tx })
+        Ok(Store { tx, stats })
     }
 
     /// Data plane: asks the store about a call to hold (never blocks the worker).
@@ -284,6 +290,7 @@ impl Store {
 
 /// The store thread's state.
 struct Engine {
+    stats: Arc<stats::ApprovalStats>,
     notifier: Option<notify::Notifier>,
     backend: Box<dyn Backend>,
     cfg: ApprovalsConfig,
@@ -436,9 +443,11 @@ impl Engine {
             return Ok(false);
         }
         if was_pending {
-            self.pending = self.pending.saturating_sub(1);
+            self.set_pending(self.pending.saturating_sub(1));
         }
         self.audit_event(a, "expired");
+        self.stats
+            .decided("expired", now.saturating_sub(a.created_us));
         self.wake(&a.id, Outcome::Expired);
         Ok(true)
     }
@@ -546,7 +555,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        self.pending += 1;
+        self.set_pending(self.pending + 1);
         tracing::info!(approval = %a.id, proxy = %a.proxy, agent = a.agent.as_deref().unwrap_or("-"),
             method = %a.method, path = %a.path, "approval requested");
         self.audit_event(&a, "requested");
@@ -640,10 +649,12 @@ impl Engine {
             let now = self.backend.get(id).map_err(un)?.map(|c| c.status);
             return Err(DecideError::NotPending(now.unwrap_or(Status::Expired)));
         }
-        self.pending = self.pending.saturating_sub(1);
+        self.set_pending(self.pending.saturating_sub(1));
         tracing::info!(approval = %a.id, approver, decision = a.status.as_str(), "approval decided");
         // the decision's record goes into the audit ring before any held call is released
         self.audit_event(&a, a.status.as_str());
+        let waited = a.decided_us.unwrap_or(0).saturating_sub(a.created_us);
+        self.stats.decided(a.status.as_str(), waited);
         let outcome = if approve {
             Outcome::Approved
         } else {
@@ -651,6 +662,13 @@ impl Engine {
         };
         self.wake(&a.id, outcome);
         Ok(a)
+    }
+
+    fn set_pending(&mut self, n: usize) {
+        self.pending = n;
+        self.stats
+            .pending
+            .store(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn wake(&mut self, id: &str, outcome: Outcome) {
@@ -715,7 +733,7 @@ impl Engine {
                 tracing::warn!(error = %e, "state: cannot remove an old approval");
             }
         }
-        self.pending = pending;
+        self.set_pending(pending);
     }
 
     fn count_pending(&mut self) -> usize {

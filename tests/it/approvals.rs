@@ -437,6 +437,23 @@ fn hold_over_then_approved_retry_executes_once_and_a_second_retry_asks_again() {
     assert_gateway_error(&r, 403, "approval_denied");
     assert!(r.body_str().contains("wrong amount"));
     assert_eq!(mock.count(), 1);
+    // metrics: the pending gauge, decisions by outcome, time to decision
+    let m = admin(rig.admin, "GET", "/metrics", Some(ADMIN_TOKEN), "");
+    assert_eq!(m.status, 200);
+    let text = m.body_str();
+    for line in [
+        "portcullis_approvals_pending 2\n",
+        "portcullis_approval_decisions_total{outcome=\"approved\"} 1\n",
+        "portcullis_approval_decisions_total{outcome=\"denied\"} 1\n",
+        "portcullis_approval_decision_seconds_count 2\n",
+        "portcullis_approval_decision_seconds_bucket{le=\"+Inf\"} 2\n",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    assert!(
+        text.contains("code=\"approval_pending\""),
+        "refusals counted by code"
+    );
 }
 
 #[test]
