@@ -77,6 +77,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         client: Some((std::net::Ipv4Addr::LOCALHOST.into(), 51_234)),
         shadow: None,
         completion: false,
+        approval: None,
     }
 }
 

@@ -17,6 +17,8 @@ fn rule(effect: &str, methods: &[&str], path: String) -> RawRule {
         header: None,
         name: None,
         mode: None,
+        hold: None,
+        ttl: None,
     }
 }
 

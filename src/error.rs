@@ -19,8 +19,17 @@ pub enum Refusal {
     NoRuleMatched,
     /// A `deny` rule matched.
     DeniedByRule,
-    /// An `approve` rule (or default) matched; until the approval flow exists this refuses.
-    ApprovalRequired,
+    /// An `approve` rule held the call and no decision came within its `hold`: retry with
+    /// the same call later (`Retry-After`, `Portcullis-Approval: <id>`).
+    ApprovalPending { id: String, retry_after: u64 },
+    /// The call's approval was denied (the approver's reason, if any).
+    ApprovalDenied { id: String, reason: Option<String> },
+    /// The call's approval ran out (`ttl`) before it was used.
+    ApprovalExpired { id: String },
+    /// `[approvals] max_pending` approvals are already waiting.
+    ApprovalQueueFull,
+    /// The state store cannot record the approval (disk or Redis failing).
+    ApprovalUnavailable,
     /// A scanner hit in the request body (names the scanner, never the content).
     PayloadBlocked { scanner: String },
     /// The first path segment names no proxy.
@@ -56,7 +65,9 @@ impl Refusal {
             Refusal::ProxyAuthRequired { .. } => 407,
             Refusal::NoRuleMatched
             | Refusal::DeniedByRule
-            | Refusal::ApprovalRequired
+            | Refusal::ApprovalPending { .. }
+            | Refusal::ApprovalDenied { .. }
+            | Refusal::ApprovalExpired { .. }
             | Refusal::PayloadBlocked { .. }
             | Refusal::UnknownOrigin => 403,
             Refusal::UnknownProxy => 404,
@@ -67,7 +78,10 @@ impl Refusal {
             | Refusal::UpstreamAuthFailed(_)
             | Refusal::SecretUnavailable(_) => 502,
             Refusal::UpstreamTimeout => 504,
-            Refusal::MeterUnavailable | Refusal::AuditUnavailable => 503,
+            Refusal::MeterUnavailable
+            | Refusal::AuditUnavailable
+            | Refusal::ApprovalQueueFull
+            | Refusal::ApprovalUnavailable => 503,
         }
     }
 
@@ -79,7 +93,11 @@ impl Refusal {
             Refusal::ProxyAuthRequired { expired: true } => "credential_expired",
             Refusal::NoRuleMatched => "no_rule_matched",
             Refusal::DeniedByRule => "denied_by_rule",
-            Refusal::ApprovalRequired => "approval_required",
+            Refusal::ApprovalPending { .. } => "approval_pending",
+            Refusal::ApprovalDenied { .. } => "approval_denied",
+            Refusal::ApprovalExpired { .. } => "approval_expired",
+            Refusal::ApprovalQueueFull => "approval_queue_full",
+            Refusal::ApprovalUnavailable => "approval_unavailable",
             Refusal::PayloadBlocked { .. } => "payload_blocked",
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
@@ -119,9 +137,20 @@ impl Refusal {
             }
             Refusal::NoRuleMatched => "no rule allows this call".into(),
             Refusal::DeniedByRule => "a rule denies this call".into(),
-            Refusal::ApprovalRequired => {
-                "this call needs a human approval, which is not available yet: refused".into()
+            Refusal::ApprovalPending { id, .. } => {
+                format!("this call waits for a human approval ({id}); repeat the same call later")
             }
+            Refusal::ApprovalDenied { id, reason } => match reason {
+                Some(r) => format!("the approval {id} was denied: {r}"),
+                None => format!("the approval {id} was denied"),
+            },
+            Refusal::ApprovalExpired { id } => {
+                format!(
+                    "the approval {id} expired before it was used; repeat the call to ask again"
+                )
+            }
+            Refusal::ApprovalQueueFull => "too many approvals are pending; retry later".into(),
+            Refusal::ApprovalUnavailable => "the approval store is unavailable; retry later".into(),
             Refusal::PayloadBlocked { scanner } => {
                 format!("the request body was blocked by scanner '{scanner}'")
             }
@@ -148,6 +177,16 @@ impl Refusal {
                  retry later"
                     .into()
             }
+        }
+    }
+
+    /// The approval an answer is about (its JSON error carries `approval_id`).
+    pub fn approval_id(&self) -> Option<&str> {
+        match self {
+            Refusal::ApprovalPending { id, .. }
+            | Refusal::ApprovalDenied { id, .. }
+            | Refusal::ApprovalExpired { id } => Some(id),
+            _ => None,
         }
     }
 
@@ -199,7 +238,29 @@ mod tests {
             ),
             (Refusal::NoRuleMatched, 403, "no_rule_matched"),
             (Refusal::DeniedByRule, 403, "denied_by_rule"),
-            (Refusal::ApprovalRequired, 403, "approval_required"),
+            (
+                Refusal::ApprovalPending {
+                    id: "apr_1".into(),
+                    retry_after: 5,
+                },
+                403,
+                "approval_pending",
+            ),
+            (
+                Refusal::ApprovalDenied {
+                    id: "apr_1".into(),
+                    reason: None,
+                },
+                403,
+                "approval_denied",
+            ),
+            (
+                Refusal::ApprovalExpired { id: "apr_1".into() },
+                403,
+                "approval_expired",
+            ),
+            (Refusal::ApprovalQueueFull, 503, "approval_queue_full"),
+            (Refusal::ApprovalUnavailable, 503, "approval_unavailable"),
             (
                 Refusal::PayloadBlocked {
                     scanner: "s".into(),

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["upstream"],
     &["config"],
+    &["state"],
     &["credentials", "siem"],
     &["secrets", "identity"],
     &["policy", "net"],

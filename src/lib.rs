@@ -21,6 +21,7 @@ pub(crate) mod scan;
 pub(crate) mod secrets;
 pub(crate) mod server;
 pub(crate) mod siem;
+pub(crate) mod state;
 pub(crate) mod upstream;
 pub(crate) mod util;
 

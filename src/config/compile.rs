@@ -122,6 +122,8 @@ fn compile_str_with(
     Err(ConfigErrors(cx.errors))
 }
 
+pub mod approvals;
+
 struct Cx<'a> {
     opts: CompileOptions,
     /// The `[secrets.kv]` client, for `kv:` references.
@@ -775,6 +777,7 @@ impl Cx<'_> {
         let server = self.server(&raw);
         let limits = self.limits(&raw);
         self.cluster = self.meters(&raw);
+        let st = self.state_sections(&raw);
         let demo = raw.demo.as_ref().and_then(|d| {
             let a = self.socket_addr(&d.get_ref().listen, "demo.listen")?;
             if !a.ip().is_loopback() {
@@ -791,7 +794,13 @@ impl Cx<'_> {
         let mut tls_cache: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>> = HashMap::new();
         let mut warnings = std::mem::take(&mut self.warnings);
         for (i, p) in raw.proxies.iter().enumerate() {
-            if let Some(proxy) = self.proxy(i, p, &mut tls_cache) {
+            if let Some(mut proxy) = self.proxy(i, p, &mut tls_cache) {
+                proxy.holds = self.rule_holds(
+                    i,
+                    &p.get_ref().rules,
+                    proxy.default_effect,
+                    st.approvals.is_some(),
+                );
                 if by_name.contains_key(&proxy.name) {
                     self.err(
                         &p.get_ref().name,
@@ -852,6 +861,9 @@ impl Cx<'_> {
             warnings,
             kv: std::mem::take(&mut self.kv_bindings),
             skipped: std::mem::take(&mut self.skipped),
+            state: st.location,
+            approvals: st.approvals,
+            admins: st.admins,
         })
     }
 
@@ -1484,6 +1496,7 @@ impl Cx<'_> {
             crate::http::hop::HeaderFilter::new(names)
         };
         Some(Proxy {
+            holds: Vec::new(),
             rules,
             scanners,
             request_filter,

@@ -7,6 +7,7 @@ pub mod raw;
 pub use crate::identity::Identity;
 pub use crate::policy::authz::Effect;
 pub use compile::{CompileOptions, ConfigErrors, compile_file, compile_file_with, compile_str};
+pub use compile::approvals::{Admin, Role};
 
 use crate::secrets::Secret;
 use std::collections::HashMap;
@@ -40,6 +41,13 @@ pub struct Compiled {
     )>,
     /// References not looked up (`check --offline`): `file:line: key: reference`.
     pub skipped: Vec<String>,
+    /// `[state]` (or `[approvals] dir | redis`): where the durable state lives (read at
+    /// start; a reload cannot move it).
+    pub state: Option<crate::state::Location>,
+    /// `[approvals]`, if configured (with a store location).
+    pub approvals: Option<crate::state::ApprovalsConfig>,
+    /// `[[admins]]`: named admin identities.
+    pub admins: Vec<Admin>,
 }
 
 pub struct Server {
@@ -128,6 +136,17 @@ pub struct Proxy {
     pub rules: crate::policy::authz::RuleSet,
     /// Request-body scanners, if any.
     pub scanners: Option<crate::scan::ScanSet>,
+    /// `hold` and `ttl` of each rule (by rule index; used for `approve` rules only).
+    pub holds: Vec<crate::state::Hold>,
+}
+
+impl Proxy {
+    /// The hold and ttl of the rule that decided (`None`: the default effect).
+    pub fn hold_of(&self, rule: Option<u32>) -> crate::state::Hold {
+        rule.and_then(|r| self.holds.get(r as usize))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 pub struct Redaction {

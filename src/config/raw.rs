@@ -28,6 +28,68 @@ pub struct RawConfig {
     /// `[meters]`: cluster-wide meters through Redis.
     #[serde(default)]
     pub meters: Option<Spanned<RawMeters>>,
+    /// `[state]`: the durable state store (approvals; later managed agents, tool pins).
+    #[serde(default)]
+    pub state: Option<Spanned<RawState>>,
+    /// `[approvals]`: human approval of calls that `approve` rules hold.
+    #[serde(default)]
+    pub approvals: Option<Spanned<RawApprovals>>,
+    /// `[[admins]]`: named admin identities (approvers and others).
+    #[serde(default)]
+    pub admins: Vec<Spanned<RawAdmin>>,
+}
+
+/// `[state]`: `dir = "..."` (embedded, one crash-safe file) or `redis = "redis://..."`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    #[serde(default)]
+    pub dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redis: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_prefix: Option<Spanned<String>>,
+}
+
+/// `[approvals]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// The store location when `[state]` is absent (`[state]` wins; both set is an error).
+    #[serde(default)]
+    pub dir: Option<Spanned<String>>,
+    #[serde(default)]
+    pub redis: Option<Spanned<String>>,
+    #[serde(default)]
+    pub max_pending: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub retention: Option<Spanned<String>>,
+    #[serde(default)]
+    pub console_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub notify: Option<Spanned<RawNotify>>,
+}
+
+/// `notify = { url = "...", format = "json" | "slack" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
+}
+
+/// `[[admins]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub id: Spanned<String>,
+    pub key_sha256: Spanned<String>,
+    pub role: Spanned<String>,
+    #[serde(default)]
+    pub proxies: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub totp_secret: Option<Spanned<String>>,
 }
 
 /// `[meters]`: when present, every proxy meter is shared by all gateway processes through Redis.

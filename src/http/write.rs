@@ -92,14 +92,18 @@ pub fn error_response(
     keep_alive: bool,
     agent_version: Version,
 ) {
-    let body = serde_json::json!({
-        "error": {
-            "code": refusal.code(),
-            "message": refusal.message(),
-            "request_id": request_id,
-        }
-    })
-    .to_string();
+    let mut err = serde_json::json!({
+        "code": refusal.code(),
+        "message": refusal.message(),
+        "request_id": request_id,
+    });
+    if let Some(id) = refusal.approval_id() {
+        err["approval_id"] = id.into();
+    }
+    if let Refusal::ApprovalPending { retry_after, .. } = refusal {
+        err["retry_after"] = (*retry_after).into();
+    }
+    let body = serde_json::json!({ "error": err }).to_string();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(refusal.status()));
     out.push(b' ');
@@ -119,6 +123,17 @@ pub fn error_response(
         Refusal::MeterUnavailable => out.extend_from_slice(b"Retry-After: 1\r\n"),
         Refusal::ProxyAuthRequired { .. } => {
             out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portcullis\"\r\n");
+        }
+        Refusal::ApprovalPending { id, retry_after } => {
+            out.extend_from_slice(b"Retry-After: ");
+            push_u64(out, *retry_after);
+            // generated ids (`apr_` + hex): safe in a header
+            out.extend_from_slice(b"\r\nPortcullis-Approval: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Refusal::ApprovalQueueFull | Refusal::ApprovalUnavailable => {
+            out.extend_from_slice(b"Retry-After: 5\r\n")
         }
         _ => {}
     }

@@ -115,6 +115,8 @@ pub struct CallLog<'w> {
     pub client: Option<std::net::SocketAddr>,
     /// A report-mode rule that would have decided differently: its index and decision.
     pub shadow: Option<(u32, Decision)>,
+    /// The approval this call was held for (and, if it went upstream, executed).
+    pub approval: Option<Arc<crate::observe::audit::record::ApprovalNote>>,
     /// The record was already pushed ([`CallLog::durable`]); `Drop` does not push again.
     committed: bool,
     ring: Option<&'w AuditRing>,
@@ -151,6 +153,7 @@ impl<'w> CallLog<'w> {
             metrics_slot: None,
             client: None,
             shadow: None,
+            approval: None,
             committed: false,
             ring,
             metrics,
@@ -215,6 +218,7 @@ impl<'w> CallLog<'w> {
             client: self.client.map(|a| (a.ip(), a.port())),
             shadow: self.shadow,
             completion: false,
+            approval: pick(&mut self.approval, keep),
         }
     }
 }

@@ -57,12 +57,16 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
 const NB: usize = LATENCY_BUCKETS_US.len() + 1;
 
 /// The gateway's own error codes (`Refusal::code`), in export order.
-pub const CODES: [&str; 15] = [
+pub const CODES: [&str; 19] = [
     "unauthenticated",
     "credential_expired",
     "no_rule_matched",
     "denied_by_rule",
-    "approval_required",
+    "approval_pending",
+    "approval_denied",
+    "approval_expired",
+    "approval_queue_full",
+    "approval_unavailable",
     "payload_blocked",
     "unknown_proxy",
     "unknown_origin",

@@ -11,6 +11,7 @@
 //! modules, and the few lines that adapt each to the call's state live in `stages.rs` (and
 //! `outbound.rs` for the target credential). `state.rs` holds the worker and its view of the
 //! config; `stop.rs` the refusal exit's rules.
+mod hold;
 pub mod outbound;
 pub mod route;
 mod stages;
@@ -116,8 +117,9 @@ async fn call(
         log.agent = caller.id().map(Arc::from);
     }
 
-    // 4. authorization: the rule trie over the canonical path below the proxy
-    authorize(proxy, s, &route, &caller, log)?;
+    // 4. authorization: the rule trie over the canonical path below the proxy (`held`: an
+    // approve rule decided)
+    let held = authorize(proxy, s, &route, &caller, log)?;
 
     // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     admit(proxy, s, &caller).await?;
@@ -134,6 +136,11 @@ async fn call(
     // "refuse"`, only if the call can be recorded)
     at.phase = Phase::Forward;
     log.audit_gate()?;
+
+    // 7b. approval: a held call waits for a human decision, and goes on only if approved
+    if held {
+        hold::hold(w, proxy, s, &route, &caller, log).await?;
+    }
     let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
     let method = s.head.method.get(&s.rbuf);
     let method_is_head = method == b"HEAD";

@@ -95,13 +95,14 @@ pub(super) fn authenticate<'v>(
 }
 
 /// Stage 4: may this caller make this call. Records the deciding rule and the decision.
+/// `Ok(true)`: an `approve` rule decided, so the call is held for a human (stage 7b).
 pub(super) fn authorize(
     proxy: &Proxy,
     s: &Scratch,
     route: &Route,
     caller: &Caller<'_>,
     log: &mut CallLog<'_>,
-) -> Result<(), Stop> {
+) -> Result<bool, Stop> {
     let src = &s.rbuf;
     let rest = &s.path[route.rest_start..];
     let rest = if rest.is_empty() { "/" } else { rest };
@@ -135,13 +136,13 @@ pub(super) fn authorize(
     match decision.effect {
         Effect::Allow => {
             log.decision = Decision::Allow;
-            Ok(())
+            Ok(false)
         }
         Effect::Deny if decision.rule.is_some() => Err(Refusal::DeniedByRule.into()),
         Effect::Deny => Err(Refusal::NoRuleMatched.into()),
         Effect::Approve => {
             log.decision = Decision::Approve;
-            Err(Refusal::ApprovalRequired.into())
+            Ok(true)
         }
     }
 }

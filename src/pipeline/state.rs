@@ -70,6 +70,8 @@ pub struct Worker {
     pub audit: Option<Arc<AuditRing>>,
     /// This worker's metric shard (written by this worker only, merged on scrape).
     pub metrics: WorkerMetrics,
+    /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured.
+    pub state: Option<crate::state::Store>,
 }
 
 impl Worker {
@@ -91,7 +93,14 @@ impl Worker {
             inflight: Cell::new(0),
             audit,
             metrics,
+            state: None,
         }
+    }
+
+    /// The worker with the state store's handle (held calls talk to it).
+    pub fn with_state(mut self, state: Option<crate::state::Store>) -> Self {
+        self.state = state;
+        self
     }
 
     fn build_view(metrics: &WorkerMetrics, cfg: Arc<Compiled>) -> View {

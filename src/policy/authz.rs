@@ -94,6 +94,13 @@ pub struct RawRule {
     pub name: Option<String>,
     #[serde(default)]
     pub mode: Option<String>,
+    /// `approve` rules: how long the call is held waiting for a decision (compiled by the
+    /// config layer, with `[approvals]`).
+    #[serde(default)]
+    pub hold: Option<String>,
+    /// `approve` rules: how long an approval lives (pending, or approved and unused).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 impl From<Effect> for crate::observe::audit::Decision {
@@ -902,6 +909,8 @@ mod tests {
             header: None,
             name: None,
             mode: None,
+            hold: None,
+            ttl: None,
         }
     }
 
@@ -1365,6 +1374,8 @@ mod tests {
                 header: h.map(|v| BTreeMap::from([("x-h".to_string(), v.to_string())])),
                 name: None,
                 mode: report.then(|| "report".to_string()),
+                hold: None,
+                ttl: None,
             })
     }
 

@@ -81,6 +81,10 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
             _ => return,
         }
     }
+    if head.target.get(&buf).starts_with(b"/v1/approvals") {
+        let reply = crate::server::approvals::handle(&mut s, &head, &mut buf, &control).await;
+        return respond(&mut s, reply).await;
+    }
     let method = head.method.get(&buf);
     let target = head.target.get(&buf);
     let (path, query) = match memchr::memchr(b'?', target) {
@@ -125,6 +129,9 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 let mut body = control.metrics.render(audit.as_ref());
                 if let Some(a) = control.audit.as_ref() {
                     crate::siem::render_metrics(&a.sinks, &mut body);
+                }
+                if let Some(st) = control.state.get() {
+                    st.stats.render(&mut body);
                 }
                 Reply {
                     status: 200,

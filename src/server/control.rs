@@ -46,6 +46,8 @@ pub struct Control {
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     /// The audit trail as started (a reload cannot move it), for the admin API.
     pub audit: Option<AuditView>,
+    /// The state store as started (approvals), for the admin API; set once at start.
+    pub state: std::sync::OnceLock<crate::state::Store>,
 }
 
 /// What the admin API reads of the running audit trail.
@@ -131,6 +133,7 @@ impl Control {
             reload_lock: Mutex::new(()),
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            state: std::sync::OnceLock::new(),
             current: Mutex::new(current),
             metrics,
             audit,

@@ -1,6 +1,7 @@
 //! The process: start-up, control (signals, reload, readiness), the workers' accept loops and
 //! drain, the admin listener, the control-plane refresher and the demo upstream.
 pub mod admin;
+pub mod approvals;
 pub mod control;
 pub mod demo;
 pub mod refresher;

@@ -91,6 +91,14 @@ pub fn run(source: Source) -> Result<()> {
         }
         _ => None,
     };
+    // the state store (approvals): its thread starts before the first call can be held
+    let store = match (&cfg.state, &cfg.approvals) {
+        (Some(loc), Some(appr)) => Some(
+            crate::state::Store::start(loc, appr.clone(), audit.as_ref().map(|(r, _)| r.clone()))
+                .map_err(|e| anyhow::anyhow!("starting the state store: {e}"))?,
+        ),
+        _ => None,
+    };
     // OAuth2 tokens and https JWKS are fetched and refreshed on their own thread
     crate::server::refresher::start().context("starting the refresher thread")?;
 
@@ -106,9 +114,10 @@ pub fn run(source: Source) -> Result<()> {
         let bound_tx = bound_tx.clone();
         let ring = audit.as_ref().map(|(r, _)| r.clone());
         let wm = metrics.worker_metrics(id);
+        let st = store.clone();
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, ring, wm, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, ring, wm, st, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -134,6 +143,9 @@ pub fn run(source: Source) -> Result<()> {
         metrics,
         audit_view,
     ));
+    if let Some(s) = &store {
+        let _ = control.state.set(s.clone());
+    }
     if let Some(addr) = cfg.server.admin_listen {
         crate::server::admin::start(addr, control.clone())
             .with_context(|| format!("starting the admin listener on {addr}"))?;
@@ -185,6 +197,7 @@ fn worker_thread(
     cfg: Arc<Compiled>,
     audit: Option<Arc<crate::observe::audit::AuditRing>>,
     metrics: crate::observe::metrics::WorkerMetrics,
+    store: Option<crate::state::Store>,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -227,7 +240,7 @@ fn worker_thread(
         };
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
-        let w = Rc::new(Worker::new(id, cfg, audit, metrics));
+        let w = Rc::new(Worker::new(id, cfg, audit, metrics).with_state(store));
         worker::run(w, listeners, rx).await;
     });
 }

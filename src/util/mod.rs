@@ -3,6 +3,7 @@ pub mod clock;
 pub mod datetime;
 pub mod hex;
 pub mod registry;
+pub mod totp;
 pub mod units;
 pub mod wait;
 pub mod wake;

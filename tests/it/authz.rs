@@ -9,6 +9,11 @@ fn config(upstream: &str, rules: &str) -> String {
 listen = ["127.0.0.1:{{PORT}}"]
 workers = 2
 
+[state]
+dir = "state"
+
+[approvals]
+
 [[proxies]]
 name = "crm"
 upstream = "{upstream}/api"
@@ -32,6 +37,7 @@ const READ_ACCOUNTS: &str = r#"
   effect = "approve"
   methods = ["DELETE"]
   path = "/v1/accounts/*"
+  hold = "0s"
 "#;
 
 #[test]
@@ -47,7 +53,7 @@ fn read_only_rule_allows_reads_of_accounts_and_nothing_else() {
         ("POST", "/crm/v1/accounts/42", 403, "no_rule_matched"),
         ("GET", "/crm/v1/contacts/1", 403, "no_rule_matched"),
         ("GET", "/crm/v1/accounts/42/secrets", 403, "denied_by_rule"),
-        ("DELETE", "/crm/v1/accounts/42", 403, "approval_required"),
+        ("DELETE", "/crm/v1/accounts/42", 403, "approval_pending"),
         ("GET", "/crm/", 403, "no_rule_matched"),
     ];
     for (method, path, status, code) in table {

@@ -11,6 +11,7 @@
 mod support;
 
 mod admin;
+mod approvals;
 mod audit;
 mod audit_integrity;
 mod authz;

@@ -168,6 +168,22 @@ pub struct AuditRecord {
     /// Not a call record but the completion of one committed early (durable mode): only
     /// `ts_us`, `id`, `bytes_out`, `redactions` and `total_us` are written.
     pub completion: bool,
+    /// On a call: the approval it executed (`approval_id`). With an `event`: not a call but
+    /// an approval's event (`kind: "approval"`), written by the state store's thread.
+    pub approval: Option<Arc<ApprovalNote>>,
+}
+
+/// An approval named by an audit record (see [`AuditRecord::approval`]).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ApprovalNote {
+    pub id: String,
+    /// `requested` | `approved` | `denied` | `expired`; `None` on the call that executed it.
+    pub event: Option<&'static str>,
+    /// The admin identity that decided.
+    pub approver: Option<String>,
+    pub reason: Option<String>,
+    /// SHA-256 (hex) of the body as held.
+    pub body_sha256: Option<String>,
 }
 
 // A ring slot holds one record inline: keep it within 256 bytes (65,536 slots ≈ 16 MiB).
@@ -378,7 +394,41 @@ fn is_lower_hex(b: &[u8]) -> bool {
     b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// An approval's event: `kind: "approval"`, the event, the approval id, who made the call and
+/// what it was, the decision's approver and reason, and the held body's SHA-256.
+fn encode_approval(out: &mut Vec<u8>, r: &AuditRecord, n: &ApprovalNote, event: &str) {
+    out.extend_from_slice(TS_PREFIX);
+    push_ts(out, r.ts_us);
+    out.extend_from_slice(b"\",\"kind\":\"approval\",\"event\":");
+    push_json_str(out, event);
+    out.extend_from_slice(b",\"approval_id\":");
+    push_json_str(out, &n.id);
+    out.extend_from_slice(b",\"agent\":");
+    push_opt_str(out, r.agent.as_deref());
+    out.extend_from_slice(b",\"proxy\":");
+    push_opt_str(out, r.proxy.as_deref());
+    out.extend_from_slice(b",\"method\":");
+    push_json_str(out, r.method.as_str());
+    out.extend_from_slice(b",\"path\":");
+    push_json_str(out, &r.path);
+    out.extend_from_slice(b",\"rule\":");
+    push_opt_u64(out, r.rule.map(u64::from));
+    out.extend_from_slice(b",\"approver\":");
+    push_opt_str(out, n.approver.as_deref());
+    out.extend_from_slice(b",\"reason\":");
+    push_opt_str(out, n.reason.as_deref());
+    out.extend_from_slice(b",\"body_sha256\":");
+    push_opt_str(out, n.body_sha256.as_deref());
+    out.extend_from_slice(b",\"bytes_in\":");
+    push_u64(out, r.bytes_in);
+}
+
 fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
+    if let Some(n) = &r.approval
+        && let Some(event) = n.event
+    {
+        return encode_approval(out, r, n, event);
+    }
     out.extend_from_slice(TS_PREFIX);
     push_ts(out, r.ts_us);
     out.extend_from_slice(b"\",\"id\":");
@@ -434,6 +484,10 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
             out.extend_from_slice(b"\"}");
         }
         None => out.extend_from_slice(b"null"),
+    }
+    if let Some(n) = &r.approval {
+        out.extend_from_slice(b",\"approval_id\":");
+        push_json_str(out, &n.id);
     }
 }
 
@@ -741,6 +795,16 @@ pub struct StoredRecord {
     pub file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<u64>,
+    /// A call that executed an approval, or an approval event (`kind: "approval"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Approval event: `requested` | `approved` | `denied` | `expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
     pub prev: String,
     pub hash: String,
 }
@@ -799,6 +863,7 @@ mod tests {
             client: Some(("10.0.0.7".parse().unwrap(), 51234)),
             shadow: Some((2, Decision::Deny)),
             completion: false,
+            approval: None,
         }
     }
 
@@ -835,6 +900,49 @@ mod tests {
         let t = split_tail(body).unwrap();
         assert_eq!(chain_hash(t.prev_hex, t.body_open), h);
         assert_eq!(line_ts(body), Some(r.ts_us));
+    }
+
+    #[test]
+    fn approval_event_and_executed_call_lines() {
+        let mut ev = sample();
+        ev.approval = Some(Arc::new(ApprovalNote {
+            id: "apr_0123456789abcdef01234567".into(),
+            event: Some("approved"),
+            approver: Some("alice".into()),
+            reason: Some("ok \"ticket\" 7".into()),
+            body_sha256: Some("ab".repeat(32)),
+        }));
+        let mut out = Vec::new();
+        let h = encode_line(&mut out, &Entry::Call(&ev), &GENESIS);
+        let s = StoredRecord::parse(out.trim_ascii_end()).unwrap();
+        assert_eq!(s.kind.as_deref(), Some("approval"));
+        assert_eq!(s.event.as_deref(), Some("approved"));
+        assert_eq!(
+            s.approval_id.as_deref(),
+            Some("apr_0123456789abcdef01234567")
+        );
+        assert_eq!(s.approver.as_deref(), Some("alice"));
+        assert_eq!(s.reason.as_deref(), Some("ok \"ticket\" 7"));
+        assert_eq!(s.body_sha256, Some("ab".repeat(32)));
+        assert_eq!(s.agent.as_deref(), Some("support-bot"));
+        assert!(!s.is_call());
+        let t = split_tail(&out[..out.len() - 1]).unwrap();
+        assert_eq!(chain_hash(t.prev_hex, t.body_open), h);
+        // the call that executed it carries the id
+        let mut call = sample();
+        call.approval = Some(Arc::new(ApprovalNote {
+            id: "apr_0123456789abcdef01234567".into(),
+            ..ApprovalNote::default()
+        }));
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&call), &GENESIS);
+        let s = StoredRecord::parse(out.trim_ascii_end()).unwrap();
+        assert!(s.is_call());
+        assert_eq!(
+            s.approval_id.as_deref(),
+            Some("apr_0123456789abcdef01234567")
+        );
+        assert_eq!(s.status, Some(403));
     }
 
     #[test]

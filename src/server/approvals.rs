@@ -1,0 +1,466 @@
+//! The approvals API on the admin listener (issue 14), for named admin identities
+//! (`[[admins]]`, bearer key checked by its SHA-256):
+//!
+//! - `GET /v1/approvals?status=pending|approved|denied|expired&limit=N` (viewer and up;
+//!   scoped identities see their proxies only): newest first, without headers and body.
+//! - `GET /v1/approvals/{id}`: the approval with the forwarded headers (credentials removed)
+//!   and the body as held (`body` when UTF-8, else `body_base64`).
+//! - `POST /v1/approvals/{id}/approve` and `/deny` with `{"reason": "...", "totp": "123456"}`
+//!   (approver or operator, within its `proxies`; the current RFC 6238 code when the identity
+//!   has a `totp_secret`, each code once).
+//!
+//! The shared `server.admin_token` may read approvals (it is an operator) but never decide
+//! them: a decision names a person. An agent key is not an admin key (`check` refuses one
+//! configured as both), so it gets 401.
+// Control plane: the admin thread.
+#![allow(clippy::disallowed_types)]
+use super::admin::Reply;
+use super::control::Control;
+use crate::config::{Admin, Compiled, Role};
+use crate::http::head::{BodyKind, RequestHead};
+use crate::http::io::read_append;
+use crate::state::{Approval, Cmd, DecideError, Status};
+use base64::Engine as _;
+use monoio::net::TcpStream;
+use std::time::Duration;
+
+/// Largest decision body (a reason and a code).
+const MAX_BODY: usize = 16 * 1024;
+/// Largest `limit`.
+const MAX_LIMIT: usize = 1000;
+
+/// Who is asking.
+struct Who<'c> {
+    id: String,
+    role: Role,
+    /// `None`: the shared admin token (may not decide).
+    admin: Option<&'c Admin>,
+}
+
+impl Who<'_> {
+    fn may_see(&self, proxy: &str) -> bool {
+        match self.admin.and_then(|a| a.proxies.as_ref()) {
+            Some(list) => list.iter().any(|p| p == proxy),
+            None => true,
+        }
+    }
+}
+
+fn bearer<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
+    head.headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
+        .and_then(|h| {
+            let v = h.value.get(buf);
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        })
+}
+
+fn identify<'c>(cfg: &'c Compiled, key: Option<&[u8]>) -> Result<Who<'c>, Reply> {
+    let unauth = || {
+        Reply::error(
+            401,
+            "unauthenticated",
+            "a valid admin bearer key is required",
+        )
+    };
+    let Some(key) = key else { return Err(unauth()) };
+    let h = crate::identity::key_sha256(key);
+    // every identity compared (no early exit on a match position)
+    let mut found = None;
+    for a in &cfg.admins {
+        if ct_eq32(&a.key_sha256, &h) {
+            found = Some(a);
+        }
+    }
+    if let Some(a) = found {
+        return Ok(Who {
+            id: a.id.clone(),
+            role: a.role,
+            admin: Some(a),
+        });
+    }
+    match &cfg.server.admin_token {
+        Some(t) if t.ct_eq(key) => Ok(Who {
+            id: "admin_token".into(),
+            role: Role::Operator,
+            admin: None,
+        }),
+        _ => Err(unauth()),
+    }
+}
+
+/// Handles `/v1/approvals…`; reads a request body when one is announced.
+pub async fn handle(
+    s: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    control: &Control,
+) -> Reply {
+    let method = head.method.get(buf).to_vec();
+    let target = head.target.get(buf).to_vec();
+    let (path, query) = match memchr::memchr(b'?', &target) {
+        Some(i) => (&target[..i], &target[i + 1..]),
+        None => (&target[..], &b""[..]),
+    };
+    let cfg = control.current();
+    let who = match identify(&cfg, bearer(head, buf)) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Some(store) = control.state.get() else {
+        return Reply::error(
+            404,
+            "approvals_disabled",
+            "no [approvals] section in the running config (it needs a restart to start)",
+        );
+    };
+    let rest = &path[b"/v1/approvals".len()..];
+    if !(rest.is_empty() || rest.starts_with(b"/")) {
+        return Reply::error(404, "not_found", "no such admin endpoint");
+    }
+    let parts: Vec<&[u8]> = rest.split(|b| *b == b'/').skip(1).collect();
+    match (method.as_slice(), parts.as_slice()) {
+        (b"GET", []) => list(store, &who, query).await,
+        (b"GET", [id]) => match valid_id(id) {
+            Some(id) => show(store, &who, id).await,
+            None => not_found(),
+        },
+        (b"POST", [id, verb @ (b"approve" | b"deny")]) => {
+            let Some(id) = valid_id(id) else {
+                return not_found();
+            };
+            let body = match read_body(s, head, buf).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            decide(store, &who, id, *verb == b"approve", &body).await
+        }
+        (_, [] | [_] | [_, b"approve" | b"deny"]) => Reply::error(
+            405,
+            "method_not_allowed",
+            "this admin endpoint does not take that method",
+        ),
+        _ => Reply::error(404, "not_found", "no such admin endpoint"),
+    }
+}
+
+fn json(status: u16, body: String) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body,
+    }
+}
+
+/// Equality of two digests without an early exit.
+fn ct_eq32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn not_found() -> Reply {
+    Reply::error(404, "not_found", "no such approval")
+}
+
+/// Approval ids are `apr_` + 24 hex digits; anything else is no approval.
+fn valid_id(id: &[u8]) -> Option<String> {
+    let hex = id.strip_prefix(b"apr_")?;
+    (hex.len() == 24 && hex.iter().all(u8::is_ascii_hexdigit))
+        .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+async fn read_body(
+    s: &mut TcpStream,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<u8>, Reply> {
+    let n = match head.body {
+        BodyKind::None => return Ok(Vec::new()),
+        BodyKind::Length(n) => n as usize,
+        _ => {
+            return Err(Reply::error(
+                400,
+                "bad_request",
+                "send the decision with Content-Length",
+            ));
+        }
+    };
+    if n > MAX_BODY {
+        return Err(Reply::error(
+            400,
+            "bad_request",
+            "the decision body is too large",
+        ));
+    }
+    let start = head.head_len;
+    let deadline = crate::util::clock::now() + Duration::from_secs(10);
+    while buf.len() < start + n {
+        match read_append(s, buf, start + n - buf.len(), deadline).await {
+            Ok(k) if k > 0 => {}
+            _ => {
+                return Err(Reply::error(400, "bad_request", "the body ended early"));
+            }
+        }
+    }
+    Ok(buf[start..start + n].to_vec())
+}
+
+fn summary(a: &Approval, full: Option<&[u8]>) -> serde_json::Value {
+    let ts = |us: u64| crate::observe::audit::record::format_ts(us);
+    let mut v = serde_json::json!({
+        "id": a.id,
+        "status": a.status.as_str(),
+        "agent": a.agent,
+        "proxy": a.proxy,
+        "method": a.method,
+        "path": a.path,
+        "query": a.query,
+        "rule": a.rule,
+        "body_sha256": a.body_sha256,
+        "body_len": a.body_len,
+        "created": ts(a.created_us),
+        "expires": ts(a.expires_us),
+        "decided": a.decided_us.map(ts),
+        "approver": a.approver,
+        "reason": a.reason,
+        "executed": a.executed_us.map(ts),
+        "executed_by": a.executed_by,
+    });
+    if let Some(body) = full {
+        v["headers"] = a
+            .headers
+            .iter()
+            .map(|(n, val)| serde_json::json!([n, val]))
+            .collect();
+        match std::str::from_utf8(body) {
+            Ok(t) => v["body"] = t.into(),
+            Err(_) => {
+                v["body_base64"] = base64::engine::general_purpose::STANDARD
+                    .encode(body)
+                    .into()
+            }
+        }
+    }
+    v
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Reply {
+    tracing::warn!(error = %e, "admin: the state store failed");
+    Reply::error(503, "state_unavailable", "the state store is unavailable")
+}
+
+async fn list(store: &crate::state::Store, who: &Who<'_>, query: &[u8]) -> Reply {
+    let mut status = None;
+    let mut limit = 100;
+    for (k, v) in crate::http::query::pairs(query) {
+        match (k, std::str::from_utf8(v).ok()) {
+            (b"status", Some(v)) if !v.is_empty() => match Status::parse(v) {
+                Some(s) => status = Some(s),
+                None => {
+                    return Reply::error(
+                        400,
+                        "bad_request",
+                        "status: expected pending, approved, denied or expired",
+                    );
+                }
+            },
+            (b"status", Some("")) => {}
+            (b"limit", Some(v)) => match v.parse::<usize>() {
+                Ok(n @ 1..=MAX_LIMIT) => limit = n,
+                _ => {
+                    return Reply::error(
+                        400,
+                        "bad_request",
+                        &format!("limit: expected 1 to {MAX_LIMIT}"),
+                    );
+                }
+            },
+            _ => {
+                return Reply::error(
+                    400,
+                    "bad_request",
+                    "unknown parameter (expected status, limit)",
+                );
+            }
+        }
+    }
+    let (reply, rx) = flume::bounded(1);
+    // a scoped identity's list is filtered after the limit is taken: ask for the most
+    let ask = if who.admin.is_some_and(|a| a.proxies.is_some()) {
+        MAX_LIMIT * 10
+    } else {
+        limit
+    };
+    if !store.send(Cmd::List {
+        status,
+        limit: ask,
+        reply,
+    }) {
+        return unavailable("the store queue is full");
+    }
+    match rx.recv_async().await {
+        Ok(Ok(all)) => {
+            let items: Vec<_> = all
+                .iter()
+                .filter(|a| who.may_see(&a.proxy))
+                .take(limit)
+                .map(|a| summary(a, None))
+                .collect();
+            json(200, serde_json::json!({ "approvals": items }).to_string())
+        }
+        Ok(Err(e)) => unavailable(e),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn fetch(
+    store: &crate::state::Store,
+    id: &str,
+) -> Result<Option<(Approval, Vec<u8>)>, Reply> {
+    let (reply, rx) = flume::bounded(1);
+    if !store.send(Cmd::Get {
+        id: id.to_string(),
+        reply,
+    }) {
+        return Err(unavailable("the store queue is full"));
+    }
+    match rx.recv_async().await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn out_of_scope() -> Reply {
+    Reply::error(
+        403,
+        "out_of_scope",
+        "this approval is for a proxy outside your admin identity's proxies",
+    )
+}
+
+async fn show(store: &crate::state::Store, who: &Who<'_>, id: String) -> Reply {
+    match fetch(store, &id).await {
+        Err(r) => r,
+        Ok(None) => not_found(),
+        Ok(Some((a, _))) if !who.may_see(&a.proxy) => out_of_scope(),
+        Ok(Some((a, body))) => json(
+            200,
+            serde_json::json!({ "approval": summary(&a, Some(&body)) }).to_string(),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+async fn decide(
+    store: &crate::state::Store,
+    who: &Who<'_>,
+    id: String,
+    approve: bool,
+    body: &[u8],
+) -> Reply {
+    let Some(admin) = who.admin else {
+        return Reply::error(
+            403,
+            "named_admin_required",
+            "approvals are decided by a named [[admins]] identity, never the shared admin_token",
+        );
+    };
+    if who.role < Role::Approver {
+        return Reply::error(
+            403,
+            "forbidden_role",
+            "deciding approvals needs the approver or operator role",
+        );
+    }
+    let d: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision {
+            reason: None,
+            totp: None,
+        }
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(d) => d,
+            Err(e) => {
+                return Reply::error(
+                    400,
+                    "bad_request",
+                    &format!("expected {{\"reason\": \"...\", \"totp\": \"123456\"}}: {e}"),
+                );
+            }
+        }
+    };
+    if d.reason.as_ref().is_some_and(|r| r.chars().count() > 1024) {
+        return Reply::error(400, "bad_request", "reason: at most 1024 characters");
+    }
+    // scope before anything else is revealed or spent
+    match fetch(store, &id).await {
+        Err(r) => return r,
+        Ok(None) => return not_found(),
+        Ok(Some((a, _))) if !who.may_see(&a.proxy) => return out_of_scope(),
+        Ok(Some(_)) => {}
+    }
+    let totp_step = match &admin.totp {
+        None => None,
+        Some(secret) => {
+            let Some(code) = d.totp.as_deref() else {
+                return Reply::error(
+                    403,
+                    "totp_required",
+                    "this identity decides with its current TOTP code (\"totp\")",
+                );
+            };
+            let now = crate::util::clock::unix_now().as_secs();
+            match crate::util::totp::verify(secret.expose(), code, now) {
+                Some(step) => Some(step),
+                None => {
+                    tracing::warn!(admin = %who.id, approval = %id, "admin: wrong TOTP code");
+                    return Reply::error(403, "totp_invalid", "the TOTP code is not valid now");
+                }
+            }
+        }
+    };
+    let (reply, rx) = flume::bounded(1);
+    if !store.send(Cmd::Decide {
+        id,
+        approve,
+        approver: who.id.clone(),
+        reason: d.reason,
+        totp_step,
+        reply,
+    }) {
+        return unavailable("the store queue is full");
+    }
+    match rx.recv_async().await {
+        Ok(Ok(a)) => json(
+            200,
+            serde_json::json!({ "approval": summary(&a, None) }).to_string(),
+        ),
+        Ok(Err(DecideError::NotFound)) => not_found(),
+        Ok(Err(DecideError::NotPending(st))) => json(
+            409,
+            serde_json::json!({"error": {"code": "not_pending",
+                "message": format!("the approval is {} already", st.as_str()),
+                "status": st.as_str()}})
+            .to_string(),
+        ),
+        Ok(Err(DecideError::TotpReplayed)) => {
+            tracing::warn!(admin = %who.id, "admin: a TOTP code was replayed");
+            Reply::error(
+                403,
+                "totp_replayed",
+                "this TOTP code was already used; wait for the next one",
+            )
+        }
+        Ok(Err(DecideError::Unavailable(e))) => unavailable(e),
+        Err(e) => unavailable(e),
+    }
+}

@@ -1,0 +1,189 @@
+//! The embedded backend: one redb file, `DIR/state.redb`.
+//!
+//! Why redb (and not SQLite through rusqlite): it is pure Rust (no C toolchain in a build that
+//! is already slow on two cores, nothing `unsafe` on our side), it is made for exactly this
+//! (typed key-value tables in one file), and its commits are crash-safe by construction: a
+//! copy-on-write B-tree whose commit is one fsync'd root swap (with `Durability::Immediate`,
+//! the default, a committed write survives kill -9 and power loss; an interrupted one leaves
+//! the previous root). The store thread is its only user, so its single-writer model costs
+//! nothing. SQL would buy nothing here: every access is by key or a scan of a small table.
+// Control plane: this file runs on the store thread only.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+use super::schema::{Approval, Binding, SCHEMA_VERSION};
+use super::{Backend, StoreError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+
+const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
+const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_bodies");
+const BINDINGS: TableDefinition<&[u8], &str> = TableDefinition::new("approval_bindings");
+const TOTP: TableDefinition<&str, u64> = TableDefinition::new("totp_steps");
+/// Reserved (issue 16): managed agents and revoked keys.
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
+/// Reserved (issue 15): pinned MCP tool definitions.
+const TOOL_PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("tool_pins");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub struct Embedded {
+    db: Database,
+}
+
+fn e(err: impl Into<redb::Error>) -> StoreError {
+    StoreError(err.into().to_string())
+}
+
+impl Embedded {
+    /// Opens (or creates) `dir/state.redb`, creating every table and checking the schema.
+    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|x| StoreError(format!("cannot create {}: {x}", dir.display())))?;
+        let path = dir.join("state.redb");
+        let db = Database::create(&path)
+            .map_err(|x| StoreError(format!("cannot open {}: {x}", path.display())))?;
+        let tx = db.begin_write().map_err(e)?;
+        {
+            let mut meta = tx.open_table(META).map_err(e)?;
+            let v = meta.get("schema").map_err(e)?.map(|g| g.value());
+            match v {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError(format!(
+                        "{} has schema version {v}, newer than this binary's {SCHEMA_VERSION}",
+                        path.display()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION).map_err(e)?;
+                }
+            }
+            tx.open_table(APPROVALS).map_err(e)?;
+            tx.open_table(BODIES).map_err(e)?;
+            tx.open_table(BINDINGS).map_err(e)?;
+            tx.open_table(TOTP).map_err(e)?;
+            tx.open_table(AGENTS).map_err(e)?;
+            tx.open_table(REVOCATIONS).map_err(e)?;
+            tx.open_table(TOOL_PINS).map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(Embedded { db })
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Approval, StoreError> {
+    serde_json::from_slice(bytes).map_err(|x| StoreError(format!("corrupt approval record: {x}")))
+}
+
+impl Backend for Embedded {
+    fn get(&mut self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(APPROVALS).map_err(e)?;
+        match t.get(id).map_err(e)? {
+            Some(g) => Ok(Some(decode(g.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn body(&mut self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(BODIES).map_err(e)?;
+        Ok(t.get(id).map_err(e)?.map(|g| g.value().to_vec()))
+    }
+
+    fn bound(&mut self, b: &Binding) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(BINDINGS).map_err(e)?;
+        Ok(t.get(&b[..]).map_err(e)?.map(|g| g.value().to_string()))
+    }
+
+    fn put(
+        &mut self,
+        a: &Approval,
+        prev: Option<&Approval>,
+        body: Option<&[u8]>,
+        bind: Option<&Binding>,
+        unbind: Option<&Binding>,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_vec(a).map_err(|x| StoreError(x.to_string()))?;
+        let tx = self.db.begin_write().map_err(e)?;
+        {
+            let mut t = tx.open_table(APPROVALS).map_err(e)?;
+            if let Some(prev) = prev {
+                // the store thread is the only writer, but a compare keeps the contract
+                let cur = t.get(a.id.as_str()).map_err(e)?.map(|g| decode(g.value()));
+                if !matches!(cur, Some(Ok(c)) if c == *prev) {
+                    return Ok(false);
+                }
+            }
+            t.insert(a.id.as_str(), &json[..]).map_err(e)?;
+            if let Some(body) = body {
+                let mut t = tx.open_table(BODIES).map_err(e)?;
+                t.insert(a.id.as_str(), body).map_err(e)?;
+            }
+            let mut t = tx.open_table(BINDINGS).map_err(e)?;
+            if let Some(b) = unbind {
+                t.remove(&b[..]).map_err(e)?;
+            }
+            if let Some(b) = bind {
+                t.insert(&b[..], a.id.as_str()).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(true)
+    }
+
+    fn remove(&mut self, a: &Approval, binding: Option<&Binding>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(e)?;
+        {
+            tx.open_table(APPROVALS)
+                .map_err(e)?
+                .remove(a.id.as_str())
+                .map_err(e)?;
+            tx.open_table(BODIES)
+                .map_err(e)?
+                .remove(a.id.as_str())
+                .map_err(e)?;
+            if let Some(b) = binding {
+                let mut t = tx.open_table(BINDINGS).map_err(e)?;
+                // only if it still points here
+                let mine = t.get(&b[..]).map_err(e)?.is_some_and(|g| g.value() == a.id);
+                if mine {
+                    t.remove(&b[..]).map_err(e)?;
+                }
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    fn scan(&mut self, visit: &mut dyn FnMut(Approval)) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(APPROVALS).map_err(e)?;
+        for row in t.iter().map_err(e)? {
+            let (_, v) = row.map_err(e)?;
+            match decode(v.value()) {
+                Ok(a) => visit(a),
+                Err(x) => tracing::warn!(error = %x.0, "state: skipping an unreadable approval"),
+            }
+        }
+        Ok(())
+    }
+
+    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(TOTP).map_err(e)?;
+        Ok(t.get(admin).map_err(e)?.map(|g| g.value()))
+    }
+
+    fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(e)?;
+        {
+            let mut t = tx.open_table(TOTP).map_err(e)?;
+            if t.get(admin).map_err(e)?.is_some_and(|g| g.value() >= step) {
+                return Ok(false);
+            }
+            t.insert(admin, step).map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(true)
+    }
+}
