@@ -21,7 +21,7 @@ use crate::http::head::{BodyKind, RequestHead};
 use crate::http::io::read_append;
 use crate::state::{Approval, Cmd, DecideError, Status};
 use base64::Engine as _;
-use monoio::net::TcpStream;
+use crate::net::agent_io::AgentIo;
 use std::time::Duration;
 
 /// Largest decision body (a reason and a code).
@@ -92,7 +92,7 @@ fn identify<'c>(cfg: &'c Compiled, key: Option<&[u8]>) -> Result<Who<'c>, Reply>
 
 /// Handles `/v1/approvals…`; reads a request body when one is announced.
 pub async fn handle(
-    s: &mut TcpStream,
+    s: &mut AgentIo,
     head: &RequestHead,
     buf: &mut Vec<u8>,
     control: &Control,
@@ -170,7 +170,7 @@ fn valid_id(id: &[u8]) -> Option<String> {
 }
 
 async fn read_body(
-    s: &mut TcpStream,
+    s: &mut AgentIo,
     head: &RequestHead,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<u8>, Reply> {

@@ -291,7 +291,12 @@ impl Cx<'_> {
         let agent_keys: Vec<String> = raw
             .agents
             .iter()
-            .map(|a| a.get_ref().key_sha256.get_ref().to_ascii_lowercase())
+            .filter_map(|a| {
+                a.get_ref()
+                    .key_sha256
+                    .as_ref()
+                    .map(|k| k.get_ref().to_ascii_lowercase())
+            })
             .collect();
         let mut out: Vec<Admin> = Vec::new();
         for (i, a) in raw.admins.iter().enumerate() {
