@@ -1019,11 +1019,16 @@ max_lag = "1s"
 
     // both sinks down: retention (2 files) deletes nothing
     some_calls(gw.port(), 30, "r");
-    let (oldest, count) = first_file();
-    assert!(
-        count >= 5,
-        "{count} files: rotate did not happen as expected"
-    );
+    // the writer is off the request path: wait (bounded) for the records to reach the files
+    let (oldest, _) = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        Some(first_file()).filter(|(_, n)| *n >= 5)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} files: rotation did not happen as expected",
+            first_file().1
+        )
+    });
     let log = gw.log_when(
         |l| l.contains("retention keeps a file a sink has not delivered yet"),
         Duration::from_secs(10),
