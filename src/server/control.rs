@@ -171,6 +171,12 @@ impl Control {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
+        let sinks = |c: &Compiled| c.sinks.iter().map(|s| s.describe()).collect::<Vec<_>>();
+        if sinks(&new) != sinks(&old) {
+            tracing::warn!(
+                "[[audit.sinks]] changed: sinks are started once, the change takes effect on restart only"
+            );
+        }
         // phase one: every worker builds its view of the new config (nothing changes yet)
         let n = self.workers.len();
         let prepared = self.broadcast(|ack| Msg::Prepare(new.clone(), ack));

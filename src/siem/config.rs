@@ -150,6 +150,27 @@ pub struct SyslogSink {
     pub hostname: String,
 }
 
+impl SinkConfig {
+    /// What the sink is, without its secrets: a reload compares these to warn that sink
+    /// changes take effect at the next start.
+    pub fn describe(&self) -> String {
+        let dest = match &self.kind {
+            SinkKind::Http(h) => format!(
+                "{:?} {}{} {:?} {:?}",
+                h.format, h.url.authority, h.url.path, h.index, h.sourcetype
+            ),
+            SinkKind::Syslog(s) => format!(
+                "syslog {:?} {}:{} {} {} {}",
+                s.transport, s.host, s.port, s.app_name, s.facility, s.hostname
+            ),
+        };
+        format!(
+            "{} {dest} {} {:?} {:?} {:?}",
+            self.name, self.batch, self.timeout, self.retry_max, self.max_lag
+        )
+    }
+}
+
 /// RFC 5424 facility codes by name.
 const FACILITIES: &[(&str, u8)] = &[
     ("kern", 0),

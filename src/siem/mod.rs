@@ -134,7 +134,7 @@ fn run(dir: &Path, cfg: &SinkConfig, st: &SinkStats, stop: &flume::Receiver<()>)
     loop {
         if last_lag.is_none_or(|t| crate::util::clock::now().duration_since(t) >= LAG_EVERY) {
             last_lag = Some(crate::util::clock::now());
-            update_lag(&tail, st);
+            update_lag(&mut tail, st);
         }
         let mut ev = tail::Events::default();
         let batch = tail.next_batch(cfg.batch, &mut ev);
@@ -172,7 +172,7 @@ fn run(dir: &Path, cfg: &SinkConfig, st: &SinkStats, stop: &flume::Receiver<()>)
                 backoff = BACKOFF_MIN;
                 let n = lines.len() as u64;
                 drop(lines);
-                if let Err(e) = tail.commit(batch.end) {
+                if let Err(e) = tail.commit_lines(batch.end, n) {
                     // delivered, but a restart will send it again (at least once)
                     st.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(sink = name, error = %e, "audit sink: cannot write the cursor");
@@ -205,7 +205,7 @@ fn run(dir: &Path, cfg: &SinkConfig, st: &SinkStats, stop: &flume::Receiver<()>)
     tracing::info!(sink = name, file = %tail.cursor.file, offset = tail.cursor.offset, "audit sink stopped");
 }
 
-fn update_lag(tail: &tail::Tail, st: &SinkStats) {
+fn update_lag(tail: &mut tail::Tail, st: &SinkStats) {
     match tail.lag() {
         Ok((records, oldest)) => {
             st.lag_records.store(records, Ordering::Relaxed);

@@ -41,6 +41,11 @@ pub struct Tail {
     pub cursor: Cursor,
     /// Whether `cursor` was checked against its file since it was loaded.
     checked: bool,
+    /// For the lag: lines counted per log file (`seq` → bytes scanned, lines in them). Log
+    /// files only grow, so each byte is counted once.
+    counted: std::collections::HashMap<u64, (u64, u64)>,
+    /// Lines of the cursor's file before the cursor: `(seq, offset, lines)`.
+    before: Option<(u64, u64, u64)>,
 }
 
 /// Largest line a sink reads (a longer one is skipped and counted as a gap).
@@ -76,11 +81,30 @@ impl Tail {
             cursor_path,
             cursor,
             checked: false,
+            counted: std::collections::HashMap::new(),
+            before: None,
         }
     }
 
-    /// Makes `c` the durable position (after the receiver acknowledged everything before it).
+    /// Makes `c` the durable position (after the receiver acknowledged everything before it),
+    /// `lines` lines after the previous one.
+    pub fn commit_lines(&mut self, c: Cursor, lines: u64) -> io::Result<()> {
+        self.before = match self.before {
+            Some((seq, _, n)) if seq == c.seq => Some((seq, c.offset, n + lines)),
+            _ if c.offset == 0 => Some((c.seq, 0, 0)),
+            _ => None,
+        };
+        self.commit(c)
+    }
+
+    /// Makes `c` the durable position.
     pub fn commit(&mut self, c: Cursor) -> io::Result<()> {
+        if self
+            .before
+            .is_some_and(|(seq, off, _)| seq != c.seq || off != c.offset)
+        {
+            self.before = (c.offset == 0).then_some((c.seq, 0, 0));
+        }
         self.cursor = c;
         cursor::store(&self.cursor_path, &self.cursor)
     }
@@ -196,44 +220,101 @@ impl Tail {
         Ok(b)
     }
 
-    /// Undelivered lines after the cursor and the time of the oldest (µs), by reading the
-    /// files (called at most once a second, off the delivery path).
-    pub fn lag(&self) -> io::Result<(u64, Option<u64>)> {
-        let mut records = 0u64;
-        let mut oldest = None;
-        for lf in files::list_files(&self.dir)? {
-            if lf.seq < self.cursor.seq {
-                continue;
-            }
-            let mut f = match File::open(&lf.path) {
-                Ok(f) => f,
+    /// Undelivered lines after the cursor and the time of the oldest (µs). Counting reads each
+    /// byte of the log once (files only grow; counts are kept per file), so a long backlog does
+    /// not cost a full read per call.
+    pub fn lag(&mut self) -> io::Result<(u64, Option<u64>)> {
+        let logs = files::list_files(&self.dir)?;
+        let cur = self.cursor.seq;
+        self.counted.retain(|seq, _| *seq >= cur);
+        let mut total = 0u64;
+        for lf in logs.iter().filter(|l| l.seq >= cur) {
+            let (from, lines) = self.counted.get(&lf.seq).copied().unwrap_or((0, 0));
+            let (to, more) = match count_lines(&lf.path, from) {
+                Ok(v) => v,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
+            };
+            self.counted.insert(lf.seq, (to, lines + more));
+            total += lines + more;
+        }
+        // lines before the cursor in its own file: counted once, then kept by `commit_lines`
+        let delivered_here = match self.before {
+            Some((seq, off, n)) if seq == cur && off == self.cursor.offset => n,
+            _ => {
+                let n = match logs.iter().find(|l| l.seq == cur) {
+                    Some(lf) => count_lines_upto(&lf.path, self.cursor.offset)?,
+                    None => 0,
+                };
+                self.before = Some((cur, self.cursor.offset, n));
+                n
+            }
+        };
+        let records = total.saturating_sub(delivered_here);
+        let oldest = if records == 0 {
+            None
+        } else {
+            self.oldest_undelivered(&logs)?
+        };
+        Ok((records, oldest))
+    }
+
+    /// The time of the first complete line after the cursor.
+    fn oldest_undelivered(&self, logs: &[LogFile]) -> io::Result<Option<u64>> {
+        for lf in logs.iter().filter(|l| l.seq >= self.cursor.seq) {
+            let Ok(mut f) = File::open(&lf.path) else {
+                continue;
             };
             if lf.seq == self.cursor.seq {
                 f.seek(SeekFrom::Start(self.cursor.offset))?;
             }
-            let mut r = BufReader::with_capacity(256 << 10, f);
-            if oldest.is_none() {
-                let mut first = Vec::new();
-                r.read_until(b'\n', &mut first)?;
-                if first.last() == Some(&b'\n') {
-                    records += 1;
-                    oldest = record::line_ts(&first);
-                }
-            }
-            loop {
-                let buf = r.fill_buf()?;
-                if buf.is_empty() {
-                    break;
-                }
-                records += memchr::memchr_iter(b'\n', buf).count() as u64;
-                let n = buf.len();
-                r.consume(n);
+            let mut first = Vec::new();
+            BufReader::new(f.take(MAX_LINE as u64)).read_until(b'\n', &mut first)?;
+            if first.last() == Some(&b'\n') {
+                return Ok(record::line_ts(&first));
             }
         }
-        Ok((records, oldest))
+        Ok(None)
     }
+}
+
+/// Newlines in `path` from byte `from` to its current end: (end, count).
+fn count_lines(path: &Path, from: u64) -> io::Result<(u64, u64)> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len <= from {
+        return Ok((from.min(len), 0));
+    }
+    f.seek(SeekFrom::Start(from))?;
+    let mut r = BufReader::with_capacity(256 << 10, f.take(len - from));
+    let mut n = 0u64;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        n += memchr::memchr_iter(b'\n', buf).count() as u64;
+        let k = buf.len();
+        r.consume(k);
+    }
+    Ok((len, n))
+}
+
+/// Newlines in the first `upto` bytes of `path`.
+fn count_lines_upto(path: &Path, upto: u64) -> io::Result<u64> {
+    let f = File::open(path)?;
+    let mut r = BufReader::with_capacity(256 << 10, f.take(upto));
+    let mut n = 0u64;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        n += memchr::memchr_iter(b'\n', buf).count() as u64;
+        let k = buf.len();
+        r.consume(k);
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

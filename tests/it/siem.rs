@@ -1019,11 +1019,16 @@ max_lag = "1s"
 
     // both sinks down: retention (2 files) deletes nothing
     some_calls(gw.port(), 30, "r");
-    let (oldest, count) = first_file();
-    assert!(
-        count >= 5,
-        "{count} files: rotate did not happen as expected"
-    );
+    // the writer is off the request path: wait (bounded) for the records to reach the files
+    let (oldest, _) = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        Some(first_file()).filter(|(_, n)| *n >= 5)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{} files: rotation did not happen as expected",
+            first_file().1
+        )
+    });
     let log = gw.log_when(
         |l| l.contains("retention keeps a file a sink has not delivered yet"),
         Duration::from_secs(10),
@@ -1076,4 +1081,132 @@ max_lag = "1s"
         missing.len(),
         missing.first()
     );
+}
+
+#[test]
+fn elastic_bulk_retries_rejected_items_and_redeliveries_are_conflicts_not_duplicates() {
+    use base64::Engine;
+    // an Elasticsearch stand-in: `create` by `_id`; the first bulk request has one item
+    // rejected (429), so the batch is sent again and its other items answer 409
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let docs: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let (docs, requests, errors) = (docs.clone(), requests.clone(), errors.clone());
+        l.set_nonblocking(true).unwrap();
+        thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline && requests.load(Ordering::Relaxed) < 1000 {
+                let Ok((mut s, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let Some((head, body)) = read_request(&mut s) else {
+                    continue;
+                };
+                let first = requests.fetch_add(1, Ordering::Relaxed) == 0;
+                let want_auth = format!(
+                    "authorization: basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("writer:{SINK_TOKEN}"))
+                        .to_ascii_lowercase()
+                );
+                if !head.starts_with("post /_bulk http/1.1\r\n") || !head.contains(&want_auth) {
+                    errors.lock().unwrap().push(head.clone());
+                }
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                let mut items = Vec::new();
+                for (i, pair) in lines.chunks(2).enumerate() {
+                    let action: serde_json::Value = serde_json::from_str(pair[0]).unwrap();
+                    let id = action["create"]["_id"].as_str().unwrap_or("").to_string();
+                    if action["create"]["_index"] != "pcs-audit" {
+                        errors.lock().unwrap().push(pair[0].to_string());
+                    }
+                    let status = if first && i == 1 {
+                        429
+                    } else {
+                        let mut d = docs.lock().unwrap();
+                        match d.entry(id) {
+                            std::collections::btree_map::Entry::Occupied(_) => 409,
+                            std::collections::btree_map::Entry::Vacant(e) => {
+                                e.insert(pair.get(1).copied().unwrap_or("").to_string());
+                                201
+                            }
+                        }
+                    };
+                    items.push(
+                        serde_json::json!({"create": {"_id": pair[0], "status": status,
+                        "error": {"reason": "es_rejected_execution_exception"}}}),
+                    );
+                }
+                let errors_flag = items.iter().any(|i| i["create"]["status"] != 201);
+                let resp = serde_json::json!({"took": 1, "errors": errors_flag, "items": items})
+                    .to_string();
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{resp}",
+                        resp.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+    }
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let trail = tempfile::tempdir().unwrap();
+    let dir = trail.path().join("audit");
+    let admin = free_port();
+    let toml = audit_config(&mock.url(), dir.to_str().unwrap(), "1s", Some(admin))
+        + &format!(
+            r#"
+[[audit.sinks]]
+name = "elastic"
+type = "http"
+url = "http://127.0.0.1:{port}/_bulk"
+format = "elastic_bulk"
+index = "pcs-audit"
+auth = {{ type = "basic", user = "writer", password = "file:sink.token" }}
+batch = 5
+retry_max = "200ms"
+"#
+        );
+    let mut gw = start_with_sink(&toml);
+    wait_admin(admin);
+    some_calls(gw.port(), 8, "es");
+    let n = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let want = audit_lines(&dir).len();
+        (want >= 8 && docs.lock().unwrap().len() >= want).then_some(want)
+    })
+    .expect("not every record was indexed");
+    wait_metric(admin, "portcullis_sink_delivered_total", "elastic", |v| {
+        v == n as u64
+    });
+    assert!(sink_metric(admin, "portcullis_sink_failed_total", "elastic").unwrap() >= 1);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some());
+    let log = gw.stderr_text() + &gw.stdout_text();
+    assert!(
+        log.contains("429: es_rejected_execution_exception"),
+        "{log}"
+    );
+
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    let docs = docs.lock().unwrap();
+    assert_eq!(docs.len(), n, "one document per record, no duplicates");
+    for line in audit_lines(&dir) {
+        let doc = docs
+            .get(&hash_of(&line))
+            .unwrap_or_else(|| panic!("not indexed: {line}"));
+        // the record unchanged after the added @timestamp
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let prefix = format!("{{\"@timestamp\":\"{}\",", v["ts"].as_str().unwrap());
+        assert_eq!(doc.strip_prefix(&prefix), line.strip_prefix('{'), "{doc}");
+    }
 }
