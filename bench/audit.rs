@@ -5,12 +5,12 @@
 //! `AUDIT_BENCH_RECORDS` sets the size of the query log (default 1,000,000); it is generated
 //! once under `$CARGO_TARGET_DIR/audit-bench-<N>` (or the system temp dir) and reused.
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use portcullis::observe::audit::record::{Entry, GENESIS, encode_line};
-use portcullis::observe::audit::{
+use portcullis::internals::observe::audit::record::{Entry, GENESIS, encode_line};
+use portcullis::internals::observe::audit::{
     AuditConfig, AuditRecord, Decision, FsyncPolicy, OnFull, Query, Ring, SmallStr, StatusFilter,
     query, start,
 };
-use portcullis::util::clock;
+use portcullis::internals::util::clock;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! `RuleSet::decide` with 1, 100 and 10,000 rules over realistic API paths: the trie walk
 //! should cost the same whatever the number of rules. `cargo bench --bench authz`.
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use portcullis::policy::authz::Effect;
-use portcullis::policy::authz::{MethodsSpec, RawRule, RuleSet};
+use portcullis::internals::policy::authz::Effect;
+use portcullis::internals::policy::authz::{MethodsSpec, RawRule, RuleSet};
 use std::collections::BTreeMap;
 use std::hint::black_box;
 

@@ -2,7 +2,7 @@
 //! (a sharded map lookup, then the cell), with a quota beside the rate, and contended from a
 //! second thread. `cargo bench --bench meter`.
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::policy::meter::{MeterBy, MeterSpec, ProxyMeter, Rate};
+use portcullis::internals::policy::meter::{MeterBy, MeterSpec, ProxyMeter, Rate};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,10 +6,12 @@
 // A bench harness, not the data plane: it sleeps while redis-server starts.
 #![allow(clippy::disallowed_methods)]
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::policy::meter::cluster::{Cluster, LimitArgs, OnDown, Settings, Store, TakeReq};
-use portcullis::policy::meter::redis_store::{RedisStore, connection_info, connector};
-use portcullis::policy::meter::{MeterBy, MeterSpec, ProxyMeter, Rate, Verdict};
-use portcullis::util::clock::mono_ns;
+use portcullis::internals::policy::meter::cluster::{
+    Cluster, LimitArgs, OnDown, Settings, Store, TakeReq,
+};
+use portcullis::internals::policy::meter::redis_store::{RedisStore, connection_info, connector};
+use portcullis::internals::policy::meter::{MeterBy, MeterSpec, ProxyMeter, Rate, Verdict};
+use portcullis::internals::util::clock::mono_ns;
 use std::hint::black_box;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis::redact::{Action, JsonRedactor, Limits, OnInvalid, RedactProgram};
+use portcullis::internals::redact::{Action, JsonRedactor, Limits, OnInvalid, RedactProgram};
 use serde_json::{Value, json};
 
 const CHUNK: usize = 16 * 1024;

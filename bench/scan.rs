@@ -7,7 +7,7 @@
 //! beyond the ids); the `decoded_*` cases measure bodies that do build views (a body from a
 //! client that escapes every non-ASCII character, a form body, a body carrying base64).
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use portcullis::scan::{Detector, RawScanner, ScanSet};
+use portcullis::internals::scan::{Detector, RawScanner, ScanSet};
 use std::hint::black_box;
 
 const BODY_LEN: usize = 64 * 1024;

@@ -1,7 +1,7 @@
 //! Command-line front-ends. No data-plane logic here.
 use crate::identity::{self, valid_agent_id};
 use crate::secrets::vault_file::{Vault, VaultKey};
-use crate::server::control::Source;
+pub use crate::server::control::Source;
 use crate::util::datetime::{format_rfc3339, parse_rfc3339};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["secrets", "identity"],
     &["policy", "net"],
     &["observe", "http"],
-    &["scan", "redact", "error"],
+    &["scan", "redact", "mcp", "error"],
     &["util"],
 ];
 

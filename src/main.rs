@@ -1,7 +1,6 @@
 #![forbid(unsafe_code)]
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command};
-use portcullis::server::control::Source;
+use portcullis::cli::{self, Cli, Command, Source};
 use std::process::ExitCode;
 
 #[global_allocator]

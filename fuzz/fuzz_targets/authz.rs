@@ -10,8 +10,8 @@
 //! Input layout: fields separated by 0xFF: method, raw path, query, header value, escape mask.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::http::canon::{PathParams, canonicalize_with};
-use portcullis::policy::authz::{Effect, RawRule, RuleSet};
+use portcullis::internals::http::canon::{PathParams, canonicalize_with};
+use portcullis::internals::policy::authz::{Effect, RawRule, RuleSet};
 use std::sync::OnceLock;
 
 static RULES: OnceLock<RuleSet> = OnceLock::new();
@@ -71,7 +71,7 @@ fn tomcat(path: &[u8]) -> Vec<Vec<u8>> {
     segs
 }
 
-fn decide(method: &[u8], path: &str, query: &[u8], header: &[u8]) -> portcullis::policy::authz::Decision {
+fn decide(method: &[u8], path: &str, query: &[u8], header: &[u8]) -> portcullis::internals::policy::authz::Decision {
     rules().decide(method, path, Some("agent"), &["support"], query, |name: &str| {
         (name == "x-tenant").then_some(header)
     })

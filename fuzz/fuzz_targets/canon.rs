@@ -2,7 +2,7 @@
 //! printable ASCII, free of empty and dot segments, and its own canonical form (idempotent).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::http::canon::{MAX_PATH_LEN, canonicalize};
+use portcullis::internals::http::canon::{MAX_PATH_LEN, canonicalize};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(c) = canonicalize(data) else { return };

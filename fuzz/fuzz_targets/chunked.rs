@@ -3,7 +3,7 @@
 //! completion / error as decoding the whole input in one piece.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::http::chunked::{ChunkedDecoder, ChunkedError};
+use portcullis::internals::http::chunked::{ChunkedDecoder, ChunkedError};
 
 type Outcome = Result<(Vec<u8>, usize, bool), ChunkedError>;
 

@@ -2,7 +2,7 @@
 //! credential classifier, the RFC 3339 parser and SigV4's canonical query: no panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::identity::{Credential, extract_credential};
+use portcullis::internals::identity::{Credential, extract_credential};
 
 fuzz_target!(|data: &[u8]| {
     let headers: Vec<(&[u8], &[u8])> = data
@@ -16,8 +16,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = Credential::classify(c.bytes());
     }
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = portcullis::util::datetime::parse_rfc3339(s);
-        let _ = portcullis::credentials::sigv4::canonical_query(s);
-        let _ = portcullis::identity::jwt::peek_issuer(s);
+        let _ = portcullis::internals::util::datetime::parse_rfc3339(s);
+        let _ = portcullis::internals::credentials::sigv4::canonical_query(s);
+        let _ = portcullis::internals::identity::jwt::peek_issuer(s);
     }
 });

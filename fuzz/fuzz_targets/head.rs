@@ -2,7 +2,7 @@
 //! complete head lies within `head_len <= data.len()` (and within `max_head`).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::http::head::{
+use portcullis::internals::http::head::{
     Limits, RequestHead, ResponseHead, Span, parse_request, parse_response,
 };
 

@@ -4,7 +4,7 @@
 //! under `Pass` with nothing matched the output is the input.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::redact::{
+use portcullis::internals::redact::{
     Action, DEFAULT_MAX_EVENT, JsonRedactor, Limits, OnInvalid, RedactError, RedactProgram,
     SseRedactor,
 };

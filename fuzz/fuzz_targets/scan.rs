@@ -3,7 +3,7 @@
 //! gzip/deflate paths never panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::scan::{Detector, RawScanner, ScanSet};
+use portcullis::internals::scan::{Detector, RawScanner, ScanSet};
 use std::sync::OnceLock;
 
 static SET: OnceLock<ScanSet> = OnceLock::new();

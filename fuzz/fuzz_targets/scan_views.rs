@@ -7,7 +7,7 @@
 //! Input layout: byte 0 picks the Content-Type and the wrapping, the rest is the body.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::scan::{RawScanner, ScanSet};
+use portcullis::internals::scan::{RawScanner, ScanSet};
 use std::sync::OnceLock;
 
 static SET: OnceLock<ScanSet> = OnceLock::new();

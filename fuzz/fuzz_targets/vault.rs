@@ -2,7 +2,7 @@
 //! re-encodes and decodes to the same names and values.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use portcullis::secrets::vault_file::{Vault, VaultKey};
+use portcullis::internals::secrets::vault_file::{Vault, VaultKey};
 
 fuzz_target!(|data: &[u8]| {
     let key = VaultKey::from_base64(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();

@@ -958,21 +958,11 @@ enum RefreshState {
     Backoff { until: i64 },
 }
 
-/// What a request should do about its OAuth2 token.
-pub enum TokenStatus<'a> {
-    /// Use it.
-    Ready(&'a Secret),
-    /// No usable token; a refresh is in flight: wait for it (or fail after a bound).
-    Pending,
-    /// No usable token and the last refresh failed: answer 502 `upstream_auth_failed`.
-    Failed(&'a OAuthError),
-}
-
 /// Sans-io OAuth2 access-token cache with single-flight refresh.
 ///
 /// ```text
 /// if cache.begin_refresh(now) { spawn: send build_token_request(); cache.complete(now, parse_token_response(..)) }
-/// match cache.status(now) { Ready(t) => apply(.., Some(t), ..), Pending => wait, Failed(e) => 502 }
+/// match cache.current(now) { Some(t) => apply(.., Some(t), ..), None => wait or 502 }
 /// ```
 /// `begin_refresh` returns true to exactly one caller per refresh; others keep using the
 /// still-valid token (refresh starts 60–180 s before expiry) or wait.
@@ -1004,21 +994,13 @@ impl OAuthTokenCache {
         OAuthTokenCache::default()
     }
 
-    /// The token, if it is valid for at least `EXPIRY_SAFETY_SECS` more.
+    /// The token, if it is valid for at least `EXPIRY_SAFETY_SECS` more (the token source keeps
+    /// its own copy for the data plane; this reads the cache's state in tests).
+    #[cfg(test)]
     pub fn current(&self, now_unix: i64) -> Option<&Secret> {
         self.token
             .as_ref()
             .filter(|_| now_unix < self.expires_at - EXPIRY_SAFETY_SECS)
-    }
-
-    pub fn status(&self, now_unix: i64) -> TokenStatus<'_> {
-        if let Some(t) = self.current(now_unix) {
-            return TokenStatus::Ready(t);
-        }
-        match (&self.state, &self.last_error) {
-            (Some(RefreshState::Backoff { .. }), Some(e)) => TokenStatus::Failed(e),
-            _ => TokenStatus::Pending,
-        }
     }
 
     /// Is it time to start a refresh (and none is in flight)?
@@ -1038,10 +1020,6 @@ impl OAuthTokenCache {
         }
         self.state = Some(RefreshState::InFlight { since: now_unix });
         true
-    }
-
-    pub fn last_error(&self) -> Option<&OAuthError> {
-        self.last_error.as_ref()
     }
 
     /// Records the refresh outcome, with a random refresh jitter.
@@ -1531,7 +1509,7 @@ mod tests {
     #[test]
     fn token_cache_single_flight_refresh_and_backoff() {
         let mut c = OAuthTokenCache::new();
-        assert!(matches!(c.status(0), TokenStatus::Pending));
+        assert!(c.current(0).is_none());
         assert!(c.needs_refresh(0));
         assert!(c.begin_refresh(0), "first caller gets the refresh");
         assert!(!c.begin_refresh(0), "single flight");
@@ -1551,13 +1529,10 @@ mod tests {
             c.current(3610 - EXPIRY_SAFETY_SECS).is_none(),
             "not in its last seconds"
         );
-        // Refresh fails: old token still served until it expires; then Failed.
+        // Refresh fails: old token still served until it expires; then none.
         c.complete_with_jitter(3520, Err(OAuthError::Status(500)), 0);
-        assert!(matches!(c.status(3600), TokenStatus::Ready(_)));
-        assert!(matches!(
-            c.status(3700),
-            TokenStatus::Failed(OAuthError::Status(500))
-        ));
+        assert!(c.current(3600).is_some());
+        assert!(c.current(3700).is_none());
         // Backoff 1s, then 2s, 4s...
         assert!(!c.needs_refresh(3520));
         assert!(c.begin_refresh(3521));
@@ -1576,7 +1551,7 @@ mod tests {
         assert!(c.begin_refresh(6000 + IN_FLIGHT_TIMEOUT_SECS));
         // Success resets; short-lived token refreshes at half-life.
         c.complete_with_jitter(7000, Ok((Secret::new(b"t2".to_vec()), 100)), 120);
-        assert!(c.last_error().is_none());
+        assert_eq!(c.current(7000).map(Secret::expose), Some(&b"t2"[..]));
         assert!(!c.needs_refresh(7049));
         assert!(c.needs_refresh(7050));
         // Random jitter stays within 60..=180 s before expiry.

@@ -61,7 +61,7 @@ pub async fn read<R: AsyncReadRent>(
             while dst.len() < n {
                 let want = (n - dst.len()).min(256 * 1024);
                 match read_append(client, dst, want, deadline()).await {
-                    Ok(0) | Err(IoFail::Io(_)) | Err(IoFail::Timeout) => {
+                    Ok(0) | Err(IoFail::Io) | Err(IoFail::Timeout) => {
                         return Err(BodyFail::Gone);
                     }
                     Ok(_) => {}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum IoFail {
     Timeout,
-    Io(std::io::ErrorKind),
+    Io,
 }
 
 /// Reads once, appending at most `max` bytes to `buf` (growing it as needed). Ok(0) is EOF.
@@ -27,7 +27,7 @@ pub async fn read_append<R: AsyncReadRent>(
     match monoio::time::timeout_at(deadline.into(), r.read(owned.slice_mut(len..end))).await {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
-            res.map_err(|e| IoFail::Io(e.kind()))
+            res.map_err(|_| IoFail::Io)
         }
         Err(_) => Err(IoFail::Timeout),
     }
@@ -44,7 +44,7 @@ pub async fn write_all<W: AsyncWriteRent>(
         Ok((res, mut b)) => {
             b.clear();
             *buf = b;
-            res.map(|_| ()).map_err(|e| IoFail::Io(e.kind()))
+            res.map(|_| ()).map_err(|_| IoFail::Io)
         }
         Err(_) => Err(IoFail::Timeout),
     }
@@ -62,7 +62,7 @@ pub async fn write_range<W: AsyncWriteRent>(
     match monoio::time::timeout(timeout, w.write_all(owned.slice(range))).await {
         Ok((res, slice)) => {
             *buf = slice.into_inner();
-            res.map(|_| ()).map_err(|e| IoFail::Io(e.kind()))
+            res.map(|_| ()).map_err(|_| IoFail::Io)
         }
         Err(_) => Err(IoFail::Timeout),
     }

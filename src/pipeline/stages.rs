@@ -54,7 +54,7 @@ pub(super) async fn read_head(
             Ok(0) if s.rbuf.is_empty() => return Err(Stop::Quiet),
             Ok(0) => return bad("connection closed mid-head"),
             Ok(_) => {}
-            Err(IoFail::Timeout) | Err(IoFail::Io(_)) => return Err(Stop::Quiet),
+            Err(IoFail::Timeout) | Err(IoFail::Io) => return Err(Stop::Quiet),
         }
     }
 }
@@ -293,7 +293,7 @@ pub(super) async fn send_request(
                 .await
             }
             Err(IoFail::Timeout) => Err(HeadFail::Refused(Refusal::UpstreamTimeout)),
-            Err(IoFail::Io(_)) => Err(HeadFail::ClosedEarly),
+            Err(IoFail::Io) => Err(HeadFail::ClosedEarly),
         };
         match res {
             // a 408 on a pooled connection is the upstream's idle timeout racing our request

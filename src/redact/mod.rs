@@ -10,7 +10,7 @@
 //! not content-encoded — decompress first or skip redaction):
 //!
 //! ```
-//! use portcullis::redact::{Action, JsonRedactor, Limits, OnInvalid, RedactProgram};
+//! use portcullis::internals::redact::{Action, JsonRedactor, Limits, OnInvalid, RedactProgram};
 //!
 //! let prog = RedactProgram::compile(&["$..ssn"], Action::Remove).expect("paths");
 //! let mut r = JsonRedactor::new(&prog, Limits::default(), OnInvalid::Block);
@@ -33,6 +33,6 @@ mod path;
 pub mod response;
 mod sse;
 
-pub use json::{JsonRedactor, Limits, MASK, OnInvalid, RedactError};
+pub use json::{JsonRedactor, Limits, OnInvalid, RedactError};
 pub use path::{Action, RedactProgram};
 pub use sse::{DEFAULT_MAX_EVENT, SseRedactor};

@@ -128,10 +128,6 @@ impl Control {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
     pub fn current(&self) -> Arc<Compiled> {
         self.current
             .lock()

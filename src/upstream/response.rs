@@ -73,8 +73,8 @@ pub async fn read_head(
             }
             Ok(_) => any = true,
             Err(IoFail::Timeout) => return Err(HeadFail::Refused(Refusal::UpstreamTimeout)),
-            Err(IoFail::Io(_)) if !any => return Err(HeadFail::ClosedEarly),
-            Err(IoFail::Io(_)) => {
+            Err(IoFail::Io) if !any => return Err(HeadFail::ClosedEarly),
+            Err(IoFail::Io) => {
                 return Err(HeadFail::Refused(Refusal::UpstreamUnreachable(
                     "upstream connection failed mid-head",
                 )));

@@ -2,7 +2,7 @@
 //! verify` and `portcullis logs`, `GET /v1/requests` and `/v1/telemetry`, and a `kill -9`
 //! under load followed by a restart on the same directory.
 use crate::support::*;
-use portcullis::observe::audit::StoredRecord;
+use portcullis::internals::observe::audit::StoredRecord;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +46,7 @@ name = "closed"
 upstream = "{upstream}"
 default_effect = "deny"
 "#,
-        key = portcullis::identity::key_sha256_hex(AGENT_KEY),
+        key = portcullis::internals::identity::key_sha256_hex(AGENT_KEY),
     )
 }
 
@@ -212,7 +212,7 @@ pub fn check_record(r: &StoredRecord, e: &Expect) {
 }
 
 pub fn calls(dir: &Path) -> Vec<StoredRecord> {
-    portcullis::observe::audit::verify::read_all(dir)
+    portcullis::internals::observe::audit::verify::read_all(dir)
         .unwrap()
         .into_iter()
         .filter(|r| r.is_call())

@@ -8,7 +8,7 @@ use crate::audit::{
     ADMIN_TOKEN, AGENT_KEY, admin_get, call, calls, portcullis_ok, records_of, stop, with_key,
 };
 use crate::support::*;
-use portcullis::observe::audit::StoredRecord;
+use portcullis::internals::observe::audit::StoredRecord;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -96,7 +96,7 @@ rules = [
 ]
 "#,
         dir = audit_dir.display(),
-        key = portcullis::identity::key_sha256_hex(AGENT_KEY),
+        key = portcullis::internals::identity::key_sha256_hex(AGENT_KEY),
     )
 }
 
@@ -143,7 +143,7 @@ fn verify(args: &[&str]) -> (bool, String) {
 }
 
 fn gaps(dir: &Path) -> Vec<StoredRecord> {
-    portcullis::observe::audit::verify::read_all(dir)
+    portcullis::internals::observe::audit::verify::read_all(dir)
         .unwrap()
         .into_iter()
         .filter(|r| r.is_gap())
@@ -470,11 +470,12 @@ fn kill_9_under_load_with_fsync_always_and_refuse_loses_no_answered_call() {
         &missing[..missing.len().min(5)]
     );
     // the bodies' totals follow as completion lines (not awaited, but most are there)
-    let completions: Vec<StoredRecord> = portcullis::observe::audit::verify::read_all(&dir)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.kind.as_deref() == Some("completion"))
-        .collect();
+    let completions: Vec<StoredRecord> =
+        portcullis::internals::observe::audit::verify::read_all(&dir)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind.as_deref() == Some("completion"))
+            .collect();
     assert!(!completions.is_empty());
     assert!(
         completions
@@ -616,7 +617,7 @@ fn retention_removes_the_oldest_files_and_what_remains_verifies() {
         "portcullis_audit_files_removed_total"
     ) > 0));
     stop(&mut gw);
-    let logs = portcullis::observe::audit::files::list_files(&dir).unwrap();
+    let logs = portcullis::internals::observe::audit::files::list_files(&dir).unwrap();
     assert!(logs.len() <= 4, "{logs:?}");
     assert!(logs[0].seq > 1, "the oldest files are gone: {logs:?}");
     let d = dir.to_str().unwrap();

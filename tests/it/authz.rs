@@ -156,8 +156,8 @@ fn agent_and_role_rules() {
     let toml = format!(
         "{}\n[[agents]]\nid = \"alpha\"\nkey_sha256 = \"{}\"\nroles = [\"support\"]\n\n[[agents]]\nid = \"bravo\"\nkey_sha256 = \"{}\"\n",
         config(&mock.url(), rules),
-        portcullis::identity::key_sha256_hex(key_a),
-        portcullis::identity::key_sha256_hex(key_b)
+        portcullis::internals::identity::key_sha256_hex(key_a),
+        portcullis::internals::identity::key_sha256_hex(key_b)
     );
     let gw = Gateway::start(&toml);
     let mut c = gw.conn();

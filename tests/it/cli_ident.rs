@@ -124,7 +124,7 @@ fn agent_add_prints_key_once_and_config_lines() {
     assert_eq!(a["expires_at"].as_str(), Some("2027-01-01T00:00:00Z"));
     assert_eq!(
         a["key_sha256"].as_str().unwrap(),
-        portcullis::identity::key_sha256_hex(key)
+        portcullis::internals::identity::key_sha256_hex(key)
     );
     assert!(
         !rest.contains(key),

@@ -4,7 +4,7 @@ use crate::support::*;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use portcullis::secrets::vault_file::{Vault, VaultKey};
+use portcullis::internals::secrets::vault_file::{Vault, VaultKey};
 
 const AGENT_KEY: &str = "pcs_TestAgentKey0123456789abcdefghijABCDEFGHIJ";
 const EXPIRED_KEY: &str = "pcs_ExpiredAgentKey0123456789abcdefghijABCDEFG";
@@ -12,7 +12,7 @@ const TARGET_SECRET: &str = "tgt-SECRET-7f3a9c1e5b";
 const VAULT_SECRET: &str = "vlt-SECRET-44d0e2aa91";
 
 fn sha(k: &str) -> String {
-    portcullis::identity::key_sha256_hex(k)
+    portcullis::internals::identity::key_sha256_hex(k)
 }
 
 /// A config with two agents, a vault holding `crm-token`, and proxies using each scheme.

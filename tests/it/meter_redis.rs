@@ -2,8 +2,8 @@
 //! processes sharing its buckets, Redis killed and restarted under them, and the Lua script
 //! itself. `.ci/run` installs redis-server; a missing binary fails these tests.
 use crate::support::*;
-use portcullis::policy::meter::cluster::{LimitArgs, Store, TakeReq};
-use portcullis::policy::meter::redis_store::{RedisStore, connection_info};
+use portcullis::internals::policy::meter::cluster::{LimitArgs, Store, TakeReq};
+use portcullis::internals::policy::meter::redis_store::{RedisStore, connection_info};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

@@ -47,14 +47,12 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use gate::{AuditRing, Durability, OnError};
-pub use query::{Query, QueryError, QueryResult, StatusFilter, query, query_visit};
-pub use record::{AuditRecord, Decision, GapReason, SmallStr, StoredRecord};
+pub use gate::{AuditRing, OnError};
+pub use query::{Query, StatusFilter, query};
+pub use record::{AuditRecord, Decision, SmallStr, StoredRecord};
 pub use ring::{OnFull, Ring};
 pub use sign::SigningKey;
-pub use verify::{
-    Break, BreakKind, VerifyError, VerifyOptions, VerifyReport, verify_dir, verify_dir_with,
-};
+pub use verify::{VerifyError, VerifyOptions, verify_dir_with};
 pub use writer::{AuditConfig, AuditStats, AuditWriter, FsyncPolicy, Handle, StatsSnapshot};
 
 use std::sync::Arc;

@@ -1,11 +1,16 @@
 //! Writer + verify + query together, on real files in temporary directories.
 use super::files::{self, LogFile};
+use super::gate::Durability;
 use super::index;
 use super::record::StoredRecord;
-use super::verify::{self, BreakKind};
+use super::verify::{self, BreakKind, VerifyReport};
 use super::*;
 use std::path::Path;
 use std::time::Duration;
+
+fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    verify_dir_with(dir, &VerifyOptions::default())
+}
 
 const PROXIES: &[&str] = &["crm", "payments", "openai", "legacy\"api"];
 const AGENTS: &[&str] = &["support-bot", "billing-bot", "ops\nagent", "rare-agent"];

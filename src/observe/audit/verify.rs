@@ -206,12 +206,8 @@ pub enum VerifyError {
     },
 }
 
-/// Verifies the chain across all files of `dir`. An empty or missing directory verifies (0 files).
-pub fn verify_dir(dir: &Path) -> Result<VerifyReport, VerifyError> {
-    verify_dir_with(dir, &VerifyOptions::default())
-}
-
-/// [`verify_dir`] with checkpoint keys and an expected head.
+/// Verifies the chain across all files of `dir` with checkpoint keys and an expected head. An
+/// empty or missing directory verifies (0 files).
 pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
     let logs = files::list_files(dir).map_err(|source| VerifyError::Io {
         path: dir.to_path_buf(),
@@ -498,16 +494,13 @@ pub struct Line<'a> {
     pub bytes: &'a [u8],
     /// Whether it ended in `\n` (a torn last line does not).
     pub complete: bool,
-    /// Byte offset of the line's start in the file.
-    pub offset: u64,
 }
 
-/// Reads one log file line by line with line numbers and offsets, reusing one buffer.
+/// Reads one log file line by line with line numbers, reusing one buffer.
 pub struct LineReader {
     inner: BufReader<File>,
     buf: Vec<u8>,
     number: u64,
-    offset: u64,
 }
 
 impl LineReader {
@@ -516,7 +509,6 @@ impl LineReader {
             inner: BufReader::with_capacity(1 << 20, File::open(path)?),
             buf: Vec::with_capacity(1024),
             number: 0,
-            offset: 0,
         })
     }
 
@@ -527,8 +519,6 @@ impl LineReader {
             return Ok(None);
         }
         self.number += 1;
-        let offset = self.offset;
-        self.offset += n as u64;
         let complete = self.buf.last() == Some(&b'\n');
         let bytes = if complete {
             &self.buf[..n - 1]
@@ -539,7 +529,6 @@ impl LineReader {
             number: self.number,
             bytes,
             complete,
-            offset,
         }))
     }
 }

@@ -391,11 +391,6 @@ pub struct MeterStore {
 }
 
 impl MeterStore {
-    /// The meter for `proxy` with `spec`: the existing one if its spec is unchanged.
-    pub fn meter(&self, proxy: &str, spec: MeterSpec) -> Arc<ProxyMeter> {
-        self.meter_in(proxy, spec, None)
-    }
-
     /// The meter for `proxy` with `spec`, cluster-wide through `cluster` if given: the existing
     /// one if its spec and backend are unchanged.
     pub fn meter_in(
@@ -542,11 +537,11 @@ mod tests {
     fn store_keeps_buckets_across_reloads_with_the_same_spec() {
         let store = MeterStore::default();
         let s = spec(1, 60, 1, MeterBy::Proxy);
-        let a = store.meter("crm", s);
+        let a = store.meter_in("crm", s, None);
         assert!(matches!(a.check(None, S), Verdict::Allowed(_)));
-        let b = store.meter("crm", s);
+        let b = store.meter_in("crm", s, None);
         assert!(matches!(b.check(None, S), Verdict::Limited { .. }));
-        let c = store.meter("crm", spec(2, 60, 2, MeterBy::Proxy));
+        let c = store.meter_in("crm", spec(2, 60, 2, MeterBy::Proxy), None);
         assert!(matches!(c.check(None, S), Verdict::Allowed(_)));
     }
 
@@ -571,7 +566,7 @@ mod tests {
         let b = store.meter_in("crm", s, Some(&c2));
         assert!(Arc::ptr_eq(&a, &b), "same spec and backend, same buckets");
         assert_eq!(a.batch(), Some(1));
-        let local = store.meter("crm", s);
+        let local = store.meter_in("crm", s, None);
         assert!(
             local.cluster().is_none(),
             "leaving cluster mode starts local buckets"
