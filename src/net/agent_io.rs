@@ -3,7 +3,7 @@
 //! pipeline runs unchanged over either, without generics (compile time, DESIGN.md).
 //!
 //! The handshake is driven here with owned buffers over the `ServerConnection` itself, so
-//! what the handshake established (the client certificate of an mTLS listener, SNI, ALPN) can
+//! what the handshake established (the client certificate of an mTLS listener) can
 //! be read before the connection is handed to `monoio_rustls`'s stream for the calls. Every
 //! byte read during the handshake is given to rustls (`read_tls` until empty), so application
 //! data that arrived with the client's Finished is already in the session's plaintext buffer
@@ -32,8 +32,6 @@ pub struct PeerTls {
     pub cert_subject: Option<String>,
     /// The first `spiffe://` URI SAN of the client certificate.
     pub spiffe_id: Option<String>,
-    /// The server name the client asked for.
-    pub sni: Option<String>,
 }
 
 /// Why a handshake failed, for the log line (never sent anywhere).
@@ -122,10 +120,7 @@ async fn handshake(
 }
 
 fn peer_tls(conn: &ServerConnection) -> PeerTls {
-    let mut p = PeerTls {
-        sni: conn.server_name().map(str::to_string),
-        ..PeerTls::default()
-    };
+    let mut p = PeerTls::default();
     if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
         let (subject, spiffe) = cert_names(cert);
         p.cert_subject = subject;
@@ -150,13 +145,6 @@ pub fn cert_names(cert: &CertificateDer<'_>) -> (Option<String>, Option<String>)
         })
     });
     (subject, spiffe)
-}
-
-impl AgentIo {
-    /// Whether this is a TLS connection.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, AgentIo::Tls(_))
-    }
 }
 
 impl AsyncReadRent for AgentIo {

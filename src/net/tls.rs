@@ -2,10 +2,27 @@
 use std::path::Path;
 use std::sync::Arc;
 
-/// webpki roots plus the certificates in `ca_file` (PEM), aws-lc-rs as the one crypto provider.
+/// The system trust store (`rustls-native-certs`: the distribution's bundle, or `SSL_CERT_FILE`
+/// / `SSL_CERT_DIR`), read once per process: an enterprise root installed on the host is trusted
+/// for upstreams as well as the webpki roots. Certificates it cannot parse are skipped (logged).
+fn system_roots() -> &'static [rustls::pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in found.errors.iter().take(3) {
+            tracing::warn!(error = %e, "system trust store: some certificates could not be read");
+        }
+        found.certs
+    })
+}
+
+/// webpki roots, the system trust store, and the certificates in `ca_file` (PEM, e.g. a
+/// legacy server's self-signed certificate), aws-lc-rs as the one crypto provider.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let (_added, _ignored) = roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
@@ -86,4 +103,20 @@ pub fn server_config(pem: &ServerTlsPem<'_>) -> Result<Arc<rustls::ServerConfig>
         .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Why a TLS handshake failed, in words an operator can act on ("invalid peer certificate:
+/// UnknownIssuer", "... NotValidForName", "... Expired"), not monoio-rustls's bare "io error":
+/// the rustls error is dug out of the i/o error that carries it.
+pub fn handshake_reason(e: &monoio_rustls::TlsError) -> String {
+    match e {
+        monoio_rustls::TlsError::Rustls(r) => r.to_string(),
+        monoio_rustls::TlsError::Io(io) => match io.get_ref() {
+            Some(inner) => match inner.downcast_ref::<rustls::Error>() {
+                Some(r) => r.to_string(),
+                None => inner.to_string(),
+            },
+            None => format!("i/o error: {}", io.kind()),
+        },
+    }
 }

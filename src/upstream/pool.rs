@@ -184,7 +184,7 @@ impl Pool {
                     Err(e) => {
                         crate::observe::metrics::TLS_HANDSHAKE_ERRORS
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(upstream = %up.authority, error = %e, "upstream TLS handshake failed");
+                        tracing::warn!(upstream = %up.authority, reason = %crate::net::tls::handshake_reason(&e), "upstream TLS handshake failed");
                         Err(Refusal::UpstreamUnreachable("TLS handshake failed"))
                     }
                 }

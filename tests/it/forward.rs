@@ -331,3 +331,62 @@ fn python_requests_through_http_proxy() {
     assert_eq!(recs[0]["agent"], "bot");
     assert_eq!(recs[1]["status"], 407);
 }
+
+/// The `openai` SDK (httpx underneath) with `HTTP_PROXY=http://bot:KEY@gateway`: its own
+/// `api_key` is a dummy that never leaves the gateway, the upstream receives the target
+/// credential, the audit names the agent; httpx alone (trust_env) too, and a denied path is
+/// 403 to it.
+#[test]
+fn openai_sdk_and_httpx_through_http_proxy() {
+    let completion = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    let mock = MockUpstream::start(move |_| {
+        Reply::with(
+            200,
+            "OK",
+            &[("Content-Type", "application/json")],
+            completion.as_bytes(),
+        )
+    });
+    let gw = start_forward(&forward_config(&mock.url(), "", ""), &[]);
+    let proxy = format!("http://bot:{BOT_KEY}@127.0.0.1:{}", gw.port());
+    let script = format!(
+        "import openai, httpx\n\
+         c = openai.OpenAI(api_key='sk-agent-dummy-0000', base_url='{u}/v1', max_retries=0)\n\
+         r = c.chat.completions.create(model='m', messages=[{{'role': 'user', 'content': 'hello'}}])\n\
+         print(r.choices[0].message.content)\n\
+         print(httpx.get('{u}/v1/models').status_code)\n\
+         print(httpx.get('{u}/v1/admin/keys').status_code)\n",
+        u = mock.url()
+    );
+    let out = python(&script, &[("HTTP_PROXY", &proxy)]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["hi from upstream", "200", "403"],
+        "{out}"
+    );
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].request_line(), "POST /v1/chat/completions HTTP/1.1");
+    assert!(String::from_utf8_lossy(&reqs[0].body).contains("hello"));
+    for r in &reqs {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {TARGET}").as_str())
+        );
+        assert_eq!(r.header("proxy-authorization"), None);
+        assert!(!r.head_str().contains("sk-agent-dummy"), "{}", r.head_str());
+    }
+    let recs = wait_audit(gw.dir(), 3);
+    let got: Vec<_> = recs
+        .iter()
+        .map(|r| (r["agent"].as_str(), r["status"].as_u64()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("bot"), Some(200)),
+            (Some("bot"), Some(200)),
+            (Some("bot"), Some(403))
+        ]
+    );
+}

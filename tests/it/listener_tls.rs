@@ -429,3 +429,28 @@ fn admin_listener_over_tls() {
     );
     assert!(!ex.bytes.starts_with(b"HTTP/"), "{}", show(&ex.bytes));
 }
+
+/// httpx over the TLS listener (trusting the test CA through `SSL_CERT_FILE`), keep-alive on
+/// one client.
+#[test]
+fn httpx_over_the_tls_listener() {
+    let mock = MockUpstream::start(|_| Reply::ok("hx"));
+    let pki = make_pki();
+    let gw = start_tls(&mock, &pki, "");
+    let ca = gw.dir().join("ca.pem");
+    let script = format!(
+        "import httpx, ssl\n\
+         ctx = ssl.create_default_context(cafile='{}')\n\
+         with httpx.Client(verify=ctx, headers={{'x-api-key': '{BOT_KEY}'}}) as c:\n    \
+         for i in range(3):\n        r = c.get('https://localhost:{}/api/v1/h')\n        print(r.status_code, r.text, r.http_version)\n",
+        ca.display(),
+        gw.port()
+    );
+    let out = python(&script, &[]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["200 hx HTTP/1.1"; 3],
+        "{out}"
+    );
+    assert_eq!(mock.count(), 3);
+}

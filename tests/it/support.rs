@@ -129,11 +129,16 @@ impl Gateway {
 
     /// Like `start`, with extra files written next to the config first.
     pub fn start_with_files(toml: &str, files: &[(&str, &[u8])]) -> Gateway {
+        Self::start_with_env(toml, files, &[])
+    }
+
+    /// Like `start_with_files`, with extra environment variables for the process.
+    pub fn start_with_env(toml: &str, files: &[(&str, &[u8])], envs: &[(&str, &str)]) -> Gateway {
         let mut last = String::new();
         // A retry only helps when the process died early (e.g. the free port was taken in the
         // meantime); a gateway that never listens fails the first time round.
         for _ in 0..3 {
-            match Self::try_start(toml, files) {
+            match Self::try_start(toml, files, envs) {
                 Ok(g) => return g,
                 Err((retry, msg)) => {
                     last = msg;
@@ -146,7 +151,11 @@ impl Gateway {
         panic!("gateway did not become ready: {last}");
     }
 
-    fn try_start(toml: &str, files: &[(&str, &[u8])]) -> Result<Gateway, (bool, String)> {
+    fn try_start(
+        toml: &str,
+        files: &[(&str, &[u8])],
+        envs: &[(&str, &str)],
+    ) -> Result<Gateway, (bool, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, bytes) in files {
             std::fs::write(dir.path().join(name), bytes).expect("write extra file");
@@ -157,6 +166,7 @@ impl Gateway {
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
         let child = Command::new(bin())
+            .envs(envs.iter().copied())
             .env("PORTCULLIS_LOG", "debug")
             .arg("run")
             .arg("-c")

@@ -84,6 +84,37 @@ fn https_upstream_with_untrusted_certificate_is_502() {
     );
 }
 
+/// The system trust store is trusted too (rustls-native-certs reads `SSL_CERT_FILE`): no
+/// `ca_file`, the CA only in the "system" bundle, and the upstream is reached; the refusal
+/// without it logs why (unknown issuer), not an opaque i/o error.
+#[test]
+fn https_upstream_trusted_through_the_system_store() {
+    let pki = make_pki();
+    let mock = MockUpstream::start_tls(&pki.leaf_cert_pem, &pki.leaf_key_pem, |_| {
+        Reply::ok("secure")
+    });
+    let cfg = config_with(2, "", &[tls_proxy("up", mock.port(), None)]);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("system-bundle.pem");
+    std::fs::write(&bundle, &pki.ca_pem).unwrap();
+    let gw = Gateway::start_with_env(&cfg, &[], &[("SSL_CERT_FILE", bundle.to_str().unwrap())]);
+    let resp = gw.conn().roundtrip(&get("/up/x"));
+    assert_eq!(resp.status, 200, "{}", resp.head_str());
+    assert_eq!(resp.body_str(), "secure");
+    drop(gw);
+    let gw = Gateway::start_with_env(&cfg, &[], &[("SSL_CERT_FILE", "/nonexistent.pem")]);
+    let resp = gw.conn().roundtrip(&get("/up/x"));
+    assert_gateway_error(&resp, 502, "upstream_unreachable");
+    let log = gw.log_when(
+        |l| l.contains("UnknownIssuer"),
+        std::time::Duration::from_secs(5),
+    );
+    assert!(
+        log.contains("upstream TLS handshake failed") && log.contains("UnknownIssuer"),
+        "{log}"
+    );
+}
+
 #[test]
 fn https_upstream_with_a_different_ca_is_502() {
     let pki = make_pki();
