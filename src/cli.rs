@@ -1,4 +1,5 @@
 //! Command-line front-ends. No data-plane logic here.
+pub mod approvals;
 use crate::identity::{self, valid_agent_id};
 use crate::secrets::vault_file::{Vault, VaultKey};
 use crate::server::control::Source;
@@ -50,6 +51,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Human approvals of held calls, through a running gateway's admin API.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
     },
 }
 

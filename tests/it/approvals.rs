@@ -817,3 +817,59 @@ fn the_notification_receiver_sees_each_new_approval_after_a_retry_and_no_secret(
     assert!(!text.contains("PRIVATE-BODY"));
     assert_eq!(mock.count(), 0);
 }
+
+#[test]
+fn the_cli_lists_shows_and_decides_through_the_admin_api() {
+    let mock = MockUpstream::start(echo_request_line);
+    let rig = start(&mock, embedded(), "");
+    let mut c = rig.gw.conn();
+    let a = pending_id(&c.roundtrip(&post("/pay/v1/quick/c", "one")));
+    let b = pending_id(&c.roundtrip(&post("/pay/v1/quick/c", "two")));
+    let admin_url = format!("http://127.0.0.1:{}", rig.admin);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["approvals"];
+        all.extend_from_slice(args);
+        let with_target = [all, vec!["--admin", &admin_url, "--key", "env:PCA_KEY"]].concat();
+        run_portcullis(&with_target, &[("PCA_KEY", ALICE)], Duration::from_secs(30))
+    };
+    let out = cli(&["list", "--status", "pending"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 2);
+    let out = cli(&["show", &a]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["approval"]["body"], "one");
+    let out = cli(&["approve", &a, "--reason", "from the cli"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["deny", &b]);
+    assert!(out.status.success());
+    // a second decision fails with the API's error, exit 1
+    let out = cli(&["deny", &a]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_pending"));
+    // malformed ids and literal keys are refused before any request
+    let out = cli(&["show", "../x"]);
+    assert!(!out.status.success());
+    let out = run_portcullis(
+        &["approvals", "list", "--admin", &admin_url, "--key", ALICE],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("env:VAR or file:PATH"));
+    // the approved call executes on the agent's retry
+    let r = c.roundtrip(&post("/pay/v1/quick/c", "one"));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(mock.count(), 1);
+    let r = c.roundtrip(&post("/pay/v1/quick/c", "two"));
+    assert_gateway_error(&r, 403, "approval_denied");
+}
