@@ -873,3 +873,51 @@ fn the_cli_lists_shows_and_decides_through_the_admin_api() {
     let r = c.roundtrip(&post("/pay/v1/quick/c", "two"));
     assert_gateway_error(&r, 403, "approval_denied");
 }
+
+/// Issue 14's memory bound: 1,000 calls held at once cost their connection and their record,
+/// nothing more. Prints the figure recorded in perf.md.
+#[test]
+fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
+    const N: usize = 1000;
+    let mock = MockUpstream::start(echo_request_line);
+    let rig = start(
+        &mock,
+        "[state]\ndir = \"state\"\n\n[approvals]\nmax_pending = 2000\n",
+        "",
+    );
+    // warm up: one call held and answered, so lazily built state is not counted
+    pending_id(&rig.gw.conn().roundtrip(&post("/pay/v1/quick/warm", "0")));
+    let before = rig.gw.rss_kib().expect("VmRSS");
+    let mut conns = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = rig.gw.conn();
+        c.send(&post("/pay/v1/refunds", &format!("{{\"refund\":{i}}}")));
+        conns.push(c);
+    }
+    let all = poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        // the store answers after the holds queued before this query: wait for it
+        let mut c = Conn::connect(rig.admin);
+        c.set_read_timeout(Duration::from_secs(60));
+        let p = c.roundtrip(
+            format!(
+                "GET /v1/approvals?status=pending&limit=1000 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ALICE}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        (json(&p)["approvals"].as_array().map_or(0, |a| a.len()) >= N).then_some(())
+    });
+    assert!(all.is_some(), "not all {N} calls were held");
+    let after = rig.gw.rss_kib().expect("VmRSS");
+    let delta = after.saturating_sub(before);
+    eprintln!(
+        "{N} held calls: RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
+        delta * 1024 / N as u64
+    );
+    // a held call is a connection, its scratch buffers and one channel: well under 64 KiB
+    assert!(
+        delta < 64 * N as u64,
+        "RSS grew {delta} KiB for {N} held calls"
+    );
+    assert_eq!(mock.count(), 0);
+    drop(conns);
+}
