@@ -888,6 +888,7 @@ fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
     // warm up: one call held and answered, so lazily built state is not counted
     pending_id(&rig.gw.conn().roundtrip(&post("/pay/v1/quick/warm", "0")));
     let before = rig.gw.rss_kib().expect("VmRSS");
+    let t0 = std::time::Instant::now();
     let mut conns = Vec::with_capacity(N);
     for i in 0..N {
         let mut c = rig.gw.conn();
@@ -907,10 +908,11 @@ fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
         (json(&p)["approvals"].as_array().map_or(0, |a| a.len()) >= N).then_some(())
     });
     assert!(all.is_some(), "not all {N} calls were held");
+    let recorded = t0.elapsed();
     let after = rig.gw.rss_kib().expect("VmRSS");
     let delta = after.saturating_sub(before);
     eprintln!(
-        "{N} held calls: RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
+        "{N} held calls: all recorded and listed within {recorded:?}; RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
         delta * 1024 / N as u64
     );
     // a held call is a connection, its scratch buffers and one channel: well under 64 KiB
