@@ -207,12 +207,6 @@ impl Backend for Embedded {
         Ok(())
     }
 
-    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(e)?;
-        let t = tx.open_table(TOTP).map_err(e)?;
-        Ok(t.get(admin).map_err(e)?.map(|g| g.value()))
-    }
-
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError> {
         let tx = self.write()?;
         {

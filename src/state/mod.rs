@@ -110,7 +110,6 @@ pub trait Backend: Send {
     fn remove(&mut self, a: &Approval, binding: Option<&Binding>) -> Result<(), StoreError>;
     /// Visits every approval.
     fn scan(&mut self, visit: &mut dyn FnMut(Approval)) -> Result<(), StoreError>;
-    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError>;
     /// Records `step` as `admin`'s last TOTP step; `Ok(false)` if it is not newer (a replay).
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError>;
     /// Group commit: the writes until [`Backend::end_batch`] may be made durable together.

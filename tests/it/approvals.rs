@@ -14,6 +14,8 @@ const ALICE: &str = "pca_alice-approver-key-0001";
 const BOB: &str = "pca_bob-scoped-approver-0002";
 const CAROL: &str = "pca_carol-viewer-key-000003";
 const DAVE: &str = "pca_dave-totp-approver-0004";
+/// An approver whose id is the agent's own name.
+const EVE: &str = "pca_eve-named-like-the-agent5";
 /// Base32 of the RFC 6238 test secret "12345678901234567890".
 const DAVE_TOTP_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 
@@ -76,6 +78,11 @@ key_sha256 = "{carol}"
 role = "viewer"
 
 [[admins]]
+id = "bot"
+key_sha256 = "{eve}"
+role = "approver"
+
+[[admins]]
 id = "dave"
 key_sha256 = "{dave}"
 role = "approver"
@@ -121,6 +128,7 @@ default_effect = "allow"
         bob = sha256_hex(BOB.as_bytes()),
         carol = sha256_hex(CAROL.as_bytes()),
         dave = sha256_hex(DAVE.as_bytes()),
+        eve = sha256_hex(EVE.as_bytes()),
     )
 }
 
@@ -551,6 +559,12 @@ fn who_may_decide_agent_key_token_viewer_scope_and_bad_input() {
         &admin(rig.admin, "POST", &path, Some(CAROL), ""),
         403,
         "forbidden_role",
+    );
+    // an identity never decides a call made under its own name
+    assert_gateway_json(
+        &admin(rig.admin, "POST", &path, Some(EVE), ""),
+        403,
+        "self_approval",
     );
     // an approver scoped to another proxy neither sees nor decides it
     assert!(approvals(rig.admin, BOB, "pending").is_empty());

@@ -482,7 +482,7 @@ mod tests {
                 "t.toml:5: approvals.notify.url: must be an http(s):// URL",
             ),
             (
-                "[approvals]\ndir = \"a\"\nnotify = { url = \"http://x\", format = \"xml\" }\n",
+                "[approvals]\ndir = \"a\"\nnotify = { url = \"http://127.0.0.1:9/hook\", format = \"xml\" }\n",
                 "t.toml:5: approvals.notify.format: expected \"json\" or \"slack\"",
             ),
             (
