@@ -547,6 +547,12 @@ impl Engine {
                     }
                     Some(HoldAnswer::Execute(a.id))
                 }
+                // a denial answers the identical call until the approval's ttl, then it may ask anew
+                Status::Denied if now >= a.expires_us => {
+                    self.backend
+                        .put(&a, Some(&prev), None, None, Some(&req.binding))?;
+                    None
+                }
                 Status::Denied => Some(HoldAnswer::Denied(a.id, a.reason)),
                 Status::Expired => {
                     // answered once; the next identical call asks anew

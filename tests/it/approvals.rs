@@ -490,6 +490,20 @@ fn an_approval_past_its_ttl_answers_expired_then_asks_again() {
     assert_eq!(json(&r)["error"]["approval_id"], id.as_str());
     let next = pending_id(&c.roundtrip(&post("/pay/v1/brief/x", "{}")));
     assert_ne!(next, id);
+    // a denial answers the identical call until its ttl, then the call may ask again
+    let d = pending_id(&c.roundtrip(&post("/pay/v1/brief/y", "{}")));
+    assert_eq!(decide(rig.admin, ALICE, &d, "deny", "").status, 200);
+    assert_gateway_error(
+        &c.roundtrip(&post("/pay/v1/brief/y", "{}")),
+        403,
+        "approval_denied",
+    );
+    let asked_again = poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let r = c.roundtrip(&post("/pay/v1/brief/y", "{}"));
+        (r.status == 403 && json(&r)["error"]["code"] == "approval_pending").then(|| pending_id(&r))
+    })
+    .expect("the denial never ran out");
+    assert_ne!(asked_again, d);
     assert_eq!(mock.count(), 0);
 }
 
