@@ -22,16 +22,6 @@ pub enum Role {
     Operator,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Approver => "approver",
-            Role::Operator => "operator",
-        }
-    }
-}
-
 /// One `[[admins]]` identity.
 pub struct Admin {
     pub id: String,
