@@ -1,4 +1,5 @@
 //! Command-line front-ends. No data-plane logic here.
+pub mod approvals;
 use crate::identity::{self, valid_agent_id};
 use crate::secrets::vault_file::{Vault, VaultKey};
 pub use crate::server::control::Source;
@@ -65,6 +66,11 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout: `portcullis manpage > portcullis.1`.
     Manpage,
+    /// Human approvals of held calls, through a running gateway's admin API.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
 }
 
 /// The installed config, which `check` without `-c` looks at first.

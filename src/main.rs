@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Vault { command } => cli::vault(command),
         Command::Logs(args) => cli::logs(args),
         Command::Audit { command } => cli::audit(command),
+        Command::Approvals { command } => cli::approvals::run(command),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

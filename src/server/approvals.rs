@@ -406,6 +406,14 @@ async fn decide(
         Err(r) => return r,
         Ok(None) => return not_found(),
         Ok(Some((a, _))) if !who.may_see(&a.proxy) => return out_of_scope(),
+        // an identity never decides a call made under its own name
+        Ok(Some((a, _))) if a.agent.as_deref() == Some(who.id.as_str()) => {
+            return Reply::error(
+                403,
+                "self_approval",
+                "an approval is never decided by the identity that made the call",
+            );
+        }
         Ok(Some(_)) => {}
     }
     let totp_step = match &admin.totp {

@@ -11,7 +11,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 use super::schema::{Approval, Binding, SCHEMA_VERSION};
 use super::{Backend, StoreError};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
@@ -27,6 +27,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub struct Embedded {
     db: Database,
+    /// Inside a group commit: writes commit without fsync until `end_batch`.
+    batch: bool,
+    /// A write happened in this batch.
+    dirty: bool,
 }
 
 fn e(err: impl Into<redb::Error>) -> StoreError {
@@ -66,7 +70,11 @@ impl Embedded {
             tx.open_table(TOOL_PINS).map_err(e)?;
         }
         tx.commit().map_err(e)?;
-        Ok(Embedded { db })
+        Ok(Embedded {
+            db,
+            batch: false,
+            dirty: false,
+        })
     }
 }
 
@@ -74,7 +82,38 @@ fn decode(bytes: &[u8]) -> Result<Approval, StoreError> {
     serde_json::from_slice(bytes).map_err(|x| StoreError(format!("corrupt approval record: {x}")))
 }
 
+impl Embedded {
+    /// A write transaction: inside a batch it commits without fsync (redb: a later
+    /// `Immediate` commit makes it durable with everything before it).
+    fn write(&mut self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut tx = self.db.begin_write().map_err(e)?;
+        if self.batch {
+            tx.set_durability(Durability::None)
+                .map_err(|x| StoreError(x.to_string()))?;
+            self.dirty = true;
+        }
+        Ok(tx)
+    }
+}
+
 impl Backend for Embedded {
+    fn begin_batch(&mut self) {
+        self.batch = true;
+        self.dirty = false;
+    }
+
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        self.batch = false;
+        if !std::mem::take(&mut self.dirty) {
+            return Ok(());
+        }
+        // an empty durable commit persists the batch's commits (one fsync)
+        let mut tx = self.db.begin_write().map_err(e)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(|x| StoreError(x.to_string()))?;
+        tx.commit().map_err(e)
+    }
+
     fn get(&mut self, id: &str) -> Result<Option<Approval>, StoreError> {
         let tx = self.db.begin_read().map_err(e)?;
         let t = tx.open_table(APPROVALS).map_err(e)?;
@@ -105,7 +144,7 @@ impl Backend for Embedded {
         unbind: Option<&Binding>,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_vec(a).map_err(|x| StoreError(x.to_string()))?;
-        let tx = self.db.begin_write().map_err(e)?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(APPROVALS).map_err(e)?;
             if let Some(prev) = prev {
@@ -133,7 +172,7 @@ impl Backend for Embedded {
     }
 
     fn remove(&mut self, a: &Approval, binding: Option<&Binding>) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(e)?;
+        let tx = self.write()?;
         {
             tx.open_table(APPROVALS)
                 .map_err(e)?
@@ -168,14 +207,8 @@ impl Backend for Embedded {
         Ok(())
     }
 
-    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError> {
-        let tx = self.db.begin_read().map_err(e)?;
-        let t = tx.open_table(TOTP).map_err(e)?;
-        Ok(t.get(admin).map_err(e)?.map(|g| g.value()))
-    }
-
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(e)?;
+        let tx = self.write()?;
         {
             let mut t = tx.open_table(TOTP).map_err(e)?;
             if t.get(admin).map_err(e)?.is_some_and(|g| g.value() >= step) {

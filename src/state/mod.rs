@@ -110,9 +110,14 @@ pub trait Backend: Send {
     fn remove(&mut self, a: &Approval, binding: Option<&Binding>) -> Result<(), StoreError>;
     /// Visits every approval.
     fn scan(&mut self, visit: &mut dyn FnMut(Approval)) -> Result<(), StoreError>;
-    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError>;
     /// Records `step` as `admin`'s last TOTP step; `Ok(false)` if it is not newer (a replay).
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError>;
+    /// Group commit: the writes until [`Backend::end_batch`] may be made durable together.
+    fn begin_batch(&mut self) {}
+    /// Makes every write since [`Backend::begin_batch`] durable (one fsync for the batch).
+    fn end_batch(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A call to hold, as the pipeline gives it.
@@ -214,6 +219,8 @@ pub struct Store {
 
 /// Commands queued for the store thread beyond which a hold is refused (never waits).
 const QUEUE: usize = 4096;
+/// Commands handled in one group commit at most.
+const BATCH: usize = 256;
 
 impl Store {
     /// Opens the backend and starts the store thread.
@@ -238,6 +245,7 @@ impl Store {
         let (tx, rx) = flume::bounded(QUEUE);
         let stats = Arc::new(stats::ApprovalStats::default());
         let mut eng = Engine {
+            outbox: Vec::new(),
             stats: stats.clone(),
             notifier,
             backend,
@@ -290,6 +298,8 @@ impl Store {
 
 /// The store thread's state.
 struct Engine {
+    /// Answers and wake-ups waiting for the batch's commit.
+    outbox: Vec<Box<dyn FnOnce() + Send>>,
     stats: Arc<stats::ApprovalStats>,
     notifier: Option<notify::Notifier>,
     backend: Box<dyn Backend>,
@@ -355,10 +365,22 @@ impl Engine {
         let mut last_sweep = clock::now();
         let mut last_retention = clock::now();
         loop {
-            match rx.recv_timeout(tick) {
-                Ok(cmd) => self.handle(cmd),
-                Err(flume::RecvTimeoutError::Timeout) => {}
+            let first = match rx.recv_timeout(tick) {
+                Ok(cmd) => Some(cmd),
+                Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => return,
+            };
+            // group commit: what queued up meanwhile is handled in the same batch, and every
+            // answer and wake-up leaves only once the batch is durable
+            self.backend.begin_batch();
+            if let Some(cmd) = first {
+                self.handle(cmd);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(cmd) => self.handle(cmd),
+                        Err(_) => break,
+                    }
+                }
             }
             if last_sweep.elapsed() >= tick {
                 last_sweep = clock::now();
@@ -368,28 +390,47 @@ impl Engine {
                 last_retention = clock::now();
                 self.sweep_store();
             }
+            if let Err(e) = self.backend.end_batch() {
+                tracing::error!(error = %e, "state: cannot make the store's writes durable");
+            }
+            for send in self.outbox.drain(..) {
+                send();
+            }
         }
+    }
+
+    /// Queues an answer (or a wake-up) until the batch is durable.
+    fn defer(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.outbox.push(Box::new(f));
     }
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Hold(req, reply) => {
                 let ans = self.hold(*req);
-                let _ = reply.send(ans);
+                self.defer(move || {
+                    let _ = reply.send(ans);
+                });
             }
             Cmd::Claim {
                 id,
                 request_id,
                 reply,
             } => {
-                let _ = reply.send(self.claim(&id, &request_id));
+                let ans = self.claim(&id, &request_id);
+                self.defer(move || {
+                    let _ = reply.send(ans);
+                });
             }
             Cmd::List {
                 status,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.list(status, limit));
+                let ans = self.list(status, limit);
+                self.defer(move || {
+                    let _ = reply.send(ans);
+                });
             }
             Cmd::Get { id, reply } => {
                 let r = self.get(&id).and_then(|a| match a {
@@ -399,7 +440,9 @@ impl Engine {
                         Ok(Some((a, body)))
                     }
                 });
-                let _ = reply.send(r);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
             Cmd::Decide {
                 id,
@@ -410,7 +453,9 @@ impl Engine {
                 reply,
             } => {
                 let r = self.decide(&id, approve, &approver, reason, totp_step);
-                let _ = reply.send(r);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
             }
         }
     }
@@ -501,6 +546,12 @@ impl Engine {
                         return Ok(None);
                     }
                     Some(HoldAnswer::Execute(a.id))
+                }
+                // a denial answers the identical call until the approval's ttl, then it may ask anew
+                Status::Denied if now >= a.expires_us => {
+                    self.backend
+                        .put(&a, Some(&prev), None, None, Some(&req.binding))?;
+                    None
                 }
                 Status::Denied => Some(HoldAnswer::Denied(a.id, a.reason)),
                 Status::Expired => {
@@ -673,9 +724,11 @@ impl Engine {
 
     fn wake(&mut self, id: &str, outcome: Outcome) {
         if let Some(ws) = self.waiters.remove(id) {
-            for w in ws {
-                let _ = w.try_send(outcome.clone());
-            }
+            self.defer(move || {
+                for w in ws {
+                    let _ = w.try_send(outcome.clone());
+                }
+            });
         }
     }
 

@@ -193,11 +193,6 @@ impl Backend for RedisBackend {
         Ok(())
     }
 
-    fn totp_step(&mut self, admin: &str) -> Result<Option<u64>, StoreError> {
-        let key = self.k("totp", admin);
-        self.with(|c| redis::cmd("GET").arg(&key).query(c))
-    }
-
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError> {
         // only forward: a step at or below the last one is a replay (atomic across replicas)
         const SET: &str = r#"

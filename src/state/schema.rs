@@ -96,6 +96,7 @@ pub struct Approval {
 }
 
 /// Reserved for issue 16 (agents issued at run time): only the key's hash is stored.
+#[allow(dead_code)] // reserved: no code reads or writes it yet (see the table above)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedAgent {
     pub id: String,
@@ -107,6 +108,7 @@ pub struct ManagedAgent {
 }
 
 /// Reserved for issue 16: a revoked key (honoured by every worker and replica).
+#[allow(dead_code)] // reserved: no code reads or writes it yet (see the table above)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     pub agent: String,
@@ -116,6 +118,7 @@ pub struct Revocation {
 }
 
 /// Reserved for issue 15: the pinned digest of an MCP tool definition.
+#[allow(dead_code)] // reserved: no code reads or writes it yet (see the table above)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolPin {
     pub proxy: String,

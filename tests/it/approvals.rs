@@ -14,6 +14,8 @@ const ALICE: &str = "pca_alice-approver-key-0001";
 const BOB: &str = "pca_bob-scoped-approver-0002";
 const CAROL: &str = "pca_carol-viewer-key-000003";
 const DAVE: &str = "pca_dave-totp-approver-0004";
+/// An approver whose id is the agent's own name.
+const EVE: &str = "pca_eve-named-like-the-agent5";
 /// Base32 of the RFC 6238 test secret "12345678901234567890".
 const DAVE_TOTP_B32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 
@@ -76,6 +78,11 @@ key_sha256 = "{carol}"
 role = "viewer"
 
 [[admins]]
+id = "bot"
+key_sha256 = "{eve}"
+role = "approver"
+
+[[admins]]
 id = "dave"
 key_sha256 = "{dave}"
 role = "approver"
@@ -121,6 +128,7 @@ default_effect = "allow"
         bob = sha256_hex(BOB.as_bytes()),
         carol = sha256_hex(CAROL.as_bytes()),
         dave = sha256_hex(DAVE.as_bytes()),
+        eve = sha256_hex(EVE.as_bytes()),
     )
 }
 
@@ -482,6 +490,20 @@ fn an_approval_past_its_ttl_answers_expired_then_asks_again() {
     assert_eq!(json(&r)["error"]["approval_id"], id.as_str());
     let next = pending_id(&c.roundtrip(&post("/pay/v1/brief/x", "{}")));
     assert_ne!(next, id);
+    // a denial answers the identical call until its ttl, then the call may ask again
+    let d = pending_id(&c.roundtrip(&post("/pay/v1/brief/y", "{}")));
+    assert_eq!(decide(rig.admin, ALICE, &d, "deny", "").status, 200);
+    assert_gateway_error(
+        &c.roundtrip(&post("/pay/v1/brief/y", "{}")),
+        403,
+        "approval_denied",
+    );
+    let asked_again = poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let r = c.roundtrip(&post("/pay/v1/brief/y", "{}"));
+        (r.status == 403 && json(&r)["error"]["code"] == "approval_pending").then(|| pending_id(&r))
+    })
+    .expect("the denial never ran out");
+    assert_ne!(asked_again, d);
     assert_eq!(mock.count(), 0);
 }
 
@@ -551,6 +573,12 @@ fn who_may_decide_agent_key_token_viewer_scope_and_bad_input() {
         &admin(rig.admin, "POST", &path, Some(CAROL), ""),
         403,
         "forbidden_role",
+    );
+    // an identity never decides a call made under its own name
+    assert_gateway_json(
+        &admin(rig.admin, "POST", &path, Some(EVE), ""),
+        403,
+        "self_approval",
     );
     // an approver scoped to another proxy neither sees nor decides it
     assert!(approvals(rig.admin, BOB, "pending").is_empty());
@@ -816,4 +844,110 @@ fn the_notification_receiver_sees_each_new_approval_after_a_retry_and_no_secret(
     );
     assert!(!text.contains("PRIVATE-BODY"));
     assert_eq!(mock.count(), 0);
+}
+
+#[test]
+fn the_cli_lists_shows_and_decides_through_the_admin_api() {
+    let mock = MockUpstream::start(echo_request_line);
+    let rig = start(&mock, embedded(), "");
+    let mut c = rig.gw.conn();
+    let a = pending_id(&c.roundtrip(&post("/pay/v1/quick/c", "one")));
+    let b = pending_id(&c.roundtrip(&post("/pay/v1/quick/c", "two")));
+    let admin_url = format!("http://127.0.0.1:{}", rig.admin);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["approvals"];
+        all.extend_from_slice(args);
+        let with_target = [all, vec!["--admin", &admin_url, "--key", "env:PCA_KEY"]].concat();
+        run_portcullis(&with_target, &[("PCA_KEY", ALICE)], Duration::from_secs(30))
+    };
+    let out = cli(&["list", "--status", "pending"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["approvals"].as_array().unwrap().len(), 2);
+    let out = cli(&["show", &a]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["approval"]["body"], "one");
+    let out = cli(&["approve", &a, "--reason", "from the cli"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["deny", &b]);
+    assert!(out.status.success());
+    // a second decision fails with the API's error, exit 1
+    let out = cli(&["deny", &a]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_pending"));
+    // malformed ids and literal keys are refused before any request
+    let out = cli(&["show", "../x"]);
+    assert!(!out.status.success());
+    let out = run_portcullis(
+        &["approvals", "list", "--admin", &admin_url, "--key", ALICE],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("env:VAR or file:PATH"));
+    // the approved call executes on the agent's retry
+    let r = c.roundtrip(&post("/pay/v1/quick/c", "one"));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(mock.count(), 1);
+    let r = c.roundtrip(&post("/pay/v1/quick/c", "two"));
+    assert_gateway_error(&r, 403, "approval_denied");
+}
+
+/// Issue 14's memory bound: 1,000 calls held at once cost their connection and their record,
+/// nothing more. Prints the figure recorded in perf.md.
+#[test]
+fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
+    const N: usize = 1000;
+    let mock = MockUpstream::start(echo_request_line);
+    let rig = start(
+        &mock,
+        "[state]\ndir = \"state\"\n\n[approvals]\nmax_pending = 2000\n",
+        "",
+    );
+    // warm up: one call held and answered, so lazily built state is not counted
+    pending_id(&rig.gw.conn().roundtrip(&post("/pay/v1/quick/warm", "0")));
+    let before = rig.gw.rss_kib().expect("VmRSS");
+    let t0 = std::time::Instant::now();
+    let mut conns = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = rig.gw.conn();
+        c.send(&post("/pay/v1/refunds", &format!("{{\"refund\":{i}}}")));
+        conns.push(c);
+    }
+    let all = poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        // the store answers after the holds queued before this query: wait for it
+        let mut c = Conn::connect(rig.admin);
+        c.set_read_timeout(Duration::from_secs(60));
+        let p = c.roundtrip(
+            format!(
+                "GET /v1/approvals?status=pending&limit=1000 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {ALICE}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        (json(&p)["approvals"].as_array().map_or(0, |a| a.len()) >= N).then_some(())
+    });
+    assert!(all.is_some(), "not all {N} calls were held");
+    let recorded = t0.elapsed();
+    let after = rig.gw.rss_kib().expect("VmRSS");
+    let delta = after.saturating_sub(before);
+    eprintln!(
+        "{N} held calls: all recorded and listed within {recorded:?}; RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
+        delta * 1024 / N as u64
+    );
+    // a held call is a connection, its scratch buffers and one channel: well under 64 KiB
+    assert!(
+        delta < 64 * N as u64,
+        "RSS grew {delta} KiB for {N} held calls"
+    );
+    assert_eq!(mock.count(), 0);
+    drop(conns);
 }

@@ -9,15 +9,16 @@ fn config(upstream: &str, rules: &str) -> String {
 listen = ["127.0.0.1:{{PORT}}"]
 workers = 2
 
-[state]
-dir = "state"
-
-[approvals]
-
 [[proxies]]
 name = "crm"
 upstream = "{upstream}/api"
 {rules}
+
+# approve rules hold calls in the state store (after the rules: line numbers above stay put)
+[state]
+dir = "state"
+
+[approvals]
 "#
     )
 }

@@ -22,16 +22,6 @@ pub enum Role {
     Operator,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Approver => "approver",
-            Role::Operator => "operator",
-        }
-    }
-}
-
 /// One `[[admins]]` identity.
 pub struct Admin {
     pub id: String,
@@ -487,7 +477,7 @@ mod tests {
                 "t.toml:5: approvals.notify.url: must be an http(s):// URL",
             ),
             (
-                "[approvals]\ndir = \"a\"\nnotify = { url = \"http://x\", format = \"xml\" }\n",
+                "[approvals]\ndir = \"a\"\nnotify = { url = \"http://127.0.0.1:9/hook\", format = \"xml\" }\n",
                 "t.toml:5: approvals.notify.format: expected \"json\" or \"slack\"",
             ),
             (
