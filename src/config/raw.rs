@@ -339,7 +339,10 @@ mod reference_tests {
                 missing.push(key);
             }
         }
-        assert!(checked > 60, "only {checked} keys found: is the parser still right?");
+        assert!(
+            checked > 60,
+            "only {checked} keys found: is the parser still right?"
+        );
         assert!(
             missing.is_empty(),
             "config keys missing from docs/config.md: {missing:?}"
