@@ -10,11 +10,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // PORTCULLIS_LOG_FORMAT=json: one JSON object per line (timestamp, level, target, fields
+    // with the message), for journald/SIEM pipelines that parse rather than grep.
+    let format = std::env::var("PORTCULLIS_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format.as_str() {
+        "" | "text" => builder.init(),
+        "json" => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        other => {
+            eprintln!("error: PORTCULLIS_LOG_FORMAT={other:?}: expected \"text\" or \"json\"");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.command {
         Command::Run { config } => {
             let source = match config {

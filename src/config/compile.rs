@@ -838,6 +838,7 @@ impl Cx<'_> {
             ));
         }
         let mut server = server?;
+        warnings.extend(posture_warnings(self.file, &server, &identity, &proxies));
         if let Some(d) = &raw.server.get_ref().default_proxy {
             match by_name.get(d.get_ref()) {
                 Some(i) => server.default_proxy = Some(*i),
@@ -1628,9 +1629,166 @@ pub(crate) fn parse_upstream(url: &str) -> Result<ParsedUpstream, String> {
     })
 }
 
+/// Findings about the security posture of a valid config (`check` prints them; `run` logs
+/// them): each names the risk and the fix. Warnings, not errors: the config is what the
+/// operator wrote, and a lab setup may mean it.
+fn posture_warnings(
+    file: &str,
+    server: &Server,
+    identity: &crate::identity::Identity,
+    proxies: &[Proxy],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(t) = &server.admin_token {
+        let b = t.expose();
+        let lower = String::from_utf8_lossy(b).to_ascii_lowercase();
+        if ["example", "change-me", "changeme", "change_me"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            out.push(format!(
+                "{file}: server.admin_token is the example token from the docs: anyone who has \
+                 read them can reload the config and read the audit trail; make a random one \
+                 (`head -c 32 /dev/urandom | base64 > admin.token`)"
+            ));
+        } else if b.len() < 16 {
+            out.push(format!(
+                "{file}: server.admin_token is only {} bytes: a guessable token opens reload \
+                 and audit reads; use at least 32 random bytes (`head -c 32 /dev/urandom | base64`)",
+                b.len()
+            ));
+        }
+    }
+    if let Some(a) = server.admin_listen
+        && !a.ip().is_loopback()
+    {
+        out.push(format!(
+            "{file}: server.admin_listen {a} is not loopback: the admin API is plain HTTP, so \
+             its bearer token crosses the network in clear; listen on 127.0.0.1 (and reach it \
+             through an SSH tunnel or a TLS-terminating proxy)"
+        ));
+    }
+    let open: Vec<String> = server
+        .listen
+        .iter()
+        .filter(|a| !a.ip().is_loopback())
+        .map(|a| a.to_string())
+        .collect();
+    if !identity.required() && !open.is_empty() {
+        let injecting: Vec<&str> = proxies
+            .iter()
+            .filter(|p| p.auth.is_some() || p.oauth.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
+        if !injecting.is_empty() {
+            out.push(format!(
+                "{file}: calls are anonymous (no [[agents]] or [[jwt]]) on {} and proxies {:?} \
+                 inject a credential: anyone who can reach the gateway calls those APIs as you; \
+                 add agent keys (`portcullis agent add`) or listen on 127.0.0.1 only",
+                open.join(", "),
+                injecting
+            ));
+        }
+    }
+    for p in proxies {
+        let u = &p.upstream;
+        let loopback = u.host == "localhost" || u.host == "[::1]" || u.host.starts_with("127.");
+        if !u.https && !loopback && (p.auth.is_some() || p.oauth.is_some()) {
+            out.push(format!(
+                "{file}: proxy {:?} sends its credential over plain http to {}: anyone on the \
+                 path can read it; use an https:// upstream (with `ca_file` for an internal CA)",
+                p.name, u.authority
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn posture_warnings_name_the_risk_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("weak"), "abc\n").unwrap();
+        std::fs::write(dir.path().join("ex"), "example-admin-token-change-me\n").unwrap();
+        std::fs::write(
+            dir.path().join("good"),
+            "Zk3pQ9vL0sX2mN7bR4tW8yC1dF6hJ5aE\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("cred"), "tok\n").unwrap();
+        let warn = |server: &str, proxy: &str| -> Vec<String> {
+            let toml = format!(
+                "[server]\n{server}\n[[proxies]]\nname = \"p\"\n{proxy}\ndefault_effect = \"allow\"\n"
+            );
+            compile_str("t.toml", &toml, dir.path())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .warnings
+        };
+        let plain = "upstream = \"http://127.0.0.1:9\"";
+        let w = warn(
+            "listen = [\"127.0.0.1:1\"]\nadmin_listen = \"127.0.0.1:2\"\nadmin_token = \"file:weak\"",
+            plain,
+        );
+        assert!(
+            w.iter().any(|w| w.contains("admin_token is only 3 bytes")),
+            "{w:?}"
+        );
+        let w = warn(
+            "listen = [\"127.0.0.1:1\"]\nadmin_listen = \"127.0.0.1:2\"\nadmin_token = \"file:ex\"",
+            plain,
+        );
+        assert!(w.iter().any(|w| w.contains("the example token")), "{w:?}");
+        let w = warn(
+            "listen = [\"127.0.0.1:1\"]\nadmin_listen = \"0.0.0.0:2\"\nadmin_token = \"file:good\"",
+            plain,
+        );
+        assert_eq!(
+            w.iter().filter(|w| w.contains("admin_token")).count(),
+            0,
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("admin_listen 0.0.0.0:2 is not loopback")),
+            "{w:?}"
+        );
+        // anonymous on a non-loopback listener with an injected credential
+        let cred = "upstream = \"https://api.example.com\"\nauth = { scheme = \"bearer\", secret = \"file:cred\" }";
+        let w = warn("listen = [\"0.0.0.0:1\"]", cred);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("calls are anonymous") && w.contains("[\"p\"]")),
+            "{w:?}"
+        );
+        let w = warn("listen = [\"127.0.0.1:1\"]", cred);
+        assert!(!w.iter().any(|w| w.contains("anonymous")), "{w:?}");
+        let w = warn(
+            "listen = [\"0.0.0.0:1\"]",
+            "upstream = \"https://api.example.com\"",
+        );
+        assert!(
+            !w.iter().any(|w| w.contains("anonymous")),
+            "no credential, no finding: {w:?}"
+        );
+        // a credential over plain http to a non-loopback host; loopback is fine
+        let w = warn(
+            "listen = [\"127.0.0.1:1\"]",
+            "upstream = \"http://10.0.0.5:8080\"\nauth = { scheme = \"bearer\", secret = \"file:cred\" }",
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("over plain http to 10.0.0.5:8080")),
+            "{w:?}"
+        );
+        let w = warn(
+            "listen = [\"127.0.0.1:1\"]",
+            "upstream = \"http://127.0.0.1:8080\"\nauth = { scheme = \"bearer\", secret = \"file:cred\" }",
+        );
+        assert!(!w.iter().any(|w| w.contains("plain http")), "{w:?}");
+    }
 
     fn errs(toml: &str) -> Vec<String> {
         match compile_str("t.toml", toml, Path::new(".")) {

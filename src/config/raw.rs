@@ -276,7 +276,10 @@ pub struct RawLimits {
 
 /// A size written as `"16KiB"` or as a plain number of bytes.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a size: a whole number of bytes (16384) or a string with a unit (\"16KiB\", \"1MiB\")"
+)]
 pub enum SizeOrInt {
     Int(i64),
     Text(String),
@@ -361,4 +364,74 @@ pub struct RawQuota {
 pub enum MeterByRaw {
     Proxy,
     Agent,
+}
+
+#[cfg(test)]
+mod reference_tests {
+    /// The table a `Raw*` struct of this file is (in the reference, keys are written
+    /// `table.key`). A new struct needs a line here, and its keys a row in docs/config.md.
+    const TABLES: &[(&str, &str)] = &[
+        ("RawConfig", ""),
+        ("RawMeters", "meters."),
+        ("RawAudit", "audit."),
+        ("RawSecrets", "secrets."),
+        ("RawKv", "secrets.kv."),
+        ("RawAppRole", "secrets.kv.approle."),
+        ("RawVault", "vault."),
+        ("RawAgentEntry", "agents."),
+        ("RawServer", "server."),
+        ("RawLimits", "limits."),
+        ("RawDemo", "demo."),
+        ("RawProxy", "proxies."),
+        ("RawRedact", "proxies.redact."),
+        ("RawMeter", "proxies.meter."),
+        ("RawQuota", "proxies.quota."),
+    ];
+
+    #[test]
+    fn every_config_key_is_in_the_reference() {
+        let src = include_str!("raw.rs");
+        let doc = include_str!("../../docs/config.md");
+        let mut current: Option<&str> = None;
+        let mut checked = 0;
+        let mut missing = Vec::new();
+        for line in src.lines() {
+            if line.starts_with("#[cfg(test)]") {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                let name = rest.split([' ', '{', '<']).next().unwrap_or("");
+                let table = TABLES.iter().find(|(s, _)| *s == name).map(|(_, t)| *t);
+                assert!(
+                    table.is_some(),
+                    "struct {name} in config/raw.rs: add it to TABLES and its keys to docs/config.md"
+                );
+                current = table;
+                continue;
+            }
+            if line.starts_with('}') {
+                current = None;
+                continue;
+            }
+            let (Some(prefix), Some(field)) = (current, line.trim().strip_prefix("pub ")) else {
+                continue;
+            };
+            let Some((key, _)) = field.split_once(':') else {
+                continue;
+            };
+            let key = format!("{prefix}{key}");
+            checked += 1;
+            if !doc.contains(&format!("`{key}`")) {
+                missing.push(key);
+            }
+        }
+        assert!(
+            checked > 60,
+            "only {checked} keys found: is the parser still right?"
+        );
+        assert!(
+            missing.is_empty(),
+            "config keys missing from docs/config.md: {missing:?}"
+        );
+    }
 }

@@ -150,7 +150,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         },
         (b"POST", b"/v1/reload") => match authorized(&head, &buf, &control) {
             Err(r) => r,
-            Ok(()) => match control.reload() {
+            Ok(()) => match control.reload("POST /v1/reload") {
                 Ok(generation) => Reply::json(
                     200,
                     format!(r#"{{"reloaded":true,"generation":{generation}}}"#),

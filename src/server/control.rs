@@ -105,6 +105,14 @@ pub enum ReloadError {
     Incomplete(usize, usize),
 }
 
+impl ReloadError {
+    /// The error on one line (several config errors joined by `; `), for a log line that a
+    /// level filter keeps whole.
+    pub fn one_line(&self) -> String {
+        self.to_string().lines().collect::<Vec<_>>().join("; ")
+    }
+}
+
 impl std::fmt::Display for ReloadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -152,11 +160,27 @@ impl Control {
     }
 
     /// Recompiles the config and swaps it into every worker. On a config error nothing changes.
-    pub fn reload(&self) -> Result<u64, ReloadError> {
+    /// `via` names the trigger (`SIGHUP`, `POST /v1/reload`); the outcome is logged here, once
+    /// and on one line, whichever path asked.
+    pub fn reload(&self, via: &'static str) -> Result<u64, ReloadError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let result = self.reload_locked();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        match &result {
+            Ok(generation) => tracing::info!(
+                generation,
+                via,
+                workers = self.workers.len(),
+                "config reloaded"
+            ),
+            Err(e) => tracing::error!(
+                via,
+                generation = self.generation(),
+                "reload failed, keeping the running config: {}",
+                e.one_line()
+            ),
+        }
         result
     }
 
@@ -201,7 +225,6 @@ impl Control {
             // draining); the others run the new config
             return Err(ReloadError::Incomplete(acked, n));
         }
-        tracing::info!(generation, workers = acked, "config reloaded");
         Ok(generation)
     }
 

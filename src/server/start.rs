@@ -158,10 +158,8 @@ pub fn run(source: Source) -> Result<()> {
     for sig in signals.forever() {
         match sig {
             signal_hook::consts::SIGHUP => {
-                tracing::info!("SIGHUP: reloading config");
-                if let Err(e) = control.reload() {
-                    tracing::error!("reload failed, keeping the running config:\n{e}");
-                }
+                // the outcome is logged by `reload`, on one line
+                let _ = control.reload("SIGHUP");
             }
             _ => {
                 tracing::info!("shutting down: draining in-flight calls");

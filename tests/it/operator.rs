@@ -373,3 +373,156 @@ fn man_page_and_completions_cover_every_subcommand() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn every_reload_outcome_is_logged_once_on_one_line_on_both_paths() {
+    let up = MockUpstream::start(echo_request_line);
+    let admin_port = free_port();
+    let token = "t0ken-for-operator-tests";
+    let good = format!(
+        "[server]\nlisten = [\"127.0.0.1:{{PORT}}\"]\nworkers = 2\nadmin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token = \"file:admin.token\"\n{}",
+        proxy("up", &up.url())
+    );
+    let gw = Gateway::start_with_files(&good, &[("admin.token", token.as_bytes())]);
+    let admin = |t: Option<&str>| {
+        let auth = t
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req =
+            format!("POST /v1/reload HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n");
+        parse_response(&send_raw(admin_port, req.as_bytes())).unwrap()
+    };
+    let ready = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
+    });
+    assert!(ready.is_some(), "admin listener");
+    // two errors in one file: both on the one log line
+    gw.write_config(&format!(
+        "[server]\nlisten = [\"127.0.0.1:{{PORT}}\"]\nworkers = 2\nadmin_listen = \"127.0.0.1:{admin_port}\"\nadmin_token = \"file:admin.token\"\n[limits]\nhead_timeout = \"0s\"\n[[proxies]]\nname = \"up\"\nupstream = \"gopher://x\"\n"
+    ));
+    let r = admin(Some(token));
+    assert_eq!(r.status, 400, "{}", show(&r.raw));
+    let failed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("reload failed"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let log = gw.log_when(|l| failed(l).len() == 1, Duration::from_secs(10));
+    let lines = failed(&log);
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(lines[0].contains("via=\"POST /v1/reload\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains("portcullis.toml:10: proxies[0].upstream"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("; "),
+        "both errors on the line: {}",
+        lines[0]
+    );
+
+    gw.signal("HUP");
+    let log = gw.log_when(|l| failed(l).len() == 2, Duration::from_secs(10));
+    let lines = failed(&log);
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[1].contains("ERROR") && lines[1].contains("via=\"SIGHUP\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("portcullis.toml:10: proxies[0].upstream"),
+        "{}",
+        lines[1]
+    );
+    // no continuation line without a level
+    assert!(
+        !log.lines().any(|l| l.starts_with("portcullis.toml")
+            || l.contains("/portcullis.toml:10:") && !l.contains("reload failed")),
+        "{log}"
+    );
+    // the old config kept serving
+    assert_eq!(gw.conn().roundtrip(&get("/up/a")).status, 200);
+
+    // successes: once each, with the trigger and the generation
+    gw.write_config(&good);
+    assert_eq!(admin(Some(token)).status, 200);
+    gw.signal("HUP");
+    let ok = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("config reloaded"))
+            .count()
+    };
+    let log = gw.log_when(|l| ok(l) == 2, Duration::from_secs(10));
+    assert_eq!(ok(&log), 2, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("config reloaded")
+            && l.contains("generation=2")
+            && l.contains("via=\"POST /v1/reload\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("config reloaded")
+            && l.contains("generation=3")
+            && l.contains("via=\"SIGHUP\"")),
+        "{log}"
+    );
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n{DENY_PROXY}"),
+    )
+    .unwrap();
+    let err = std::fs::File::create(dir.path().join("err")).unwrap();
+    let mut child = Command::new(bin())
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .env("PORTCULLIS_LOG", "info")
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    let ready = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        Some(read()).filter(|l| l.contains("portcullis ready"))
+    });
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let st = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    });
+    if st.is_none() {
+        let _ = child.kill();
+    }
+    let log = ready.expect("ready line");
+    let log = log + &read();
+    let mut n = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for k in ["timestamp", "level", "target", "fields"] {
+            assert!(v.get(k).is_some(), "{k} missing: {line}");
+        }
+        n += 1;
+    }
+    assert!(n >= 3, "{log}");
+    assert!(log.contains(r#""message":"portcullis ready""#), "{log}");
+    assert_eq!(st.map(|s| s.success()), Some(true));
+
+    let o = run_portcullis(&["check"], &[("PORTCULLIS_LOG_FORMAT", "xml")], T);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("PORTCULLIS_LOG_FORMAT=\"xml\""),
+        "{}",
+        text(&o.stderr)
+    );
+}
