@@ -280,16 +280,33 @@ impl Sink<'_, '_> {
     async fn push(&mut self, data: &[u8]) -> Result<(), StreamEnd> {
         match self.redactor.as_deref_mut() {
             None => self.frame(data),
-            Some(r) => {
-                let mut red = std::mem::take(&mut self.red);
-                red.clear();
-                if let Err(e) = r.feed(data, &mut red) {
+            Some(_) => {
+                // bounded steps: what one step inflated and redacted is written before the
+                // next (a compression bomb costs time, never memory)
+                let mut pos = 0;
+                loop {
+                    let mut red = std::mem::take(&mut self.red);
+                    red.clear();
+                    let step = match self.redactor.as_deref_mut() {
+                        Some(r) => r.feed_some(&data[pos..], &mut red),
+                        None => Ok(data.len() - pos),
+                    };
+                    let n = match step {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.red = red;
+                            tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                            return Err(self.cut().await);
+                        }
+                    };
+                    pos += n;
+                    self.frame(&red);
                     self.red = red;
-                    tracing::warn!(error = %e, "response redaction failed: cutting the response");
-                    return Err(self.cut().await);
+                    if pos >= data.len() {
+                        break;
+                    }
+                    self.flush().await?;
                 }
-                self.frame(&red);
-                self.red = red;
             }
         }
         Ok(())
