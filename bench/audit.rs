@@ -55,6 +55,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         // 1000 records per second of log time, received up to 50 ms before completion
         ts_us: BASE_TS + i * 1000 - (i * 7919 % 50_000),
         id: SmallStr::new("3f2a9c0d5e6b7a8c000000000001e240"),
+        agent_request_id: None,
         agent: Some(n.agents[agent].clone()),
         proxy: Some(n.proxies[(i % 6) as usize].clone()),
         method: SmallStr::new("GET"),
@@ -69,6 +70,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         rule: Some(2),
         scanner: None,
         redactions: 0,
+        secret_reflected: 0,
         bytes_in: 312,
         bytes_out: 2048,
         upstream_status: (status != 403).then_some(status),

@@ -108,6 +108,9 @@ pub mod internals {
         }
     }
     pub mod redact {
+        pub mod mask {
+            pub use crate::redact::mask::{MASK_BYTE, MIN_MARK, Masker};
+        }
         pub use crate::redact::{
             Action, DEFAULT_MAX_EVENT, JsonRedactor, Limits, OnInvalid, RedactError, RedactProgram,
             SseRedactor,

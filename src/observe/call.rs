@@ -85,7 +85,10 @@ fn hex16(mut v: u64, out: &mut [u8]) {
 /// What happened to one call. Its `Drop` writes exactly one audit record (allowed or refused,
 /// whatever path the call took) into the worker's ring, and one `access` debug line.
 pub struct CallLog<'w> {
+    /// The gateway's id for the call (never the agent's).
     pub id: RequestId,
+    /// The agent's own `X-Request-Id`, if it sent a valid one (1-128 of `[A-Za-z0-9._:-]`).
+    pub agent_request_id: Option<RequestId>,
     pub started: Instant,
     /// When the call was received (µs since the Unix epoch).
     pub ts_us: u64,
@@ -131,6 +134,7 @@ impl<'w> CallLog<'w> {
     ) -> Self {
         CallLog {
             id,
+            agent_request_id: None,
             started: clock::now(),
             ts_us: u64::try_from(clock::unix_now().as_micros()).unwrap_or(0),
             proxy: None,
@@ -199,6 +203,10 @@ impl<'w> CallLog<'w> {
         AuditRecord {
             ts_us: self.ts_us,
             id: SmallStr::new(self.id.as_str()),
+            agent_request_id: self
+                .agent_request_id
+                .as_ref()
+                .map(|a| Arc::new(a.as_str().to_string())),
             agent: pick(&mut self.agent, keep),
             proxy: pick(&mut self.proxy_name, keep),
             method: self.method.clone(),
@@ -209,11 +217,13 @@ impl<'w> CallLog<'w> {
             rule: self.rule,
             scanner: pick(&mut self.scanner, keep),
             redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
-            secret_reflected: u32::try_from(self.secret_reflected).unwrap_or(u32::MAX),
+            secret_reflected: u16::try_from(self.secret_reflected).unwrap_or(u16::MAX),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             upstream_status: self.upstream_status,
-            upstream_us: self.upstream_us,
+            upstream_us: self
+                .upstream_us
+                .map(|u| u32::try_from(u).unwrap_or(u32::MAX)),
             total_us,
             client: self.client.map(|a| (a.ip(), a.port())),
             shadow: self.shadow,
@@ -237,6 +247,7 @@ impl Drop for CallLog<'_> {
         tracing::debug!(
             target: "access",
             id = self.id.as_str(),
+            agent_request_id = self.agent_request_id.as_ref().map_or("-", RequestId::as_str),
             proxy = self.proxy_name.as_deref().unwrap_or("-"),
             agent = self.agent.as_deref().unwrap_or("-"),
             method = self.method.as_str(),
@@ -272,7 +283,7 @@ impl Drop for CallLog<'_> {
                 id: SmallStr::new(self.id.as_str()),
                 bytes_out: self.bytes_out,
                 redactions: u32::try_from(self.redactions).unwrap_or(u32::MAX),
-                secret_reflected: u32::try_from(self.secret_reflected).unwrap_or(u32::MAX),
+                secret_reflected: u16::try_from(self.secret_reflected).unwrap_or(u16::MAX),
                 total_us,
                 completion: true,
                 ..AuditRecord::default()

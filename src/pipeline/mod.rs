@@ -65,8 +65,10 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
             return refuse(client, s, &mut log, r, None, Version::Http11, lim).await;
         }
     }
-    let id = agent_request_id(&s.head, &s.rbuf).unwrap_or_else(|| w.next_id());
-    let mut log = CallLog::new(id, w.audit.as_deref(), Some(&w.metrics));
+    // the record's id is always the gateway's: an agent cannot forge or collide audit ids; its
+    // own X-Request-Id (checked, bounded) is kept beside it
+    let mut log = CallLog::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
+    log.agent_request_id = agent_request_id(&s.head, &s.rbuf);
     log.client = s.peer;
     log.method = SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;

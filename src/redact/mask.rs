@@ -214,7 +214,9 @@ mod tests {
     #[test]
     fn table() {
         let sk: &[u8] = b"sk-live-123";
-        let cases: &[(&[&[u8]], &[&[u8]], &[u8], u64)] = &[
+        // (marks, pieces fed, output, occurrences counted)
+        type Case<'a> = (&'a [&'a [u8]], &'a [&'a [u8]], &'a [u8], u64);
+        let cases: &[Case<'_>] = &[
             (&[sk], &[b"no secret here"], b"no secret here", 0),
             (&[sk], &[b"tok=sk-live-123;"], b"tok=***********;", 1),
             (

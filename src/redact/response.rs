@@ -7,7 +7,11 @@ use std::io::Write;
 
 /// Decompressed bytes are produced from at most this much compressed input at a time, which
 /// bounds what one step can inflate to (a compression bomb costs time, not memory).
-const INFLATE_STEP: usize = 1024;
+/// Compressed bytes inflated at a time: deflate expands at most ~1032:1, so one step yields at
+/// most ~132 KiB (a compression bomb costs time, never memory).
+const INFLATE_STEP: usize = 128;
+/// `feed_some` returns once its output holds this much (the caller writes it, then goes on).
+pub const OUT_STEP: usize = 64 * 1024;
 
 /// What kind of body a response has, for redaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,13 +138,30 @@ impl<'p> ResponseRedactor<'p> {
         .map_err(BodyError::Redact)
     }
 
-    /// Redacts the next piece of (de-chunked, possibly compressed) body into `out`.
+    /// Redacts the next piece of (de-chunked, possibly compressed) body into `out`. Holds the
+    /// whole output: the relay uses [`ResponseRedactor::feed_some`], which bounds it.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        let mut pos = 0;
+        while pos < data.len() {
+            pos += self.feed_some(&data[pos..], out)?;
+        }
+        Ok(())
+    }
+
+    /// Redacts a prefix of `data` into `out` and returns its length: it stops once `out`
+    /// holds [`OUT_STEP`] bytes or more (a compressed body inflates in steps of
+    /// `INFLATE_STEP` input bytes), so the caller writes `out` and calls again with the rest.
+    /// Consumes all of an empty or uncompressed `data`.
+    pub fn feed_some(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyError> {
         self.seen |= !data.is_empty();
         if matches!(self.inflate, Inflate::None) {
-            return self.redact(data, out);
+            self.redact(data, out)?;
+            return Ok(data.len());
         }
+        let start = out.len();
+        let mut used = 0;
         for piece in data.chunks(INFLATE_STEP) {
+            used += piece.len();
             let res = match &mut self.inflate {
                 Inflate::Gzip(d) => d.write_all(piece).and_then(|_| d.flush()),
                 Inflate::Deflate(d) => d.write_all(piece).and_then(|_| d.flush()),
@@ -152,8 +173,11 @@ impl<'p> ResponseRedactor<'p> {
             let r = self.redact(&plain, out);
             self.plain = plain;
             r?;
+            if out.len() - start >= OUT_STEP {
+                break;
+            }
         }
-        Ok(())
+        Ok(used)
     }
 
     fn take_plain(&mut self) {
@@ -264,6 +288,42 @@ mod tests {
             );
             assert_eq!(r.redactions(), 2);
         }
+    }
+
+    /// A compression bomb is inflated in bounded steps: each `feed_some` output stays within
+    /// `OUT_STEP` plus one step's inflation, and the steps add up to the whole body.
+    #[test]
+    fn feed_some_bounds_what_a_bomb_inflates_per_step() {
+        let prog = RedactProgram::compile(&["$..ssn"], Action::Remove).unwrap();
+        let mut doc = b"{\"ssn\":1,".to_vec();
+        doc.resize(doc.len() + (8 << 20), b' ');
+        doc.extend_from_slice(b"\"x\":1}");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&doc).unwrap();
+        let compressed = gz.finish().unwrap();
+        let mut r = ResponseRedactor::new(&prog, BodyType::Json, Encoding::Gzip, OnInvalid::Block);
+        let (mut pos, mut total, mut steps, mut out) = (0, 0, 0, Vec::new());
+        while pos < compressed.len() {
+            out.clear();
+            let n = r.feed_some(&compressed[pos..], &mut out).unwrap();
+            assert!(n > 0, "progress");
+            assert!(
+                out.len() <= OUT_STEP + 1032 * INFLATE_STEP,
+                "{} bytes in one step",
+                out.len()
+            );
+            pos += n;
+            total += out.len();
+            steps += 1;
+        }
+        out.clear();
+        r.finish(&mut out).unwrap();
+        total += out.len();
+        assert_eq!(total, doc.len() - b"\"ssn\":1,".len());
+        assert!(
+            steps >= (8 << 20) / (OUT_STEP + 1032 * INFLATE_STEP),
+            "{steps} steps"
+        );
     }
 
     #[test]

@@ -152,6 +152,11 @@ impl Control {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The generation of the running config (1 at start, +1 per committed reload).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn current(&self) -> Arc<Compiled> {
         self.current
             .lock()

@@ -151,8 +151,9 @@ pub fn plan<'p>(
         && let Some(bt) = header(resp, ubuf, b"content-type").and_then(redact::response::body_type)
     {
         let enc = match coding {
-            Ok(c) => redact::response::encoding(c),
-            Err(()) => None,
+            Coding::Identity => redact::response::encoding(None),
+            Coding::One(c) => redact::response::encoding(Some(c)),
+            Coding::Stacked => None,
         }
         .ok_or(Refusal::UpstreamUnreachable(
             "the upstream response is encoded in a way that cannot be redacted",
@@ -160,7 +161,7 @@ pub fn plan<'p>(
         drop_encoding = enc != redact::response::Encoding::Identity;
         redactor = Some(ResponseRedactor::new(&r.program, bt, enc, r.on_invalid));
     }
-    if masking && !no_body && redactor.is_none() && coding != Ok(None) {
+    if masking && !no_body && redactor.is_none() && coding != Coding::Identity {
         return Err(Refusal::UpstreamUnreachable(
             "the upstream response is content-encoded although identity was asked for; it cannot be checked for the injected secret",
         ));
@@ -183,11 +184,20 @@ pub fn plan<'p>(
     })
 }
 
+/// A response's content coding, all `Content-Encoding` field lines combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding<'a> {
+    /// Nothing but `identity` (or nothing) is listed.
+    Identity,
+    /// Exactly one coding.
+    One(&'a [u8]),
+    /// Stacked codings (`gzip` + `gzip`): nothing here decodes them.
+    Stacked,
+}
+
 /// The response's content coding, all `Content-Encoding` field lines combined (RFC 9110
-/// §5.3: repeated lines are one comma-separated list): `Ok(None)` when nothing but `identity`
-/// (or nothing) is listed, `Ok(Some(coding))` for exactly one coding, `Err(())` for stacked
-/// codings (`gzip` + `gzip`), which nothing here decodes.
-pub fn content_coding<'a>(resp: &ResponseHead, src: &'a [u8]) -> Result<Option<&'a [u8]>, ()> {
+/// §5.3: repeated lines are one comma-separated list).
+pub fn content_coding<'a>(resp: &ResponseHead, src: &'a [u8]) -> Coding<'a> {
     let mut found = None;
     for h in &resp.headers {
         if !h.name.get(src).eq_ignore_ascii_case(b"content-encoding") {
@@ -199,11 +209,11 @@ pub fn content_coding<'a>(resp: &ResponseHead, src: &'a [u8]) -> Result<Option<&
                 continue;
             }
             if found.replace(c).is_some() {
-                return Err(());
+                return Coding::Stacked;
             }
         }
     }
-    Ok(found)
+    found.map_or(Coding::Identity, Coding::One)
 }
 
 /// Masks the call's injected secrets in the response head held in `ubuf` (the reason phrase
@@ -280,16 +290,33 @@ impl Sink<'_, '_> {
     async fn push(&mut self, data: &[u8]) -> Result<(), StreamEnd> {
         match self.redactor.as_deref_mut() {
             None => self.frame(data),
-            Some(r) => {
-                let mut red = std::mem::take(&mut self.red);
-                red.clear();
-                if let Err(e) = r.feed(data, &mut red) {
+            Some(_) => {
+                // bounded steps: what one step inflated and redacted is written before the
+                // next (a compression bomb costs time, never memory)
+                let mut pos = 0;
+                loop {
+                    let mut red = std::mem::take(&mut self.red);
+                    red.clear();
+                    let step = match self.redactor.as_deref_mut() {
+                        Some(r) => r.feed_some(&data[pos..], &mut red),
+                        None => Ok(data.len() - pos),
+                    };
+                    let n = match step {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.red = red;
+                            tracing::warn!(error = %e, "response redaction failed: cutting the response");
+                            return Err(self.cut().await);
+                        }
+                    };
+                    pos += n;
+                    self.frame(&red);
                     self.red = red;
-                    tracing::warn!(error = %e, "response redaction failed: cutting the response");
-                    return Err(self.cut().await);
+                    if pos >= data.len() {
+                        break;
+                    }
+                    self.flush().await?;
                 }
-                self.frame(&red);
-                self.red = red;
             }
         }
         Ok(())

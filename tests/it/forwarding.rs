@@ -81,8 +81,11 @@ fn forwarded_head_is_exact_with_host_first_and_hop_by_hop_headers_removed() {
     );
 }
 
+/// A valid agent `X-Request-Id` does not become the call's id (issue 12: agents could forge
+/// or collide audit ids): the response and the upstream carry the gateway's id, once; the
+/// agent's value is kept in the audit record (`upstream_errors.rs`).
 #[test]
-fn valid_client_request_id_is_forwarded_and_echoed() {
+fn valid_client_request_id_is_not_adopted() {
     let (mock, gw) = setup(|_| Reply::with(200, "OK", &[("X-Request-Id", "from-upstream")], b"ok"));
     let mut c = gw.conn();
     let long_valid = "a".repeat(128);
@@ -91,16 +94,14 @@ fn valid_client_request_id_is_forwarded_and_echoed() {
             format!("GET /up/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {id}\r\n\r\n").as_bytes(),
         );
         assert_eq!(resp.status, 200);
-        assert_eq!(
-            resp.headers_named("x-request-id"),
-            vec![id],
-            "response ids: {}",
-            show(&resp.raw)
-        );
+        let got = resp.headers_named("x-request-id");
+        assert_eq!(got.len(), 1, "response ids: {}", show(&resp.raw));
+        assert_ne!(got[0], id);
+        assert!(valid_request_id(got[0]), "generated id {:?}", got[0]);
         let r = last(&mock);
         assert_eq!(
             r.headers_named("x-request-id"),
-            vec![id],
+            got,
             "upstream ids: {}",
             show(&r.raw)
         );
@@ -163,8 +164,10 @@ fn post_put_patch_without_body_get_content_length_zero_and_get_gets_none() {
             format!("{m} /up/p HTTP/1.1\r\nHost: gw\r\nX-Request-Id: r1\r\n\r\n").as_bytes(),
         );
         assert_eq!(resp.status, 200, "{m}: {}", show(&resp.raw));
+        // the gateway's id goes upstream, never the agent's (`r1`)
+        let rid = resp.header("x-request-id").unwrap_or_default();
         let want = format!(
-            "{m} /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: r1\r\nContent-Length: 0\r\n\r\n"
+            "{m} /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: {rid}\r\nContent-Length: 0\r\n\r\n"
         );
         assert_eq!(show(&last(&mock).raw), show(want.as_bytes()), "{m}");
     }
@@ -173,8 +176,10 @@ fn post_put_patch_without_body_get_content_length_zero_and_get_gets_none() {
             format!("{m} /up/p HTTP/1.1\r\nHost: gw\r\nX-Request-Id: r1\r\n\r\n").as_bytes(),
         );
         assert_eq!(resp.status, 200, "{m}: {}", show(&resp.raw));
+        // the gateway's id goes upstream, never the agent's (`r1`)
+        let rid = resp.header("x-request-id").unwrap_or_default();
         let want =
-            format!("{m} /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: r1\r\n\r\n");
+            format!("{m} /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: {rid}\r\n\r\n");
         assert_eq!(show(&last(&mock).raw), show(want.as_bytes()), "{m}");
     }
 }
@@ -188,8 +193,9 @@ fn content_length_body_is_forwarded_with_content_length_last() {
         b"POST /up/p HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nX-Request-Id: r2\r\n\r\nhello",
     );
     assert_eq!(resp.status, 200, "{}", show(&resp.raw));
+    let rid = resp.header("x-request-id").unwrap_or_default();
     let want = format!(
-        "POST /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nContent-Type: text/plain\r\nX-Request-Id: r2\r\nContent-Length: 5\r\n\r\nhello"
+        "POST /base/p HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nContent-Type: text/plain\r\nX-Request-Id: {rid}\r\nContent-Length: 5\r\n\r\nhello"
     );
     assert_eq!(show(&last(&mock).raw), show(want.as_bytes()));
     // A GET with a body keeps it.
@@ -197,8 +203,9 @@ fn content_length_body_is_forwarded_with_content_length_last() {
         b"GET /up/g HTTP/1.1\r\nHost: gw\r\nX-Request-Id: r3\r\nContent-Length: 3\r\n\r\nabc",
     );
     assert_eq!(resp.status, 200, "{}", show(&resp.raw));
+    let rid = resp.header("x-request-id").unwrap_or_default();
     let want = format!(
-        "GET /base/g HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: r3\r\nContent-Length: 3\r\n\r\nabc"
+        "GET /base/g HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: {rid}\r\nContent-Length: 3\r\n\r\nabc"
     );
     assert_eq!(show(&last(&mock).raw), show(want.as_bytes()));
 }
@@ -213,8 +220,9 @@ fn chunked_request_body_is_dechunked_and_trailers_dropped() {
           5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
     );
     assert_eq!(resp.status, 200, "{}", show(&resp.raw));
+    let rid = resp.header("x-request-id").unwrap_or_default();
     let want = format!(
-        "POST /base/c HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: r4\r\nContent-Length: 11\r\n\r\nhello world"
+        "POST /base/c HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nX-Request-Id: {rid}\r\nContent-Length: 11\r\n\r\nhello world"
     );
     assert_eq!(show(&last(&mock).raw), show(want.as_bytes()));
     // The connection is still in sync after the trailer.
@@ -350,15 +358,20 @@ fn response_head_keeps_upstream_order_and_drops_hop_by_hop_headers() {
     });
     let mut c = gw.conn();
     let resp = c.roundtrip(b"GET /up/r HTTP/1.1\r\nHost: gw\r\nX-Request-Id: rid-1\r\n\r\n");
-    let want = b"HTTP/1.1 201 Created\r\n\
-                 X-B: 1\r\n\
-                 set-cookie: a=b\r\n\
-                 X-A: 2\r\n\
-                 X-Request-Id: rid-1\r\n\
-                 Content-Length: 5\r\n\
-                 \r\n\
-                 hello";
-    assert_eq!(show(&resp.raw), show(want));
+    // the call's id is the gateway's, not the agent's `rid-1`
+    let rid = resp.header("x-request-id").unwrap_or_default();
+    assert!(valid_request_id(rid) && rid != "rid-1", "{rid}");
+    let want = format!(
+        "HTTP/1.1 201 Created\r\n\
+         X-B: 1\r\n\
+         set-cookie: a=b\r\n\
+         X-A: 2\r\n\
+         X-Request-Id: {rid}\r\n\
+         Content-Length: 5\r\n\
+         \r\n\
+         hello"
+    );
+    assert_eq!(show(&resp.raw), show(want.as_bytes()));
 }
 
 #[test]

@@ -256,3 +256,119 @@ fn an_empty_json_body_passes_a_redacting_proxy() {
         assert!(r.body.is_empty(), "{}", show(&r.raw));
     }
 }
+
+/// The gateway's peak RSS (VmHWM, KiB).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 12: a compression bomb to a redacting proxy (64 MiB of JSON whitespace, ~64 KiB
+/// gzipped, arriving in one or two upstream reads) is inflated in bounded steps, each written
+/// to the agent before the next: the gateway's peak RSS grows by far less than the inflated
+/// size (before the fix a whole upstream read was inflated and redacted in memory first:
+/// +128 MiB or more here). The body arrives whole and redacted.
+#[test]
+fn a_gzip_bomb_costs_time_not_memory() {
+    const PAD: usize = 64 << 20;
+    let mut doc = b"{\"ssn\":\"078-05-1120\",".to_vec();
+    doc.resize(doc.len() + PAD, b' ');
+    doc.extend_from_slice(b"\"x\":1}");
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&doc).unwrap();
+    let gz = e.finish().unwrap();
+    drop(doc);
+    assert!(gz.len() < 1 << 20, "a bomb: {} bytes compressed", gz.len());
+    let mut head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(&gz);
+    let reply = Reply::raw(head);
+    let mock = MockUpstream::start(move |req| {
+        if req.target.ends_with("/warm") {
+            Reply::with(
+                200,
+                "OK",
+                &[("Content-Type", "application/json")],
+                b"{\"ssn\":1}",
+            )
+        } else {
+            reply.clone()
+        }
+    });
+    let gw = Gateway::start(&config(&mock.url(), ""));
+    let mut c = gw.conn();
+    assert_eq!(c.roundtrip(&get("/up/warm")).status, 200);
+    let before = vm_hwm_kib(gw.pid());
+    // read the (chunked) answer as it streams, keeping only its size and tail
+    let mut s = std::net::TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /up/bomb HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut dec = ChunkedDecoder::new();
+    let (mut total, mut head_done, mut raw) = (0usize, false, Vec::new());
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut s, &mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        let mut data = &buf[..n];
+        if !head_done {
+            raw.extend_from_slice(data);
+            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert!(
+                !head.to_ascii_lowercase().contains("content-encoding"),
+                "{head}"
+            );
+            head_done = true;
+            let rest = raw[end + 4..].to_vec();
+            let mut out = Vec::new();
+            dec.feed(&rest, &mut out).expect("chunked");
+            total += out.len();
+            tail = out;
+            data = &[];
+        }
+        if !data.is_empty() {
+            let mut out = Vec::new();
+            dec.feed(data, &mut out).expect("chunked");
+            total += out.len();
+            if !out.is_empty() {
+                tail = out;
+            }
+        }
+        if dec.is_done() {
+            break;
+        }
+    }
+    assert!(dec.is_done(), "the body ended early after {total} bytes");
+    assert!(
+        tail.ends_with(b"\"x\":1}"),
+        "{}",
+        String::from_utf8_lossy(&tail)
+    );
+    assert_eq!(
+        total,
+        PAD + b"{\"x\":1}".len(),
+        "the ssn member removed, all else kept"
+    );
+    let after = vm_hwm_kib(gw.pid());
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!(
+        "gzip bomb: {} KiB compressed, {PAD} bytes inflated; gateway VmHWM {before} KiB -> {after} KiB (+{grown_mib} MiB)",
+        gz.len() / 1024
+    );
+    assert!(
+        grown_mib < 32,
+        "peak RSS grew by {grown_mib} MiB for a {} KiB gzip body",
+        gz.len() / 1024
+    );
+}

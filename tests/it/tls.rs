@@ -31,8 +31,10 @@ fn https_upstream_with_ca_file_is_reached_with_sni_localhost() {
     assert_eq!(resp.body_str(), "secure /v1/x?q=1");
     let r = mock.requests().pop().unwrap();
     assert_eq!(r.sni.as_deref(), Some("localhost"), "SNI");
+    // the gateway's id goes upstream, never the agent's `tls-1`
+    let rid = resp.header("x-request-id").unwrap_or_default();
     let want = format!(
-        "GET /v1/x?q=1 HTTP/1.1\r\nHost: localhost:{}\r\nX-Request-Id: tls-1\r\n\r\n",
+        "GET /v1/x?q=1 HTTP/1.1\r\nHost: localhost:{}\r\nX-Request-Id: {rid}\r\n\r\n",
         mock.port()
     );
     assert_eq!(show(&r.raw), show(want.as_bytes()));

@@ -7,17 +7,39 @@ fn gateway_for(upstream: &str, limits: &str) -> Gateway {
     Gateway::start(&config_with(2, limits, &[proxy("up", upstream)]))
 }
 
+/// As `gateway_for`, with an audit trail in `<dir>/audit`.
+fn audited_gateway_for(upstream: &str) -> Gateway {
+    let toml = config_with(2, "", &[proxy("up", upstream)]).replacen(
+        "\n\n",
+        "\n\n[audit]\ndir = \"audit\"\nfsync = \"1s\"\n\n",
+        1,
+    );
+    Gateway::start(&toml)
+}
+
+/// The call records in the gateway's audit trail, once there are `n`.
+fn wait_calls(gw: &Gateway, n: usize) -> Vec<portcullis::internals::observe::audit::StoredRecord> {
+    let dir = gw.dir().join("audit");
+    poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let r = crate::audit::calls(&dir);
+        (r.len() >= n).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("{n} audit records"))
+}
+
 #[test]
 fn connection_refused_is_502_upstream_unreachable() {
     let dead = free_port();
-    let gw = gateway_for(&format!("http://127.0.0.1:{dead}"), "");
+    let gw = audited_gateway_for(&format!("http://127.0.0.1:{dead}"));
     let mut c = gw.conn();
     let resp = c.roundtrip(b"GET /up/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: dead-1\r\n\r\n");
     let id = assert_gateway_error(&resp, 502, "upstream_unreachable");
-    assert_eq!(
-        id, "dead-1",
-        "the client's request id is kept on gateway errors"
-    );
+    // the call's id is the gateway's; the agent's is kept beside it in the record
+    assert_ne!(id, "dead-1", "an agent must not choose the audit id");
+    assert_eq!(id.len(), 32, "{id}");
+    let recs = wait_calls(&gw, 1);
+    assert_eq!(recs[0].id.as_deref(), Some(id.as_str()));
+    assert_eq!(recs[0].agent_request_id.as_deref(), Some("dead-1"));
     assert!(
         !resp.says_close(),
         "a 502 need not close the client connection: {}",
@@ -26,6 +48,48 @@ fn connection_refused_is_502_upstream_unreachable() {
     // And again on the same connection.
     let resp = c.roundtrip(&get("/up/x"));
     assert_gateway_error(&resp, 502, "upstream_unreachable");
+}
+
+/// Two calls with the same agent `X-Request-Id` (and one with a forged, over-long or malformed
+/// one) get distinct gateway ids: the agent cannot collide or forge audit ids. The upstream
+/// and the agent see the gateway's id; the record keeps the agent's valid value.
+#[test]
+fn an_agent_request_id_never_becomes_the_audit_id() {
+    let mock = MockUpstream::start(echo_request_line);
+    let gw = audited_gateway_for(&mock.url());
+    let long = "a".repeat(129);
+    let sent = ["same-1", "same-1", long.as_str(), "bad id\"x"];
+    let mut ids = Vec::new();
+    for a in sent {
+        let raw = send_raw(
+            gw.port(),
+            format!(
+                "GET /up/x HTTP/1.1\r\nHost: gw\r\nX-Request-Id: {a}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let resp = parse_response(&raw).unwrap();
+        assert_eq!(resp.status, 200, "{}", show(&raw));
+        let id = resp.header("x-request-id").unwrap().to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "the same agent id twice: two record ids");
+    let got: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.header("x-request-id").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(got, ids, "the upstream sees the gateway's ids");
+    let recs = wait_calls(&gw, 4);
+    for (i, id) in ids.iter().enumerate() {
+        let r = recs
+            .iter()
+            .find(|r| r.id.as_deref() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("no record {id}"));
+        let want = if i < 2 { Some("same-1") } else { None };
+        assert_eq!(r.agent_request_id.as_deref(), want, "call {i}");
+    }
 }
 
 #[test]

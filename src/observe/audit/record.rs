@@ -17,7 +17,8 @@
 //! {"ts":"…","kind":"completion","id":"…","bytes_out":5120,"redactions":0,"total_us":1830,"prev":"…","hash":"…"}
 //! ```
 //!
-//! A call record has no `kind` member. `client` is the agent's address as the gateway saw it;
+//! A call record has no `kind` member. Its `id` is always the gateway's; the agent's own
+//! `X-Request-Id`, when it sent a valid one, follows as `agent_request_id` (absent otherwise). `client` is the agent's address as the gateway saw it;
 //! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
 //! secrets the upstream reflected in the response, masked before they reached the agent.
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
@@ -139,6 +140,10 @@ pub struct AuditRecord {
     /// When the call was received, microseconds since the Unix epoch (UTC).
     pub ts_us: u64,
     pub id: SmallStr<32>,
+    /// The agent's own `X-Request-Id` (the record's `id` is always the gateway's); written
+    /// only when the agent sent one. A thin pointer (one allocation, only then) so the
+    /// record keeps within its ring slot.
+    pub agent_request_id: Option<Arc<String>>,
     pub agent: Option<Arc<str>>,
     pub proxy: Option<Arc<str>>,
     pub method: SmallStr<15>,
@@ -154,11 +159,14 @@ pub struct AuditRecord {
     pub redactions: u32,
     /// Injected secrets the upstream reflected in the response (masked); written only when
     /// not 0.
-    pub secret_reflected: u32,
+    pub secret_reflected: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub upstream_status: Option<u16>,
-    pub upstream_us: Option<u64>,
+    /// Microseconds until the upstream's response head (saturating: a head is due within
+    /// `upstream_timeout`, far below the ~71 minutes a `u32` holds; 4 bytes keep the record
+    /// within its ring slot).
+    pub upstream_us: Option<u32>,
     pub total_us: u64,
     /// The agent's address (the TCP peer): IP and port (kept apart from `SocketAddr` to fit
     /// the slot).
@@ -434,6 +442,10 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     push_ts(out, r.ts_us);
     out.extend_from_slice(b"\",\"id\":");
     push_json_str(out, r.id.as_str());
+    if let Some(a) = &r.agent_request_id {
+        out.extend_from_slice(b",\"agent_request_id\":");
+        push_json_str(out, a);
+    }
     out.extend_from_slice(b",\"agent\":");
     push_opt_str(out, r.agent.as_deref());
     out.extend_from_slice(b",\"proxy\":");
@@ -462,7 +474,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     out.extend_from_slice(b",\"upstream_status\":");
     push_opt_u64(out, r.upstream_status.map(u64::from));
     out.extend_from_slice(b",\"upstream_us\":");
-    push_opt_u64(out, r.upstream_us);
+    push_opt_u64(out, r.upstream_us.map(u64::from));
     out.extend_from_slice(b",\"total_us\":");
     push_u64(out, r.total_us);
     out.extend_from_slice(b",\"client\":");
@@ -493,7 +505,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
 }
 
 /// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
-fn push_secret_reflected(out: &mut Vec<u8>, n: u32) {
+fn push_secret_reflected(out: &mut Vec<u8>, n: u16) {
     if n > 0 {
         out.extend_from_slice(b",\"secret_reflected\":");
         push_u64(out, n as u64);
@@ -735,6 +747,9 @@ pub struct StoredRecord {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The agent's own `X-Request-Id`; absent when it sent none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_request_id: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
     #[serde(default)]
@@ -845,6 +860,7 @@ mod tests {
         AuditRecord {
             ts_us: 1_795_600_767_123_456,
             id: SmallStr::new("0123456789abcdef0123456789abcdef"),
+            agent_request_id: None,
             agent: Some("support-bot".into()),
             proxy: Some("crm".into()),
             method: SmallStr::new("GET"),
@@ -866,6 +882,32 @@ mod tests {
             completion: false,
             approval: None,
         }
+    }
+
+    /// The optional members: written only when set, after `id` and `redactions`, and read back.
+    #[test]
+    fn agent_request_id_and_secret_reflected() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(!line.contains("agent_request_id") && !line.contains("secret_reflected"));
+        r.agent_request_id = Some(Arc::new("agent-\"id\"".into()));
+        r.secret_reflected = 3;
+        out.clear();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(
+            line.contains(
+                "\"id\":\"0123456789abcdef0123456789abcdef\",\"agent_request_id\":\"agent-\\\"id\\\"\",\"agent\":"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("\"redactions\":0,\"secret_reflected\":3,\"bytes_in\""));
+        let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(s.agent_request_id.as_deref(), Some("agent-\"id\""));
+        assert_eq!(s.secret_reflected, Some(3));
+        assert_eq!(s.id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn rec(i: u64) -> AuditRecord {
     AuditRecord {
         ts_us: BASE_TS + i * 1000 - (i * 7919 % 50_000),
         id: SmallStr::new(&format!("{i:032x}")),
+        agent_request_id: None,
         agent: agent.map(Into::into),
         proxy: Some(PROXIES[(i % 4) as usize].into()),
         method: SmallStr::new(if i.is_multiple_of(5) { "POST" } else { "GET" }),
@@ -48,7 +49,7 @@ fn rec(i: u64) -> AuditRecord {
         bytes_in: i,
         bytes_out: i * 2,
         upstream_status: (status != 403).then_some(status),
-        upstream_us: (status != 403).then_some(i % 5000),
+        upstream_us: (status != 403).then_some((i % 5000) as u32),
         total_us: i % 7000,
         client: Some((
             std::net::Ipv4Addr::LOCALHOST.into(),
