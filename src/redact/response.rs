@@ -139,7 +139,9 @@ impl<'p> ResponseRedactor<'p> {
     }
 
     /// Redacts the next piece of (de-chunked, possibly compressed) body into `out`. Holds the
-    /// whole output: the relay uses [`ResponseRedactor::feed_some`], which bounds it.
+    /// whole output: the relay uses [`ResponseRedactor::feed_some`], which bounds it (tests use
+    /// this one).
+    #[cfg(test)]
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
         let mut pos = 0;
         while pos < data.len() {
