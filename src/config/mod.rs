@@ -6,8 +6,8 @@ pub mod raw;
 
 pub use crate::identity::Identity;
 pub use crate::policy::authz::Effect;
-pub use compile::{CompileOptions, ConfigErrors, compile_file, compile_file_with, compile_str};
 pub use compile::approvals::{Admin, Role};
+pub use compile::{CompileOptions, ConfigErrors, compile_file, compile_file_with, compile_str};
 
 use crate::secrets::Secret;
 use std::collections::HashMap;

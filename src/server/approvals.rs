@@ -19,9 +19,9 @@ use super::control::Control;
 use crate::config::{Admin, Compiled, Role};
 use crate::http::head::{BodyKind, RequestHead};
 use crate::http::io::read_append;
+use crate::net::agent_io::AgentIo;
 use crate::state::{Approval, Cmd, DecideError, Status};
 use base64::Engine as _;
-use crate::net::agent_io::AgentIo;
 use std::time::Duration;
 
 /// Largest decision body (a reason and a code).

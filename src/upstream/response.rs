@@ -10,8 +10,8 @@ use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{BodyKind, Limits, ResponseHead, Version, find_header, parse_response};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
-use crate::redact::mask::Masker;
 use crate::net::agent_io::AgentIo;
+use crate::redact::mask::Masker;
 use crate::redact::{self, response::ResponseRedactor};
 use std::time::{Duration, Instant};
 
