@@ -386,6 +386,11 @@ mod reference_tests {
         ("RawRedact", "proxies.redact."),
         ("RawMeter", "proxies.meter."),
         ("RawQuota", "proxies.quota."),
+        ("RawState", "state."),
+        ("RawApprovals", "approvals."),
+        ("RawNotify", "approvals.notify."),
+        ("RawAdmin", "admins."),
+        ("RawListenerTls", "server.tls."),
     ];
 
     #[test]
