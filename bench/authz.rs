@@ -19,6 +19,11 @@ fn rule(effect: &str, methods: &[&str], path: String) -> RawRule {
         mode: None,
         hold: None,
         ttl: None,
+        mcp_methods: None,
+        tools: None,
+        tool_tags: None,
+        resources: None,
+        prompts: None,
     }
 }
 

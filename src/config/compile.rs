@@ -1060,6 +1060,73 @@ impl Cx<'_> {
     }
 
     /// `[[proxies.redact]]` tables of proxy `i`, merged into one program.
+    /// `protocol` and `[[proxies.tools]]`: `Some(None)` for an HTTP proxy, `None` on an error.
+    fn mcp_proxy(
+        &mut self,
+        i: usize,
+        p: &RawProxy,
+        rules: &crate::policy::authz::RuleSet,
+    ) -> Option<Option<super::McpProxy>> {
+        let mcp = match p.protocol.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "http")) => false,
+            Some((_, "mcp")) => true,
+            Some((v, other)) => {
+                self.err(
+                    v,
+                    format!("proxies[{i}].protocol"),
+                    format!("unknown protocol {other:?} (http | mcp)"),
+                );
+                return None;
+            }
+        };
+        if !mcp {
+            if let Some(t) = p.tools.first() {
+                self.err(
+                    t,
+                    format!("proxies[{i}].tools"),
+                    "tools are MCP tools: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
+            if rules.has_mcp_rules() {
+                self.err(
+                    &p.name,
+                    format!("proxies[{i}].rules"),
+                    "rules naming mcp_methods, tools, tool_tags, resources or prompts decide MCP \
+                     messages: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
+            return Some(None);
+        }
+        let mut out = super::McpProxy::default();
+        let before = self.errors.len();
+        for (j, t) in p.tools.iter().enumerate() {
+            let r = t.get_ref();
+            if r.name.is_empty() || r.name.chars().any(char::is_control) {
+                self.err(
+                    t,
+                    format!("proxies[{i}].tools[{j}].name"),
+                    "empty or invalid tool name",
+                );
+                continue;
+            }
+            if r.tags.iter().any(|x| x.is_empty()) {
+                self.err(t, format!("proxies[{i}].tools[{j}].tags"), "empty tag");
+                continue;
+            }
+            let tags: Box<[Box<str>]> = r.tags.iter().map(|x| x.as_str().into()).collect();
+            if out.tags.insert(r.name.as_str().into(), tags).is_some() {
+                self.err(
+                    t,
+                    format!("proxies[{i}].tools[{j}].name"),
+                    format!("tool {:?} is listed twice", r.name),
+                );
+            }
+        }
+        (self.errors.len() == before).then_some(Some(out))
+    }
+
     fn redaction(&mut self, i: usize, p: &RawProxy) -> Option<super::Redaction> {
         use crate::redact::{Action, OnInvalid, RedactProgram};
         if p.redact.is_empty() {
@@ -1454,6 +1521,7 @@ impl Cx<'_> {
             }
         };
         let rules = rules?;
+        let mcp = self.mcp_proxy(i, p, &rules)?;
         // the token endpoint's TLS: the proxy's ca_file (if any) plus the webpki roots
         let oauth = match auth.as_ref().and_then(|a| a.oauth2_shared()) {
             None => None,
@@ -1497,6 +1565,7 @@ impl Cx<'_> {
             crate::http::hop::HeaderFilter::new(names)
         };
         Some(Proxy {
+            mcp,
             holds: Vec::new(),
             rules,
             scanners,

@@ -138,6 +138,22 @@ pub struct Proxy {
     pub scanners: Option<crate::scan::ScanSet>,
     /// `hold` and `ttl` of each rule (by rule index; used for `approve` rules only).
     pub holds: Vec<crate::state::Hold>,
+    /// `protocol = "mcp"`: POST bodies are JSON-RPC, decided per message.
+    pub mcp: Option<McpProxy>,
+}
+
+/// What an MCP proxy knows of its tools.
+#[derive(Debug, Default)]
+pub struct McpProxy {
+    /// `[[proxies.tools]]` tags by tool name.
+    pub tags: std::collections::HashMap<Box<str>, Box<[Box<str>]>>,
+}
+
+impl McpProxy {
+    /// The tags of `tool` (empty when it has none).
+    pub fn tags_of(&self, tool: &str) -> &[Box<str>] {
+        self.tags.get(tool).map(|t| &t[..]).unwrap_or(&[])
+    }
 }
 
 impl Proxy {

@@ -324,6 +324,21 @@ pub struct RawProxy {
     /// `[[proxies.scanners]]`: literals and detectors searched in request bodies.
     #[serde(default)]
     pub scanners: Vec<Spanned<crate::scan::RawScanner>>,
+    /// `"http"` (default) or `"mcp"`: JSON-RPC bodies decided per message by MCP rules.
+    #[serde(default)]
+    pub protocol: Option<Spanned<String>>,
+    /// `[[proxies.tools]]`: tags per MCP tool, for `tool_tags` rules.
+    #[serde(default)]
+    pub tools: Vec<Spanned<RawTool>>,
+}
+
+/// `[[proxies.tools]] name = "delete_account", tags = ["write", "crm"]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +401,7 @@ mod reference_tests {
         ("RawRedact", "proxies.redact."),
         ("RawMeter", "proxies.meter."),
         ("RawQuota", "proxies.quota."),
+        ("RawTool", "proxies.tools."),
         ("RawState", "state."),
         ("RawApprovals", "approvals."),
         ("RawNotify", "approvals.notify."),

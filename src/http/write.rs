@@ -83,6 +83,27 @@ fn connection_header(out: &mut Vec<u8>, keep_alive: bool, agent_version: Version
     }
 }
 
+/// A 200 `application/json` answer the gateway writes itself: the JSON-RPC error answer to an
+/// MCP call its policy refused (the MCP client reads it as the call's result).
+pub fn json_answer(
+    out: &mut Vec<u8>,
+    body: &str,
+    request_id: &str,
+    extra: &[u8],
+    keep_alive: bool,
+    agent_version: Version,
+) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ");
+    push_u64(out, body.len() as u64);
+    out.extend_from_slice(b"\r\nX-Request-Id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    connection_header(out, keep_alive, agent_version);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
 /// The gateway's own answer: `{"error":{"code","message","request_id"}}`.
 pub fn error_response(
     out: &mut Vec<u8>,

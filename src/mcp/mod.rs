@@ -6,5 +6,7 @@
 //!   that keep the gateway and the server reading the same thing (duplicate keys, escapes, lone
 //!   surrogates), and the `Mcp-Method` / `Mcp-Name` header wire checked against the body.
 //! - [`glob`] — the name patterns rules use (`get_*`, `file:///reports/**`).
+//! - [`answer`] — JSON-RPC error answers for refused messages.
+pub mod answer;
 pub mod glob;
 pub mod jsonrpc;

@@ -18,7 +18,8 @@ mod stages;
 mod state;
 mod stop;
 use stages::{
-    admit, agent_request_id, authenticate, authorize, read_body, read_head, scan, send_request,
+    admit, agent_request_id, authenticate, authorize, mcp_policy, read_body, read_head, scan,
+    send_request,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -133,6 +134,10 @@ async fn call(
 
     // 7. scanners: the whole body, before any connection to the upstream is opened
     scan(proxy, s, lim, log)?;
+
+    // 7c. MCP: each JSON-RPC message decided by the rules that name MCP methods, tools,
+    // resources or prompts (`protocol = "mcp"` proxies only)
+    let held = mcp_policy(proxy, s, &route, &caller, log, held)?;
 
     // 8. outbound request: one head, signed as it is sent (under `[audit] on_error =
     // "refuse"`, only if the call can be recorded)
@@ -279,14 +284,23 @@ async fn refuse(
     // cannot be, the refusal goes out anyway: nothing was released upstream)
     let _ = log.durable(lim.upstream_timeout).await;
     s.out.clear();
-    write::error_response(
-        &mut s.out,
-        &refusal,
-        log.id.as_str(),
-        &s.extra,
-        keep,
-        version,
-    );
+    match s.mcp_refused.take() {
+        // an MCP call its policy refused: JSON-RPC errors, one per request, that the agent's
+        // model reads as the tool's answer
+        Some(m) => {
+            log.status = 200;
+            let body = crate::mcp::answer::body(m.batch, &m.items, log.id.as_str());
+            write::json_answer(&mut s.out, &body, log.id.as_str(), &s.extra, keep, version);
+        }
+        None => write::error_response(
+            &mut s.out,
+            &refusal,
+            log.id.as_str(),
+            &s.extra,
+            keep,
+            version,
+        ),
+    }
     log.bytes_out = s.out.len() as u64;
     write_all(client, &mut s.out, lim.idle_timeout)
         .await

@@ -3,6 +3,7 @@
 //! `scan`, `upstream`), returning `Result<_, Stop>`. Each says when it runs and what it may
 //! change; none calls an earlier stage.
 use super::route::Route;
+use super::state::McpRefusal;
 use super::{Scratch, Stop, View, Worker};
 use crate::config::{Limits, Proxy};
 use crate::error::Refusal;
@@ -146,6 +147,166 @@ pub(super) fn authorize(
         }
     }
 }
+
+/// Stage 7c (`protocol = "mcp"` proxies): every JSON-RPC message of a POST body, read with a
+/// real JSON parser (`mcp::jsonrpc`), decided by the rules that name MCP things. Messages that
+/// act on a tool, resource or prompt need such a rule (deny by default); session housekeeping
+/// (`initialize`, `ping`, notifications, the list methods) was admitted with the POST itself
+/// unless a rule names its method. A refused call is answered as JSON-RPC errors
+/// (`Scratch::mcp_refused`); `held` comes back true when an `approve` rule matched.
+pub(super) fn mcp_policy(
+    proxy: &Proxy,
+    s: &mut Scratch,
+    route: &Route,
+    caller: &Caller<'_>,
+    log: &mut CallLog<'_>,
+    held: bool,
+) -> Result<bool, Stop> {
+    use crate::mcp::answer::Refused;
+    use crate::mcp::jsonrpc::{self, McpError, Target};
+    use crate::policy::authz::McpCall;
+    let Some(mcp) = &proxy.mcp else {
+        return Ok(held);
+    };
+    let src = &s.rbuf;
+    let method = s.head.method.get(src);
+    if method != b"POST" {
+        // the GET stream and DELETE (end of session): the HTTP decision stands
+        return Ok(held);
+    }
+    let headers = &s.head.headers;
+    let body = jsonrpc::parse_body(&s.body, MCP_MAX_BATCH)
+        .and_then(|b| {
+            jsonrpc::check_headers(
+                &b,
+                find_header(headers, src, b"mcp-method"),
+                find_header(headers, src, b"mcp-name"),
+            )?;
+            Ok(b)
+        })
+        .map_err(|e| {
+            tracing::debug!(id = log.id.as_str(), proxy = %proxy.name, "MCP body refused: {e}");
+            Refusal::BadRequest(match e {
+                McpError::Json(_) => "the MCP body is not valid JSON (or repeats a key)",
+                McpError::NotJsonRpc(_) => "the MCP body is not a JSON-RPC 2.0 message",
+                McpError::EmptyBatch => "empty JSON-RPC batch",
+                McpError::BatchTooLarge(_) => "JSON-RPC batch too large",
+                McpError::Header(_) => "Mcp-Method / Mcp-Name disagree with the body",
+            })
+        })?;
+    let rest = &s.path[route.rest_start..];
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let query = s
+        .head
+        .target
+        .get(src)
+        .get(route.query.0..route.query.1)
+        .unwrap_or(b"")
+        .strip_prefix(b"?")
+        .unwrap_or(b"");
+    let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
+    let agent = caller.id();
+    let mut held = held;
+    let mut refused: Vec<Option<(&'static str, String)>> = Vec::with_capacity(body.messages.len());
+    let mut first_refusal = None;
+    for m in &body.messages {
+        let Some(name) = m.method() else {
+            // a response to a server-initiated request: nothing to decide
+            refused.push(None);
+            continue;
+        };
+        let target = m.target();
+        let tags = match target {
+            Target::Tool(t) => mcp.tags_of(t),
+            _ => &[],
+        };
+        let call = McpCall {
+            method: name,
+            target,
+            tags,
+        };
+        let d = proxy.rules.decide_mcp(
+            method,
+            rest,
+            agent,
+            &roles,
+            query,
+            |n: &str| find_header(headers, src, n.as_bytes()),
+            &call,
+        );
+        if d.rule.is_none() && matches!(target, Target::None) {
+            // housekeeping no MCP rule names: admitted with the POST
+            refused.push(None);
+            continue;
+        }
+        if let Some(r) = d.rule.and_then(|r| u32::try_from(r).ok()) {
+            log.rule = Some(r);
+        }
+        match d.effect {
+            Effect::Allow => refused.push(None),
+            Effect::Approve => {
+                log.decision = Decision::Approve;
+                held = true;
+                refused.push(None);
+            }
+            Effect::Deny => {
+                let refusal = if d.rule.is_some() {
+                    Refusal::DeniedByRule
+                } else {
+                    Refusal::NoRuleMatched
+                };
+                let what = match target {
+                    Target::Tool(t) => format!("tool {t}"),
+                    Target::Resource(u) => format!("resource {u}"),
+                    Target::Prompt(p) => format!("prompt {p}"),
+                    Target::None => format!("method {name}"),
+                };
+                let who = agent.unwrap_or("anonymous");
+                let code = refusal.code();
+                refused.push(Some((
+                    code,
+                    format!("portcullis: {what} not allowed for agent {who} ({code})"),
+                )));
+                first_refusal.get_or_insert(refusal);
+            }
+        }
+    }
+    let Some(refusal) = first_refusal else {
+        return Ok(held);
+    };
+    // Answer every request of the call: the refused ones with their reason, the others (in a
+    // batch) as not sent; notifications get no answer.
+    let items: Vec<Refused> = body
+        .messages
+        .iter()
+        .zip(refused)
+        .filter_map(|(m, r)| {
+            let id = match m {
+                jsonrpc::Message::Request { id, .. } => id.clone(),
+                _ => return None,
+            };
+            Some(match r {
+                Some((code, message)) => Refused { id, code, message },
+                None => Refused {
+                    id,
+                    code: "batch_refused",
+                    message: "portcullis: not sent, another message of this batch was refused"
+                        .into(),
+                },
+            })
+        })
+        .collect();
+    if !items.is_empty() {
+        s.mcp_refused = Some(McpRefusal {
+            batch: body.batch,
+            items,
+        });
+    }
+    Err(refusal.into())
+}
+
+/// Most JSON-RPC messages one MCP POST may carry.
+const MCP_MAX_BATCH: usize = crate::mcp::jsonrpc::DEFAULT_MAX_BATCH;
 
 /// Stage 5: how often. Adds the `RateLimit-*` fields to the answer either way.
 pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -> Result<(), Stop> {

@@ -38,6 +38,15 @@ pub struct Scratch {
     pub marks: crate::credentials::SecretMarks,
     /// What the TLS handshake established (TLS listeners; set per connection).
     pub tls_peer: Option<std::rc::Rc<crate::net::agent_io::PeerTls>>,
+    /// An MCP call refused by policy: answered as JSON-RPC errors, not a plain HTTP error.
+    pub mcp_refused: Option<McpRefusal>,
+}
+
+/// The JSON-RPC answer a refused MCP call gets (`pipeline::refuse`).
+#[derive(Debug)]
+pub struct McpRefusal {
+    pub batch: bool,
+    pub items: Vec<crate::mcp::answer::Refused>,
 }
 
 /// Scratch sets kept for reuse per worker.
@@ -159,6 +168,7 @@ impl Worker {
             }
         }
         s.marks.clear();
+        s.mcp_refused = None;
         let mut free = self.free.borrow_mut();
         if free.len() < MAX_FREE_SCRATCH {
             free.push(s);

@@ -33,6 +33,8 @@
 //!   effect, the first matching report rule whose effect would have changed the outcome had
 //!   it been enforced (at most one per effect, so the cost stays flat).
 use crate::http::{hop, query};
+use crate::mcp::glob::Glob as NameGlob;
+use crate::mcp::jsonrpc::Target;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -101,6 +103,79 @@ pub struct RawRule {
     /// `approve` rules: how long an approval lives (pending, or approved and unused).
     #[serde(default)]
     pub ttl: Option<String>,
+    /// MCP matchers (`protocol = "mcp"` proxies): a rule with any of them decides JSON-RPC
+    /// messages, not HTTP requests. Globs on the JSON-RPC method.
+    #[serde(default)]
+    pub mcp_methods: Option<Vec<String>>,
+    /// Globs on the tool name of a `tools/call`.
+    #[serde(default)]
+    pub tools: Option<Vec<String>>,
+    /// Tags of the called tool (`[[proxies.tools]] tags`): any one matches.
+    #[serde(default)]
+    pub tool_tags: Option<Vec<String>>,
+    /// Globs on the URI of `resources/read` (and subscribe/unsubscribe).
+    #[serde(default)]
+    pub resources: Option<Vec<String>>,
+    /// Globs on the prompt name of `prompts/get`.
+    #[serde(default)]
+    pub prompts: Option<Vec<String>>,
+}
+
+/// One JSON-RPC message of an MCP call, as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct McpCall<'a> {
+    /// The JSON-RPC method (`tools/call`, `initialize`, ...).
+    pub method: &'a str,
+    pub target: &'a Target,
+    /// The tags of the called tool (empty for anything but `tools/call`).
+    pub tags: &'a [Box<str>],
+}
+
+/// A rule's MCP matchers; an empty list is "any".
+#[derive(Debug)]
+struct McpMatch {
+    methods: Vec<NameGlob>,
+    tools: Vec<NameGlob>,
+    tool_tags: Vec<Box<str>>,
+    resources: Vec<NameGlob>,
+    prompts: Vec<NameGlob>,
+}
+
+impl McpMatch {
+    fn matches(&self, call: &McpCall<'_>) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|g| g.matches(call.method)) {
+            return false;
+        }
+        let any = |globs: &[NameGlob], name: &str| globs.iter().any(|g| g.matches(name));
+        if !self.tools.is_empty() || !self.tool_tags.is_empty() {
+            let Target::Tool(name) = call.target else {
+                return false;
+            };
+            if !self.tools.is_empty() && !any(&self.tools, name) {
+                return false;
+            }
+            if !self.tool_tags.is_empty() && !call.tags.iter().any(|t| self.tool_tags.contains(t)) {
+                return false;
+            }
+        }
+        if !self.resources.is_empty() {
+            let Target::Resource(uri) = call.target else {
+                return false;
+            };
+            if !any(&self.resources, uri) {
+                return false;
+            }
+        }
+        if !self.prompts.is_empty() {
+            let Target::Prompt(name) = call.target else {
+                return false;
+            };
+            if !any(&self.prompts, name) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl From<Effect> for crate::observe::audit::Decision {
@@ -258,6 +333,8 @@ struct Rule {
     query: Vec<(Box<[u8]>, Glob)>,
     /// Lower-case header names.
     header: Vec<(Box<str>, Glob)>,
+    /// MCP matchers: the rule decides JSON-RPC messages of MCP proxies, never HTTP requests.
+    mcp: Option<Box<McpMatch>>,
 }
 
 impl Rule {
@@ -339,7 +416,7 @@ struct Group {
     open: Option<Box<PerMethod>>,
     by_agent: HashMap<Box<str>, PerMethod>,
     by_role: HashMap<Box<str>, PerMethod>,
-    /// Rules with query/header conditions, in index order.
+    /// Rules with query/header conditions or MCP matchers, in index order.
     conditional: Vec<u32>,
 }
 
@@ -353,7 +430,7 @@ fn lower(slot: &mut PerMethod, methods: u8, idx: u32) {
 
 impl Group {
     fn add(&mut self, idx: u32, r: &Rule) {
-        if !r.query.is_empty() || !r.header.is_empty() {
+        if !r.query.is_empty() || !r.header.is_empty() || r.mcp.is_some() {
             self.conditional.push(idx);
             return;
         }
@@ -392,20 +469,25 @@ impl Group {
         roles: &[&str],
         query: &mut QueryCache<'_>,
         header: &impl Fn(&str) -> Option<&'h [u8]>,
+        mcp: Option<&McpCall<'_>>,
         mut best: u32,
     ) -> u32 {
-        if let Some(o) = &self.open {
-            best = best.min(o[mbit]);
-        }
-        if let Some(a) = agent
-            && let Some(m) = self.by_agent.get(a)
-        {
-            best = best.min(m[mbit]);
-        }
-        if !self.by_role.is_empty() {
-            for r in roles {
-                if let Some(m) = self.by_role.get(*r) {
-                    best = best.min(m[mbit]);
+        // The precomputed groups hold rules without MCP matchers: they decide HTTP requests
+        // only. A JSON-RPC message is decided by the rules that name MCP things.
+        if mcp.is_none() {
+            if let Some(o) = &self.open {
+                best = best.min(o[mbit]);
+            }
+            if let Some(a) = agent
+                && let Some(m) = self.by_agent.get(a)
+            {
+                best = best.min(m[mbit]);
+            }
+            if !self.by_role.is_empty() {
+                for r in roles {
+                    if let Some(m) = self.by_role.get(*r) {
+                        best = best.min(m[mbit]);
+                    }
                 }
             }
         }
@@ -416,7 +498,13 @@ impl Group {
             let Some(r) = rules.get(i as usize) else {
                 break;
             };
-            if r.methods & (1 << mbit) != 0
+            let mcp_ok = match (&r.mcp, mcp) {
+                (None, None) => true,
+                (Some(m), Some(call)) => m.matches(call),
+                _ => false,
+            };
+            if mcp_ok
+                && r.methods & (1 << mbit) != 0
                 && r.principal_ok(agent, roles)
                 && r.conditions_ok(query, header)
             {
@@ -600,6 +688,7 @@ fn compile_rule<'r>(
         }
         header.push((k.to_ascii_lowercase().into_boxed_str(), Glob::new(v)));
     }
+    let mcp = compile_mcp(i, raw, errors);
     if errors.len() != before {
         return None;
     }
@@ -616,9 +705,77 @@ fn compile_rule<'r>(
             roles,
             query,
             header,
+            mcp,
         },
         segs,
     ))
+}
+
+/// A rule's MCP matchers, if it names any; errors as `(rules[i].field[j], message)`.
+fn compile_mcp(i: usize, raw: &RawRule, errors: &mut CompileErrors) -> Option<Box<McpMatch>> {
+    let mut globs = |field: &str, v: &Option<Vec<String>>| -> Vec<NameGlob> {
+        let Some(v) = v else {
+            return Vec::new();
+        };
+        if v.is_empty() {
+            errors.push((
+                format!("rules[{i}].{field}"),
+                format!("empty list: the rule never matches (leave `{field}` out instead)"),
+            ));
+        }
+        let mut out = Vec::with_capacity(v.len());
+        for (j, s) in v.iter().enumerate() {
+            match NameGlob::new(s) {
+                Ok(g) => out.push(g),
+                Err(m) => errors.push((format!("rules[{i}].{field}[{j}]"), m)),
+            }
+        }
+        out
+    };
+    let methods = globs("mcp_methods", &raw.mcp_methods);
+    let tools = globs("tools", &raw.tools);
+    let resources = globs("resources", &raw.resources);
+    let prompts = globs("prompts", &raw.prompts);
+    let mut tool_tags: Vec<Box<str>> = Vec::new();
+    if let Some(v) = &raw.tool_tags {
+        if v.is_empty() {
+            errors.push((
+                format!("rules[{i}].tool_tags"),
+                "empty list: the rule never matches (leave `tool_tags` out instead)".into(),
+            ));
+        }
+        for (j, t) in v.iter().enumerate() {
+            if t.is_empty() {
+                errors.push((format!("rules[{i}].tool_tags[{j}]"), "empty tag".into()));
+            }
+            tool_tags.push(t.as_str().into());
+        }
+    }
+    let named = [
+        raw.mcp_methods.is_some(),
+        raw.tools.is_some() || raw.tool_tags.is_some(),
+        raw.resources.is_some(),
+        raw.prompts.is_some(),
+    ];
+    if !named.iter().any(|x| *x) {
+        return None;
+    }
+    // a message has one target: a rule naming two kinds of target can never match
+    if named[1..].iter().filter(|x| **x).count() > 1 {
+        errors.push((
+            format!("rules[{i}]"),
+            "names more than one of tools/tool_tags, resources and prompts: a message has one \
+             target, so the rule could never match; write one rule per kind"
+                .into(),
+        ));
+    }
+    Some(Box::new(McpMatch {
+        methods,
+        tools,
+        tool_tags,
+        resources,
+        prompts,
+    }))
 }
 
 impl RuleSet {
@@ -752,21 +909,16 @@ impl RuleSet {
         query: &[u8],
         header: impl Fn(&str) -> Option<&'h [u8]>,
     ) -> Decision {
-        let mut w = Walk {
-            set: self,
-            mbit: bit_index(request_method_bit(method)),
+        let d = self.run(
+            method,
+            path,
             agent,
             roles,
-            query: QueryCache {
-                raw: query,
-                parsed: None,
-            },
-            header: &header,
-            best: [[NONE; 3]; 2],
-        };
-        let rel = path.strip_prefix('/').unwrap_or(path);
-        w.walk(0, rel);
-        let d = decision_from(self.default_effect, &w.best);
+            query,
+            &header,
+            None,
+            self.default_effect,
+        );
         // TRACE reflects the request (the injected credential with it) back to the agent:
         // allowed only by a rule that names it, never by `*`/`any` or the default
         if d.effect == Effect::Allow
@@ -783,6 +935,70 @@ impl RuleSet {
             };
         }
         d
+    }
+
+    /// Decides one JSON-RPC message of a call to an MCP proxy (`protocol = "mcp"`), with the
+    /// HTTP request's method, path, caller and conditions: only rules with MCP matchers take
+    /// part, with the same precedence (deny > approve > allow). When none matches, the
+    /// decision is deny with `rule: None`: a `tools/call`, `resources/read` or `prompts/get`
+    /// needs a rule naming it, while the caller admits session housekeeping (a message with no
+    /// target) by the HTTP decision instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_mcp<'h>(
+        &self,
+        method: &[u8],
+        path: &str,
+        agent: Option<&str>,
+        roles: &[&str],
+        query: &[u8],
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        call: &McpCall<'_>,
+    ) -> Decision {
+        self.run(
+            method,
+            path,
+            agent,
+            roles,
+            query,
+            &header,
+            Some(call),
+            Effect::Deny,
+        )
+    }
+
+    /// Whether any rule has MCP matchers (they need `protocol = "mcp"`).
+    pub fn has_mcp_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.mcp.is_some())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run<'h>(
+        &self,
+        method: &[u8],
+        path: &str,
+        agent: Option<&str>,
+        roles: &[&str],
+        query: &[u8],
+        header: &impl Fn(&str) -> Option<&'h [u8]>,
+        mcp: Option<&McpCall<'_>>,
+        default_effect: Effect,
+    ) -> Decision {
+        let mut w = Walk {
+            set: self,
+            mbit: bit_index(request_method_bit(method)),
+            agent,
+            roles,
+            query: QueryCache {
+                raw: query,
+                parsed: None,
+            },
+            header,
+            mcp,
+            best: [[NONE; 3]; 2],
+        };
+        let rel = path.strip_prefix('/').unwrap_or(path);
+        w.walk(0, rel);
+        decision_from(default_effect, &w.best)
     }
 }
 
@@ -828,6 +1044,7 @@ struct Walk<'a, 'q, H> {
     roles: &'a [&'a str],
     query: QueryCache<'q>,
     header: &'a H,
+    mcp: Option<&'a McpCall<'a>>,
     best: [[u32; 3]; 2],
 }
 
@@ -886,6 +1103,7 @@ impl<'h, H: Fn(&str) -> Option<&'h [u8]>> Walk<'_, '_, H> {
                     self.roles,
                     &mut self.query,
                     self.header,
+                    self.mcp,
                     self.best[m][e],
                 );
             }
@@ -911,6 +1129,11 @@ mod tests {
             mode: None,
             hold: None,
             ttl: None,
+            mcp_methods: None,
+            tools: None,
+            tool_tags: None,
+            resources: None,
+            prompts: None,
         }
     }
 
@@ -929,6 +1152,266 @@ mod tests {
 
     fn strs(v: &[&str]) -> Option<Vec<String>> {
         Some(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn mcp_rules() -> Vec<RawRule> {
+        vec![
+            // 0: the MCP endpoint itself (session housekeeping)
+            rule("allow", &["POST", "GET", "DELETE"], "/mcp"),
+            // 1: support reads
+            with(rule("allow", &["POST"], "/mcp"), |r| {
+                r.tools = strs(&["get_*", "search"]);
+                r.roles = strs(&["support"]);
+            }),
+            // 2: nobody deletes
+            with(rule("deny", &["POST"], "/mcp"), |r| {
+                r.tools = strs(&["delete_*"])
+            }),
+            // 3: writes need a human
+            with(rule("approve", &["POST"], "/mcp"), |r| {
+                r.tool_tags = strs(&["write"]);
+            }),
+            // 4: reports are readable by anyone
+            with(rule("allow", &["POST"], "/mcp"), |r| {
+                r.resources = strs(&["file:///reports/**"]);
+            }),
+            // 5: prompts by name
+            with(rule("allow", &["POST"], "/mcp"), |r| {
+                r.prompts = strs(&["summarise"])
+            }),
+            // 6: no one lists prompts
+            with(rule("deny", &["POST"], "/mcp"), |r| {
+                r.mcp_methods = strs(&["prompts/list"])
+            }),
+        ]
+    }
+
+    #[test]
+    fn mcp_messages_are_decided_by_the_rules_that_name_them() {
+        let (set, _) = RuleSet::compile(&mcp_rules(), Effect::Deny).unwrap();
+        assert!(set.has_mcp_rules());
+        let h = |_: &str| None;
+        let tool = |n: &str| Target::Tool(n.into());
+        let write: &[Box<str>] = &["write".into()];
+        // (name, roles, method, target, tags, effect, rule)
+        type Row<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a str,
+            Target,
+            &'a [Box<str>],
+            Effect,
+            Option<usize>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "support reads",
+                &["support"],
+                "tools/call",
+                tool("get_account"),
+                &[],
+                Effect::Allow,
+                Some(1),
+            ),
+            (
+                "exact name",
+                &["support"],
+                "tools/call",
+                tool("search"),
+                &[],
+                Effect::Allow,
+                Some(1),
+            ),
+            (
+                "other role",
+                &["billing"],
+                "tools/call",
+                tool("get_account"),
+                &[],
+                Effect::Deny,
+                None,
+            ),
+            (
+                "delete denied even for support",
+                &["support"],
+                "tools/call",
+                tool("delete_account"),
+                &[],
+                Effect::Deny,
+                Some(2),
+            ),
+            (
+                "unnamed tool",
+                &["support"],
+                "tools/call",
+                tool("send_email"),
+                &[],
+                Effect::Deny,
+                None,
+            ),
+            (
+                "glob is not a prefix match",
+                &["support"],
+                "tools/call",
+                tool("xget_account"),
+                &[],
+                Effect::Deny,
+                None,
+            ),
+            (
+                "tag write: approve",
+                &["support"],
+                "tools/call",
+                tool("update_account"),
+                write,
+                Effect::Approve,
+                Some(3),
+            ),
+            (
+                "deny beats approve",
+                &[],
+                "tools/call",
+                tool("delete_all"),
+                write,
+                Effect::Deny,
+                Some(2),
+            ),
+            (
+                "approve beats allow",
+                &["support"],
+                "tools/call",
+                tool("get_and_set"),
+                write,
+                Effect::Approve,
+                Some(3),
+            ),
+            (
+                "report resource",
+                &[],
+                "resources/read",
+                Target::Resource("file:///reports/q1.pdf".into()),
+                &[],
+                Effect::Allow,
+                Some(4),
+            ),
+            (
+                "other resource",
+                &[],
+                "resources/read",
+                Target::Resource("file:///secrets/k".into()),
+                &[],
+                Effect::Deny,
+                None,
+            ),
+            (
+                "a tool rule never admits a resource",
+                &["support"],
+                "resources/read",
+                Target::Resource("get_x".into()),
+                &[],
+                Effect::Deny,
+                None,
+            ),
+            (
+                "prompt",
+                &[],
+                "prompts/get",
+                Target::Prompt("summarise".into()),
+                &[],
+                Effect::Allow,
+                Some(5),
+            ),
+            (
+                "prompt list denied",
+                &[],
+                "prompts/list",
+                Target::None,
+                &[],
+                Effect::Deny,
+                Some(6),
+            ),
+            (
+                "housekeeping: no MCP rule",
+                &[],
+                "initialize",
+                Target::None,
+                &[],
+                Effect::Deny,
+                None,
+            ),
+        ];
+        for (name, roles, method, target, tags, effect, rule) in rows {
+            let call = McpCall {
+                method,
+                target: &target,
+                tags,
+            };
+            let d = set.decide_mcp(b"POST", "/mcp", Some("bot"), roles, b"", h, &call);
+            assert_eq!((d.effect, d.rule), (effect, rule), "{name}");
+        }
+        // HTTP requests never see the MCP rules: the endpoint rule admits the POST itself
+        let d = set.decide(b"POST", "/mcp", Some("bot"), &[], b"", h);
+        assert_eq!((d.effect, d.rule), (Effect::Allow, Some(0)));
+        // and a GET elsewhere is the default
+        assert_eq!(
+            set.decide(b"GET", "/other", None, &[], b"", h).effect,
+            Effect::Deny
+        );
+        // MCP rules keep their HTTP scope: a POST to another path is not theirs
+        let call = McpCall {
+            method: "tools/call",
+            target: &tool("get_account"),
+            tags: &[],
+        };
+        let d = set.decide_mcp(
+            b"POST",
+            "/elsewhere",
+            Some("bot"),
+            &["support"],
+            b"",
+            h,
+            &call,
+        );
+        assert_eq!((d.effect, d.rule), (Effect::Deny, None));
+    }
+
+    #[test]
+    fn mcp_rule_compile_errors() {
+        let cases: Vec<(RawRule, &str)> = vec![
+            (
+                with(rule("allow", &["POST"], "/mcp"), |r| r.tools = strs(&[])),
+                "rules[0].tools",
+            ),
+            (
+                with(rule("allow", &["POST"], "/mcp"), |r| {
+                    r.tools = strs(&["a***"])
+                }),
+                "rules[0].tools[0]",
+            ),
+            (
+                with(rule("allow", &["POST"], "/mcp"), |r| r.tools = strs(&[""])),
+                "rules[0].tools[0]",
+            ),
+            (
+                with(rule("allow", &["POST"], "/mcp"), |r| {
+                    r.tool_tags = strs(&[""])
+                }),
+                "rules[0].tool_tags[0]",
+            ),
+            (
+                with(rule("allow", &["POST"], "/mcp"), |r| {
+                    r.tools = strs(&["x"]);
+                    r.resources = strs(&["file:///**"]);
+                }),
+                "rules[0]",
+            ),
+        ];
+        for (r, key) in cases {
+            let errs = RuleSet::compile(&[r], Effect::Deny).expect_err(key);
+            assert!(errs.iter().any(|(k, _)| k == key), "{key}: {errs:?}");
+        }
+        let (set, _) = RuleSet::compile(&[rule("allow", &["GET"], "/**")], Effect::Deny).unwrap();
+        assert!(!set.has_mcp_rules());
     }
 
     #[test]
@@ -1376,6 +1859,11 @@ mod tests {
                 mode: report.then(|| "report".to_string()),
                 hold: None,
                 ttl: None,
+                mcp_methods: None,
+                tools: None,
+                tool_tags: None,
+                resources: None,
+                prompts: None,
             })
     }
 

@@ -24,6 +24,7 @@ mod hardening;
 mod identity;
 mod lifecycle;
 mod listener_tls;
+mod mcp;
 mod meter;
 mod meter_redis;
 mod metrics;

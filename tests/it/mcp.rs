@@ -1,0 +1,384 @@
+//! MCP awareness (issue 15): rules per tool and caller, decided on the JSON-RPC body read the
+//! way the server reads it, and refusals the official MCP Python SDK surfaces to its caller.
+//! The MCP server is the SDK's own `MCPServer` over Streamable HTTP (`tests/it/mcp/server.py`),
+//! on 127.0.0.1 behind the real gateway; it logs every tool call that reaches it.
+use crate::audit::{call, calls};
+use crate::support::*;
+use portcullis::internals::identity::key_sha256_hex;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SUPPORT_KEY: &str = "pcs_mcp_support_key_0000000000000000000000";
+const BILLING_KEY: &str = "pcs_mcp_billing_key_0000000000000000000000";
+
+struct McpServer {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl McpServer {
+    /// `json`: answers as JSON bodies; otherwise as SSE streams.
+    fn start(json: bool) -> McpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls.log");
+        std::fs::write(&log, "").unwrap();
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/mcp/server.py");
+        let child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(if json { "json" } else { "sse" })
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 tests/it/mcp/server.py (scripts/test installs the mcp SDK)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the MCP server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        McpServer {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The tools that reached the server, in order.
+    fn seen(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(upstream_port: u16, audit: &Path) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:{{PORT}}"]
+workers = 2
+
+[audit]
+dir = "{audit}"
+
+[[agents]]
+id = "support-bot"
+key_sha256 = "{support}"
+roles = ["support"]
+
+[[agents]]
+id = "billing-bot"
+key_sha256 = "{billing}"
+roles = ["billing"]
+
+[[proxies]]
+name = "crm"
+upstream = "http://127.0.0.1:{upstream_port}"
+protocol = "mcp"
+
+[[proxies.tools]]
+name = "update_account"
+tags = ["write"]
+
+# the endpoint itself: session housekeeping (initialize, lists, notifications, GET, DELETE)
+[[proxies.rules]]
+effect = "allow"
+methods = ["POST", "GET", "DELETE"]
+path = "/mcp"
+
+[[proxies.rules]]
+effect = "allow"
+methods = ["POST"]
+path = "/mcp"
+tools = ["get_*", "search"]
+roles = ["support"]
+
+[[proxies.rules]]
+effect = "deny"
+methods = ["POST"]
+path = "/mcp"
+tools = ["delete_*"]
+
+[[proxies.rules]]
+effect = "allow"
+methods = ["POST"]
+path = "/mcp"
+tool_tags = ["write"]
+roles = ["billing"]
+"#,
+        audit = audit.display(),
+        support = key_sha256_hex(SUPPORT_KEY),
+        billing = key_sha256_hex(BILLING_KEY),
+    )
+}
+
+/// Runs the official SDK's client against `url` with the agent `key`: initialize, list the
+/// tools, then each call; prints one line per step.
+fn sdk_calls(url: &str, key: &str, calls: &[(&str, &str)]) -> String {
+    let steps: Vec<String> = calls
+        .iter()
+        .map(|(tool, args)| format!("({tool:?}, {args})"))
+        .collect();
+    let script = format!(
+        r#"
+import asyncio, httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+async def main():
+    http = httpx2.AsyncClient(headers={{"Authorization": "Bearer {key}"}}, timeout=20)
+    async with Client(streamable_http_client("{url}", http_client=http)) as c:
+        tools = await c.list_tools()
+        print("tools", ",".join(sorted(t.name for t in tools.tools)))
+        for name, args in [{steps}]:
+            try:
+                r = await c.call_tool(name, args)
+                text = r.content[0].text if r.content else ""
+                print("result", name, "error" if r.is_error else "ok", text)
+            except Exception as e:
+                print("raised", name, type(e).__name__, str(e))
+
+asyncio.run(main())
+"#,
+        steps = steps.join(", "),
+    );
+    let out = Command::new("timeout")
+        .args(["60", "python3", "-c", &script])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the SDK client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn line<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{out}"))
+}
+
+fn rpc(port: u16, key: &str, body: &str, extra: &str) -> Response {
+    let req = format!(
+        "POST /crm/mcp HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    call(port, req.as_bytes()).0
+}
+
+fn sdk_rules_per_tool_and_role(json: bool) {
+    let server = McpServer::start(json);
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(server.port, audit.path()));
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+
+    let out = sdk_calls(
+        &url,
+        SUPPORT_KEY,
+        &[
+            ("get_account", r#"{"id": "a1"}"#),
+            ("search", r#"{"q": "acme"}"#),
+            ("delete_account", r#"{"id": "a1"}"#),
+            ("update_account", r#"{"id": "a1", "name": "x"}"#),
+        ],
+    );
+    assert!(
+        line(&out, "tools").contains("get_account"),
+        "housekeeping (initialize, tools/list) passes: {out}"
+    );
+    assert_eq!(
+        line(&out, "result get_account"),
+        "result get_account ok account a1: ACME Corp"
+    );
+    assert!(line(&out, "result search").contains("ok found 2 accounts"));
+    // the refusals reach the SDK's caller as the gateway's own words
+    let del = out
+        .lines()
+        .find(|l| l.contains("delete_account") && !l.starts_with("tools"))
+        .unwrap();
+    assert!(
+        del.contains(
+            "portcullis: tool delete_account not allowed for agent support-bot (denied_by_rule)"
+        ),
+        "{out}"
+    );
+    let upd = out.lines().find(|l| l.contains(" update_account")).unwrap();
+    assert!(
+        upd.contains(
+            "portcullis: tool update_account not allowed for agent support-bot (no_rule_matched)"
+        ),
+        "{out}"
+    );
+
+    // the billing role may write (by tag) but not read
+    let out = sdk_calls(
+        &url,
+        BILLING_KEY,
+        &[
+            ("update_account", r#"{"id": "a2", "name": "y"}"#),
+            ("get_account", r#"{"id": "a2"}"#),
+        ],
+    );
+    assert!(line(&out, "result update_account").contains("ok renamed a2 to y"));
+    let get = out.lines().find(|l| l.contains(" get_account")).unwrap();
+    assert!(
+        get.contains("tool get_account not allowed for agent billing-bot (no_rule_matched)"),
+        "{out}"
+    );
+
+    // only the allowed calls reached the server
+    assert_eq!(
+        server.seen(),
+        vec!["get_account", "search", "update_account"],
+        "refused calls never reach the server"
+    );
+    drop(gw);
+    // the audit trail names the refusals
+    let recs = calls(audit.path());
+    let denied = recs
+        .iter()
+        .filter(|r| r.code.as_deref() == Some("denied_by_rule"))
+        .count();
+    assert_eq!(denied, 1, "{recs:?}");
+}
+
+#[test]
+fn sdk_rules_per_tool_and_role_json_answers() {
+    sdk_rules_per_tool_and_role(true);
+}
+
+#[test]
+fn sdk_rules_per_tool_and_role_sse_answers() {
+    sdk_rules_per_tool_and_role(false);
+}
+
+#[test]
+fn escapes_duplicates_batches_and_header_tricks() {
+    let server = McpServer::start(true);
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(server.port, audit.path()));
+    let port = gw.port();
+
+    // an escaped name is the same name: denied, as a JSON-RPC error for that id (HTTP 200)
+    let r = rpc(
+        port,
+        SUPPORT_KEY,
+        r#"{"jsonrpc":"2.0","id":41,"method":"tools/call","params":{"name":"delete\u005faccount","arguments":{"id":"a"}}}"#,
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_str(&r.body_str()).unwrap();
+    assert_eq!(v["id"], 41);
+    assert_eq!(v["error"]["code"], -32001);
+    assert_eq!(v["error"]["data"]["code"], "denied_by_rule");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tool delete_account not allowed for agent support-bot")
+    );
+
+    // a duplicated key (the server might read either one): 400 before anything is sent
+    let r = rpc(
+        port,
+        SUPPORT_KEY,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_account","name":"delete_account","arguments":{"id":"a"}}}"#,
+        "",
+    );
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(r.body_str().contains("bad_request"));
+
+    // a batch with one refused element is refused element by element
+    let r = rpc(
+        port,
+        SUPPORT_KEY,
+        r#"[{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"get_account","arguments":{"id":"1"}}},
+            {"jsonrpc":"2.0","method":"notifications/progress","params":{}},
+            {"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"delete_account","arguments":{"id":"1"}}}]"#,
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let v: serde_json::Value = serde_json::from_str(&r.body_str()).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 2, "{v}");
+    assert_eq!(arr[0]["id"], "a");
+    assert_eq!(arr[0]["error"]["data"]["code"], "batch_refused");
+    assert_eq!(arr[1]["id"], "b");
+    assert_eq!(arr[1]["error"]["data"]["code"], "denied_by_rule");
+
+    // the header wire must agree with the body
+    let body = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_account","arguments":{"id":"a"}}}"#;
+    for extra in [
+        "Mcp-Method: tools/call\r\nMcp-Name: get_account\r\n",
+        "Mcp-Method: tools/list\r\n",
+        "Mcp-Method: tools/call\r\nMcp-Name: =?base64?Z2V0X2FjY291bnQ=?=\r\n",
+        "Mcp-Name: delete_account\r\n",
+    ] {
+        let r = rpc(port, SUPPORT_KEY, body, extra);
+        assert_eq!(r.status, 400, "{extra:?}: {}", r.body_str());
+    }
+    // agreeing headers (base64 form too) are decided like the body alone
+    let r = rpc(
+        port,
+        SUPPORT_KEY,
+        body,
+        "Mcp-Method: tools/call\r\nMcp-Name: =?base64?ZGVsZXRlX2FjY291bnQ=?=\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body_str().contains("denied_by_rule"));
+
+    // malformed JSON-RPC
+    for body in [
+        r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"get_account"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+        r#"[]"#,
+        r#"not json"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\ud800"}}"#,
+    ] {
+        let r = rpc(port, SUPPORT_KEY, body, "");
+        assert_eq!(r.status, 400, "{body}: {}", r.body_str());
+    }
+    assert!(server.seen().is_empty(), "nothing reached the server");
+}
+
+#[test]
+fn mcp_rules_need_an_mcp_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[[proxies]]\nname = \"a\"\nupstream = \"http://x\"\n\
+         [[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\ntools = [\"get_*\"]\n",
+    )
+    .unwrap();
+    let out = run_portcullis(
+        &["check", "-c", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("proxies[0].rules") && err.contains("protocol = \"mcp\""),
+        "{err}"
+    );
+}

@@ -1,0 +1,51 @@
+"""An MCP server (the official Python SDK's MCPServer, Streamable HTTP) for tests/it/mcp.rs.
+
+Usage: server.py PORT json|sse CALL_LOG
+Every tool call that reaches it is appended to CALL_LOG (one line: the tool name), so a test can
+prove that a refused call never got here.
+"""
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+port = int(sys.argv[1])
+json_response = sys.argv[2] == "json"
+call_log = sys.argv[3]
+
+app = MCPServer("crm")
+
+
+def seen(name: str) -> None:
+    with open(call_log, "a", encoding="utf-8") as f:
+        f.write(name + "\n")
+
+
+@app.tool()
+def get_account(id: str) -> str:
+    """Read one account."""
+    seen("get_account")
+    return f"account {id}: ACME Corp"
+
+
+@app.tool()
+def search(q: str) -> str:
+    """Search accounts."""
+    seen("search")
+    return f"found 2 accounts for {q}"
+
+
+@app.tool()
+def delete_account(id: str) -> str:
+    """Delete one account."""
+    seen("delete_account")
+    return f"deleted {id}"
+
+
+@app.tool()
+def update_account(id: str, name: str) -> str:
+    """Rename one account."""
+    seen("update_account")
+    return f"renamed {id} to {name}"
+
+
+app.run(transport="streamable-http", host="127.0.0.1", port=port, json_response=json_response)
