@@ -39,16 +39,8 @@ pub(super) async fn hold(
     let h = proxy.hold_of(log.rule);
     let src = &s.rbuf;
     let method = s.head.method.get(src);
-    let rest = &s.path[route.rest_start..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let query = s
-        .head
-        .target
-        .get(src)
-        .get(route.query.0..route.query.1)
-        .unwrap_or(b"")
-        .strip_prefix(b"?")
-        .unwrap_or(b"");
+    let rest = route.rel_path(&s.path);
+    let query = route.query_str(s.head.target.get(src));
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &s.body);
     let mut body_sha = [0u8; 32];
     body_sha.copy_from_slice(digest.as_ref());

@@ -22,6 +22,22 @@ pub struct Route {
     pub query: (usize, usize),
 }
 
+impl Route {
+    /// The canonical path below the proxy, as rules see it (`/` for the bare proxy root).
+    pub fn rel_path<'p>(&self, path: &'p str) -> &'p str {
+        match &path[self.rest_start..] {
+            "" => "/",
+            rest => rest,
+        }
+    }
+
+    /// The raw query string of `target`, without its '?' (empty when there is none).
+    pub fn query_str<'t>(&self, target: &'t [u8]) -> &'t [u8] {
+        let q = target.get(self.query.0..self.query.1).unwrap_or(b"");
+        q.strip_prefix(b"?").unwrap_or(b"")
+    }
+}
+
 /// `target` is the raw request target; the canonical path is written to `path`.
 pub fn resolve(cfg: &Compiled, target: &[u8], path: &mut String) -> Result<Route, Refusal> {
     if !has_params(target) {

@@ -105,16 +105,8 @@ pub(super) fn authorize(
     log: &mut CallLog<'_>,
 ) -> Result<bool, Stop> {
     let src = &s.rbuf;
-    let rest = &s.path[route.rest_start..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let query = s
-        .head
-        .target
-        .get(src)
-        .get(route.query.0..route.query.1)
-        .unwrap_or(b"")
-        .strip_prefix(b"?")
-        .unwrap_or(b"");
+    let rest = route.rel_path(&s.path);
+    let query = route.query_str(s.head.target.get(src));
     let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
     let headers = &s.head.headers;
     let decision = proxy.rules.decide(
@@ -194,16 +186,8 @@ pub(super) fn mcp_policy(
                 McpError::Header(_) => "Mcp-Method / Mcp-Name disagree with the body",
             })
         })?;
-    let rest = &s.path[route.rest_start..];
-    let rest = if rest.is_empty() { "/" } else { rest };
-    let query = s
-        .head
-        .target
-        .get(src)
-        .get(route.query.0..route.query.1)
-        .unwrap_or(b"")
-        .strip_prefix(b"?")
-        .unwrap_or(b"");
+    let rest = route.rel_path(&s.path);
+    let query = route.query_str(s.head.target.get(src));
     let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
     let agent = caller.id();
     let mut held = held;
