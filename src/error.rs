@@ -56,6 +56,12 @@ pub enum Refusal {
     /// `[audit] on_error = "refuse"`: the call's audit record cannot be written (the disk
     /// refuses writes, or the audit queue is full), so the call is not made.
     AuditUnavailable,
+    /// The worker's request bodies in flight already hold `max_body_memory`: this body is not
+    /// read (503 with `Retry-After: 1`; nothing goes upstream).
+    Overloaded,
+    /// The agent closed its connection while its call was held for approval (no answer is
+    /// sent: the audit record and the metric say so; the approval stays in the store).
+    ClientClosed,
 }
 
 impl Refusal {
@@ -81,7 +87,10 @@ impl Refusal {
             Refusal::MeterUnavailable
             | Refusal::AuditUnavailable
             | Refusal::ApprovalQueueFull
-            | Refusal::ApprovalUnavailable => 503,
+            | Refusal::ApprovalUnavailable
+            | Refusal::Overloaded => 503,
+            // nginx's "client closed request": recorded, never sent
+            Refusal::ClientClosed => 499,
         }
     }
 
@@ -110,6 +119,8 @@ impl Refusal {
             Refusal::MeterUnavailable => "meter_unavailable",
             Refusal::SecretUnavailable(_) => "secret_unavailable",
             Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::Overloaded => "overloaded",
+            Refusal::ClientClosed => "client_closed",
         }
     }
 
@@ -177,6 +188,12 @@ impl Refusal {
                  retry later"
                     .into()
             }
+            Refusal::Overloaded => {
+                "the gateway holds too many request bodies right now (max_body_memory); retry \
+                 later"
+                    .into()
+            }
+            Refusal::ClientClosed => "the agent closed its connection before the answer".into(),
         }
     }
 
@@ -212,6 +229,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        499 => "Client Closed Request",
         504 => "Gateway Timeout",
         _ => "",
     }
@@ -282,6 +300,8 @@ mod tests {
             (Refusal::MeterUnavailable, 503, "meter_unavailable"),
             (Refusal::SecretUnavailable("x"), 502, "secret_unavailable"),
             (Refusal::AuditUnavailable, 503, "audit_unavailable"),
+            (Refusal::Overloaded, 503, "overloaded"),
+            (Refusal::ClientClosed, 499, "client_closed"),
         ];
         for (r, status, code) in table {
             assert_eq!(r.status(), *status, "{code}");

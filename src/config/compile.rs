@@ -1016,6 +1016,21 @@ impl Cx<'_> {
                 "must be at most 1GiB (bodies are held whole for scanning)",
             );
         }
+        // unset: 256 MiB, or one body of max_request_body if that is larger
+        let max_body_memory = self.size(
+            &l.max_body_memory,
+            "limits.max_body_memory",
+            d.max_body_memory.max(max_body),
+        );
+        if let Some(s) = &l.max_body_memory
+            && max_body_memory < max_body
+        {
+            self.err(
+                s,
+                "limits.max_body_memory",
+                "must be at least limits.max_request_body (one body of the largest size must fit)",
+            );
+        }
         let underscore_headers = match &raw.server.get_ref().underscore_headers {
             None => d.underscore_headers,
             Some(v) => crate::http::hop::Underscores::from_name(v.get_ref()).unwrap_or_else(|| {
@@ -1031,6 +1046,7 @@ impl Cx<'_> {
             max_head: max_head.min(1 << 20) as usize,
             max_headers,
             max_body,
+            max_body_memory,
             head_timeout: self.duration(&l.head_timeout, "limits.head_timeout", d.head_timeout),
             idle_timeout: self.duration(&l.idle_timeout, "limits.idle_timeout", d.idle_timeout),
             connect_timeout: self.duration(
@@ -1909,6 +1925,11 @@ mod tests {
                 "bad size",
                 "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nmax_request_body = \"1 lots\"\n",
                 "t.toml:4: limits.max_request_body: invalid size",
+            ),
+            (
+                "body memory below one body",
+                "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nmax_request_body = \"2MiB\"\nmax_body_memory = \"1MiB\"\n",
+                "t.toml:5: limits.max_body_memory: must be at least limits.max_request_body",
             ),
             (
                 "missing upstream",

@@ -69,6 +69,10 @@ pub struct Limits {
     pub max_head: usize,
     pub max_headers: usize,
     pub max_body: u64,
+    /// Bytes of request bodies one worker may hold in flight (reserved as each body's length
+    /// is known, released when its buffer is freed); beyond it a body is refused, 503
+    /// `overloaded`.
+    pub max_body_memory: u64,
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
@@ -95,6 +99,7 @@ impl Default for Limits {
             max_head: 16 * 1024,
             max_headers: 100,
             max_body: 1 << 20,
+            max_body_memory: 256 << 20,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),

@@ -264,6 +264,7 @@ pub struct RawLimits {
     pub max_request_head: Option<Spanned<SizeOrInt>>,
     pub max_headers: Option<Spanned<i64>>,
     pub max_request_body: Option<Spanned<SizeOrInt>>,
+    pub max_body_memory: Option<Spanned<SizeOrInt>>,
     pub head_timeout: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub upstream_connect_timeout: Option<Spanned<String>>,

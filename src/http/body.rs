@@ -9,9 +9,17 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum BodyFail {
     TooLarge,
+    /// The worker's bodies in flight would exceed `max_body_memory` (`Reserve::grow_to`).
+    Overloaded,
     Bad(&'static str),
     /// The agent went away or stalled; nothing more can be said to it.
     Gone,
+}
+
+/// The memory account a body is read against: before the body may hold `total` bytes, the
+/// reader asks; `false` stops the read (`BodyFail::Overloaded`).
+pub trait Reserve {
+    fn grow_to(&mut self, total: u64) -> bool;
 }
 
 /// Drops the first `n` bytes of `buf` (pipelined bytes after them move to the front).
@@ -34,7 +42,9 @@ fn consume_at(buf: &mut Vec<u8>, from: usize, n: usize) {
 /// Reads the body described by `kind` into `dst`. `rbuf[..head_len]` is the request head and
 /// stays untouched; what was read after it is the start of the body. Returns the offset in
 /// `rbuf` where the body ends (what follows is a pipelined request). Each read waits at most
-/// `read_timeout`, and the whole body must have arrived by `body_deadline`.
+/// `read_timeout`, and the whole body must have arrived by `body_deadline`. The body's bytes
+/// are reserved on `account` before they are held (a length-delimited body at once, a chunked
+/// one as its chunks arrive); the buffer of a length-delimited body is allocated exactly.
 #[allow(clippy::too_many_arguments)]
 pub async fn read<R: AsyncReadRent>(
     client: &mut R,
@@ -42,6 +52,7 @@ pub async fn read<R: AsyncReadRent>(
     head_len: usize,
     kind: BodyKind,
     max: u64,
+    account: &mut impl Reserve,
     dst: &mut Vec<u8>,
     read_timeout: Duration,
     body_deadline: Instant,
@@ -54,7 +65,11 @@ pub async fn read<R: AsyncReadRent>(
             if n > max {
                 return Err(BodyFail::TooLarge);
             }
+            if !account.grow_to(n) {
+                return Err(BodyFail::Overloaded);
+            }
             let n = n as usize;
+            dst.reserve_exact(n);
             let avail = rbuf.len().saturating_sub(head_len);
             let take = avail.min(n);
             dst.extend_from_slice(&rbuf[head_len..head_len + take]);
@@ -79,8 +94,12 @@ pub async fn read<R: AsyncReadRent>(
                     e => BodyFail::Bad(e.message()),
                 })?;
                 let data = &rbuf[pos + step.data.start..pos + step.data.end];
-                if (dst.len() + data.len()) as u64 > max {
+                let total = (dst.len() + data.len()) as u64;
+                if total > max {
                     return Err(BodyFail::TooLarge);
+                }
+                if !account.grow_to(total) {
+                    return Err(BodyFail::Overloaded);
                 }
                 dst.extend_from_slice(data);
                 pos += step.consumed;

@@ -141,7 +141,10 @@ pub fn error_response(
             out.extend_from_slice(b"\r\n");
         }
         // the refill thread retries Redis within 2 s
-        Refusal::MeterUnavailable => out.extend_from_slice(b"Retry-After: 1\r\n"),
+        // the refill thread retries Redis within 2 s; bodies in flight finish within seconds
+        Refusal::MeterUnavailable | Refusal::Overloaded => {
+            out.extend_from_slice(b"Retry-After: 1\r\n")
+        }
         Refusal::ProxyAuthRequired { .. } => {
             out.extend_from_slice(b"Proxy-Authenticate: Basic realm=\"portcullis\"\r\n");
         }

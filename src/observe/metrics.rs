@@ -36,6 +36,10 @@
 //!   listeners (`[server] tls`);
 //! - `portcullis_upstream_pool_idle_connections{worker}` — sampled by each worker's pool sweeper
 //!   (once a second);
+//! - `portcullis_body_memory_reserved_bytes{worker}` (request bodies in flight, reserved against
+//!   `max_body_memory`) and `portcullis_body_memory_refused_total` (503 `overloaded`);
+//! - `portcullis_approvals_held_calls{worker}` (agent connections waiting on an approval) and
+//!   `portcullis_approvals_abandoned_total` (held calls whose agent went away);
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
 #![forbid(unsafe_code)]
 
@@ -57,7 +61,7 @@ pub const LATENCY_BUCKETS_US: [u64; 16] = [
 const NB: usize = LATENCY_BUCKETS_US.len() + 1;
 
 /// The gateway's own error codes (`Refusal::code`), in export order.
-pub const CODES: [&str; 19] = [
+pub const CODES: [&str; 21] = [
     "unauthenticated",
     "credential_expired",
     "no_rule_matched",
@@ -77,6 +81,8 @@ pub const CODES: [&str; 19] = [
     "upstream_timeout",
     "upstream_auth_failed",
     "audit_unavailable",
+    "overloaded",
+    "client_closed",
 ];
 
 const DECISIONS: [Decision; 3] = [Decision::Allow, Decision::Deny, Decision::Approve];
@@ -213,6 +219,14 @@ pub struct Shard {
     slots: Box<[OnceLock<Box<Slot>>]>,
     /// Idle upstream connections in this worker's pool (sampled by the sweeper).
     pool_idle: AtomicU64,
+    /// Bytes of request bodies in flight reserved against `max_body_memory` (gauge).
+    body_reserved: AtomicU64,
+    /// Request bodies refused because `max_body_memory` was reached.
+    body_refused: AtomicU64,
+    /// Calls currently held for an approval on this worker (gauge).
+    held: AtomicU64,
+    /// Held calls whose agent closed the connection while waiting.
+    held_abandoned: AtomicU64,
 }
 
 impl Shard {
@@ -223,6 +237,10 @@ impl Shard {
             other: ProxyCounters::default(),
             slots: (0..MAX_PROXY_SLOTS).map(|_| OnceLock::new()).collect(),
             pool_idle: AtomicU64::new(0),
+            body_reserved: AtomicU64::new(0),
+            body_refused: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            held_abandoned: AtomicU64::new(0),
         }
     }
 }
@@ -298,6 +316,41 @@ impl WorkerMetrics {
     /// Samples the pool gauge (from the worker's sweeper).
     pub fn set_pool_idle(&self, n: usize) {
         self.shard.pool_idle.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// A handle on the body-memory gauge and counter (kept by the worker's body budget).
+    pub fn body_gauge(&self) -> BodyGauge {
+        BodyGauge(self.shard.clone())
+    }
+
+    /// One more (`true`) or one fewer call held for an approval.
+    pub fn held(&self, more: bool) {
+        let h = &self.shard.held;
+        h.store(
+            if more {
+                get(h) + 1
+            } else {
+                get(h).saturating_sub(1)
+            },
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A held call whose agent went away.
+    pub fn held_abandoned(&self) {
+        bump(&self.shard.held_abandoned, 1);
+    }
+}
+
+/// The worker's body-memory gauge and refusal counter (single writer: the worker).
+pub struct BodyGauge(Arc<Shard>);
+
+impl BodyGauge {
+    pub fn set_reserved(&self, bytes: u64) {
+        self.0.body_reserved.store(bytes, Ordering::Relaxed);
+    }
+    pub fn refused(&self) {
+        bump(&self.0.body_refused, 1);
     }
 }
 
@@ -521,6 +574,42 @@ impl Metrics {
                 sh.worker,
                 get(&sh.pool_idle)
             );
+        }
+        let per_worker: [(&str, &str, &str, fn(&Shard) -> &AtomicU64); 2] = [
+            (
+                "portcullis_body_memory_reserved_bytes",
+                "gauge",
+                "Bytes of request bodies in flight reserved against max_body_memory, per worker.",
+                |sh| &sh.body_reserved,
+            ),
+            (
+                "portcullis_approvals_held_calls",
+                "gauge",
+                "Agent connections waiting on an approval (held calls), per worker.",
+                |sh| &sh.held,
+            ),
+        ];
+        for (name, kind, help, field) in per_worker {
+            header(&mut o, name, kind, help);
+            for sh in &self.shards {
+                let _ = writeln!(o, "{name}{{worker=\"{}\"}} {}", sh.worker, get(field(sh)));
+            }
+        }
+        for (name, help, field) in [
+            (
+                "portcullis_body_memory_refused_total",
+                "Request bodies refused (503 overloaded) because max_body_memory was reached.",
+                (|sh| &sh.body_refused) as fn(&Shard) -> &AtomicU64,
+            ),
+            (
+                "portcullis_approvals_abandoned_total",
+                "Held calls whose agent closed the connection before the approval was decided.",
+                |sh| &sh.held_abandoned,
+            ),
+        ] {
+            header(&mut o, name, "counter", help);
+            let v: u64 = self.shards.iter().map(|sh| get(field(sh))).sum();
+            let _ = writeln!(o, "{name} {v}");
         }
         if let Some(a) = audit {
             let gauges: [(&str, &str, &str, u64); 11] = [

@@ -56,6 +56,7 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
     let view = w.view();
     let lim = &view.cfg.limits;
     s.extra.clear();
+    release_body(s);
     // 1. head
     match read_head(client, s, lim).await {
         Ok(()) => {}
@@ -129,7 +130,7 @@ async fn call(
 
     // 6. body, read whole before anything goes upstream
     at.phase = Phase::Body;
-    at.consumed = read_body(client, s, lim).await?;
+    at.consumed = read_body(client, s, lim, &w.bodies).await?;
     log.bytes_in = (s.head.head_len + s.body.len()) as u64;
 
     // 7. scanners: the whole body, before any connection to the upstream is opened
@@ -162,7 +163,11 @@ async fn call(
 
     // 9. upstream: send, then the response head
     log.upstream_started = Some(clock::now());
-    let mut conn = send_request(w, proxy, lim, s, idempotent, method_is_head).await?;
+    let sent = send_request(w, proxy, lim, s, idempotent, method_is_head).await;
+    // the body is upstream (or the call failed): its memory and reservation go now, not when
+    // the response has streamed
+    release_body(s);
+    let mut conn = sent?;
     log.upstream_us = log.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     log.upstream_status = Some(s.resp.status);
     if let Some(auth) = &proxy.auth {
@@ -260,6 +265,19 @@ async fn call(
     })
 }
 
+/// Frees the request body's buffer (a large one; a small one stays for reuse) and gives its
+/// reservation back to the worker's `max_body_memory`.
+fn release_body(s: &mut Scratch) {
+    s.body.clear();
+    if s.body.capacity() > MAX_KEPT_BODY {
+        s.body = Vec::new();
+    }
+    s.body_lease = None;
+}
+
+/// A body buffer up to this capacity is kept with the call's scratch set after it is sent.
+const MAX_KEPT_BODY: usize = 64 * 1024;
+
 /// The one refusal exit: writes the gateway's own answer. `consumed` is how much of `s.rbuf`
 /// the refused request took when the connection stays open (`None`: it closes). Returns
 /// whether the connection stays open.
@@ -278,6 +296,7 @@ async fn refuse(
         None => s.rbuf.clear(),
     }
     let keep = consumed.is_some();
+    release_body(s);
     log.status = refusal.status();
     log.code = Some(refusal.code());
     // fsync = "always" + on_error = "refuse": the refusal's record is on disk first too (if it

@@ -4,7 +4,10 @@
 //! change; none calls an earlier stage.
 use super::route::Route;
 use super::state::McpRefusal;
+use super::state::{BodyBudget, BodyLease};
 use super::{Scratch, Stop, View, Worker};
+use crate::http::body::Reserve;
+use std::rc::Rc;
 use crate::config::{Limits, Proxy};
 use crate::error::Refusal;
 use crate::http::body;
@@ -327,6 +330,7 @@ pub(super) async fn read_body(
     client: &mut AgentIo,
     s: &mut Scratch,
     lim: &Limits,
+    bodies: &Rc<BodyBudget>,
 ) -> Result<usize, Stop> {
     let head_len = s.head.head_len;
     let kind = s.head.body;
@@ -334,6 +338,14 @@ pub(super) async fn read_body(
         && n > lim.max_body
     {
         return Err(Refusal::BodyTooLarge.into());
+    }
+    // the body's memory is reserved before a byte of it is read (and before `100 Continue`
+    // invites it): beyond the worker's `max_body_memory`, 503 `overloaded`
+    let mut lease = BodyLease::new(bodies, lim.max_body_memory);
+    if let BodyKind::Length(n) = kind
+        && !lease.grow_to(n)
+    {
+        return Err(Refusal::Overloaded.into());
     }
     let announced = match kind {
         BodyKind::Length(n) => n > 0,
@@ -353,11 +365,14 @@ pub(super) async fn read_body(
         head_len,
         kind,
         lim.max_body,
+        &mut lease,
         &mut s.body,
         lim.idle_timeout,
         clock::now() + lim.body_timeout,
     )
     .await?;
+    // held with the body until it is sent upstream (or the call ends)
+    s.body_lease = Some(lease);
     Ok(end)
 }
 

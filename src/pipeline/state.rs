@@ -9,7 +9,7 @@ use crate::http::head::{RequestHead, ResponseHead};
 use crate::identity::jwt::JwtVerifier;
 use crate::observe::audit::AuditRing;
 use crate::observe::call::{IdGen, RequestId};
-use crate::observe::metrics::WorkerMetrics;
+use crate::observe::metrics::{BodyGauge, WorkerMetrics};
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -40,6 +40,81 @@ pub struct Scratch {
     pub tls_peer: Option<std::rc::Rc<crate::net::agent_io::PeerTls>>,
     /// An MCP call refused by policy: answered as JSON-RPC errors, not a plain HTTP error.
     pub mcp_refused: Option<McpRefusal>,
+    /// `body`'s reservation against the worker's `max_body_memory` (released when dropped:
+    /// when the body is sent, or the scratch set goes back to the pool).
+    pub body_lease: Option<BodyLease>,
+}
+
+/// The request-body bytes one worker holds in flight, bounded by `[limits] max_body_memory`.
+/// A body reserves its length before it is read (a chunked body as its chunks arrive) through
+/// a `BodyLease`, whose drop gives it back; so no exit of a call (refusal, upstream error,
+/// agent gone, a held approval ending) can leak a reservation. Per worker, single-threaded:
+/// a `Cell`, no atomics.
+pub struct BodyBudget {
+    reserved: Cell<u64>,
+    gauge: BodyGauge,
+}
+
+impl BodyBudget {
+    pub fn new(gauge: BodyGauge) -> Self {
+        BodyBudget {
+            reserved: Cell::new(0),
+            gauge,
+        }
+    }
+
+    /// Bytes reserved by the bodies in flight.
+    pub fn reserved(&self) -> u64 {
+        self.reserved.get()
+    }
+
+    fn set(&self, v: u64) {
+        self.reserved.set(v);
+        self.gauge.set_reserved(v);
+    }
+}
+
+/// One body's reservation (starts at zero bytes).
+pub struct BodyLease {
+    budget: Rc<BodyBudget>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BodyLease {
+    pub fn new(budget: &Rc<BodyBudget>, limit: u64) -> Self {
+        BodyLease {
+            budget: budget.clone(),
+            bytes: 0,
+            limit,
+        }
+    }
+}
+
+impl crate::http::body::Reserve for BodyLease {
+    /// Grows the reservation to `total` bytes; `false` (and counted) when the worker's bodies
+    /// would then hold more than `max_body_memory`.
+    fn grow_to(&mut self, total: u64) -> bool {
+        if total <= self.bytes {
+            return true;
+        }
+        let more = total - self.bytes;
+        let now = self.budget.reserved();
+        if now.saturating_add(more) > self.limit {
+            self.budget.gauge.refused();
+            return false;
+        }
+        self.budget.set(now + more);
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for BodyLease {
+    fn drop(&mut self) {
+        let b = &self.budget;
+        b.set(b.reserved().saturating_sub(self.bytes));
+    }
 }
 
 /// The JSON-RPC answer a refused MCP call gets (`pipeline::refuse`).
@@ -81,6 +156,8 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
     /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured.
     pub state: Option<crate::state::Store>,
+    /// Request-body bytes in flight on this worker (`max_body_memory`).
+    pub bodies: Rc<BodyBudget>,
 }
 
 impl Worker {
@@ -101,6 +178,7 @@ impl Worker {
             draining: Cell::new(false),
             inflight: Cell::new(0),
             audit,
+            bodies: Rc::new(BodyBudget::new(metrics.body_gauge())),
             metrics,
             state: None,
         }
@@ -169,9 +247,39 @@ impl Worker {
         }
         s.marks.clear();
         s.mcp_refused = None;
+        s.body_lease = None;
         let mut free = self.free.borrow_mut();
         if free.len() < MAX_FREE_SCRATCH {
             free.push(s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::body::Reserve;
+
+    #[test]
+    fn body_leases_reserve_within_the_budget_and_give_back_on_drop() {
+        let budget = Rc::new(BodyBudget::new(WorkerMetrics::detached(0).body_gauge()));
+        let mut a = BodyLease::new(&budget, 100);
+        assert!(a.grow_to(60));
+        assert!(a.grow_to(40), "shrinking asks for nothing");
+        assert_eq!(budget.reserved(), 60);
+        let mut b = BodyLease::new(&budget, 100);
+        assert!(b.grow_to(40));
+        assert!(!b.grow_to(41), "61 + 40 > 100");
+        assert_eq!(budget.reserved(), 100);
+        drop(a);
+        assert_eq!(budget.reserved(), 40);
+        assert!(b.grow_to(100), "a chunked body grows as its chunks arrive");
+        let mut s = Scratch {
+            body_lease: Some(b),
+            ..Scratch::default()
+        };
+        assert_eq!(budget.reserved(), 100);
+        s.body_lease = None;
+        assert_eq!(budget.reserved(), 0);
     }
 }

@@ -32,6 +32,7 @@ impl From<BodyFail> for Stop {
     fn from(e: BodyFail) -> Stop {
         match e {
             BodyFail::TooLarge => Stop::Refuse(Refusal::BodyTooLarge),
+            BodyFail::Overloaded => Stop::Refuse(Refusal::Overloaded),
             BodyFail::Bad(why) => Stop::Refuse(Refusal::BadRequest(why)),
             BodyFail::Gone => Stop::Quiet,
         }

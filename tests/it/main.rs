@@ -15,6 +15,7 @@ mod approvals;
 mod audit;
 mod audit_integrity;
 mod authz;
+mod body_memory;
 mod bao;
 mod cli_ident;
 mod configs;
