@@ -245,6 +245,9 @@ impl Shard {
     }
 }
 
+/// One of a shard's per-worker gauges or counters.
+type ShardField = fn(&Shard) -> &AtomicU64;
+
 /// Slot value meaning "counted under `_other`".
 const OTHER_SLOT: u16 = u16::MAX;
 
@@ -575,7 +578,7 @@ impl Metrics {
                 get(&sh.pool_idle)
             );
         }
-        let per_worker: [(&str, &str, &str, fn(&Shard) -> &AtomicU64); 2] = [
+        let per_worker: [(&str, &str, &str, ShardField); 2] = [
             (
                 "portcullis_body_memory_reserved_bytes",
                 "gauge",
@@ -599,7 +602,7 @@ impl Metrics {
             (
                 "portcullis_body_memory_refused_total",
                 "Request bodies refused (503 overloaded) because max_body_memory was reached.",
-                (|sh| &sh.body_refused) as fn(&Shard) -> &AtomicU64,
+                (|sh| &sh.body_refused) as ShardField,
             ),
             (
                 "portcullis_approvals_abandoned_total",

@@ -147,7 +147,17 @@ async fn call(
 
     // 7b. approval: a held call waits for a human decision, and goes on only if approved
     if held {
-        hold::hold(w, proxy, s, &route, &caller, log).await?;
+        hold::hold(
+            w,
+            proxy,
+            client,
+            s,
+            &route,
+            &caller,
+            log,
+            lim.upstream_timeout,
+        )
+        .await?;
     }
     let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
     let method = s.head.method.get(&s.rbuf);

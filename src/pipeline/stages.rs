@@ -6,11 +6,10 @@ use super::route::Route;
 use super::state::McpRefusal;
 use super::state::{BodyBudget, BodyLease};
 use super::{Scratch, Stop, View, Worker};
-use crate::http::body::Reserve;
-use std::rc::Rc;
 use crate::config::{Limits, Proxy};
 use crate::error::Refusal;
 use crate::http::body;
+use crate::http::body::Reserve;
 use crate::http::head::{self, BodyKind, HeadError, RequestHead, find_header};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{self, CONTINUE_100};
@@ -23,6 +22,7 @@ use crate::policy::meter::Verdict;
 use crate::upstream::conn::UpConn;
 use crate::upstream::response::{self, HeadFail};
 use crate::util::clock;
+use std::rc::Rc;
 use std::sync::Arc;
 
 /// Stage 1: reads one request head into `s.rbuf` (which may already hold pipelined bytes).

@@ -923,7 +923,21 @@ fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
         c.send(&post("/pay/v1/refunds", &format!("{{\"refund\":{i}}}")));
         conns.push(c);
     }
-    let all = poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
+    // every call is held (parked, watching its connection) once the per-worker gauge says so;
+    // RSS is read then, before the admin API lists the approvals (a 1,000-item JSON answer
+    // would weigh on the figure)
+    let held = poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        (metric_sum(rig.admin, "portcullis_approvals_held_calls") >= N as u64).then_some(())
+    });
+    assert!(held.is_some(), "not all {N} calls were held");
+    let recorded = t0.elapsed();
+    let after = rig.gw.rss_kib().expect("VmRSS");
+    let delta = after.saturating_sub(before);
+    eprintln!(
+        "{N} held calls: all held within {recorded:?}; RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
+        delta * 1024 / N as u64
+    );
+    let listed = poll_until(Duration::from_secs(120), Duration::from_millis(100), || {
         // the store answers after the holds queued before this query: wait for it
         let mut c = Conn::connect(rig.admin);
         c.set_read_timeout(Duration::from_secs(60));
@@ -935,19 +949,160 @@ fn a_thousand_concurrent_held_calls_keep_the_rss_delta_small() {
         );
         (json(&p)["approvals"].as_array().map_or(0, |a| a.len()) >= N).then_some(())
     });
-    assert!(all.is_some(), "not all {N} calls were held");
-    let recorded = t0.elapsed();
-    let after = rig.gw.rss_kib().expect("VmRSS");
-    let delta = after.saturating_sub(before);
-    eprintln!(
-        "{N} held calls: all recorded and listed within {recorded:?}; RSS {before} KiB -> {after} KiB, delta {delta} KiB ({} bytes per held call)",
-        delta * 1024 / N as u64
-    );
-    // a held call is a connection, its scratch buffers and one channel: well under 64 KiB
+    assert!(listed.is_some(), "not all {N} calls were recorded");
+    // a held call is a connection, its parked request and one channel: well under 64 KiB
     assert!(
         delta < 64 * N as u64,
         "RSS grew {delta} KiB for {N} held calls"
     );
     assert_eq!(mock.count(), 0);
     drop(conns);
+}
+
+/// The sum of a metric's samples over its labels (`name{...} v` lines and `name v`).
+fn metric_sum(port: u16, name: &str) -> u64 {
+    let r = admin(port, "GET", "/metrics", Some(ADMIN_TOKEN), "");
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    r.body_str()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Issue 14: an agent that goes away while its call is held frees its connection at once (the
+/// held gauge drops, the abandonment is counted, the call's record says `client_closed`), the
+/// approval stays pending, and once approved the agent's retry executes it once.
+#[test]
+fn an_agent_that_disconnects_while_held_is_let_go_and_its_approval_stays() {
+    let mock = MockUpstream::start(|r| Reply::ok(&format!("refunded {}", r.body.len())));
+    let rig = start(&mock, embedded(), "[audit]\ndir = \"audit\"\n");
+    let body = r#"{"refund":"r-gone"}"#;
+    let mut c = rig.gw.conn();
+    c.send(&post("/pay/v1/refunds", body));
+    let id = wait_pending(rig.admin, 1).remove(0);
+    let held = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (metric_sum(rig.admin, "portcullis_approvals_held_calls") == 1).then_some(())
+    });
+    assert!(held.is_some(), "the held call is not in the gauge");
+    drop(c);
+    let freed = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        (metric_sum(rig.admin, "portcullis_approvals_held_calls") == 0).then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "the gateway kept holding a closed connection"
+    );
+    assert_eq!(
+        metric_sum(rig.admin, "portcullis_approvals_abandoned_total"),
+        1
+    );
+    assert_eq!(
+        wait_pending(rig.admin, 1),
+        vec![id.clone()],
+        "the approval stays"
+    );
+    assert_eq!(mock.count(), 0);
+
+    // the call's record says the agent went away
+    let dir = rig.gw.dir().join("audit");
+    let rec = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        audit_lines(&dir)
+            .into_iter()
+            .find(|r| r["kind"].is_null() && r["approval_id"] == id.as_str())
+    })
+    .expect("the held call's record");
+    assert_eq!(rec["status"], 499, "{rec}");
+    assert_eq!(rec["code"], "client_closed", "{rec}");
+
+    // approved later: the agent's identical retry executes it, once
+    let r = decide(rig.admin, ALICE, &id, "approve", "");
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let resp = rig.gw.conn().roundtrip(&post("/pay/v1/refunds", body));
+    assert_eq!(resp.status, 200, "{}", show(&resp.raw));
+    assert_eq!(mock.count(), 1);
+    assert_eq!(mock.requests()[0].body, body.as_bytes());
+}
+
+/// Watching a held connection never eats a pipelined request: a GET sent right behind the held
+/// POST is kept and answered after it, in order, on the same connection.
+#[test]
+fn a_request_pipelined_behind_a_held_call_is_answered_after_it() {
+    let mock = MockUpstream::start(echo_request_line);
+    let rig = start(&mock, embedded(), "");
+    let mut c = rig.gw.conn();
+    c.set_read_timeout(Duration::from_secs(40));
+    let mut both = post("/pay/v1/refunds", "{\"pipelined\":1}");
+    both.extend_from_slice(
+        format!(
+            "GET /pay/v1/balance HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {AGENT_KEY}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    c.send(&both);
+    let id = wait_pending(rig.admin, 1).remove(0);
+    let r = decide(rig.admin, ALICE, &id, "approve", "");
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let first = c.read_response();
+    assert_eq!(first.status, 200, "{}", show(&first.raw));
+    assert_eq!(first.body_str(), "POST /api/v1/refunds HTTP/1.1");
+    let second = c.read_response();
+    assert_eq!(second.status, 200, "{}", show(&second.raw));
+    assert_eq!(second.body_str(), "GET /api/v1/balance HTTP/1.1");
+    assert_eq!(mock.count(), 2);
+    assert_eq!(
+        metric_sum(rig.admin, "portcullis_approvals_abandoned_total"),
+        0
+    );
+}
+
+/// Issue 14: with `[audit] fsync = "always"`, the approval's decision record is on disk before
+/// the held call reaches the upstream: the upstream reads the audit files when the call
+/// arrives and finds the `approved` record there.
+#[test]
+fn with_fsync_always_the_decision_record_is_on_disk_before_the_call_goes_upstream() {
+    use std::sync::{Arc, Mutex};
+    let audit_dir: Arc<Mutex<Option<std::path::PathBuf>>> = Arc::new(Mutex::new(None));
+    let seen: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(Vec::new()));
+    let mock = {
+        let (audit_dir, seen) = (audit_dir.clone(), seen.clone());
+        MockUpstream::start(move |r| {
+            let dir = audit_dir.lock().unwrap().clone();
+            let approved = dir.is_some_and(|d| {
+                audit_lines(&d)
+                    .iter()
+                    .any(|l| l["event"] == "approved" && l["kind"] == "approval")
+            });
+            seen.lock().unwrap().push(approved);
+            Reply::ok(&format!("refunded {}", r.body.len()))
+        })
+    };
+    for on_error in ["continue", "refuse"] {
+        seen.lock().unwrap().clear();
+        let rig = start(
+            &mock,
+            embedded(),
+            &format!("[audit]\ndir = \"audit\"\nfsync = \"always\"\non_error = \"{on_error}\"\n"),
+        );
+        *audit_dir.lock().unwrap() = Some(rig.gw.dir().join("audit"));
+        let port = rig.gw.port();
+        let agent = thread::spawn(move || {
+            let mut c = Conn::connect(port);
+            c.set_read_timeout(Duration::from_secs(40));
+            c.roundtrip(&post("/pay/v1/refunds", "{\"durable\":1}"))
+        });
+        let id = wait_pending(rig.admin, 1).remove(0);
+        let r = decide(rig.admin, ALICE, &id, "approve", "");
+        assert_eq!(r.status, 200, "{}", show(&r.raw));
+        let resp = agent.join().unwrap();
+        assert_eq!(resp.status, 200, "{on_error}: {}", show(&resp.raw));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![true],
+            "{on_error}: the upstream got the call before the approved record was on disk"
+        );
+    }
 }

@@ -121,7 +121,9 @@ fn slow_bodies_fill_max_body_memory_the_next_is_refused_503_overloaded_then_admi
     head.truncate(head.len() - 2);
     head.extend_from_slice(b"Expect: 100-continue\r\n\r\n");
     c.send(&head);
-    let resp = c.try_read_response().expect("an answer to the 100-continue POST");
+    let resp = c
+        .try_read_response()
+        .expect("an answer to the 100-continue POST");
     assert_gateway_error(&resp, 503, "overloaded");
     assert_eq!(mock.count(), 0, "nothing of a refused body may go upstream");
     assert_eq!(metric(admin, REFUSED), 2);
@@ -239,5 +241,9 @@ fn many_slow_one_megabyte_posts_stay_within_max_body_memory_in_resident_bytes() 
         assert_eq!(r.status, 200, "{}", show(&r.raw));
     }
     wait_reserved(admin, 0);
-    assert_eq!(mock.count(), 2 + 8, "refused bodies never reach the upstream");
+    assert_eq!(
+        mock.count(),
+        2 + 8,
+        "refused bodies never reach the upstream"
+    );
 }

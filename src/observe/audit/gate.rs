@@ -11,6 +11,10 @@
 //!   a call's record and waits for it before it releases the response head (`CallLog::
 //!   durable`), so a `kill -9` or a power cut cannot lose the record of an answered call.
 //!
+//! A call held for an approval waits the same way, on [`AuditRing::ticket_now`] taken when its
+//! approval's decision woke it: with `fsync = "always"`, the decision's record is on disk
+//! before the held call goes upstream.
+//!
 //! A waiting call does not poll: it hands its waker (with its ticket) to the writer through a
 //! channel and re-checks once (so a sync that happened in between is not missed); the writer
 //! wakes the waiters whose ticket is synced (or lost, or all of them when writes fail) right
@@ -59,6 +63,8 @@ pub struct AuditRing {
     ring: Ring<AuditRecord>,
     on_error: OnError,
     durable: bool,
+    /// `fsync = "always"` (whatever `on_error`).
+    fsync_always: bool,
     failing: AtomicBool,
     synced_through: AtomicU64,
     lost_through: AtomicU64,
@@ -87,6 +93,7 @@ impl AuditRing {
             ring: Ring::new(capacity, on_full),
             on_error,
             durable: durable && on_error == OnError::Refuse,
+            fsync_always: durable,
             failing: AtomicBool::new(false),
             synced_through: AtomicU64::new(0),
             lost_through: AtomicU64::new(0),
@@ -101,6 +108,19 @@ impl AuditRing {
     /// Whether a call's record must be durable before its response is released.
     pub fn durable(&self) -> bool {
         self.durable
+    }
+
+    /// Whether every write is followed by an `fdatasync` (`fsync = "always"`).
+    pub fn fsync_always(&self) -> bool {
+        self.fsync_always
+    }
+
+    /// The ticket of the last record pushed so far (by any thread), `None` if none was. The
+    /// ring is FIFO, so once this ticket is durable every record pushed before this call is:
+    /// a held call waits on it for its approval's decision record, which the store thread
+    /// pushed before it woke the call.
+    pub fn ticket_now(&self) -> Option<u64> {
+        Some(self.ring.pushed() as u64).filter(|t| *t > 0)
     }
 
     /// Whether the writer's last attempt to write failed (cleared by the next success).

@@ -148,6 +148,11 @@ impl<T> Ring<T> {
         d.clamp(0, self.capacity() as isize) as usize
     }
 
+    /// Positions claimed by producers so far (items pushed, or being written into their slot).
+    pub fn pushed(&self) -> usize {
+        self.enqueue_pos.0.load(Ordering::SeqCst)
+    }
+
     /// Whether the next `pop` would find nothing (exact for the consumer).
     pub fn is_empty(&self) -> bool {
         let pos = self.dequeue_pos.0.load(Ordering::Relaxed);
