@@ -374,6 +374,17 @@ pub fn check(config: Option<PathBuf>, offline: bool, as_user: Option<String>) ->
             if !c.kv.is_empty() {
                 println!("  kv secrets: {} read", c.kv.len());
             }
+            if let (Some(loc), Some(_)) = (&c.state, &c.approvals) {
+                let at = match loc {
+                    crate::state::Location::Dir(d) => d.display().to_string(),
+                    crate::state::Location::Redis { .. } => "redis".to_string(),
+                };
+                println!(
+                    "  approvals: store {at} (a reload that adds [approvals] starts the store; \
+                     changing or removing [state]/[approvals] of a running gateway takes effect \
+                     on restart)"
+                );
+            }
             for r in &c.skipped {
                 println!("skipped (offline): {r}");
             }

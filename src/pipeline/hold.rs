@@ -49,8 +49,8 @@ pub(super) async fn hold(
     log: &mut CallLog<'_>,
     durable_timeout: Duration,
 ) -> Result<(), Stop> {
-    let Some(store) = w.state.as_ref() else {
-        tracing::error!(proxy = %proxy.name, "an approve rule matched but no approval store runs (was [approvals] added by a reload? it needs a restart)");
+    let Some(store) = w.state() else {
+        tracing::error!(proxy = %proxy.name, "an approve rule matched but no approval store runs");
         return Err(Refusal::ApprovalUnavailable.into());
     };
     let h = proxy.hold_of(log.rule);

@@ -141,8 +141,9 @@ pub struct View {
 pub struct Worker {
     pub id: usize,
     view: RefCell<Rc<View>>,
-    /// A view prepared by phase one of a reload, installed by phase two.
-    pending: RefCell<Option<Rc<View>>>,
+    /// A view prepared by phase one of a reload, installed by phase two (with the state
+    /// store the reload started, if it started one).
+    pending: RefCell<Option<(Rc<View>, Option<crate::state::Store>)>>,
     pub pool: Pool,
     ids: RefCell<IdGen>,
     #[allow(clippy::vec_box)] // boxed: an idle connection holds only a pointer
@@ -154,8 +155,9 @@ pub struct Worker {
     pub audit: Option<Arc<AuditRing>>,
     /// This worker's metric shard (written by this worker only, merged on scrape).
     pub metrics: WorkerMetrics,
-    /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured.
-    pub state: Option<crate::state::Store>,
+    /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured: set at
+    /// start, or by the reload that adds `[approvals]` (set once: the store runs until exit).
+    state: std::cell::OnceCell<crate::state::Store>,
     /// Request-body bytes in flight on this worker (`max_body_memory`).
     pub bodies: Rc<BodyBudget>,
 }
@@ -180,14 +182,21 @@ impl Worker {
             audit,
             bodies: Rc::new(BodyBudget::new(metrics.body_gauge())),
             metrics,
-            state: None,
+            state: std::cell::OnceCell::new(),
         }
     }
 
     /// The worker with the state store's handle (held calls talk to it).
-    pub fn with_state(mut self, state: Option<crate::state::Store>) -> Self {
-        self.state = state;
+    pub fn with_state(self, state: Option<crate::state::Store>) -> Self {
+        if let Some(st) = state {
+            let _ = self.state.set(st);
+        }
         self
+    }
+
+    /// The state store's handle, if one runs.
+    pub fn state(&self) -> Option<&crate::state::Store> {
+        self.state.get()
     }
 
     fn build_view(metrics: &WorkerMetrics, cfg: Arc<Compiled>) -> View {
@@ -201,16 +210,20 @@ impl Worker {
     }
 
     /// Reload, phase one: build this worker's view of `cfg` (not used yet).
-    pub fn prepare(&self, cfg: Arc<Compiled>) {
+    pub fn prepare(&self, cfg: Arc<Compiled>, store: Option<crate::state::Store>) {
         let view = Rc::new(Self::build_view(&self.metrics, cfg));
-        *self.pending.borrow_mut() = Some(view);
+        *self.pending.borrow_mut() = Some((view, store));
     }
 
     /// Reload, phase two: calls that start from now on use the prepared view. `false` if
     /// nothing was prepared.
     pub fn commit(&self) -> bool {
         match self.pending.borrow_mut().take() {
-            Some(v) => {
+            Some((v, store)) => {
+                if let Some(st) = store {
+                    // a store started by this reload; one already running stays
+                    let _ = self.state.set(st);
+                }
                 *self.view.borrow_mut() = v;
                 true
             }

@@ -150,10 +150,15 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         },
         (b"POST", b"/v1/reload") => match authorized(&head, &buf, &control) {
             Err(r) => r,
-            Ok(()) => match control.reload("POST /v1/reload") {
-                Ok(generation) => Reply::json(
+            Ok(()) => match control.reload_noting("POST /v1/reload") {
+                Ok(r) => Reply::json(
                     200,
-                    format!(r#"{{"reloaded":true,"generation":{generation}}}"#),
+                    serde_json::json!({
+                        "reloaded": true,
+                        "generation": r.generation,
+                        "restart_required": r.restart_required,
+                    })
+                    .to_string(),
                 ),
                 Err(e) => Reply::error(400, "reload_failed", &e.to_string()),
             },

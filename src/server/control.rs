@@ -46,8 +46,12 @@ pub struct Control {
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     /// The audit trail as started (a reload cannot move it), for the admin API.
     pub audit: Option<AuditView>,
-    /// The state store as started (approvals), for the admin API; set once at start.
+    /// The state store as started (approvals), for the admin API; set once, at start or by
+    /// the reload that adds `[approvals]`.
     pub state: std::sync::OnceLock<crate::state::Store>,
+    /// Where the running store lives and the `[approvals]` it was started with (a reload that
+    /// changes them says they need a restart).
+    state_cfg: std::sync::OnceLock<(crate::state::Location, crate::state::ApprovalsConfig)>,
 }
 
 /// What the admin API reads of the running audit trail.
@@ -83,6 +87,11 @@ impl AuditView {
         self.stats.snapshot(&self.ring)
     }
 
+    /// The ring (a store started by a reload pushes its approval records into it).
+    pub fn ring(&self) -> Arc<crate::observe::audit::AuditRing> {
+        self.ring.clone()
+    }
+
     /// Audit writes are failing right now.
     pub fn degraded(&self) -> bool {
         self.ring.failing()
@@ -103,6 +112,8 @@ impl AuditView {
 pub enum ReloadError {
     Config(config::ConfigErrors),
     Incomplete(usize, usize),
+    /// `[approvals]` was added and its store could not be started.
+    State(String),
 }
 
 impl ReloadError {
@@ -120,8 +131,18 @@ impl std::fmt::Display for ReloadError {
             ReloadError::Incomplete(n, of) => {
                 write!(f, "only {n} of {of} workers took the new config")
             }
+            ReloadError::State(e) => write!(f, "starting the state store: {e}"),
         }
     }
+}
+
+/// A committed reload.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    /// What the new config changes that the running process keeps until a restart (each
+    /// logged as a warning, and listed in the answer to `POST /v1/reload`).
+    pub restart_required: Vec<String>,
 }
 
 /// How long a reload waits for each worker's acknowledgement.
@@ -142,10 +163,62 @@ impl Control {
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             state: std::sync::OnceLock::new(),
+            state_cfg: std::sync::OnceLock::new(),
             current: Mutex::new(current),
             metrics,
             audit,
         }
+    }
+
+    /// The state store started with the process (`[state]`/`[approvals]` at start).
+    pub fn set_state(
+        &self,
+        store: crate::state::Store,
+        location: crate::state::Location,
+        cfg: crate::state::ApprovalsConfig,
+    ) {
+        let _ = self.state.set(store);
+        let _ = self.state_cfg.set((location, cfg));
+    }
+
+    /// What the new config changes in `[state]`/`[approvals]`: a store to start (the section
+    /// was added), or notes for what takes effect on restart only (a running store's location
+    /// and settings are fixed; removing the section leaves it running, unused by any rule).
+    fn state_change(&self, new: &Compiled) -> (Option<crate::state::Store>, Vec<String>) {
+        let mut notes = Vec::new();
+        match (self.state_cfg.get(), &new.state, &new.approvals) {
+            (None, Some(loc), Some(appr)) => {
+                let ring = self.audit.as_ref().map(|a| a.ring());
+                return match crate::state::Store::start(loc, appr.clone(), ring) {
+                    Ok(store) => (Some(store), notes),
+                    Err(e) => {
+                        notes.push(e.to_string());
+                        (None, notes)
+                    }
+                };
+            }
+            (Some((loc, appr)), new_loc, new_appr) => {
+                if new_loc.as_ref() != Some(loc) {
+                    notes.push(
+                        "[state] dir / redis changed or removed: the running store stays where it is until a restart"
+                            .into(),
+                    );
+                }
+                match new_appr {
+                    None => notes.push(
+                        "[approvals] removed: the running store keeps its approvals until a restart"
+                            .into(),
+                    ),
+                    Some(a) if a != appr => notes.push(
+                        "[approvals] max_pending / retention / notify / console_url changed: they take effect on restart only"
+                            .into(),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            _ => {}
+        }
+        (None, notes)
     }
 
     pub fn is_ready(&self) -> bool {
@@ -168,15 +241,21 @@ impl Control {
     /// `via` names the trigger (`SIGHUP`, `POST /v1/reload`); the outcome is logged here, once
     /// and on one line, whichever path asked.
     pub fn reload(&self, via: &'static str) -> Result<u64, ReloadError> {
+        self.reload_noting(via).map(|r| r.generation)
+    }
+
+    /// Like `reload`, with what the new config changes that takes effect on restart only.
+    pub fn reload_noting(&self, via: &'static str) -> Result<Reloaded, ReloadError> {
         let _guard = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let result = self.reload_locked();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         match &result {
-            Ok(generation) => tracing::info!(
-                generation,
+            Ok(r) => tracing::info!(
+                generation = r.generation,
                 via,
                 workers = self.workers.len(),
+                restart_required = r.restart_required.len(),
                 "config reloaded"
             ),
             Err(e) => tracing::error!(
@@ -189,12 +268,13 @@ impl Control {
         result
     }
 
-    fn reload_locked(&self) -> Result<u64, ReloadError> {
+    fn reload_locked(&self) -> Result<Reloaded, ReloadError> {
         let new = Arc::new(self.source.compile().map_err(ReloadError::Config)?);
         let old = self.current();
+        let mut restart_required = Vec::new();
         if new.server.listen != old.server.listen || new.server.workers != old.server.workers {
-            tracing::warn!(
-                "server.listen / server.workers changed: they take effect on restart only"
+            restart_required.push(
+                "server.listen / server.workers changed: they take effect on restart only".into(),
             );
         }
         for w in &new.warnings {
@@ -202,13 +282,31 @@ impl Control {
         }
         let sinks = |c: &Compiled| c.sinks.iter().map(|s| s.describe()).collect::<Vec<_>>();
         if sinks(&new) != sinks(&old) {
-            tracing::warn!(
+            restart_required.push(
                 "[[audit.sinks]] changed: sinks are started once, the change takes effect on restart only"
+                    .into(),
             );
+        }
+        // [approvals] added: its store starts now (a failure fails the reload: approve rules
+        // would otherwise answer 503); other [state]/[approvals] changes need a restart
+        let (store, notes) = self.state_change(&new);
+        if store.is_none()
+            && self.state.get().is_none()
+            && new.state.is_some()
+            && new.approvals.is_some()
+        {
+            return Err(ReloadError::State(notes.join("; ")));
+        }
+        restart_required.extend(notes);
+        for r in &restart_required {
+            tracing::warn!("{r}");
+        }
+        if store.is_some() {
+            tracing::info!("[approvals] added: the state store started");
         }
         // phase one: every worker builds its view of the new config (nothing changes yet)
         let n = self.workers.len();
-        let prepared = self.broadcast(|ack| Msg::Prepare(new.clone(), ack));
+        let prepared = self.broadcast(|ack| Msg::Prepare(new.clone(), store.clone(), ack));
         if prepared < n {
             for w in &self.workers {
                 let _ = w.send(Msg::Abort);
@@ -217,6 +315,10 @@ impl Control {
         }
         // phase two: every worker installs the view it prepared
         let acked = self.broadcast(Msg::Commit);
+        if let (Some(st), Some(loc), Some(appr)) = (store, &new.state, &new.approvals) {
+            let _ = self.state.set(st);
+            let _ = self.state_cfg.set((loc.clone(), appr.clone()));
+        }
         // token requests use the new config's client secrets from now on
         for b in new.proxies.iter().filter_map(|p| p.oauth.as_ref()) {
             b.commit();
@@ -230,7 +332,10 @@ impl Control {
             // draining); the others run the new config
             return Err(ReloadError::Incomplete(acked, n));
         }
-        Ok(generation)
+        Ok(Reloaded {
+            generation,
+            restart_required,
+        })
     }
 
     /// Sends every worker `msg(ack)` and counts the acknowledgements that arrive within

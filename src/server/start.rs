@@ -143,8 +143,8 @@ pub fn run(source: Source) -> Result<()> {
         metrics,
         audit_view,
     ));
-    if let Some(s) = &store {
-        let _ = control.state.set(s.clone());
+    if let (Some(s), Some(loc), Some(appr)) = (&store, &cfg.state, &cfg.approvals) {
+        control.set_state(s.clone(), loc.clone(), appr.clone());
     }
     if let Some(addr) = cfg.server.admin_listen {
         crate::server::admin::start(addr, control.clone())

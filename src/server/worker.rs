@@ -15,7 +15,12 @@ use std::time::Duration;
 /// Messages from the control thread.
 pub enum Msg {
     /// Reload, phase one: build this worker's view of this config; acknowledge with the id.
-    Prepare(Arc<Compiled>, std::sync::mpsc::Sender<usize>),
+    /// The state store's handle comes along when the reload started it (`[approvals]` added).
+    Prepare(
+        Arc<Compiled>,
+        Option<crate::state::Store>,
+        std::sync::mpsc::Sender<usize>,
+    ),
     /// Reload, phase two: every worker prepared; calls that start from now on use it.
     Commit(std::sync::mpsc::Sender<usize>),
     /// Not every worker prepared in time: forget the prepared view.
@@ -69,8 +74,8 @@ pub async fn run(w: Rc<Worker>, listeners: Vec<TcpListener>, rx: flume::Receiver
     // a closed channel (control thread gone) drains like Msg::Drain
     loop {
         match rx.recv_async().await {
-            Ok(Msg::Prepare(cfg, ack)) => {
-                w.prepare(cfg);
+            Ok(Msg::Prepare(cfg, store, ack)) => {
+                w.prepare(cfg, store);
                 let _ = ack.send(w.id);
             }
             Ok(Msg::Commit(ack)) => {

@@ -1106,3 +1106,83 @@ fn with_fsync_always_the_decision_record_is_on_disk_before_the_call_goes_upstrea
         );
     }
 }
+
+/// Issue 14: `[approvals]` added by a reload starts its store (no restart): the approve rules
+/// the same reload adds hold calls at once. A store that cannot start fails the reload (the
+/// running config stays); later changes to a running store's settings are answered with
+/// `restart_required`.
+#[test]
+fn approvals_added_by_reload_start_the_store_and_later_changes_say_restart() {
+    let mock = MockUpstream::start(|r| Reply::ok(&format!("refunded {}", r.body.len())));
+    let admin_port = free_port();
+    let full = config(admin_port, &mock.url(), embedded(), "");
+    // the same gateway without [state]/[approvals]: its approve rules are deny rules
+    let bare: String = full
+        .replace(embedded(), "")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("hold =") && !l.trim_start().starts_with("ttl ="))
+        .map(|l| l.replace("effect = \"approve\"", "effect = \"deny\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gw = Gateway::start_with_files(&bare, FILES);
+    wait_admin(admin_port);
+    let body = r#"{"refund":"after-reload"}"#;
+    assert_gateway_error(
+        &gw.conn().roundtrip(&post("/pay/v1/refunds", body)),
+        403,
+        "denied_by_rule",
+    );
+    let reload = || admin(admin_port, "POST", "/v1/reload", Some(ADMIN_TOKEN), "");
+
+    // a store that cannot start (its dir is a file): the reload fails, the old config stays
+    std::fs::write(gw.dir().join("not-a-dir"), b"x").unwrap();
+    gw.write_config(&full.replace("dir = \"state\"", "dir = \"not-a-dir\""));
+    let r = reload();
+    assert_eq!(r.status, 400, "{}", show(&r.raw));
+    assert!(r.body_str().contains("state store"), "{}", r.body_str());
+    assert_gateway_error(
+        &gw.conn().roundtrip(&post("/pay/v1/refunds", body)),
+        403,
+        "denied_by_rule",
+    );
+
+    // [approvals] added: the reload starts the store and the call is held
+    gw.write_config(&full);
+    let r = reload();
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_eq!(json(&r)["restart_required"], serde_json::json!([]));
+    let port = gw.port();
+    let agent = thread::spawn(move || {
+        let mut c = Conn::connect(port);
+        c.set_read_timeout(Duration::from_secs(40));
+        c.roundtrip(&post("/pay/v1/refunds", body))
+    });
+    let id = wait_pending(admin_port, 1).remove(0);
+    let r = decide(admin_port, ALICE, &id, "approve", "");
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let resp = agent.join().unwrap();
+    assert_eq!(resp.status, 200, "{}", show(&resp.raw));
+    assert_eq!(mock.count(), 1);
+
+    // the running store's settings change: the reload lands and says what needs a restart
+    gw.write_config(&full.replace("max_pending = 50", "max_pending = 7"));
+    let r = reload();
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let notes = json(&r)["restart_required"].to_string();
+    assert!(
+        notes.contains("[approvals]") && notes.contains("restart"),
+        "{notes}"
+    );
+    // SIGHUP takes the same path and logs the same note
+    gw.signal("HUP");
+    let log = gw.log_when(
+        |l| l.matches("take effect on restart only").count() >= 2,
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.matches("max_pending / retention / notify / console_url changed")
+            .count()
+            >= 2,
+        "{log}"
+    );
+}
