@@ -125,8 +125,24 @@ fn slow_bodies_fill_max_body_memory_the_next_is_refused_503_overloaded_then_admi
         .try_read_response()
         .expect("an answer to the 100-continue POST");
     assert_gateway_error(&resp, 503, "overloaded");
+    // a chunked body grows its reservation as its chunks arrive: three 64 KiB chunks do not
+    // fit in the 145,728 bytes left
+    let mut c = gw.conn();
+    c.set_read_timeout(Duration::from_secs(10));
+    let mut req =
+        b"POST /up/upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        req.extend_from_slice(b"10000\r\n");
+        req.extend(std::iter::repeat_n(b'k', 0x10000));
+        req.extend_from_slice(b"\r\n");
+    }
+    c.send(&req);
+    let resp = c.try_read_response().expect("an answer to the chunked POST");
+    assert_gateway_error(&resp, 503, "overloaded");
     assert_eq!(mock.count(), 0, "nothing of a refused body may go upstream");
-    assert_eq!(metric(admin, REFUSED), 2);
+    assert_eq!(metric(admin, REFUSED), 3);
+    // what the refused chunked body had reserved is back
+    wait_reserved(admin, 3 * BODY as u64);
 
     // the slow ones finish: each is forwarded whole, and its reservation comes back
     let rest = vec![b'b'; BODY - part.len()];
@@ -155,14 +171,14 @@ fn slow_bodies_fill_max_body_memory_the_next_is_refused_503_overloaded_then_admi
     let dir = gw.dir().join("audit");
     let recs = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let r = calls(&dir);
-        (r.len() >= 6).then_some(r)
+        (r.len() >= 7).then_some(r)
     })
-    .expect("six call records");
+    .expect("seven call records");
     let overloaded: Vec<_> = recs
         .iter()
         .filter(|r| r.code.as_deref() == Some("overloaded"))
         .collect();
-    assert_eq!(overloaded.len(), 2, "{recs:?}");
+    assert_eq!(overloaded.len(), 3, "{recs:?}");
     for r in overloaded {
         assert_eq!(r.status, Some(503));
         assert_eq!(r.upstream_status, None);
