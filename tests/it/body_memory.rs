@@ -137,7 +137,9 @@ fn slow_bodies_fill_max_body_memory_the_next_is_refused_503_overloaded_then_admi
         req.extend_from_slice(b"\r\n");
     }
     c.send(&req);
-    let resp = c.try_read_response().expect("an answer to the chunked POST");
+    let resp = c
+        .try_read_response()
+        .expect("an answer to the chunked POST");
     assert_gateway_error(&resp, 503, "overloaded");
     assert_eq!(mock.count(), 0, "nothing of a refused body may go upstream");
     assert_eq!(metric(admin, REFUSED), 3);

@@ -34,6 +34,23 @@ fn table() -> Vec<Row> {
     many_headers.extend_from_slice(b"\r\n");
 
     vec![
+        // --- CONNECT outside forward-proxy mode: a tunnel would carry anything past the rules
+        // (issue 12); refused whatever its target form ---
+        row(
+            "connect_authority_form",
+            "CONNECT upstream.example:443 HTTP/1.1\r\nHost: upstream.example:443\r\n\r\n",
+            400,
+        ),
+        row(
+            "connect_origin_form",
+            "CONNECT /up/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+            400,
+        ),
+        row(
+            "connect_lowercase",
+            "connect /up/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+            400,
+        ),
         // --- controls: must be forwarded ---
         row(
             "control_get",

@@ -16,6 +16,8 @@ fn upstream(after: &'static [u8], delay: Duration, kind: &'static str) -> MockUp
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", name.len()).into_bytes()
             }
             "204" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            // a 304's Content-Length describes the resource, never a body that follows
+            "304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 6\r\n\r\n".to_vec(),
             "chunked" => format!(
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{name}\r\n0\r\n\r\n",
                 name.len()
@@ -73,6 +75,14 @@ fn no_caller_receives_bytes_written_after_another_callers_response() {
             "head",
         ),
         ("a body after a 204", "GET", FORGED, late, "204"),
+        ("a body after a 304", "GET", FORGED, late, "304"),
+        (
+            "a body right after a 304",
+            "GET",
+            FORGED,
+            Duration::ZERO,
+            "304",
+        ),
         (
             "bytes after the last chunk",
             "GET",
@@ -120,9 +130,13 @@ fn no_caller_receives_bytes_written_after_another_callers_response() {
             } else {
                 c.read_response()
             };
-            let want = if *kind == "204" { 204 } else { 200 };
+            let want = match *kind {
+                "204" => 204,
+                "304" => 304,
+                _ => 200,
+            };
             assert_eq!(r.status, want, "{name}: call {i}: {}", show(&r.raw));
-            if *kind == "204" || *method == "HEAD" {
+            if *kind == "204" || *kind == "304" || *method == "HEAD" {
                 assert!(r.body.is_empty(), "{name}: call {i}: {}", show(&r.raw));
             } else {
                 assert_eq!(r.body_str(), format!("call-{i}"), "{name}: call {i}");
