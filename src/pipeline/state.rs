@@ -81,6 +81,8 @@ pub struct Worker {
     pub metrics: WorkerMetrics,
     /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured.
     pub state: Option<crate::state::Store>,
+    /// This worker's tracer, if `[telemetry] otlp` is configured (set at start).
+    pub tracer: Option<crate::observe::trace::Tracer>,
 }
 
 impl Worker {
@@ -103,7 +105,14 @@ impl Worker {
             audit,
             metrics,
             state: None,
+            tracer: None,
         }
+    }
+
+    /// The worker with its tracer (`[telemetry] otlp`).
+    pub fn with_tracer(mut self, tracer: Option<crate::observe::trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The worker with the state store's handle (held calls talk to it).

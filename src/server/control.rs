@@ -48,6 +48,8 @@ pub struct Control {
     pub audit: Option<AuditView>,
     /// The state store as started (approvals), for the admin API; set once at start.
     pub state: std::sync::OnceLock<crate::state::Store>,
+    /// The trace exporter's counters (`[telemetry] otlp`).
+    pub traces: std::sync::OnceLock<Arc<crate::observe::trace::TraceStats>>,
 }
 
 /// What the admin API reads of the running audit trail.
@@ -142,6 +144,7 @@ impl Control {
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             state: std::sync::OnceLock::new(),
+            traces: std::sync::OnceLock::new(),
             current: Mutex::new(current),
             metrics,
             audit,
@@ -204,6 +207,12 @@ impl Control {
         if sinks(&new) != sinks(&old) {
             tracing::warn!(
                 "[[audit.sinks]] changed: sinks are started once, the change takes effect on restart only"
+            );
+        }
+        let telemetry = |c: &Compiled| c.telemetry.as_ref().map(|t| t.describe());
+        if telemetry(&new) != telemetry(&old) {
+            tracing::warn!(
+                "[telemetry] changed: the trace exporter and its sampling are set at start, the change takes effect on restart only"
             );
         }
         // phase one: every worker builds its view of the new config (nothing changes yet)

@@ -91,6 +91,15 @@ pub fn run(source: Source) -> Result<()> {
         }
         _ => None,
     };
+    // `[telemetry] otlp`: the span exporter's thread; each worker gets a sender
+    let traces = match &cfg.telemetry {
+        Some(t) => {
+            let (e, tx) = crate::siem::traces::Exporter::start(t.clone())
+                .context("starting the trace exporter thread")?;
+            Some((e, tx))
+        }
+        None => None,
+    };
     // the state store (approvals): its thread starts before the first call can be held
     let store = match (&cfg.state, &cfg.approvals) {
         (Some(loc), Some(appr)) => Some(
@@ -115,9 +124,10 @@ pub fn run(source: Source) -> Result<()> {
         let ring = audit.as_ref().map(|(r, _)| r.clone());
         let wm = metrics.worker_metrics(id);
         let st = store.clone();
+        let tracer = traces.as_ref().map(|(e, tx)| (tx.clone(), e.stats.clone()));
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, ring, wm, st, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, ring, wm, st, tracer, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -146,6 +156,12 @@ pub fn run(source: Source) -> Result<()> {
     if let Some(s) = &store {
         let _ = control.state.set(s.clone());
     }
+    // the exporter keeps only the workers' senders: it ends once they are gone
+    let traces = traces.map(|(e, tx)| {
+        drop(tx);
+        let _ = control.traces.set(e.stats.clone());
+        e
+    });
     if let Some(addr) = cfg.server.admin_listen {
         crate::server::admin::start(addr, control.clone())
             .with_context(|| format!("starting the admin listener on {addr}"))?;
@@ -173,6 +189,10 @@ pub fn run(source: Source) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    // the workers' senders are gone: the exporter flushes what it holds and ends
+    if let Some(e) = traces {
+        e.stop();
+    }
     if let Some((_, handle)) = audit {
         let st = handle.flush_and_stop();
         tracing::info!(
@@ -196,6 +216,10 @@ fn worker_thread(
     audit: Option<Arc<crate::observe::audit::AuditRing>>,
     metrics: crate::observe::metrics::WorkerMetrics,
     store: Option<crate::state::Store>,
+    tracer: Option<(
+        flume::Sender<Box<crate::observe::trace::SpanData>>,
+        Arc<crate::observe::trace::TraceStats>,
+    )>,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
@@ -238,7 +262,17 @@ fn worker_thread(
         };
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
-        let w = Rc::new(Worker::new(id, cfg, audit, metrics).with_state(store));
+        let tracer = match (&cfg.telemetry, tracer) {
+            (Some(t), Some((tx, stats))) => {
+                Some(crate::observe::trace::Tracer::new(t.sample, tx, stats))
+            }
+            _ => None,
+        };
+        let w = Rc::new(
+            Worker::new(id, cfg, audit, metrics)
+                .with_state(store)
+                .with_tracer(tracer),
+        );
         worker::run(w, listeners, rx).await;
     });
 }

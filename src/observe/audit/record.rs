@@ -179,6 +179,9 @@ pub struct AuditRecord {
     /// On a call: the approval it executed (`approval_id`). With an `event`: not a call but
     /// an approval's event (`kind: "approval"`), written by the state store's thread.
     pub approval: Option<Arc<ApprovalNote>>,
+    /// The call's W3C trace id (the agent's, continued, or the one the gateway started); all
+    /// zero when there is none (written only when set). Inline: 16 bytes, no allocation.
+    pub trace_id: [u8; 16],
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -445,6 +448,13 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     if let Some(a) = &r.agent_request_id {
         out.extend_from_slice(b",\"agent_request_id\":");
         push_json_str(out, a);
+    }
+    if r.trace_id != [0; 16] {
+        let mut t = [0u8; 32];
+        hex::encode_into(&r.trace_id, &mut t);
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(&t);
+        out.push(b'"');
     }
     out.extend_from_slice(b",\"agent\":");
     push_opt_str(out, r.agent.as_deref());
@@ -750,6 +760,9 @@ pub struct StoredRecord {
     /// The agent's own `X-Request-Id`; absent when it sent none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_request_id: Option<String>,
+    /// The call's W3C trace id (32 lower-case hex); absent when the call had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
     #[serde(default)]
@@ -881,6 +894,7 @@ mod tests {
             shadow: Some((2, Decision::Deny)),
             completion: false,
             approval: None,
+            trace_id: [0; 16],
         }
     }
 
