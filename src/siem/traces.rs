@@ -12,9 +12,8 @@
 //! `net::fetch` client; a failed attempt is retried with backoff (100 ms doubling, [`ATTEMPTS`]
 //! attempts), then the batch is given up and its spans counted as failed (spans are
 //! best-effort telemetry; the audit trail is the record that must not be lost). While the
-//! collector is down the queue fills and further spans are dropped and counted. The thread ends
-//! when every worker's sender is gone (after the workers stopped), flushing what it holds with
-//! one last attempt.
+//! collector is down the queue fills and further spans are dropped and counted. At shutdown
+//! (after the workers stopped) the thread exports what it holds with one last attempt.
 // control plane: the exporter thread blocks on its queue and its socket by design
 #![allow(clippy::disallowed_methods)]
 #![forbid(unsafe_code)]
@@ -25,7 +24,7 @@ use crate::observe::trace::{SpanData, TraceStats};
 use crate::secrets::Secret;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -175,32 +174,38 @@ pub fn compile(
 /// The running exporter.
 pub struct Exporter {
     thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
     pub stats: Arc<TraceStats>,
 }
 
 impl Exporter {
     /// Starts the exporter thread; returns it and the sender each worker's `Tracer` gets a
-    /// clone of (the thread ends once every clone is dropped).
+    /// clone of.
     pub fn start(
         cfg: Arc<TraceConfig>,
     ) -> std::io::Result<(Exporter, flume::Sender<Box<SpanData>>)> {
         let (tx, rx) = flume::bounded(cfg.queue);
         let stats = Arc::new(TraceStats::default());
         let st = stats.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
         let thread = std::thread::Builder::new()
             .name("portcullis-traces".into())
-            .spawn(move || run(&cfg, &rx, &st))?;
+            .spawn(move || run(&cfg, &rx, &st, &halt))?;
         Ok((
             Exporter {
                 thread: Some(thread),
+                stop,
                 stats,
             },
             tx,
         ))
     }
 
-    /// Waits for the thread (after every sender was dropped) to flush and end.
+    /// Stops the thread (after the workers stopped): it exports what it holds with one last
+    /// attempt and ends.
     pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
@@ -209,7 +214,15 @@ impl Exporter {
     }
 }
 
-fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats) {
+/// How often an idle exporter looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+fn run(
+    cfg: &TraceConfig,
+    rx: &flume::Receiver<Box<SpanData>>,
+    st: &TraceStats,
+    stop: &AtomicBool,
+) {
     let mut batch: Vec<Box<SpanData>> = Vec::with_capacity(cfg.batch);
     let mut body = Vec::new();
     let mut backoff = BACKOFF_MIN;
@@ -217,7 +230,13 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats) 
     tracing::info!(collector = %cfg.url.authority, sample = cfg.sample, "trace exporter started");
     let mut deadline = crate::util::clock::now() + FLUSH_EVERY;
     loop {
-        let closed = match rx.recv_deadline(deadline) {
+        let stopping = stop.load(Ordering::Relaxed);
+        let wait = if stopping {
+            crate::util::clock::now()
+        } else {
+            deadline.min(crate::util::clock::now() + STOP_POLL)
+        };
+        let closed = match rx.recv_deadline(wait) {
             Ok(s) => {
                 batch.push(s);
                 // take what is already there without waiting
@@ -229,7 +248,7 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats) 
                 }
                 false
             }
-            Err(flume::RecvTimeoutError::Timeout) => false,
+            Err(flume::RecvTimeoutError::Timeout) => stopping,
             Err(flume::RecvTimeoutError::Disconnected) => true,
         };
         let due = crate::util::clock::now() >= deadline;
