@@ -688,7 +688,11 @@ impl Cx<'_> {
             Some((_, toml::Value::Float(f))) => Some(*f),
             Some((_, toml::Value::Integer(i))) => Some(*i as f64),
             Some((s, _)) => {
-                self.err(s, "telemetry.otlp.sample", "must be a number between 0 and 1");
+                self.err(
+                    s,
+                    "telemetry.otlp.sample",
+                    "must be a number between 0 and 1",
+                );
                 return None;
             }
         };

@@ -368,34 +368,68 @@ mod tests {
     fn parse_table() {
         let ok = |v: &str| parse(v.as_bytes());
         let good = format!("00-{TID}-{PID}-01");
-        let cases: &[(&str, String, Option<(u8, u8)>)] = &[
+        // (name, value, Some((version, flags)) when valid)
+        type Case = (&'static str, String, Option<(u8, u8)>);
+        let cases: &[Case] = &[
             ("spec example, sampled", good.clone(), Some((0, 1))),
-            (
-                "not sampled",
-                format!("00-{TID}-{PID}-00"),
-                Some((0, 0)),
-            ),
+            ("not sampled", format!("00-{TID}-{PID}-00"), Some((0, 0))),
             (
                 "unknown flags kept as received",
                 format!("00-{TID}-{PID}-ff"),
                 Some((0, 0xff)),
             ),
-            ("upper-case trace id", format!("00-{}-{PID}-01", TID.to_uppercase()), None),
-            ("upper-case parent id", format!("00-{TID}-{}-01", PID.to_uppercase()), None),
+            (
+                "upper-case trace id",
+                format!("00-{}-{PID}-01", TID.to_uppercase()),
+                None,
+            ),
+            (
+                "upper-case parent id",
+                format!("00-{TID}-{}-01", PID.to_uppercase()),
+                None,
+            ),
             ("upper-case flags", format!("00-{TID}-{PID}-0A"), None),
             ("upper-case version", format!("0A-{TID}-{PID}-01"), None),
-            ("all-zero trace id", format!("00-{}-{PID}-01", "0".repeat(32)), None),
-            ("all-zero parent id", format!("00-{TID}-{}-01", "0".repeat(16)), None),
+            (
+                "all-zero trace id",
+                format!("00-{}-{PID}-01", "0".repeat(32)),
+                None,
+            ),
+            (
+                "all-zero parent id",
+                format!("00-{TID}-{}-01", "0".repeat(16)),
+                None,
+            ),
             ("version ff is invalid", format!("ff-{TID}-{PID}-01"), None),
-            ("version 00 with a suffix", format!("00-{TID}-{PID}-01-extra"), None),
-            ("version 00, one byte too long", format!("00-{TID}-{PID}-010"), None),
+            (
+                "version 00 with a suffix",
+                format!("00-{TID}-{PID}-01-extra"),
+                None,
+            ),
+            (
+                "version 00, one byte too long",
+                format!("00-{TID}-{PID}-010"),
+                None,
+            ),
             ("too short", format!("00-{TID}-{PID}-1"), None),
-            ("short trace id", format!("00-{}-{PID}-01", &TID[..31]), None),
+            (
+                "short trace id",
+                format!("00-{}-{PID}-01", &TID[..31]),
+                None,
+            ),
             ("long trace id", format!("00-{TID}0-{PID}-01"), None),
             ("wrong separator", format!("00_{TID}-{PID}-01"), None),
-            ("non-hex in trace id", format!("00-{}g-{PID}-01", &TID[..31]), None),
+            (
+                "non-hex in trace id",
+                format!("00-{}g-{PID}-01", &TID[..31]),
+                None,
+            ),
             ("non-hex flags", format!("00-{TID}-{PID}-0x"), None),
-            ("leading space (OWS is the parser's)", format!(" 00-{TID}-{PID}-01"), None),
+            (
+                "leading space (OWS is the parser's)",
+                format!(" 00-{TID}-{PID}-01"),
+                None,
+            ),
             ("empty", String::new(), None),
             (
                 "future version, exact length",
@@ -437,9 +471,15 @@ mod tests {
     fn format_is_version_00_with_the_sampled_bit_only() {
         let p = parse(format!("00-{TID}-{PID}-01").as_bytes()).unwrap();
         let out = format(&p.trace_id, &p.parent_id, true);
-        assert_eq!(std::str::from_utf8(&out).unwrap(), format!("00-{TID}-{PID}-01"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            format!("00-{TID}-{PID}-01")
+        );
         let out = format(&p.trace_id, &p.parent_id, false);
-        assert_eq!(std::str::from_utf8(&out).unwrap(), format!("00-{TID}-{PID}-00"));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            format!("00-{TID}-{PID}-00")
+        );
     }
 
     #[test]

@@ -124,10 +124,15 @@ pub fn run(source: Source) -> Result<()> {
         let ring = audit.as_ref().map(|(r, _)| r.clone());
         let wm = metrics.worker_metrics(id);
         let st = store.clone();
-        let tracer = traces.as_ref().map(|(e, tx)| (tx.clone(), e.stats.clone()));
+        let parts = WorkerParts {
+            audit: ring,
+            metrics: wm,
+            store: st,
+            tracer: traces.as_ref().map(|(e, tx)| (tx.clone(), e.stats.clone())),
+        };
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, ring, wm, st, tracer, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, parts, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -210,19 +215,31 @@ pub fn run(source: Source) -> Result<()> {
     Ok(())
 }
 
-fn worker_thread(
-    id: usize,
-    cfg: Arc<Compiled>,
+/// What a worker thread is handed besides its config: the process-wide handles it keeps.
+struct WorkerParts {
     audit: Option<Arc<crate::observe::audit::AuditRing>>,
     metrics: crate::observe::metrics::WorkerMetrics,
     store: Option<crate::state::Store>,
+    /// The trace exporter's queue and counters (`[telemetry] otlp`).
     tracer: Option<(
         flume::Sender<Box<crate::observe::trace::SpanData>>,
         Arc<crate::observe::trace::TraceStats>,
     )>,
+}
+
+fn worker_thread(
+    id: usize,
+    cfg: Arc<Compiled>,
+    parts: WorkerParts,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
+    let WorkerParts {
+        audit,
+        metrics,
+        store,
+        tracer,
+    } = parts;
     // COOP_TASKRUN: completions raised from another core (loopback receive runs on the
     // sender's core) are run at this thread's next syscall instead of interrupting it with an
     // IPI; SINGLE_ISSUER: only this thread submits. Kernels without them (< 6.0) fall back to

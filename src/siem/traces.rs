@@ -54,7 +54,11 @@ impl TraceConfig {
     pub fn describe(&self) -> String {
         format!(
             "{}{}{} {} {} {} {:?} {}",
-            if self.url.https { "https://" } else { "http://" },
+            if self.url.https {
+                "https://"
+            } else {
+                "http://"
+            },
             self.url.authority,
             self.url.path,
             self.sample,
@@ -102,7 +106,11 @@ pub fn compile(
             1.0
         }
     };
-    let count = |v: Option<i64>, key: &'static str, default: usize, max: usize, errs: &mut Vec<_>| {
+    let count = |v: Option<i64>,
+                 key: &'static str,
+                 default: usize,
+                 max: usize,
+                 errs: &mut Vec<_>| {
         match v {
             None => default,
             Some(n) => match usize::try_from(n) {
@@ -217,12 +225,7 @@ impl Exporter {
 /// How often an idle exporter looks at its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
-fn run(
-    cfg: &TraceConfig,
-    rx: &flume::Receiver<Box<SpanData>>,
-    st: &TraceStats,
-    stop: &AtomicBool,
-) {
+fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, stop: &AtomicBool) {
     let mut batch: Vec<Box<SpanData>> = Vec::with_capacity(cfg.batch);
     let mut body = Vec::new();
     let mut backoff = BACKOFF_MIN;
@@ -416,7 +419,8 @@ pub fn encode(spans: &[Box<SpanData>], out: &mut Vec<u8>) {
         for (stage, from, to) in &d.stages {
             // child ids: the call's span id with a counter mixed in (unique within the trace)
             child_id = child_id.wrapping_add(1);
-            let mut id = u64::from_be_bytes(d.span_id) ^ child_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut id =
+                u64::from_be_bytes(d.span_id) ^ child_id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             if id == 0 {
                 id = 1;
             }
@@ -533,7 +537,12 @@ mod tests {
         assert_eq!(spans[0].name, "GET crm");
         assert_eq!(spans[0].parent_span_id, vec![3; 8]);
         assert_eq!(spans[0].end_time_unix_nano, 1_500);
-        assert!(spans[0].attributes.iter().any(|a| a.key == "portcullis.code"));
+        assert!(
+            spans[0]
+                .attributes
+                .iter()
+                .any(|a| a.key == "portcullis.code")
+        );
         assert_eq!(spans[1].name, "authn");
         assert_eq!(spans[1].parent_span_id, vec![2; 8]);
         assert_eq!(spans[2].start_time_unix_nano, 1_010);

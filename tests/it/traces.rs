@@ -37,7 +37,9 @@ impl Collector {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 tests/it/traces/collector.py (scripts/test installs opentelemetry-proto)");
+            .expect(
+                "python3 tests/it/traces/collector.py (scripts/test installs opentelemetry-proto)",
+            );
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the collector never listened");
@@ -124,9 +126,7 @@ fn get(port: u16, path: &str, extra: &str) -> (Response, String) {
 /// The call record of request `id` (waits, bounded, for the writer).
 fn record(dir: &Path, id: &str) -> StoredRecord {
     poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
-        calls(dir)
-            .into_iter()
-            .find(|r| r.id.as_deref() == Some(id))
+        calls(dir).into_iter().find(|r| r.id.as_deref() == Some(id))
     })
     .unwrap_or_else(|| panic!("no audit record for {id}"))
 }
@@ -135,7 +135,12 @@ fn record(dir: &Path, id: &str) -> StoredRecord {
 fn upstream_traceparent(mock: &MockUpstream, i: usize) -> [String; 4] {
     let reqs = mock.requests();
     let tp = reqs[i].headers_named("traceparent");
-    assert_eq!(tp.len(), 1, "exactly one traceparent upstream: {}", reqs[i].head_str());
+    assert_eq!(
+        tp.len(),
+        1,
+        "exactly one traceparent upstream: {}",
+        reqs[i].head_str()
+    );
     let f: Vec<String> = tp[0].split('-').map(str::to_string).collect();
     assert_eq!(f.len(), 4, "{}", tp[0]);
     [f[0].clone(), f[1].clone(), f[2].clone(), f[3].clone()]
@@ -166,10 +171,19 @@ fn the_agents_trace_is_continued_exported_and_propagated_upstream() {
 
     // the upstream: one traceparent, the agent's trace, the gateway's span as the parent
     let [ver, trace, parent, flags] = upstream_traceparent(&mock, 0);
-    assert_eq!((ver.as_str(), trace.as_str(), flags.as_str()), ("00", TID, "01"));
-    assert_ne!(parent, PID, "the parent upstream is the gateway's span, not the agent's");
+    assert_eq!(
+        (ver.as_str(), trace.as_str(), flags.as_str()),
+        ("00", TID, "01")
+    );
+    assert_ne!(
+        parent, PID,
+        "the parent upstream is the gateway's span, not the agent's"
+    );
     let reqs = mock.requests();
-    assert_eq!(reqs[0].headers_named("tracestate"), ["vendor=opaque,other=x"]);
+    assert_eq!(
+        reqs[0].headers_named("tracestate"),
+        ["vendor=opaque,other=x"]
+    );
 
     // the collector: the gateway's server span, child of the agent's, with the call's attributes
     let spans = col.trace(TID, 6);
@@ -231,7 +245,11 @@ fn sample_zero_exports_nothing_yet_propagates_and_audits_the_trace() {
     let (r, id0) = get(gw.port(), "/up/a", "");
     assert_eq!(r.status, 200);
     // the agent's unsampled trace: continued, not sampled
-    let (r, id1) = get(gw.port(), "/up/b", &format!("traceparent: 00-{TID}-{PID}-00\r\n"));
+    let (r, id1) = get(
+        gw.port(),
+        "/up/b",
+        &format!("traceparent: 00-{TID}-{PID}-00\r\n"),
+    );
     assert_eq!(r.status, 200);
     let [v0, t0, p0, f0] = upstream_traceparent(&mock, 0);
     assert_eq!((v0.as_str(), f0.as_str()), ("00", "00"));
@@ -375,12 +393,18 @@ fn without_telemetry_traceparent_passes_through_and_is_audited() {
     let tp = format!("00-{TID}-{PID}-01");
     let (r, id) = get(gw.port(), "/up/x", &format!("traceparent: {tp}\r\n"));
     assert_eq!(r.status, 200);
-    assert_eq!(mock.requests()[0].headers_named("traceparent"), [tp.as_str()]);
+    assert_eq!(
+        mock.requests()[0].headers_named("traceparent"),
+        [tp.as_str()]
+    );
     let dir = gw.dir().join("audit");
     assert_eq!(record(&dir, &id).trace_id.as_deref(), Some(TID));
     // none or an invalid one: no trace id
     let (_, id) = get(gw.port(), "/up/y", "traceparent: nonsense\r\n");
-    assert_eq!(mock.requests()[1].headers_named("traceparent"), ["nonsense"]);
+    assert_eq!(
+        mock.requests()[1].headers_named("traceparent"),
+        ["nonsense"]
+    );
     assert_eq!(record(&dir, &id).trace_id, None);
     let m = admin_get(admin, "/metrics", Some(ADMIN_TOKEN));
     assert!(!m.body_str().contains("portcullis_trace_"));
@@ -441,7 +465,11 @@ fn spans_still_queued_at_shutdown_are_exported() {
     let admin = free_port();
     let mut gw = start(&config(&mock.url(), admin, Some(otlp(col.port, "1"))));
     let last = "b0000000000000000000000000000001";
-    let (r, _) = get(gw.port(), "/up/x", &format!("traceparent: 00-{last}-{PID}-01\r\n"));
+    let (r, _) = get(
+        gw.port(),
+        "/up/x",
+        &format!("traceparent: 00-{last}-{PID}-01\r\n"),
+    );
     assert_eq!(r.status, 200);
     // stopped at once: the partial batch has not waited its second yet
     stop(&mut gw);
