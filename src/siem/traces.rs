@@ -31,6 +31,7 @@ use std::time::Duration;
 /// Export attempts per batch before it is given up.
 pub const ATTEMPTS: u32 = 3;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A partial batch waits at most this long.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -255,14 +256,13 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, 
             Err(flume::RecvTimeoutError::Disconnected) => true,
         };
         let due = crate::util::clock::now() >= deadline;
-        if !batch.is_empty() && (batch.len() >= cfg.batch || due || closed) {
-            let attempts = if closed { 1 } else { ATTEMPTS };
+        if !batch.is_empty() && (batch.len() >= cfg.batch || due || closed || stopping) {
             let n = batch.len() as u64;
             body.clear();
             encode(&batch, &mut body);
             batch.clear();
             let mut sent = false;
-            for i in 0..attempts {
+            for i in 0..ATTEMPTS {
                 match send(cfg, &body) {
                     Ok(()) => {
                         sent = true;
@@ -275,10 +275,11 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, 
                                 "trace export failed; retrying with backoff (spans are dropped while the collector is down)");
                             failing = true;
                         }
-                        if i + 1 < attempts {
-                            std::thread::sleep(backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        // at shutdown: one attempt, no waiting
+                        if i + 1 == ATTEMPTS || closed || !pause(stop, backoff) {
+                            break;
                         }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
@@ -291,6 +292,15 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, 
                 backoff = BACKOFF_MIN;
             } else {
                 st.failed.fetch_add(n, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    // stopping with the collector unreachable: what is left is given up at once
+                    let mut left = 0u64;
+                    while rx.try_recv().is_ok() {
+                        left += 1;
+                    }
+                    st.failed.fetch_add(left, Ordering::Relaxed);
+                    break;
+                }
             }
         }
         if closed && rx.is_empty() {
@@ -304,6 +314,21 @@ fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, 
         exported = st.exported.load(Ordering::Relaxed),
         "trace exporter stopped"
     );
+}
+
+/// Waits `d`, in slices, unless stopping; `false` if stopping.
+fn pause(stop: &AtomicBool, d: Duration) -> bool {
+    let end = crate::util::clock::now() + d;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = crate::util::clock::now();
+        if now >= end {
+            return true;
+        }
+        std::thread::sleep((end - now).min(STOP_POLL));
+    }
 }
 
 fn send(cfg: &TraceConfig, body: &[u8]) -> Result<(), String> {
