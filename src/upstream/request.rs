@@ -70,8 +70,9 @@ pub struct Outbound {
 /// through into `out` (cleared first). `rest` is the canonical path below the proxy (starting
 /// with '/', or empty for the bare proxy root); `query` includes its leading '?' (or is empty).
 /// `traceparent`: the gateway's own W3C trace context (`[telemetry] otlp`), written after
-/// `Host` in place of every `traceparent` the agent sent (so a credential that signs the head
-/// signs it); without it the agent's passes through. `tracestate` always passes unchanged.
+/// `Host` in place of every `traceparent` the agent sent (a credential that reads the head sees
+/// the one that is sent); without it the agent's passes through. `tracestate` always passes
+/// unchanged.
 pub fn begin(
     out: &mut Vec<u8>,
     src: &[u8],

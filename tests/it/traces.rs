@@ -482,3 +482,46 @@ fn spans_still_queued_at_shutdown_are_exported() {
         col.spans()
     );
 }
+
+#[test]
+fn a_signing_credential_and_the_gateways_traceparent_go_together() {
+    let col = Collector::start(false);
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let admin = free_port();
+    let mut toml = config(&mock.url(), admin, None);
+    // the allow-all proxy signs with SigV4: the credential reads the head `begin` wrote, the
+    // gateway's traceparent already in it
+    toml = toml.replacen(
+        "name = \"up\"\n",
+        "name = \"up\"\nauth = { scheme = \"sigv4\", access_key_id = \"AKIDEXAMPLE\", secret = \"env:AWS_SECRET\", region = \"us-east-1\", service = \"execute-api\" }\n",
+        1,
+    );
+    toml.push_str(&format!("\n[telemetry]\notlp = {}\n", otlp(col.port, "1")));
+    let gw = Gateway::start_with_env(
+        &toml,
+        &[
+            ("admin.token", format!("{ADMIN_TOKEN}\n").as_bytes()),
+            ("otlp.token", format!("{OTLP_TOKEN}\n").as_bytes()),
+        ],
+        &[("AWS_SECRET", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")],
+    );
+    let (r, _) = get(
+        gw.port(),
+        "/up/x",
+        &format!("traceparent: 00-{TID}-{PID}-01\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let [_, t, p, _] = upstream_traceparent(&mock, 0);
+    assert_eq!(t, TID);
+    assert_ne!(p, PID);
+    let reqs = mock.requests();
+    let auth = reqs[0].header("authorization").unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{auth}"
+    );
+    assert_eq!(reqs[0].headers_named("x-amz-date").len(), 1);
+    let spans = col.trace(TID, 0);
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    assert_eq!(server["span_id"], p.as_str());
+}
