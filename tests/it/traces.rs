@@ -525,3 +525,39 @@ fn a_signing_credential_and_the_gateways_traceparent_go_together() {
     let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
     assert_eq!(server["span_id"], p.as_str());
 }
+
+#[test]
+fn a_broken_upstream_is_an_error_span_with_its_code() {
+    let col = Collector::start(false);
+    let admin = free_port();
+    // nothing listens on the upstream's port
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let gw = start(&config(&dead, admin, Some(otlp(col.port, "1"))));
+    let broken = "c0000000000000000000000000000001";
+    let (r, id) = get(
+        gw.port(),
+        "/up/x",
+        &format!("traceparent: 00-{broken}-{PID}-01\r\n"),
+    );
+    assert_eq!(r.status, 502, "{}", show(&r.raw));
+    let spans = col.trace(broken, 0);
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    assert_eq!(server["status"], 2, "status Error: {server}");
+    let a = &server["attributes"];
+    assert_eq!(a["portcullis.code"], "upstream_unreachable");
+    assert_eq!(a["http.response.status_code"], 502);
+    assert!(a.get("portcullis.upstream_status").is_none());
+    let names: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["kind"] != 2)
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"credential") && !names.contains(&"upstream.ttfb"),
+        "{names:?}"
+    );
+    assert_eq!(
+        record(&gw.dir().join("audit"), &id).trace_id.as_deref(),
+        Some(broken)
+    );
+}
