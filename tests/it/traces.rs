@@ -53,12 +53,24 @@ impl Collector {
         }
     }
 
-    fn spans(&self) -> Vec<serde_json::Value> {
+    fn lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
             .unwrap()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    fn spans(&self) -> Vec<serde_json::Value> {
+        let mut l = self.lines();
+        l.retain(|v| v.get("signal").is_none());
+        l
+    }
+
+    fn logs(&self) -> Vec<serde_json::Value> {
+        let mut l = self.lines();
+        l.retain(|v| v["signal"] == "log");
+        l
     }
 
     /// Waits (bounded) until the spans of `trace_id` include a server span and `children`
@@ -560,4 +572,54 @@ fn a_broken_upstream_is_an_error_span_with_its_code() {
         record(&gw.dir().join("audit"), &id).trace_id.as_deref(),
         Some(broken)
     );
+}
+
+#[test]
+fn otlp_audit_logs_and_spans_meet_on_the_trace_id() {
+    // one collector takes both: the audit sink's log records and the calls' spans
+    let col = Collector::start(false);
+    let mock = MockUpstream::start(|_| Reply::ok("fine"));
+    let admin = free_port();
+    let mut toml = config(&mock.url(), admin, Some(otlp(col.port, "0")));
+    toml.push_str(&format!(
+        "\n[[audit.sinks]]\nname = \"otel\"\ntype = \"otlp\"\nurl = \"http://127.0.0.1:{}/v1/logs\"\nbatch = 1\n",
+        col.port
+    ));
+    let gw = start(&toml);
+    let (r, id) = get(
+        gw.port(),
+        "/up/joined",
+        &format!("traceparent: 00-{TID}-{PID}-01\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    // an unsampled new trace: its log record still names its trace
+    let (r, id2) = get(gw.port(), "/up/unsampled", "");
+    assert_eq!(r.status, 200);
+    let [_, t2, _, f2] = upstream_traceparent(&mock, 1);
+    assert_eq!(f2, "00");
+    let logs = poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        let l = col.logs();
+        let has = |id: &str| l.iter().any(|r| r["attributes"]["portcullis.id"] == id);
+        (has(&id) && has(&id2)).then_some(l)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the audit records never reached the collector: {:?}",
+            col.lines()
+        )
+    });
+    let of = |id: &str| {
+        logs.iter()
+            .find(|r| r["attributes"]["portcullis.id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(&id)["trace_id"], TID);
+    assert_eq!(of(&id)["event_name"], "portcullis.audit.call");
+    assert_eq!(of(&id2)["trace_id"], t2.as_str());
+    // and the sampled call's span is in the same trace
+    let spans = col.trace(TID, 0);
+    let server = spans.iter().find(|s| s["kind"] == 2).unwrap();
+    assert_eq!(server["attributes"]["portcullis.request_id"], id.as_str());
+    assert!(col.spans().iter().all(|s| s["trace_id"] != t2.as_str()));
 }

@@ -1,7 +1,8 @@
-"""An OTLP/HTTP traces receiver for tests/it/traces.rs: decodes every POST body as an
-ExportTraceServiceRequest with the `opentelemetry-proto` package (PyPI, pinned in scripts/test)
-and appends one JSON line per span to LOG; answers 200 with an empty
-ExportTraceServiceResponse, or 503 when MODE is "fail" (a collector that refuses).
+"""An OTLP/HTTP receiver for tests/it/traces.rs: decodes every POST body with the
+`opentelemetry-proto` package (PyPI, pinned in scripts/test) — an ExportTraceServiceRequest,
+or an ExportLogsServiceRequest when the path ends in /v1/logs — and appends one JSON line per
+span (or `"signal": "log"` line per log record) to LOG; answers 200 with the empty export
+response, or 503 when MODE is "fail" (a collector that refuses).
 
 usage: collector.py PORT LOG MODE
 """
@@ -9,6 +10,7 @@ import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 PORT, LOG, MODE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -28,6 +30,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if self.path.endswith("/v1/logs"):
+            return self.logs(body)
         req = trace_service_pb2.ExportTraceServiceRequest()
         req.ParseFromString(body)
         lines = []
@@ -60,6 +64,28 @@ class Handler(BaseHTTPRequestHandler):
             for l in lines:
                 f.write(l + "\n")
         out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def logs(self, body):
+        req = logs_service_pb2.ExportLogsServiceRequest()
+        req.ParseFromString(body)
+        with open(LOG, "a") as f:
+            for rl in req.resource_logs:
+                for sl in rl.scope_logs:
+                    for r in sl.log_records:
+                        rec = {
+                            "signal": "log",
+                            "trace_id": r.trace_id.hex(),
+                            "event_name": r.event_name,
+                            "body": value(r.body),
+                            "attributes": {a.key: value(a.value) for a in r.attributes},
+                        }
+                        f.write(json.dumps(rec) + "\n")
+        out = logs_service_pb2.ExportLogsServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(out)))
