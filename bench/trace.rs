@@ -4,7 +4,8 @@
 //! its span to the exporter's queue. `cargo bench --bench trace`. The end-to-end figure is the
 //! harness: `TRACES=0.01 bash bench/run-anchors.sh` against a run without it.
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::internals::observe::trace::{TraceStats, Tracer, format, parse};
+use portcullis::internals::observe::audit::OnFull;
+use portcullis::internals::observe::trace::{SpanQueue, TraceStats, Tracer, format, parse};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -19,9 +20,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("format_traceparent", |b| {
         b.iter(|| black_box(format(&p.trace_id, &p.parent_id, true)))
     });
-    let (tx, rx) = flume::bounded(1 << 16);
+    let queue = Arc::new(SpanQueue::new(1 << 16, OnFull::Drop));
     let stats = Arc::new(TraceStats::default());
-    let t = Tracer::new(0.01, tx, stats);
+    let t = Tracer::new(0.01, queue, stats);
     g.bench_function("start_new_trace_sample_0.01", |b| {
         b.iter(|| black_box(t.start(None)))
     });
@@ -32,7 +33,6 @@ fn bench(c: &mut Criterion) {
         let ct = t.start(None);
         b.iter(|| black_box(ct.outbound()))
     });
-    drop(rx);
     g.finish();
 }
 

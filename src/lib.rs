@@ -90,7 +90,8 @@ pub mod internals {
         }
         pub mod trace {
             pub use crate::observe::trace::{
-                CallTrace, TRACEPARENT_LEN, TraceParent, TraceStats, Tracer, format, parse,
+                CallTrace, SpanQueue, TRACEPARENT_LEN, TraceParent, TraceStats, Tracer, format,
+                parse,
             };
         }
     }

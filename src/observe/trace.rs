@@ -15,7 +15,7 @@
 //! and bring an async runtime for export; here a span is one boxed struct sent through a channel.
 #![forbid(unsafe_code)]
 
-use super::audit::{Decision, SmallStr};
+use super::audit::{Decision, Ring, SmallStr};
 use crate::util::hex;
 use std::cell::Cell;
 use std::sync::Arc;
@@ -257,12 +257,15 @@ pub fn stage_spans(marks: &[u64; STAGES]) -> Vec<(Stage, u64, u64)> {
     out
 }
 
+/// The queue from the workers to the exporter thread.
+pub type SpanQueue = Ring<Box<SpanData>>;
+
 /// One worker's tracer: id generator, sampling ratio, the exporter's queue.
 pub struct Tracer {
     /// `sample` as a threshold on 64 random bits (`u64::MAX`: always).
     threshold: u64,
     rng: Cell<u64>,
-    tx: flume::Sender<Box<SpanData>>,
+    queue: Arc<SpanQueue>,
     pub stats: Arc<TraceStats>,
 }
 
@@ -278,7 +281,7 @@ pub fn threshold(ratio: f64) -> u64 {
 }
 
 impl Tracer {
-    pub fn new(sample: f64, tx: flume::Sender<Box<SpanData>>, stats: Arc<TraceStats>) -> Tracer {
+    pub fn new(sample: f64, queue: Arc<SpanQueue>, stats: Arc<TraceStats>) -> Tracer {
         let mut seed = [0u8; 8];
         let seed = match aws_lc_rs::rand::fill(&mut seed) {
             Ok(()) => u64::from_le_bytes(seed),
@@ -288,7 +291,7 @@ impl Tracer {
         Tracer {
             threshold: threshold(sample),
             rng: Cell::new(seed),
-            tx,
+            queue,
             stats,
         }
     }
@@ -344,7 +347,7 @@ impl Tracer {
 
     /// Hands a finished span to the exporter; never waits (a full queue drops it, counted).
     pub fn finish(&self, span: Box<SpanData>) {
-        match self.tx.try_send(span) {
+        match self.queue.try_push(span) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -484,10 +487,10 @@ mod tests {
 
     #[test]
     fn sampling_is_parent_based_then_by_ratio() {
-        let (tx, _rx) = flume::bounded(4);
+        let q = Arc::new(SpanQueue::new(4, crate::observe::audit::OnFull::Drop));
         let stats = Arc::new(TraceStats::default());
-        let never = Tracer::new(0.0, tx.clone(), stats.clone());
-        let always = Tracer::new(1.0, tx.clone(), stats.clone());
+        let never = Tracer::new(0.0, q.clone(), stats.clone());
+        let always = Tracer::new(1.0, q.clone(), stats.clone());
         let sampled = format!("00-{TID}-{PID}-01");
         let unsampled = format!("00-{TID}-{PID}-00");
         // the agent's decision wins over the ratio, both ways
@@ -502,7 +505,7 @@ mod tests {
             assert!(!t.sampled && t.active() && t.parent_id.is_none());
             assert!(always.start(Some(b"garbage")).sampled);
         }
-        let half = Tracer::new(0.5, tx, stats);
+        let half = Tracer::new(0.5, q, stats);
         let n = (0..2000).filter(|_| half.start(None).sampled).count();
         assert!((800..1200).contains(&n), "{n} of 2000 sampled at 0.5");
         assert_eq!(threshold(0.0), 0);
@@ -511,9 +514,10 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts() {
-        let (tx, rx) = flume::bounded(1);
+        // the ring's smallest size is 2
+        let q = Arc::new(SpanQueue::new(2, crate::observe::audit::OnFull::Drop));
         let stats = Arc::new(TraceStats::default());
-        let t = Tracer::new(1.0, tx, stats.clone());
+        let t = Tracer::new(1.0, q.clone(), stats.clone());
         let span = || {
             Box::new(SpanData {
                 trace_id: [1; 16],
@@ -537,9 +541,10 @@ mod tests {
         };
         t.finish(span());
         t.finish(span());
-        assert_eq!(stats.queued.load(Ordering::Relaxed), 1);
+        t.finish(span());
+        assert_eq!(stats.queued.load(Ordering::Relaxed), 2);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
-        assert_eq!(rx.len(), 1);
+        assert_eq!(q.len(), 2);
     }
 
     #[test]

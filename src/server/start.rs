@@ -94,9 +94,9 @@ pub fn run(source: Source) -> Result<()> {
     // `[telemetry] otlp`: the span exporter's thread; each worker gets a sender
     let traces = match &cfg.telemetry {
         Some(t) => {
-            let (e, tx) = crate::siem::traces::Exporter::start(t.clone())
+            let (e, queue) = crate::siem::traces::Exporter::start(t.clone())
                 .context("starting the trace exporter thread")?;
-            Some((e, tx))
+            Some((e, queue))
         }
         None => None,
     };
@@ -128,7 +128,7 @@ pub fn run(source: Source) -> Result<()> {
             audit: ring,
             metrics: wm,
             store: st,
-            tracer: traces.as_ref().map(|(e, tx)| (tx.clone(), e.stats.clone())),
+            tracer: traces.as_ref().map(|(e, q)| (q.clone(), e.stats.clone())),
         };
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
@@ -161,9 +161,7 @@ pub fn run(source: Source) -> Result<()> {
     if let Some(s) = &store {
         let _ = control.state.set(s.clone());
     }
-    // the exporter keeps only the workers' senders: it ends once they are gone
-    let traces = traces.map(|(e, tx)| {
-        drop(tx);
+    let traces = traces.map(|(e, _)| {
         let _ = control.traces.set(e.stats.clone());
         e
     });
@@ -194,7 +192,7 @@ pub fn run(source: Source) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    // the workers' senders are gone: the exporter flushes what it holds and ends
+    // the workers are gone: the exporter exports what it holds and ends
     if let Some(e) = traces {
         e.stop();
     }
@@ -222,7 +220,7 @@ struct WorkerParts {
     store: Option<crate::state::Store>,
     /// The trace exporter's queue and counters (`[telemetry] otlp`).
     tracer: Option<(
-        flume::Sender<Box<crate::observe::trace::SpanData>>,
+        Arc<crate::observe::trace::SpanQueue>,
         Arc<crate::observe::trace::TraceStats>,
     )>,
 }
@@ -280,8 +278,8 @@ fn worker_thread(
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
         let tracer = match (&cfg.telemetry, tracer) {
-            (Some(t), Some((tx, stats))) => {
-                Some(crate::observe::trace::Tracer::new(t.sample, tx, stats))
+            (Some(t), Some((queue, stats))) => {
+                Some(crate::observe::trace::Tracer::new(t.sample, queue, stats))
             }
             _ => None,
         };

@@ -1,13 +1,16 @@
 //! `[telemetry] otlp`: the calls' spans to an OpenTelemetry collector (OTLP/HTTP, protobuf).
 //!
 //! ```text
-//!  worker ─ CallLog drop ─► Tracer::finish ─► bounded queue ─► thread "portcullis-traces"
-//!            (sampled calls only; a full queue drops, counted)      │ batch (≤ batch spans or 1 s)
+//!  worker ─ CallLog drop ─► Tracer::finish ─► lock-free ring ─► thread "portcullis-traces"
+//!            (sampled calls only; a full ring drops, counted)       │ batch (≤ batch spans or 1 s)
 //!                                                                   ▼
 //!                                 POST {url}  application/x-protobuf ExportTraceServiceRequest
 //! ```
 //!
-//! The data plane never waits on this: `Tracer::finish` is a `try_send`. The exporter thread
+//! The data plane never waits on this: `Tracer::finish` is a `try_push` into a lock-free ring
+//! (`observe::audit::Ring`: one CAS, no lock; the exporter is never woken per span, it polls the
+//! ring every [`IDLE_POLL`]; a full batch leaves at once, a partial one within a second). The
+//! thread
 //! batches, encodes with the `opentelemetry-proto` messages and sends through the blocking
 //! `net::fetch` client; a failed attempt is retried with backoff (100 ms doubling, [`ATTEMPTS`]
 //! attempts), then the batch is given up and its spans counted as failed (spans are
@@ -20,7 +23,8 @@
 
 use super::config::{HttpAuth, RawAuth};
 use crate::net::url::Url;
-use crate::observe::trace::{SpanData, TraceStats};
+use crate::observe::audit::OnFull;
+use crate::observe::trace::{SpanData, SpanQueue, TraceStats};
 use crate::secrets::Secret;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -188,12 +192,11 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the exporter thread; returns it and the sender each worker's `Tracer` gets a
-    /// clone of.
-    pub fn start(
-        cfg: Arc<TraceConfig>,
-    ) -> std::io::Result<(Exporter, flume::Sender<Box<SpanData>>)> {
-        let (tx, rx) = flume::bounded(cfg.queue);
+    /// Starts the exporter thread; returns it and the queue each worker's `Tracer` pushes into
+    /// (`queue` rounded up to a power of two).
+    pub fn start(cfg: Arc<TraceConfig>) -> std::io::Result<(Exporter, Arc<SpanQueue>)> {
+        let ring = Arc::new(SpanQueue::new(cfg.queue, OnFull::Drop));
+        let rx = ring.clone();
         let stats = Arc::new(TraceStats::default());
         let st = stats.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -207,7 +210,7 @@ impl Exporter {
                 stop,
                 stats,
             },
-            tx,
+            ring,
         ))
     }
 
@@ -223,91 +226,89 @@ impl Exporter {
     }
 }
 
-/// How often an idle exporter looks at its stop flag.
-const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long an exporter with an empty ring waits before looking again (and at its stop flag):
+/// spans arriving meanwhile wait in the ring (`queue` of them: 8192 by default, room for
+/// 160,000 spans a second).
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often a backoff wait looks at the stop flag.
+const STOP_POLL: Duration = IDLE_POLL;
 
-fn run(cfg: &TraceConfig, rx: &flume::Receiver<Box<SpanData>>, st: &TraceStats, stop: &AtomicBool) {
+fn run(cfg: &TraceConfig, rx: &SpanQueue, st: &TraceStats, stop: &AtomicBool) {
     let mut batch: Vec<Box<SpanData>> = Vec::with_capacity(cfg.batch);
     let mut body = Vec::new();
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
     tracing::info!(collector = %cfg.url.authority, sample = cfg.sample, "trace exporter started");
+    // when a partial batch leaves
     let mut deadline = crate::util::clock::now() + FLUSH_EVERY;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        let wait = if stopping {
-            crate::util::clock::now()
-        } else {
-            deadline.min(crate::util::clock::now() + STOP_POLL)
-        };
-        let closed = match rx.recv_deadline(wait) {
-            Ok(s) => {
-                batch.push(s);
-                // take what is already there without waiting
-                while batch.len() < cfg.batch {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
-                    }
-                }
-                false
+        while batch.len() < cfg.batch {
+            match rx.pop() {
+                Some(s) => batch.push(s),
+                None => break,
             }
-            Err(flume::RecvTimeoutError::Timeout) => stopping,
-            Err(flume::RecvTimeoutError::Disconnected) => true,
-        };
-        let due = crate::util::clock::now() >= deadline;
-        if !batch.is_empty() && (batch.len() >= cfg.batch || due || closed || stopping) {
-            let n = batch.len() as u64;
-            body.clear();
-            encode(&batch, &mut body);
-            batch.clear();
-            let mut sent = false;
-            for i in 0..ATTEMPTS {
-                match send(cfg, &body) {
-                    Ok(()) => {
-                        sent = true;
-                        break;
-                    }
-                    Err(e) => {
-                        st.export_errors.fetch_add(1, Ordering::Relaxed);
-                        if !failing {
-                            tracing::warn!(collector = %cfg.url.authority, error = %e,
-                                "trace export failed; retrying with backoff (spans are dropped while the collector is down)");
-                            failing = true;
-                        }
-                        // at shutdown: one attempt, no waiting
-                        if i + 1 == ATTEMPTS || closed || !pause(stop, backoff) {
-                            break;
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+        }
+        let now = crate::util::clock::now();
+        if batch.is_empty() {
+            if stopping {
+                break;
             }
-            if sent {
-                st.exported.fetch_add(n, Ordering::Relaxed);
-                if failing {
-                    tracing::info!(collector = %cfg.url.authority, "the trace collector takes spans again");
-                }
-                failing = false;
-                backoff = BACKOFF_MIN;
-            } else {
-                st.failed.fetch_add(n, Ordering::Relaxed);
-                if stop.load(Ordering::Relaxed) {
-                    // stopping with the collector unreachable: what is left is given up at once
-                    let mut left = 0u64;
-                    while rx.try_recv().is_ok() {
-                        left += 1;
-                    }
-                    st.failed.fetch_add(left, Ordering::Relaxed);
+            // `wait` parks until the timeout (this thread is not registered as the ring's
+            // consumer, so producers never wake it: no syscall per span)
+            rx.wait(IDLE_POLL);
+            deadline = crate::util::clock::now() + FLUSH_EVERY;
+            continue;
+        }
+        if batch.len() < cfg.batch && now < deadline && !stopping {
+            rx.wait((deadline - now).min(IDLE_POLL));
+            continue;
+        }
+        let n = batch.len() as u64;
+        body.clear();
+        encode(&batch, &mut body);
+        batch.clear();
+        let mut sent = false;
+        for i in 0..ATTEMPTS {
+            match send(cfg, &body) {
+                Ok(()) => {
+                    sent = true;
                     break;
                 }
+                Err(e) => {
+                    st.export_errors.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(collector = %cfg.url.authority, error = %e,
+                            "trace export failed; retrying with backoff (spans are dropped while the collector is down)");
+                        failing = true;
+                    }
+                    // at shutdown: one attempt, no waiting
+                    if i + 1 == ATTEMPTS || stopping || !pause(stop, backoff) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
-        if closed && rx.is_empty() {
-            break;
-        }
-        if due || batch.is_empty() {
-            deadline = crate::util::clock::now() + FLUSH_EVERY;
+        deadline = crate::util::clock::now() + FLUSH_EVERY;
+        if sent {
+            st.exported.fetch_add(n, Ordering::Relaxed);
+            if failing {
+                tracing::info!(collector = %cfg.url.authority, "the trace collector takes spans again");
+            }
+            failing = false;
+            backoff = BACKOFF_MIN;
+        } else {
+            st.failed.fetch_add(n, Ordering::Relaxed);
+            if stop.load(Ordering::Relaxed) {
+                // stopping with the collector unreachable: what is left is given up at once
+                let mut left = 0u64;
+                while rx.pop().is_some() {
+                    left += 1;
+                }
+                st.failed.fetch_add(left, Ordering::Relaxed);
+                break;
+            }
         }
     }
     tracing::info!(
