@@ -207,8 +207,6 @@ impl CallTrace {
 /// Counters of the trace pipeline (shared by the workers and the exporter; `/metrics`).
 #[derive(Debug, Default)]
 pub struct TraceStats {
-    /// Spans handed to the exporter.
-    pub queued: AtomicU64,
     /// Spans dropped because the exporter's queue was full.
     pub dropped: AtomicU64,
     /// Spans the collector acknowledged.
@@ -345,15 +343,11 @@ impl Tracer {
         }
     }
 
-    /// Hands a finished span to the exporter; never waits (a full queue drops it, counted).
+    /// Hands a finished span to the exporter; never waits (a full queue drops it, counted: the
+    /// only shared counter a worker touches, and only then).
     pub fn finish(&self, span: Box<SpanData>) {
-        match self.queue.try_push(span) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.queue.try_push(span).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -542,7 +536,6 @@ mod tests {
         t.finish(span());
         t.finish(span());
         t.finish(span());
-        assert_eq!(stats.queued.load(Ordering::Relaxed), 2);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
         assert_eq!(q.len(), 2);
     }
