@@ -80,6 +80,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         shadow: None,
         completion: false,
         approval: None,
+        trace_id: [0x4b; 16],
     }
 }
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs portcullis as the harness's EXTRA proxy: a pass-through config (no policy) with the
 # upstream as the default proxy, so the harness's paths (/, /1m.bin, /post) are forwarded as is.
-# POLICY=1 adds rules, a meter and scanners (see below).
+# POLICY=1 adds rules, a meter and scanners (see below). TRACES=<sample> (e.g. 0.01) adds
+# `[telemetry] otlp` with that ratio, exporting to bench/otlp-sink.py (a collector that answers
+# 200), to measure tracing against the same run without it.
 #   usage: portcullis-anchor.sh PORT UPSTREAM_PORT WORKERS
 set -euo pipefail
 port=$1 up=$2 workers=$3
@@ -46,5 +48,19 @@ if [ "${POLICY:-0}" = 1 ]; then
     for i in $(seq 1 100); do printf '"confidential-marker-%03d", ' "$i"; done
     echo '"TOP SECRET"]'
   } >>"$cfg"
+fi
+if [ -n "${TRACES:-}" ]; then
+  portfile=$(mktemp /tmp/portcullis-otlp-port.XXXXXX)
+  python3 "$(dirname "$0")/otlp-sink.py" "$portfile" &
+  sink=$!
+  for _ in $(seq 1 100); do [ -s "$portfile" ] && break; sleep 0.05; done
+  printf '\n[telemetry]\notlp = { url = "http://127.0.0.1:%s/v1/traces", sample = %s }\n' \
+    "$(cat "$portfile")" "$TRACES" >>"$cfg"
+  # the gateway runs as a child so the sink can be stopped with it (the harness TERMs this script)
+  PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} "$bin" run -c "$cfg" &
+  gw=$!
+  trap 'kill -TERM $gw 2>/dev/null; wait $gw; kill -TERM $sink 2>/dev/null; rm -f "$portfile"' TERM INT EXIT
+  wait $gw
+  exit
 fi
 PORTCULLIS_LOG=${PORTCULLIS_LOG:-warn} exec "$bin" run -c "$cfg"

@@ -88,6 +88,12 @@ pub mod internals {
                 pub use crate::observe::audit::verify::read_all;
             }
         }
+        pub mod trace {
+            pub use crate::observe::trace::{
+                CallTrace, SpanQueue, TRACEPARENT_LEN, TraceParent, TraceStats, Tracer, format,
+                parse,
+            };
+        }
     }
     pub mod policy {
         pub mod authz {

@@ -678,6 +678,63 @@ impl Cx<'_> {
         out
     }
 
+    /// `[telemetry] otlp`: the trace exporter.
+    fn telemetry(&mut self, raw: &RawConfig) -> Option<Arc<crate::siem::traces::TraceConfig>> {
+        let t = raw.telemetry.as_ref()?;
+        let o = t.get_ref().otlp.as_ref()?;
+        let r = o.get_ref();
+        let sample = match r.sample.as_ref().map(|s| (s, s.get_ref())) {
+            None => None,
+            Some((_, toml::Value::Float(f))) => Some(*f),
+            Some((_, toml::Value::Integer(i))) => Some(*i as f64),
+            Some((s, _)) => {
+                self.err(
+                    s,
+                    "telemetry.otlp.sample",
+                    "must be a number between 0 and 1",
+                );
+                return None;
+            }
+        };
+        let fields = crate::siem::traces::OtlpFields {
+            url: r.url.get_ref(),
+            sample,
+            auth: r.auth.as_ref().map(|a| a.get_ref()),
+            ca_file: r.ca_file.as_ref().map(|c| c.get_ref().as_str()),
+            timeout: r.timeout.as_ref().map(|c| c.get_ref().as_str()),
+            batch: r.batch.as_ref().map(|b| *b.get_ref()),
+            queue: r.queue.as_ref().map(|b| *b.get_ref()),
+        };
+        let base_dir = self.base_dir;
+        let mut secret = |reference: &str, what: &str| {
+            self.secret(reference, &format!("telemetry.otlp.auth.{what}"))
+                .map_err(|e| e.to_string())
+        };
+        match crate::siem::traces::compile(&fields, base_dir, &mut secret) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(errs) => {
+                for (key, msg) in errs {
+                    let off = match key {
+                        "url" => Some(r.url.span().start),
+                        "sample" => r.sample.as_ref().map(|v| v.span().start),
+                        "auth" => r.auth.as_ref().map(|v| v.span().start),
+                        "ca_file" => r.ca_file.as_ref().map(|v| v.span().start),
+                        "timeout" => r.timeout.as_ref().map(|v| v.span().start),
+                        "batch" => r.batch.as_ref().map(|v| v.span().start),
+                        "queue" => r.queue.as_ref().map(|v| v.span().start),
+                        _ => None,
+                    };
+                    self.push_error(
+                        off.unwrap_or(o.span().start),
+                        format!("telemetry.otlp.{key}"),
+                        msg,
+                    );
+                }
+                None
+            }
+        }
+    }
+
     /// `[[agents]]` and `[[jwt]]`.
     fn identity(&mut self, raw: &RawConfig) -> Identity {
         let mut agents = Vec::with_capacity(raw.agents.len());
@@ -774,6 +831,7 @@ impl Cx<'_> {
         let identity = self.identity(&raw);
         let mut audit = self.audit(&raw);
         let sinks = self.sinks(&raw, audit.as_mut());
+        let telemetry = self.telemetry(&raw);
         let server = self.server(&raw);
         let limits = self.limits(&raw);
         self.cluster = self.meters(&raw);
@@ -858,6 +916,7 @@ impl Cx<'_> {
             identity,
             audit,
             sinks,
+            telemetry,
             by_name,
             warnings,
             kv: std::mem::take(&mut self.kv_bindings),

@@ -31,6 +31,8 @@ pub struct Compiled {
     pub audit: Option<crate::observe::audit::AuditConfig>,
     /// `[[audit.sinks]]` (read at start, like `[audit]`).
     pub sinks: Vec<Arc<crate::siem::SinkConfig>>,
+    /// `[telemetry] otlp`: the trace exporter and sampling (read at start, like the sinks).
+    pub telemetry: Option<Arc<crate::siem::traces::TraceConfig>>,
     by_name: HashMap<String, usize>,
     /// Non-fatal findings, printed by `check` and logged by `run`.
     pub warnings: Vec<String>,

@@ -37,6 +37,45 @@ pub struct RawConfig {
     /// `[[admins]]`: named admin identities (approvers and others).
     #[serde(default)]
     pub admins: Vec<Spanned<RawAdmin>>,
+    /// `[telemetry]`: OpenTelemetry traces of the calls.
+    #[serde(default)]
+    pub telemetry: Option<Spanned<RawTelemetry>>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// `otlp = { url = "http://127.0.0.1:4318/v1/traces", sample = 0.1 }`.
+    #[serde(default)]
+    pub otlp: Option<Spanned<RawOtlp>>,
+}
+
+/// `[telemetry] otlp`: where the calls' spans go (OTLP/HTTP, protobuf).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector's traces endpoint (`https://…`; `http://` for loopback only).
+    pub url: Spanned<String>,
+    /// Ratio of new traces recorded, 0 … 1 (default 1); an agent's `sampled` flag decides for
+    /// the traces it continues.
+    #[serde(default)]
+    pub sample: Option<Spanned<toml::Value>>,
+    /// The collector's credential: as `[[audit.sinks]] auth` (bearer / header / basic).
+    #[serde(default)]
+    pub auth: Option<Spanned<crate::siem::config::RawAuth>>,
+    /// Extra CA certificates (PEM) for an `https://` url.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// One export attempt (default `10s`).
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    /// Spans per export (default 512).
+    #[serde(default)]
+    pub batch: Option<Spanned<i64>>,
+    /// Spans waiting for the exporter before new ones are dropped (default 8192).
+    #[serde(default)]
+    pub queue: Option<Spanned<i64>>,
 }
 
 /// `[state]`: `dir = "..."` (embedded, one crash-safe file) or `redis = "redis://..."`.
@@ -408,6 +447,8 @@ mod reference_tests {
         ("RawNotify", "approvals.notify."),
         ("RawAdmin", "admins."),
         ("RawListenerTls", "server.tls."),
+        ("RawTelemetry", "telemetry."),
+        ("RawOtlp", "telemetry.otlp."),
     ];
 
     #[test]

@@ -10,6 +10,7 @@
 use crate::error::Refusal;
 use crate::observe::audit::{AuditRecord, AuditRing, Decision, SmallStr};
 use crate::observe::metrics::{CallSample, WorkerMetrics};
+use crate::observe::trace::{CallTrace, SpanData, Stage, Tracer};
 use crate::util::clock;
 use crate::util::hex;
 use std::hash::{BuildHasher, RandomState};
@@ -120,6 +121,10 @@ pub struct CallLog<'w> {
     pub shadow: Option<(u32, Decision)>,
     /// The approval this call was held for (and, if it went upstream, executed).
     pub approval: Option<Arc<crate::observe::audit::record::ApprovalNote>>,
+    /// The call's W3C trace context (and, when sampled, its stage marks).
+    pub trace: CallTrace,
+    /// The worker's tracer (`[telemetry] otlp`): a sampled call's span goes to it on drop.
+    tracer: Option<&'w Tracer>,
     /// The record was already pushed ([`CallLog::durable`]); `Drop` does not push again.
     committed: bool,
     ring: Option<&'w AuditRing>,
@@ -158,10 +163,69 @@ impl<'w> CallLog<'w> {
             client: None,
             shadow: None,
             approval: None,
+            trace: CallTrace::default(),
+            tracer: None,
             committed: false,
             ring,
             metrics,
         }
+    }
+
+    /// Starts the call's trace from the agent's `traceparent` (if any): with a tracer, the
+    /// gateway takes part (continues or starts the trace, decides sampling); without one, only
+    /// the agent's trace id is kept for the audit record.
+    pub fn start_trace(&mut self, tracer: Option<&'w Tracer>, traceparent: Option<&[u8]>) {
+        match tracer {
+            Some(t) => {
+                self.trace = t.start(traceparent);
+                self.tracer = Some(t);
+            }
+            None if traceparent.is_some() => self.trace = CallTrace::passive(traceparent),
+            None => {}
+        }
+    }
+
+    /// The end of a stage, for a sampled call's span (one branch otherwise).
+    #[inline]
+    pub fn mark(&mut self, stage: Stage) {
+        if self.trace.sampled {
+            let ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.trace.marks[stage as usize] = ns.max(1);
+        }
+    }
+
+    /// Whether the call's names (proxy, agent, path) are kept: for the audit record or the
+    /// span.
+    #[inline]
+    pub fn keeps_names(&self) -> bool {
+        self.audited() || (self.trace.sampled && self.tracer.is_some())
+    }
+
+    /// A sampled call's span, handed to the exporter (before the record takes the names).
+    fn finish_span(&self, total_ns: u64) {
+        let Some(tracer) = self.tracer.filter(|_| self.trace.sampled) else {
+            return;
+        };
+        let t = &self.trace;
+        tracer.finish(Box::new(SpanData {
+            trace_id: t.trace_id,
+            span_id: t.span_id,
+            parent_id: t.parent_id,
+            start_unix_ns: self.ts_us.saturating_mul(1000),
+            duration_ns: total_ns,
+            stages: crate::observe::trace::stage_spans(&t.marks),
+            request_id: SmallStr::new(self.id.as_str()),
+            agent: self.agent.clone(),
+            proxy: self.proxy_name.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status: self.status,
+            decision: self.decision,
+            code: self.code,
+            rule: self.rule,
+            scanner: self.scanner.clone(),
+            upstream_status: self.upstream_status,
+        }));
     }
 
     /// Under `[audit] on_error = "refuse"`: `Err(AuditUnavailable)` while records cannot be
@@ -229,6 +293,7 @@ impl<'w> CallLog<'w> {
             shadow: self.shadow,
             completion: false,
             approval: pick(&mut self.approval, keep),
+            trace_id: self.trace.trace_id,
         }
     }
 }
@@ -243,7 +308,9 @@ impl CallLog<'_> {
 
 impl Drop for CallLog<'_> {
     fn drop(&mut self) {
-        let total_us = self.started.elapsed().as_micros() as u64;
+        let total_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let total_us = total_ns / 1000;
+        self.finish_span(total_ns);
         tracing::debug!(
             target: "access",
             id = self.id.as_str(),

@@ -19,7 +19,7 @@ mod state;
 mod stop;
 use stages::{
     admit, agent_request_id, authenticate, authorize, mcp_policy, read_body, read_head, scan,
-    send_request,
+    send_request, traceparent,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -33,6 +33,7 @@ use crate::http::write;
 use crate::net::agent_io::AgentIo;
 use crate::observe::audit::SmallStr;
 use crate::observe::call::CallLog;
+use crate::observe::trace::Stage;
 use crate::redact::mask::Masker;
 use crate::upstream::request;
 use crate::upstream::response::{self, StreamEnd, StreamIo};
@@ -71,6 +72,8 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
     // own X-Request-Id (checked, bounded) is kept beside it
     let mut log = CallLog::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
     log.agent_request_id = agent_request_id(&s.head, &s.rbuf);
+    // W3C trace context: continued or started (`[telemetry] otlp`), else only noted
+    log.start_trace(w.tracer.as_ref(), traceparent(&s.head, &s.rbuf));
     log.client = s.peer;
     log.method = SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
@@ -110,23 +113,26 @@ async fn call(
     let proxy = &cfg.proxies[route.proxy];
     log.proxy = Some(route.proxy);
     log.metrics_slot = view.slots.get(route.proxy).copied();
-    if log.audited() {
+    if log.keeps_names() {
         log.proxy_name = Some(proxy.name_arc.clone());
         log.path.push_str(&s.path);
     }
 
     // 3. identity
     let caller = authenticate(view, s, now_unix)?;
-    if log.audited() {
+    if log.keeps_names() {
         log.agent = caller.id().map(Arc::from);
     }
+    log.mark(Stage::Authn);
 
     // 4. authorization: the rule trie over the canonical path below the proxy (`held`: an
     // approve rule decided)
     let held = authorize(proxy, s, &route, &caller, log)?;
+    log.mark(Stage::Authz);
 
     // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     admit(proxy, s, &caller).await?;
+    log.mark(Stage::Meter);
 
     // 6. body, read whole before anything goes upstream
     at.phase = Phase::Body;
@@ -139,6 +145,7 @@ async fn call(
     // 7c. MCP: each JSON-RPC message decided by the rules that name MCP methods, tools,
     // resources or prompts (`protocol = "mcp"` proxies only)
     let held = mcp_policy(proxy, s, &route, &caller, log, held)?;
+    log.mark(Stage::BodyScan);
 
     // 8. outbound request: one head, signed as it is sent (under `[audit] on_error =
     // "refuse"`, only if the call can be recorded)
@@ -158,8 +165,13 @@ async fn call(
             lim.upstream_timeout,
         )
         .await?;
+        log.mark(Stage::Approval);
     }
-    let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
+    // the gateway's own `traceparent` replaces the agent's when it takes part in the trace
+    let tp = log.trace.outbound();
+    let credential_read_ns =
+        outbound::prepare(proxy, lim, s, &route, log.id.as_str(), tp.as_ref()).await?;
+    log.mark(Stage::Credential);
     let method = s.head.method.get(&s.rbuf);
     let method_is_head = method == b"HEAD";
     let idempotent = request::idempotent(method);
@@ -173,11 +185,12 @@ async fn call(
 
     // 9. upstream: send, then the response head
     log.upstream_started = Some(clock::now());
-    let sent = send_request(w, proxy, lim, s, idempotent, method_is_head).await;
+    let sent = send_request(w, proxy, lim, s, idempotent, method_is_head, log).await;
     // the body is upstream (or the call failed): its memory and reservation go now, not when
     // the response has streamed
     release_body(s);
     let mut conn = sent?;
+    log.mark(Stage::FirstByte);
     log.upstream_us = log.upstream_started.map(|t| t.elapsed().as_micros() as u64);
     log.upstream_status = Some(s.resp.status);
     if let Some(auth) = &proxy.auth {
@@ -244,6 +257,7 @@ async fn call(
         masker.as_mut(),
     )
     .await;
+    log.mark(Stage::Relay);
     if let Some(r) = &plan.redactor {
         log.redactions = r.redactions();
     }

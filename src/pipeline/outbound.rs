@@ -35,11 +35,20 @@ pub async fn prepare(
     s: &mut Scratch,
     route: &Route,
     request_id: &str,
+    traceparent: Option<&[u8; crate::observe::trace::TRACEPARENT_LEN]>,
 ) -> Result<u64, Stop> {
     let target = s.head.target.get(&s.rbuf);
     let query = target.get(route.query.0..route.query.1).unwrap_or(b"");
     let rest = &s.path[route.rest_start..];
-    let ob = request::begin(&mut s.out, &s.rbuf, &s.head, proxy, rest, query);
+    let ob = request::begin(
+        &mut s.out,
+        &s.rbuf,
+        &s.head,
+        proxy,
+        rest,
+        query,
+        traceparent.map(|t| &t[..]),
+    );
     let mut credential_read_ns = 0;
     s.marks.clear();
     let mut auth_headers = Vec::new();

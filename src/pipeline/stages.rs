@@ -68,6 +68,22 @@ pub(super) fn agent_request_id(head: &RequestHead, src: &[u8]) -> Option<Request
     find_header(&head.headers, src, b"x-request-id").and_then(RequestId::from_agent)
 }
 
+/// The agent's `traceparent`: `None` when absent; a repeated field is not a valid trace
+/// context (W3C: one value), so it comes back as an empty (invalid) value and the call starts
+/// a new trace.
+pub(super) fn traceparent<'a>(head: &RequestHead, src: &'a [u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    for h in &head.headers {
+        if h.name.get(src).eq_ignore_ascii_case(b"traceparent") {
+            if found.is_some() {
+                return Some(b"");
+            }
+            found = Some(h.value.get(src));
+        }
+    }
+    found
+}
+
 /// Stage 3: who is calling (this worker's JWT verifiers, with their token caches).
 pub(super) fn authenticate<'v>(
     view: &'v View,
@@ -427,6 +443,7 @@ pub(super) async fn send_request(
     s: &mut Scratch,
     idempotent: bool,
     method_is_head: bool,
+    log: &mut CallLog<'_>,
 ) -> Result<UpConn, Stop> {
     let up = &proxy.upstream;
     let mut retried = false;
@@ -435,6 +452,7 @@ pub(super) async fn send_request(
             Some(c) => (c, true),
             None => (w.pool.connect(up, lim.connect_timeout).await?, false),
         };
+        log.mark(crate::observe::trace::Stage::Connect);
         let deadline = clock::now() + lim.upstream_timeout;
         let out_len = s.out.len();
         let mut sent = write_range(&mut conn, &mut s.out, 0..out_len, lim.upstream_timeout).await;

@@ -160,6 +160,8 @@ pub struct Worker {
     state: std::cell::OnceCell<crate::state::Store>,
     /// Request-body bytes in flight on this worker (`max_body_memory`).
     pub bodies: Rc<BodyBudget>,
+    /// This worker's tracer, if `[telemetry] otlp` is configured (set at start).
+    pub tracer: Option<crate::observe::trace::Tracer>,
 }
 
 impl Worker {
@@ -183,7 +185,14 @@ impl Worker {
             bodies: Rc::new(BodyBudget::new(metrics.body_gauge())),
             metrics,
             state: std::cell::OnceCell::new(),
+            tracer: None,
         }
+    }
+
+    /// The worker with its tracer (`[telemetry] otlp`).
+    pub fn with_tracer(mut self, tracer: Option<crate::observe::trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// The worker with the state store's handle (held calls talk to it).

@@ -133,6 +133,9 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 if let Some(st) = control.state.get() {
                     st.stats.render(&mut body);
                 }
+                if let Some(t) = control.traces.get() {
+                    crate::siem::traces::render_metrics(t, &mut body);
+                }
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,

@@ -52,6 +52,8 @@ pub struct Control {
     /// Where the running store lives and the `[approvals]` it was started with (a reload that
     /// changes them says they need a restart).
     state_cfg: std::sync::OnceLock<(crate::state::Location, crate::state::ApprovalsConfig)>,
+    /// The trace exporter's counters (`[telemetry] otlp`).
+    pub traces: std::sync::OnceLock<Arc<crate::observe::trace::TraceStats>>,
 }
 
 /// What the admin API reads of the running audit trail.
@@ -164,6 +166,7 @@ impl Control {
             ready: AtomicBool::new(false),
             state: std::sync::OnceLock::new(),
             state_cfg: std::sync::OnceLock::new(),
+            traces: std::sync::OnceLock::new(),
             current: Mutex::new(current),
             metrics,
             audit,
@@ -284,6 +287,13 @@ impl Control {
         if sinks(&new) != sinks(&old) {
             restart_required.push(
                 "[[audit.sinks]] changed: sinks are started once, the change takes effect on restart only"
+                    .into(),
+            );
+        }
+        let telemetry = |c: &Compiled| c.telemetry.as_ref().map(|t| t.describe());
+        if telemetry(&new) != telemetry(&old) {
+            restart_required.push(
+                "[telemetry] changed: the trace exporter and its sampling are set at start, the change takes effect on restart only"
                     .into(),
             );
         }

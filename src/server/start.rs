@@ -91,6 +91,15 @@ pub fn run(source: Source) -> Result<()> {
         }
         _ => None,
     };
+    // `[telemetry] otlp`: the span exporter's thread; each worker gets a sender
+    let traces = match &cfg.telemetry {
+        Some(t) => {
+            let (e, queue) = crate::siem::traces::Exporter::start(t.clone())
+                .context("starting the trace exporter thread")?;
+            Some((e, queue))
+        }
+        None => None,
+    };
     // the state store (approvals): its thread starts before the first call can be held
     let store = match (&cfg.state, &cfg.approvals) {
         (Some(loc), Some(appr)) => Some(
@@ -115,9 +124,15 @@ pub fn run(source: Source) -> Result<()> {
         let ring = audit.as_ref().map(|(r, _)| r.clone());
         let wm = metrics.worker_metrics(id);
         let st = store.clone();
+        let parts = WorkerParts {
+            audit: ring,
+            metrics: wm,
+            store: st,
+            tracer: traces.as_ref().map(|(e, q)| (q.clone(), e.stats.clone())),
+        };
         let h = std::thread::Builder::new()
             .name(format!("portcullis-w{id}"))
-            .spawn(move || worker_thread(id, cfg, ring, wm, st, rx, bound_tx))
+            .spawn(move || worker_thread(id, cfg, parts, rx, bound_tx))
             .context("spawning a worker thread")?;
         handles.push(h);
     }
@@ -146,6 +161,10 @@ pub fn run(source: Source) -> Result<()> {
     if let (Some(s), Some(loc), Some(appr)) = (&store, &cfg.state, &cfg.approvals) {
         control.set_state(s.clone(), loc.clone(), appr.clone());
     }
+    let traces = traces.map(|(e, _)| {
+        let _ = control.traces.set(e.stats.clone());
+        e
+    });
     if let Some(addr) = cfg.server.admin_listen {
         crate::server::admin::start(addr, control.clone())
             .with_context(|| format!("starting the admin listener on {addr}"))?;
@@ -173,6 +192,10 @@ pub fn run(source: Source) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    // the workers are gone: the exporter exports what it holds and ends
+    if let Some(e) = traces {
+        e.stop();
+    }
     if let Some((_, handle)) = audit {
         let st = handle.flush_and_stop();
         tracing::info!(
@@ -190,15 +213,31 @@ pub fn run(source: Source) -> Result<()> {
     Ok(())
 }
 
-fn worker_thread(
-    id: usize,
-    cfg: Arc<Compiled>,
+/// What a worker thread is handed besides its config: the process-wide handles it keeps.
+struct WorkerParts {
     audit: Option<Arc<crate::observe::audit::AuditRing>>,
     metrics: crate::observe::metrics::WorkerMetrics,
     store: Option<crate::state::Store>,
+    /// The trace exporter's queue and counters (`[telemetry] otlp`).
+    tracer: Option<(
+        Arc<crate::observe::trace::SpanQueue>,
+        Arc<crate::observe::trace::TraceStats>,
+    )>,
+}
+
+fn worker_thread(
+    id: usize,
+    cfg: Arc<Compiled>,
+    parts: WorkerParts,
     rx: flume::Receiver<Msg>,
     bound: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
+    let WorkerParts {
+        audit,
+        metrics,
+        store,
+        tracer,
+    } = parts;
     // COOP_TASKRUN: completions raised from another core (loopback receive runs on the
     // sender's core) are run at this thread's next syscall instead of interrupting it with an
     // IPI; SINGLE_ISSUER: only this thread submits. Kernels without them (< 6.0) fall back to
@@ -238,7 +277,17 @@ fn worker_thread(
         };
         tracing::info!(worker = id, driver, "worker started");
         let _ = bound.send(Ok(id));
-        let w = Rc::new(Worker::new(id, cfg, audit, metrics).with_state(store));
+        let tracer = match (&cfg.telemetry, tracer) {
+            (Some(t), Some((queue, stats))) => {
+                Some(crate::observe::trace::Tracer::new(t.sample, queue, stats))
+            }
+            _ => None,
+        };
+        let w = Rc::new(
+            Worker::new(id, cfg, audit, metrics)
+                .with_state(store)
+                .with_tracer(tracer),
+        );
         worker::run(w, listeners, rx).await;
     });
 }

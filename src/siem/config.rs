@@ -582,7 +582,7 @@ fn host_port(s: &str) -> Option<(String, u16)> {
     Some((h.to_string(), port))
 }
 
-fn http_auth(
+pub fn http_auth(
     a: &RawAuth,
     secret: &mut dyn FnMut(&str, &str) -> Result<Secret, String>,
 ) -> Result<HttpAuth, String> {

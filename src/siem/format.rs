@@ -137,8 +137,24 @@ fn otlp_logs(lines: &[&[u8]], out: &mut Vec<u8>) {
             .and_then(Value::as_str)
             .and_then(crate::observe::audit::record::parse_rfc3339)
             .map_or(0, |us| us.saturating_mul(1000));
+        // the call's W3C trace id: the log record joins its trace in the collector
+        let trace_id = v
+            .get("trace_id")
+            .and_then(Value::as_str)
+            .filter(|t| t.len() == 32)
+            .and_then(|t| {
+                let b = t.as_bytes();
+                (0..16)
+                    .map(|i| {
+                        let d = |c: u8| crate::util::hex::digit(c);
+                        Some((d(b[2 * i])? << 4) | d(b[2 * i + 1])?)
+                    })
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .unwrap_or_default();
         records.push(LogRecord {
             time_unix_nano: ts_ns,
+            trace_id,
             observed_time_unix_nano: now_ns,
             severity_number: if warn { 13 } else { 9 },
             severity_text: if warn { "WARN" } else { "INFO" }.into(),

@@ -19,6 +19,8 @@
 //! - [`tail`]: reading batches behind the cursor.
 //! - [`format`]: NDJSON / Splunk HEC / Elastic bulk bodies, RFC 5424 messages.
 //! - [`deliver`]: HTTP(S) through `net::fetch`, syslog over TCP, TLS or UDP.
+//! - [`traces`]: `[telemetry] otlp`, the calls' spans to an OpenTelemetry collector (its own
+//!   thread, fed by the workers through a bounded queue).
 // control plane: the sink threads block on sockets and park between polls by design
 #![allow(clippy::disallowed_methods)]
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod config;
 pub mod deliver;
 pub mod format;
 pub mod tail;
+pub mod traces;
 
 pub use config::{RawSink, SinkConfig};
 

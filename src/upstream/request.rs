@@ -69,6 +69,10 @@ pub struct Outbound {
 /// Writes the request line, `Host` and the agent's fields that the proxy's compiled filter lets
 /// through into `out` (cleared first). `rest` is the canonical path below the proxy (starting
 /// with '/', or empty for the bare proxy root); `query` includes its leading '?' (or is empty).
+/// `traceparent`: the gateway's own W3C trace context (`[telemetry] otlp`), written after
+/// `Host` in place of every `traceparent` the agent sent (a credential that reads the head sees
+/// the one that is sent); without it the agent's passes through. `tracestate` always passes
+/// unchanged.
 pub fn begin(
     out: &mut Vec<u8>,
     src: &[u8],
@@ -76,6 +80,7 @@ pub fn begin(
     proxy: &Proxy,
     rest: &str,
     query: &[u8],
+    traceparent: Option<&[u8]>,
 ) -> Outbound {
     out.clear();
     let up = &proxy.upstream;
@@ -96,10 +101,16 @@ pub fn begin(
     out.extend_from_slice(b"Host: ");
     out.extend_from_slice(up.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(tp) = traceparent {
+        out.extend_from_slice(b"traceparent: ");
+        out.extend_from_slice(tp);
+        out.extend_from_slice(b"\r\n");
+    }
     let connection = head.connection.map(|c| c.get(src));
     for h in &head.headers {
         let name = h.name.get(src);
-        if proxy.request_filter.contains(name)
+        if (traceparent.is_some() && name.eq_ignore_ascii_case(b"traceparent"))
+            || proxy.request_filter.contains(name)
             || hop::listed_in_connection(name, connection)
             || hop::drop_underscored(name, proxy.underscore_headers)
         {

@@ -37,5 +37,6 @@ mod secret_mask;
 mod siem;
 mod smuggling;
 mod tls;
+mod traces;
 mod upstream_errors;
 mod upstream_reuse;

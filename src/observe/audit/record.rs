@@ -7,7 +7,7 @@
 //! Every line is one JSON object with a fixed member order, ending in `prev` and `hash`:
 //!
 //! ```text
-//! {"ts":"2026-11-24T09:59:27.123456Z","id":"…","agent":"support-bot","proxy":"crm","method":"GET",
+//! {"ts":"2026-11-24T09:59:27.123456Z","id":"…","trace_id":"<32 hex>","agent":"support-bot","proxy":"crm","method":"GET",
 //!  "path":"/v1/accounts/42","status":200,"decision":"allow","code":null,"rule":0,"scanner":null,
 //!  "redactions":0,"bytes_in":0,"bytes_out":512,"upstream_status":200,"upstream_us":812,
 //!  "total_us":990,"client":"10.0.0.7:51234","shadow":null,"prev":"<64 hex>","hash":"<64 hex>"}
@@ -18,7 +18,10 @@
 //! ```
 //!
 //! A call record has no `kind` member. Its `id` is always the gateway's; the agent's own
-//! `X-Request-Id`, when it sent a valid one, follows as `agent_request_id` (absent otherwise). `client` is the agent's address as the gateway saw it;
+//! `X-Request-Id`, when it sent a valid one, follows as `agent_request_id` (absent otherwise),
+//! then `trace_id` (32 lower-case hex), the call's W3C trace id — the agent's, from a valid
+//! `traceparent`, or the one the gateway started under `[telemetry] otlp` (absent when the
+//! call had none). `client` is the agent's address as the gateway saw it;
 //! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
 //! secrets the upstream reflected in the response, masked before they reached the agent.
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
@@ -179,6 +182,9 @@ pub struct AuditRecord {
     /// On a call: the approval it executed (`approval_id`). With an `event`: not a call but
     /// an approval's event (`kind: "approval"`), written by the state store's thread.
     pub approval: Option<Arc<ApprovalNote>>,
+    /// The call's W3C trace id (the agent's, continued, or the one the gateway started); all
+    /// zero when there is none (written only when set). Inline: 16 bytes, no allocation.
+    pub trace_id: [u8; 16],
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -445,6 +451,13 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     if let Some(a) = &r.agent_request_id {
         out.extend_from_slice(b",\"agent_request_id\":");
         push_json_str(out, a);
+    }
+    if r.trace_id != [0; 16] {
+        let mut t = [0u8; 32];
+        hex::encode_into(&r.trace_id, &mut t);
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(&t);
+        out.push(b'"');
     }
     out.extend_from_slice(b",\"agent\":");
     push_opt_str(out, r.agent.as_deref());
@@ -750,6 +763,9 @@ pub struct StoredRecord {
     /// The agent's own `X-Request-Id`; absent when it sent none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_request_id: Option<String>,
+    /// The call's W3C trace id (32 lower-case hex); absent when the call had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
     #[serde(default)]
@@ -881,6 +897,7 @@ mod tests {
             shadow: Some((2, Decision::Deny)),
             completion: false,
             approval: None,
+            trace_id: [0; 16],
         }
     }
 
@@ -908,6 +925,33 @@ mod tests {
         assert_eq!(s.agent_request_id.as_deref(), Some("agent-\"id\""));
         assert_eq!(s.secret_reflected, Some(3));
         assert_eq!(s.id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+    }
+
+    /// `trace_id`: 32 lower-case hex after `id` (and `agent_request_id`), only when set.
+    #[test]
+    fn trace_id_written_when_set_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        assert!(!std::str::from_utf8(&out).unwrap().contains("trace_id"));
+        r.trace_id = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        out.clear();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(
+            line.contains(
+                "\"id\":\"0123456789abcdef0123456789abcdef\",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"agent\":"
+            ),
+            "{line}"
+        );
+        let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(
+            s.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]

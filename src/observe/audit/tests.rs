@@ -58,6 +58,11 @@ fn rec(i: u64) -> AuditRecord {
         shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
         completion: false,
         approval: None,
+        trace_id: if i.is_multiple_of(3) {
+            [0; 16]
+        } else {
+            [7; 16]
+        },
     }
 }
 
