@@ -931,6 +931,15 @@ impl Cx<'_> {
                 "needs server.admin_listen",
             );
         }
+        let mut trusted_proxies = Vec::new();
+        if let Some(list) = &s.trusted_proxies {
+            for (i, c) in list.get_ref().iter().enumerate() {
+                match crate::http::forwarded::Cidr::parse(c.get_ref()) {
+                    Ok(c) => trusted_proxies.push(c),
+                    Err(m) => self.err(c, format!("server.trusted_proxies[{i}]"), m),
+                }
+            }
+        }
         Some(Server {
             listen,
             workers,
@@ -939,6 +948,7 @@ impl Cx<'_> {
             default_proxy: None,
             tls,
             admin_tls,
+            trusted_proxies,
         })
     }
 

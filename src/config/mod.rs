@@ -62,6 +62,8 @@ pub struct Server {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `[server] admin_tls`: the admin listener speaks TLS.
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed (empty: none).
+    pub trusted_proxies: Vec<crate::http::forwarded::Cidr>,
 }
 
 #[derive(Debug, Clone)]

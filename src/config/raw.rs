@@ -245,6 +245,9 @@ pub struct RawServer {
     /// TLS on the admin listener.
     #[serde(default)]
     pub admin_tls: Option<Spanned<RawListenerTls>>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `tls = { cert = "file:...", key = "vault:...", client_ca = "file:..." }`: secret

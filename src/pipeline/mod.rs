@@ -18,8 +18,8 @@ mod stages;
 mod state;
 mod stop;
 use stages::{
-    admit, agent_request_id, authenticate, authorize, mcp_policy, read_body, read_head, scan,
-    send_request,
+    admit, agent_request_id, authenticate, authorize, forwarded_client, mcp_policy, read_body,
+    read_head, scan, send_request,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -71,6 +71,8 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
     let mut log = CallLog::new(w.next_id(), w.audit.as_deref(), Some(&w.metrics));
     log.agent_request_id = agent_request_id(&s.head, &s.rbuf);
     log.client = s.peer;
+    log.forwarded_for =
+        forwarded_client(&view.cfg.server.trusted_proxies, s.peer, &s.head, &s.rbuf);
     log.method = SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let wants_keep = s.head.keep_alive && !w.draining.get();
@@ -109,14 +111,14 @@ async fn call(
     let proxy = &cfg.proxies[route.proxy];
     log.proxy = Some(route.proxy);
     log.metrics_slot = view.slots.get(route.proxy).copied();
-    if log.audited() {
+    if log.detailed() {
         log.proxy_name = Some(proxy.name_arc.clone());
         log.path.push_str(&s.path);
     }
 
     // 3. identity
     let caller = authenticate(view, s, now_unix)?;
-    if log.audited() {
+    if log.detailed() {
         log.agent = caller.id().map(Arc::from);
     }
 

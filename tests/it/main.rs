@@ -17,6 +17,7 @@ mod audit_integrity;
 mod authz;
 mod bao;
 mod cli_ident;
+mod client_addr;
 mod configs;
 mod forward;
 mod forwarding;
