@@ -899,23 +899,36 @@ impl Cx<'_> {
             .admin_listen
             .as_ref()
             .and_then(|a| self.socket_addr(a, "server.admin_listen"));
-        let admin_token = match &s.admin_token {
+        let token = |this: &mut Self, t: &Option<Spanned<String>>, key: &str| match t {
             None => None,
-            Some(t) => match self.secret(
+            Some(t) => match this.secret(
                 t.get_ref(),
-                &format!(
-                    "{}:{}: server.admin_token",
-                    self.file,
-                    self.line_at(t.span().start)
-                ),
+                &format!("{}:{}: {key}", this.file, this.line_at(t.span().start)),
             ) {
                 Ok(sec) => Some(sec),
                 Err(e) => {
-                    self.err(t, "server.admin_token", e.to_string());
+                    this.err(t, key, e.to_string());
                     None
                 }
             },
         };
+        let admin_token = token(self, &s.admin_token, "server.admin_token");
+        let metrics_token = token(self, &s.metrics_token, "server.metrics_token");
+        if let (Some(a), Some(m), Some(t)) = (&admin_token, &metrics_token, &s.metrics_token)
+            && a.expose() == m.expose()
+        {
+            self.err(
+                t,
+                "server.metrics_token",
+                "is the admin token: a scraper holding it could reload the config and read the \
+                 audit trail; give metrics their own token",
+            );
+        }
+        if metrics_token.is_some() && admin_listen.is_none() {
+            if let Some(t) = &s.metrics_token {
+                self.err(t, "server.metrics_token", "needs server.admin_listen");
+            }
+        }
         let tls = s
             .tls
             .as_ref()
@@ -945,6 +958,7 @@ impl Cx<'_> {
             workers,
             admin_listen,
             admin_token: admin_token.map(Arc::new),
+            metrics_token: metrics_token.map(Arc::new),
             default_proxy: None,
             tls,
             admin_tls,

@@ -56,6 +56,8 @@ pub struct Server {
     pub workers: usize,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<Arc<Secret>>,
+    /// `[server] metrics_token`: accepted by `GET /metrics` only.
+    pub metrics_token: Option<Arc<Secret>>,
     /// Index of the proxy that takes paths whose first segment names no proxy.
     pub default_proxy: Option<usize>,
     /// `[server] tls`: the agent listeners speak TLS (rebuilt, so re-read, on every reload).

@@ -233,6 +233,9 @@ pub struct RawServer {
     pub admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub admin_token: Option<Spanned<String>>,
+    /// A read-only bearer token for `GET /metrics` only (Prometheus need not hold the admin token).
+    #[serde(default)]
+    pub metrics_token: Option<Spanned<String>>,
     /// Proxy for paths whose first segment names no proxy (the whole path is forwarded).
     #[serde(default)]
     pub default_proxy: Option<Spanned<String>>,

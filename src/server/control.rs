@@ -48,6 +48,34 @@ pub struct Control {
     pub audit: Option<AuditView>,
     /// The state store as started (approvals), for the admin API; set once at start.
     pub state: std::sync::OnceLock<crate::state::Store>,
+    /// Reload outcomes, for `/metrics`.
+    pub reloads: ReloadStats,
+}
+
+/// What `/metrics` says about reloads: counts by outcome, and the last one.
+#[derive(Debug)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// The last reload (or the start) succeeded.
+    pub last_ok: AtomicBool,
+    /// Unix seconds of the last reload attempt (the start before any).
+    pub last_at: AtomicU64,
+    /// Unix seconds of the last config that was installed (the start, or a reload).
+    pub last_ok_at: AtomicU64,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        let now = crate::util::clock::unix_now().as_secs();
+        ReloadStats {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            last_at: AtomicU64::new(now),
+            last_ok_at: AtomicU64::new(now),
+        }
+    }
 }
 
 /// What the admin API reads of the running audit trail.
@@ -145,6 +173,7 @@ impl Control {
             current: Mutex::new(current),
             metrics,
             audit,
+            reloads: ReloadStats::default(),
         }
     }
 
@@ -172,6 +201,16 @@ impl Control {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let result = self.reload_locked();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let now = crate::util::clock::unix_now().as_secs();
+        let r = &self.reloads;
+        r.last_at.store(now, Ordering::Release);
+        r.last_ok.store(result.is_ok(), Ordering::Release);
+        if result.is_ok() {
+            r.ok.fetch_add(1, Ordering::Relaxed);
+            r.last_ok_at.store(now, Ordering::Release);
+        } else {
+            r.failed.fetch_add(1, Ordering::Relaxed);
+        }
         match &result {
             Ok(generation) => tracing::info!(
                 generation,
