@@ -910,8 +910,23 @@ impl Cx<'_> {
                 ),
             }
         }
+        let log_format = match raw.log.as_ref().and_then(|l| l.get_ref().format.as_ref()) {
+            None => super::LogFormat::default(),
+            Some(f) => super::LogFormat::from_name(f.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    f,
+                    "log.format",
+                    format!(
+                        "unknown log format {:?}: expected \"text\" or \"json\"",
+                        f.get_ref()
+                    ),
+                );
+                super::LogFormat::default()
+            }),
+        };
         Some(Compiled {
             source: self.file.to_string(),
+            log_format,
             server,
             limits,
             demo,

@@ -37,6 +37,17 @@ pub struct RawConfig {
     /// `[[admins]]`: named admin identities (approvers and others).
     #[serde(default)]
     pub admins: Vec<Spanned<RawAdmin>>,
+    /// `[log]`: the process log.
+    #[serde(default)]
+    pub log: Option<Spanned<RawLog>>,
+}
+
+/// `[log]`: `format = "text" | "json"` (`PORTCULLIS_LOG_FORMAT` overrides it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
 }
 
 /// `[state]`: `dir = "..."` (embedded, one crash-safe file) or `redis = "redis://..."`.
@@ -413,6 +424,7 @@ mod reference_tests {
         ("RawNotify", "approvals.notify."),
         ("RawAdmin", "admins."),
         ("RawListenerTls", "server.tls."),
+        ("RawLog", "log."),
     ];
 
     #[test]

@@ -236,6 +236,9 @@ impl Control {
                 "server.listen / server.workers changed: they take effect on restart only"
             );
         }
+        if new.log_format != old.log_format {
+            tracing::warn!("[log] format changed: it takes effect on restart only");
+        }
         for w in &new.warnings {
             tracing::warn!("{w}");
         }

@@ -684,3 +684,79 @@ fn check_size_message_names_the_forms() {
         "{err}"
     );
 }
+
+/// Runs `portcullis run -c cfg` with `env` until it is ready, stops it with SIGTERM; its log.
+fn run_until_ready(dir: &std::path::Path, cfg: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let err_path = dir.join("err");
+    let err = std::fs::File::create(&err_path).unwrap();
+    let mut c = Command::new(bin());
+    c.env_remove("PORTCULLIS_LOG_FORMAT")
+        .env("PORTCULLIS_LOG", "info")
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let read = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    let ready = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        Some(read()).filter(|l| l.contains("portcullis ready"))
+    });
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let st = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    });
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ready.is_some(), "not ready: {}", read());
+    read()
+}
+
+/// `[log] format = "json"` in the config; `PORTCULLIS_LOG_FORMAT` wins over it; a bad value
+/// is a config error.
+#[test]
+fn log_format_from_the_config_and_the_variable_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n[log]\nformat = \"json\"\n{DENY_PROXY}"
+        ),
+    )
+    .unwrap();
+    let log = run_until_ready(dir.path(), &cfg, &[]);
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(log.contains(r#""message":"portcullis ready""#), "{log}");
+
+    let log = run_until_ready(dir.path(), &cfg, &[("PORTCULLIS_LOG_FORMAT", "text")]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("portcullis ready")),
+        "{log}"
+    );
+    assert!(!log.trim_start().starts_with('{'), "{log}");
+
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nformat = \"xml\"\n{DENY_PROXY}"),
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr)
+            .contains(":4: log.format: unknown log format \"xml\": expected \"text\" or \"json\""),
+        "{}",
+        text(&o.stderr)
+    );
+}
