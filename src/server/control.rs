@@ -236,6 +236,12 @@ impl Control {
                 "server.listen / server.workers changed: they take effect on restart only"
             );
         }
+        if new.server.admin_listen != old.server.admin_listen {
+            tracing::warn!("server.admin_listen changed: it takes effect on restart only");
+        }
+        if new.audit.as_ref().map(|a| &a.dir) != old.audit.as_ref().map(|a| &a.dir) {
+            tracing::warn!("[audit] changed: the audit trail is started once, restart to apply");
+        }
         if new.log_format != old.log_format {
             tracing::warn!("[log] format changed: it takes effect on restart only");
         }
