@@ -1000,10 +1000,10 @@ impl Cx<'_> {
                  audit trail; give metrics their own token",
             );
         }
-        if metrics_token.is_some() && admin_listen.is_none() {
-            if let Some(t) = &s.metrics_token {
-                self.err(t, "server.metrics_token", "needs server.admin_listen");
-            }
+        if let Some(t) = &s.metrics_token
+            && admin_listen.is_none()
+        {
+            self.err(t, "server.metrics_token", "needs server.admin_listen");
         }
         let tls = s
             .tls
@@ -1621,7 +1621,7 @@ impl Cx<'_> {
                         }
                     }
                 }
-                self.unknown_principals(i, &name, p);
+                self.unknown_principals(i, name, p);
                 Some(set)
             }
             Err(errs) => {
