@@ -4,6 +4,8 @@
 //!
 //! # Line format
 //!
+//! (The user's reference for every member is `docs/audit.md`; keep it in step.)
+//!
 //! Every line is one JSON object with a fixed member order, ending in `prev` and `hash`:
 //!
 //! ```text
