@@ -77,6 +77,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         upstream_us: Some(1234),
         total_us: 1400,
         client: Some((std::net::Ipv4Addr::LOCALHOST.into(), 51_234)),
+        forwarded_for: None,
         shadow: None,
         completion: false,
         approval: None,

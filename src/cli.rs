@@ -258,6 +258,16 @@ pub enum VaultCommand {
     },
 }
 
+/// The log format `[log] format` in `path` asks for: `"text"` or `"json"` (`"text"` when
+/// the file cannot be read or says nothing valid; its compile reports why).
+pub fn configured_log_format(path: &Path) -> &'static str {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match crate::config::log_format_of(&text) {
+        Some(crate::config::LogFormat::Json) => "json",
+        _ => "text",
+    }
+}
+
 pub fn run(source: Source) -> Result<()> {
     crate::server::start::run(source)
 }

@@ -310,3 +310,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod reference_tests {
+    /// Every code `Refusal::code` can return has a row in docs/errors.md (read from this
+    /// file's source, so a new variant without documentation fails here).
+    #[test]
+    fn every_refusal_code_is_in_the_errors_reference() {
+        let src = include_str!("error.rs");
+        let doc = include_str!("../docs/errors.md");
+        let body = src
+            .split("pub fn code(&self)")
+            .nth(1)
+            .and_then(|b| b.split("\n    }\n").next())
+            .expect("Refusal::code in error.rs");
+        let codes: Vec<&str> = body
+            .split("=> \"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .collect();
+        assert!(codes.len() >= 20, "found only {codes:?}");
+        let missing: Vec<&&str> = codes
+            .iter()
+            .filter(|c| !doc.contains(&format!("| `{c}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "codes missing from docs/errors.md: {missing:?}"
+        );
+    }
+}

@@ -12,7 +12,14 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // PORTCULLIS_LOG_FORMAT=json: one JSON object per line (timestamp, level, target, fields
     // with the message), for journald/SIEM pipelines that parse rather than grep.
-    let format = std::env::var("PORTCULLIS_LOG_FORMAT").unwrap_or_default();
+    // ... or `[log] format` in the config `run -c` starts (the variable wins)
+    let format = match std::env::var("PORTCULLIS_LOG_FORMAT") {
+        Ok(f) if !f.is_empty() => f,
+        _ => match &cli.command {
+            Command::Run { config: Some(path) } => cli::configured_log_format(path).to_string(),
+            _ => String::new(),
+        },
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -6,7 +6,7 @@ use super::{Compiled, Effect, Identity, Limits, Proxy, Server, TlsTarget, Upstre
 use crate::http::canon;
 use crate::secrets;
 use crate::util::units::{parse_duration, parse_size};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -105,6 +105,7 @@ fn compile_str_with(
         base_dir,
         vault: None,
         proxy_warnings: Vec::new(),
+        principals: None,
         warnings: Vec::new(),
         cluster: None,
     };
@@ -118,8 +119,22 @@ fn compile_str_with(
     {
         return Ok(c);
     }
+    drop_follow_on_errors(&mut cx.errors);
     cx.errors.sort_by_key(|e| e.line);
     Err(ConfigErrors(cx.errors))
+}
+
+/// A `[vault]` (or `[secrets.kv]`) that failed to open already has its error: the references
+/// into it then fail too, and "need a `[vault]` section" would be false (there is one).
+fn drop_follow_on_errors(errors: &mut Vec<ConfigError>) {
+    let vault_msg = secrets::SecretRefError::VaultUnavailable.to_string();
+    let kv_msg = secrets::SecretRefError::KvUnavailable.to_string();
+    let vault_failed = errors.iter().any(|e| e.key.starts_with("vault."));
+    let kv_failed = errors.iter().any(|e| e.key.starts_with("secrets.kv"));
+    errors.retain(|e| {
+        !(vault_failed && e.message.ends_with(&vault_msg)
+            || kv_failed && e.message.ends_with(&kv_msg))
+    });
 }
 
 pub mod approvals;
@@ -142,6 +157,9 @@ struct Cx<'a> {
     vault: Option<crate::secrets::vault_file::Vault>,
     /// Findings of proxy compilation, merged into `Compiled::warnings`.
     proxy_warnings: Vec<String>,
+    /// Agent ids and roles of `[[agents]]`, when they are all the callers there can be (no
+    /// `[[jwt]]`): rules naming others are reported.
+    principals: Option<(HashSet<String>, HashSet<String>)>,
     /// Non-fatal findings (e.g. an https JWKS that could not be fetched).
     warnings: Vec<String>,
     /// `[meters]`: the cluster backend every proxy meter uses.
@@ -300,6 +318,38 @@ impl Cx<'_> {
         match crate::secrets::vault_file::Vault::open(&path, &key) {
             Ok(vault) => self.vault = Some(vault),
             Err(e) => self.err(&v.file, "vault.file", e.to_string()),
+        }
+    }
+
+    /// `check` findings: rules naming an agent or a role no `[[agents]]` entry has (only
+    /// when there is no `[[jwt]]`, whose tokens may carry any id or role). Such a rule never
+    /// matches that name: a typo, or an agent not added yet.
+    fn unknown_principals(&mut self, i: usize, name: &str, p: &RawProxy) {
+        let Some((ids, roles)) = &self.principals else {
+            return;
+        };
+        let mut found = Vec::new();
+        for (j, r) in p.rules.iter().enumerate() {
+            let rule = r.get_ref();
+            for a in rule.agents.iter().flatten().filter(|a| !ids.contains(*a)) {
+                found.push((r.span().start, j, format!(
+                    "names agent {a:?}, which no [[agents]] entry has: it never matches; fix the \
+                     name, or add the agent (`portcullis agent add {a}`)"
+                )));
+            }
+            for role in rule.roles.iter().flatten().filter(|x| !roles.contains(*x)) {
+                found.push((r.span().start, j, format!(
+                    "names role {role:?}, which no [[agents]] entry holds: it never matches; fix \
+                     the name, or give an agent the role (`roles = [\"{role}\"]`)"
+                )));
+            }
+        }
+        for (at, j, msg) in found {
+            let line = self.line_at(at);
+            self.proxy_warnings.push(format!(
+                "{}:{line}: proxies[{i}].rules[{j}] ({name}): {msg}",
+                self.file
+            ));
         }
     }
 
@@ -829,6 +879,14 @@ impl Cx<'_> {
         self.open_vault(&raw);
         self.kv_settings(&raw);
         let identity = self.identity(&raw);
+        if raw.jwt.is_empty() {
+            let ids = raw.agents.iter().map(|a| a.get_ref().id.get_ref().clone());
+            let roles = raw
+                .agents
+                .iter()
+                .flat_map(|a| a.get_ref().roles.iter().cloned());
+            self.principals = Some((ids.collect(), roles.collect()));
+        }
         let mut audit = self.audit(&raw);
         let sinks = self.sinks(&raw, audit.as_mut());
         let telemetry = self.telemetry(&raw);
@@ -897,6 +955,9 @@ impl Cx<'_> {
         }
         let mut server = server?;
         warnings.extend(posture_warnings(self.file, &server, &identity, &proxies));
+        // the same finding twice (two proxies sharing a cause) is printed once
+        let mut seen = HashSet::new();
+        warnings.retain(|w| seen.insert(w.clone()));
         if let Some(d) = &raw.server.get_ref().default_proxy {
             match by_name.get(d.get_ref()) {
                 Some(i) => server.default_proxy = Some(*i),
@@ -907,8 +968,23 @@ impl Cx<'_> {
                 ),
             }
         }
+        let log_format = match raw.log.as_ref().and_then(|l| l.get_ref().format.as_ref()) {
+            None => super::LogFormat::default(),
+            Some(f) => super::LogFormat::from_name(f.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    f,
+                    "log.format",
+                    format!(
+                        "unknown log format {:?}: expected \"text\" or \"json\"",
+                        f.get_ref()
+                    ),
+                );
+                super::LogFormat::default()
+            }),
+        };
         Some(Compiled {
             source: self.file.to_string(),
+            log_format,
             server,
             limits,
             demo,
@@ -958,23 +1034,36 @@ impl Cx<'_> {
             .admin_listen
             .as_ref()
             .and_then(|a| self.socket_addr(a, "server.admin_listen"));
-        let admin_token = match &s.admin_token {
+        let token = |this: &mut Self, t: &Option<Spanned<String>>, key: &str| match t {
             None => None,
-            Some(t) => match self.secret(
+            Some(t) => match this.secret(
                 t.get_ref(),
-                &format!(
-                    "{}:{}: server.admin_token",
-                    self.file,
-                    self.line_at(t.span().start)
-                ),
+                &format!("{}:{}: {key}", this.file, this.line_at(t.span().start)),
             ) {
                 Ok(sec) => Some(sec),
                 Err(e) => {
-                    self.err(t, "server.admin_token", e.to_string());
+                    this.err(t, key, e.to_string());
                     None
                 }
             },
         };
+        let admin_token = token(self, &s.admin_token, "server.admin_token");
+        let metrics_token = token(self, &s.metrics_token, "server.metrics_token");
+        if let (Some(a), Some(m), Some(t)) = (&admin_token, &metrics_token, &s.metrics_token)
+            && a.expose() == m.expose()
+        {
+            self.err(
+                t,
+                "server.metrics_token",
+                "is the admin token: a scraper holding it could reload the config and read the \
+                 audit trail; give metrics their own token",
+            );
+        }
+        if let Some(t) = &s.metrics_token
+            && admin_listen.is_none()
+        {
+            self.err(t, "server.metrics_token", "needs server.admin_listen");
+        }
         let tls = s
             .tls
             .as_ref()
@@ -990,14 +1079,25 @@ impl Cx<'_> {
                 "needs server.admin_listen",
             );
         }
+        let mut trusted_proxies = Vec::new();
+        if let Some(list) = &s.trusted_proxies {
+            for (i, c) in list.get_ref().iter().enumerate() {
+                match crate::http::forwarded::Cidr::parse(c.get_ref()) {
+                    Ok(c) => trusted_proxies.push(c),
+                    Err(m) => self.err(c, format!("server.trusted_proxies[{i}]"), m),
+                }
+            }
+        }
         Some(Server {
             listen,
             workers,
             admin_listen,
             admin_token: admin_token.map(Arc::new),
+            metrics_token: metrics_token.map(Arc::new),
             default_proxy: None,
             tls,
             admin_tls,
+            trusted_proxies,
         })
     }
 
@@ -1574,10 +1674,29 @@ impl Cx<'_> {
         let rules = match crate::policy::authz::RuleSet::compile(&raw_rules, default_effect) {
             Ok((set, warnings)) => {
                 for w in warnings {
-                    let line = self.line_at(p_span);
-                    self.proxy_warnings
-                        .push(format!("{}:{line}: proxies[{i}] ({name}): {w}", self.file));
+                    // a finding about one rule sits on that rule's line
+                    let rule = w
+                        .strip_prefix("rules[")
+                        .and_then(|r| r.split_once("]: "))
+                        .and_then(|(j, rest)| {
+                            Some((p.rules.get(j.parse::<usize>().ok()?)?, j, rest))
+                        });
+                    match rule {
+                        Some((r, j, rest)) => {
+                            let line = self.line_at(r.span().start);
+                            self.proxy_warnings.push(format!(
+                                "{}:{line}: proxies[{i}].rules[{j}] ({name}): {rest}",
+                                self.file
+                            ));
+                        }
+                        None => {
+                            let line = self.line_at(p_span);
+                            self.proxy_warnings
+                                .push(format!("{}:{line}: proxies[{i}] ({name}): {w}", self.file));
+                        }
+                    }
                 }
+                self.unknown_principals(i, name, p);
                 Some(set)
             }
             Err(errs) => {

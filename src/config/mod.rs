@@ -21,6 +21,9 @@ pub const QUICKSTART: &str = include_str!("../../configs/quickstart.toml");
 pub struct Compiled {
     /// The file this was compiled from (for logs).
     pub source: String,
+    /// `[log] format`: read before the logger starts (`log_format_of`), so a reload that
+    /// changes it takes effect on restart only.
+    pub log_format: LogFormat,
     pub server: Server,
     pub limits: Limits,
     /// Address of the built-in demo upstream, if `[demo]` is configured.
@@ -52,18 +55,56 @@ pub struct Compiled {
     pub admins: Vec<Admin>,
 }
 
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn from_name(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The `[log] format` a config file asks for, read without compiling it (the logger starts
+/// before the config is compiled). `None`: unreadable, not TOML, or no valid `[log] format`
+/// (the compile that follows reports what is wrong).
+pub fn log_format_of(text: &str) -> Option<LogFormat> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        log: Option<PeekLog>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PeekLog {
+        format: Option<String>,
+    }
+    let p: Peek = toml::from_str(text).ok()?;
+    LogFormat::from_name(&p.log?.format?)
+}
+
 pub struct Server {
     pub listen: Vec<SocketAddr>,
     /// 0 = one worker per available core.
     pub workers: usize,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<Arc<Secret>>,
+    /// `[server] metrics_token`: accepted by `GET /metrics` only.
+    pub metrics_token: Option<Arc<Secret>>,
     /// Index of the proxy that takes paths whose first segment names no proxy.
     pub default_proxy: Option<usize>,
     /// `[server] tls`: the agent listeners speak TLS (rebuilt, so re-read, on every reload).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `[server] admin_tls`: the admin listener speaks TLS.
     pub admin_tls: Option<Arc<rustls::ServerConfig>>,
+    /// `[server] trusted_proxies`: peers whose `X-Forwarded-For` is believed (empty: none).
+    pub trusted_proxies: Vec<crate::http::forwarded::Cidr>,
 }
 
 #[derive(Debug, Clone)]

@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// `[telemetry]`: OpenTelemetry traces of the calls.
     #[serde(default)]
     pub telemetry: Option<Spanned<RawTelemetry>>,
+    /// `[log]`: the process log.
+    #[serde(default)]
+    pub log: Option<Spanned<RawLog>>,
 }
 
 /// `[telemetry]`.
@@ -76,6 +79,14 @@ pub struct RawOtlp {
     /// Spans waiting for the exporter before new ones are dropped (default 8192).
     #[serde(default)]
     pub queue: Option<Spanned<i64>>,
+}
+
+/// `[log]`: `format = "text" | "json"` (`PORTCULLIS_LOG_FORMAT` overrides it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
 }
 
 /// `[state]`: `dir = "..."` (embedded, one crash-safe file) or `redis = "redis://..."`.
@@ -272,6 +283,9 @@ pub struct RawServer {
     pub admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub admin_token: Option<Spanned<String>>,
+    /// A read-only bearer token for `GET /metrics` only (Prometheus need not hold the admin token).
+    #[serde(default)]
+    pub metrics_token: Option<Spanned<String>>,
     /// Proxy for paths whose first segment names no proxy (the whole path is forwarded).
     #[serde(default)]
     pub default_proxy: Option<Spanned<String>>,
@@ -284,6 +298,9 @@ pub struct RawServer {
     /// TLS on the admin listener.
     #[serde(default)]
     pub admin_tls: Option<Spanned<RawListenerTls>>,
+    /// Peers (CIDRs) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `tls = { cert = "file:...", key = "vault:...", client_ca = "file:..." }`: secret
@@ -449,6 +466,7 @@ mod reference_tests {
         ("RawListenerTls", "server.tls."),
         ("RawTelemetry", "telemetry."),
         ("RawOtlp", "telemetry.otlp."),
+        ("RawLog", "log."),
     ];
 
     #[test]

@@ -36,6 +36,8 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 pub struct Token {
     secret: Secret,
     expires_at: i64,
+    /// When it was obtained (Unix seconds).
+    obtained_at: i64,
 }
 
 impl Token {
@@ -110,6 +112,12 @@ impl TokenSource {
             .cloned()
     }
 
+    /// The published token's (obtained, expires) Unix seconds, valid or not (for `/metrics`).
+    pub fn token_times(&self) -> Option<(i64, i64)> {
+        let g = self.published.read().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().map(|t| (t.obtained_at, t.expires_at))
+    }
+
     /// Whether the last token request failed (and none is in flight).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
@@ -174,6 +182,7 @@ impl TokenSource {
                 Some(Arc::new(Token {
                     secret: Secret::new(s.expose().to_vec()),
                     expires_at: now_unix.saturating_add(lifetime),
+                    obtained_at: now_unix,
                 }))
             }
             Err(_) => None,

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod canon;
 pub mod chunked;
+pub mod forwarded;
 pub mod head;
 pub mod hop;
 pub mod io;

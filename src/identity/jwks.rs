@@ -24,6 +24,8 @@ pub struct Feed {
     refresh_interval: i64,
     min_refresh_interval: i64,
     last_attempt: AtomicI64,
+    /// Unix seconds of the last fetch that published a key set (`NEVER`: none yet).
+    last_success: AtomicI64,
     in_flight: AtomicBool,
 }
 
@@ -43,6 +45,16 @@ impl Feed {
 
     pub fn url(&self) -> &str {
         &self.display
+    }
+
+    /// Unix seconds of the last successful fetch, if any (for `/metrics`).
+    pub fn last_success(&self) -> Option<i64> {
+        Some(self.last_success.load(Ordering::Acquire)).filter(|&t| t != NEVER)
+    }
+
+    /// Usable keys held now.
+    pub fn key_count(&self) -> usize {
+        self.shared.keys().len()
     }
 
     /// Is a fetch due at `now_unix`? Periodic, or (at the floor) when keys are wanted or
@@ -94,6 +106,8 @@ impl Feed {
             }
             let n = ks.len();
             self.shared.publish(Arc::new(ks));
+            let now = i64::try_from(crate::util::clock::unix_now().as_secs()).unwrap_or(i64::MAX);
+            self.last_success.store(now, Ordering::Release);
             Ok(n)
         })();
         self.in_flight.store(false, Ordering::Release);
@@ -163,6 +177,7 @@ impl Store {
                 refresh_interval,
                 min_refresh_interval,
                 last_attempt: AtomicI64::new(NEVER),
+                last_success: AtomicI64::new(NEVER),
                 in_flight: AtomicBool::new(false),
             })
         })?;
@@ -222,6 +237,7 @@ mod tests {
             refresh_interval: refresh,
             min_refresh_interval: min,
             last_attempt: AtomicI64::new(NEVER),
+            last_success: AtomicI64::new(NEVER),
             in_flight: AtomicBool::new(false),
         }
     }

@@ -115,8 +115,11 @@ pub struct CallLog<'w> {
     pub secret_reflected: u64,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
-    /// The agent's address.
+    /// The TCP peer's address.
     pub client: Option<std::net::SocketAddr>,
+    /// The client a trusted proxy named in `X-Forwarded-For` (`[server] trusted_proxies`),
+    /// when it differs from the peer.
+    pub forwarded_for: Option<std::net::IpAddr>,
     /// A report-mode rule that would have decided differently: its index and decision.
     pub shadow: Option<(u32, Decision)>,
     /// The approval this call was held for (and, if it went upstream, executed).
@@ -127,6 +130,8 @@ pub struct CallLog<'w> {
     tracer: Option<&'w Tracer>,
     /// The record was already pushed ([`CallLog::durable`]); `Drop` does not push again.
     committed: bool,
+    /// The `access` log is on (debug level for target `access`).
+    access: bool,
     ring: Option<&'w AuditRing>,
     metrics: Option<&'w WorkerMetrics>,
 }
@@ -161,11 +166,13 @@ impl<'w> CallLog<'w> {
             secret_reflected: 0,
             metrics_slot: None,
             client: None,
+            forwarded_for: None,
             shadow: None,
             approval: None,
             trace: CallTrace::default(),
             tracer: None,
             committed: false,
+            access: tracing::enabled!(target: "access", tracing::Level::DEBUG),
             ring,
             metrics,
         }
@@ -194,11 +201,11 @@ impl<'w> CallLog<'w> {
         }
     }
 
-    /// Whether the call's names (proxy, agent, path) are kept: for the audit record or the
-    /// span.
+    /// Whether the call's names (proxy, agent, path) are kept: for the audit record, the
+    /// access log or the span.
     #[inline]
     pub fn keeps_names(&self) -> bool {
-        self.audited() || (self.trace.sampled && self.tracer.is_some())
+        self.detailed() || (self.trace.sampled && self.tracer.is_some())
     }
 
     /// A sampled call's span, handed to the exporter (before the record takes the names).
@@ -290,6 +297,7 @@ impl<'w> CallLog<'w> {
                 .map(|u| u32::try_from(u).unwrap_or(u32::MAX)),
             total_us,
             client: self.client.map(|a| (a.ip(), a.port())),
+            forwarded_for: self.forwarded_for,
             shadow: self.shadow,
             completion: false,
             approval: pick(&mut self.approval, keep),
@@ -299,10 +307,46 @@ impl<'w> CallLog<'w> {
 }
 
 impl CallLog<'_> {
-    /// Whether the call goes to the audit trail (then its proxy, path and agent are recorded).
+    /// Whether the call's proxy, path and agent are wanted: it goes to the audit trail, or
+    /// the `access` log is on (the copies are skipped otherwise: an `Arc` clone touches a
+    /// cache line every worker shares).
     #[inline]
-    pub fn audited(&self) -> bool {
-        self.ring.is_some()
+    pub fn detailed(&self) -> bool {
+        self.ring.is_some() || self.access
+    }
+}
+
+/// The client as logged: the forwarded address if a trusted proxy named one, else the peer.
+struct Client(Option<std::net::IpAddr>, Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0, self.1) {
+            (Some(ip), _) => write!(f, "{ip}"),
+            (None, Some(a)) => write!(f, "{a}"),
+            (None, None) => f.write_str("-"),
+        }
+    }
+}
+
+/// A number, or `-` when there is none (not Rust's `Some(..)`/`None`).
+struct OrDash(Option<u64>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// A string, or `-` when it is empty (a call refused before its path was known).
+struct Dash<'a>(&'a str);
+
+impl std::fmt::Display for Dash<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "-" } else { self.0 })
     }
 }
 
@@ -315,16 +359,18 @@ impl Drop for CallLog<'_> {
             target: "access",
             id = self.id.as_str(),
             agent_request_id = self.agent_request_id.as_ref().map_or("-", RequestId::as_str),
+            client = %Client(self.forwarded_for, self.client),
+            peer = %Client(None, self.client),
             proxy = self.proxy_name.as_deref().unwrap_or("-"),
             agent = self.agent.as_deref().unwrap_or("-"),
             method = self.method.as_str(),
-            path = %self.path,
+            path = %Dash(&self.path),
             status = self.status,
             code = self.code.unwrap_or("-"),
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
-            upstream_status = ?self.upstream_status,
-            upstream_us = ?self.upstream_us,
+            upstream_status = %OrDash(self.upstream_status.map(u64::from)),
+            upstream_us = %OrDash(self.upstream_us),
             total_us,
         );
         if let Some(m) = self.metrics {

@@ -18,8 +18,8 @@ mod stages;
 mod state;
 mod stop;
 use stages::{
-    admit, agent_request_id, authenticate, authorize, mcp_policy, read_body, read_head, scan,
-    send_request, traceparent,
+    admit, agent_request_id, authenticate, authorize, forwarded_client, mcp_policy, read_body,
+    read_head, scan, send_request, traceparent,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -75,6 +75,8 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
     // W3C trace context: continued or started (`[telemetry] otlp`), else only noted
     log.start_trace(w.tracer.as_ref(), traceparent(&s.head, &s.rbuf));
     log.client = s.peer;
+    log.forwarded_for =
+        forwarded_client(&view.cfg.server.trusted_proxies, s.peer, &s.head, &s.rbuf);
     log.method = SmallStr::new(std::str::from_utf8(s.head.method.get(&s.rbuf)).unwrap_or("?"));
     let version = s.head.version;
     let wants_keep = s.head.keep_alive && !w.draining.get();

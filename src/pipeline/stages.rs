@@ -84,6 +84,35 @@ pub(super) fn traceparent<'a>(head: &RequestHead, src: &'a [u8]) -> Option<&'a [
     found
 }
 
+/// The client behind `[server] trusted_proxies`: only when the TCP peer is trusted is
+/// `X-Forwarded-For` read (`http::forwarded`); `None` when the peer is the client (no trusted
+/// peer, no header, a malformed header, or the header names the peer itself).
+pub(super) fn forwarded_client(
+    trusted: &[crate::http::forwarded::Cidr],
+    peer: Option<std::net::SocketAddr>,
+    head: &RequestHead,
+    src: &[u8],
+) -> Option<std::net::IpAddr> {
+    use crate::http::forwarded;
+    let peer = peer?;
+    if trusted.is_empty() || !forwarded::trusted(trusted, peer.ip()) {
+        return None;
+    }
+    let lines = head
+        .headers
+        .iter()
+        .filter(|h| h.name.get(src).eq_ignore_ascii_case(b"x-forwarded-for"))
+        .map(|h| h.value.get(src));
+    match forwarded::resolve(lines, trusted) {
+        Ok(Some(ip)) if ip != peer.ip().to_canonical() => Some(ip),
+        Ok(_) => None,
+        Err(why) => {
+            tracing::debug!(peer = %peer, ?why, "x-forwarded-for ignored: the peer address stands");
+            None
+        }
+    }
+}
+
 /// Stage 3: who is calling (this worker's JWT verifiers, with their token caches).
 pub(super) fn authenticate<'v>(
     view: &'v View,

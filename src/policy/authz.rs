@@ -544,6 +544,92 @@ enum Seg<'a> {
     Rest,
 }
 
+/// Whether every path `b` matches is matched by `a` (conservative: `false` when unsure).
+fn pattern_covers(a: &[Seg<'_>], b: &[Seg<'_>]) -> bool {
+    // a segment of `a` covers one of `b`: the same literal, or `*` over a non-empty literal or `*`
+    let seg = |x: &Seg<'_>, y: &Seg<'_>| match (x, y) {
+        (Seg::Lit(p), Seg::Lit(q)) => p == q,
+        (Seg::Star, Seg::Lit(q)) => !q.is_empty(),
+        (Seg::Star, Seg::Star) => true,
+        _ => false,
+    };
+    match a.split_last() {
+        // `a` = prefix/**: `b`'s fixed part must start with the whole prefix
+        Some((Seg::Rest, prefix)) => {
+            let fixed = match b.split_last() {
+                Some((Seg::Rest, f)) => f,
+                _ => b,
+            };
+            fixed.len() >= prefix.len() && prefix.iter().zip(fixed).all(|(x, y)| seg(x, y))
+        }
+        // no `**` in `a`: `b` has none either and the same length
+        _ => {
+            !matches!(b.last(), Some(Seg::Rest))
+                && a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| seg(x, y))
+        }
+    }
+}
+
+/// Whether rule `a` matches every HTTP call rule `b` matches (conservative).
+fn rule_covers(a: &Rule, pa: &[Seg<'_>], b: &Rule, pb: &[Seg<'_>]) -> bool {
+    let subset = |x: &Option<HashSet<Box<str>>>, y: &Option<HashSet<Box<str>>>| match y {
+        None => true,
+        Some(y) => x.as_ref().is_some_and(|x| y.is_subset(x)),
+    };
+    let principals = (a.agents.is_none() && a.roles.is_none())
+        || ((b.agents.is_some() || b.roles.is_some())
+            && subset(&a.agents, &b.agents)
+            && subset(&a.roles, &b.roles));
+    a.mode == Mode::Enforce
+        && b.mode == Mode::Enforce
+        && a.mcp.is_none()
+        && b.mcp.is_none()
+        && a.query.is_empty()
+        && a.header.is_empty()
+        && a.methods & b.methods == b.methods
+        && (a.names_trace || !b.names_trace)
+        && principals
+        && pattern_covers(pa, pb)
+}
+
+/// `check` findings: rules that can never decide a call. A rule is reported when another
+/// rule matches every call it matches and wins over it: a stronger effect (deny > approve >
+/// allow, in any order), or the same effect earlier in the file (the reported rule is the
+/// first). Conservative: conditions (`query`, `header`) on the covering rule, MCP matchers and
+/// report-mode rules are never taken to cover anything. Each finding starts `rules[N]: `.
+fn shadowed(rules: &[Rule], patterns: &[Vec<Seg<'_>>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (bi, b) in rules.iter().enumerate() {
+        let cover = rules.iter().enumerate().find(|&(ai, a)| {
+            ai != bi
+                && (a.effect.rank() > b.effect.rank() || (a.effect == b.effect && ai < bi))
+                && rule_covers(a, &patterns[ai], b, &patterns[bi])
+        });
+        if let Some((ai, a)) = cover {
+            let why = if a.effect == b.effect {
+                format!(
+                    "rules[{ai}] ({}) comes first and matches every call this one matches",
+                    a.effect.as_str()
+                )
+            } else {
+                format!(
+                    "rules[{ai}] ({}) matches every call this one matches, and {} wins over {}",
+                    a.effect.as_str(),
+                    a.effect.as_str(),
+                    b.effect.as_str()
+                )
+            };
+            out.push(format!(
+                "rules[{bi}]: this {} rule can never decide a call: {why}; remove it, or narrow \
+                 rules[{ai}] (methods, path, agents or roles)",
+                b.effect.as_str()
+            ));
+        }
+    }
+    out
+}
+
 /// Checks a path pattern and splits it into segments.
 fn parse_pattern(p: &str) -> Result<Vec<Seg<'_>>, String> {
     if !p.starts_with('/') {
@@ -795,6 +881,7 @@ impl RuleSet {
         if u32::try_from(rules.len()).is_err() {
             return Err(vec![("rules".into(), "too many rules".into())]);
         }
+        let mut patterns: Vec<Vec<Seg<'_>>> = Vec::with_capacity(rules.len());
         for (i, raw) in rules.iter().enumerate() {
             if let Some(n) = &raw.name {
                 if n.is_empty() {
@@ -816,11 +903,12 @@ impl RuleSet {
             }
             set.insert(i as u32, &rule, &segs);
             set.rules.push(rule);
+            patterns.push(segs);
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut warnings = Vec::new();
+        let mut warnings = shadowed(&set.rules, &patterns);
         if default_effect == Effect::Deny
             && !set
                 .rules
@@ -1114,6 +1202,32 @@ impl<'h, H: Fn(&str) -> Option<&'h [u8]>> Walk<'_, '_, H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pattern_cover_table() {
+        let p = |x: &'static str| parse_pattern(x).unwrap();
+        for (a, b, want) in [
+            ("/**", "/", true),
+            ("/**", "/v1/x/**", true),
+            ("/v1/**", "/v1", true),
+            ("/v1/**", "/v1/**", true),
+            ("/v1/**", "/v1/*/x", true),
+            ("/v1/**", "/v2/x", false),
+            ("/v1/x/**", "/v1/**", false),
+            ("/v1/*", "/v1/x", true),
+            ("/v1/*", "/v1/*", true),
+            ("/v1/*", "/v1/", false),
+            ("/v1/*", "/v1/**", false),
+            ("/v1/*", "/v1", false),
+            ("/v1/x", "/v1/*", false),
+            ("/v1/x", "/v1/x", true),
+            ("/v1/x", "/v1/x/", false),
+            ("/*/**", "/", false),
+            ("/*/**", "/a", true),
+        ] {
+            assert_eq!(pattern_covers(&p(a), &p(b)), want, "{a} covers {b}");
+        }
+    }
     use proptest::prelude::*;
 
     fn rule(effect: &str, methods: &[&str], path: &str) -> RawRule {
@@ -1530,7 +1644,14 @@ mod tests {
     #[test]
     fn decision_table() {
         let (set, warnings) = RuleSet::compile(&table_rules(), Effect::Deny).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        // rule 10 (`/v1/accounts/`) is there to pin trailing-slash matching; rule 0 covers it
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "rules[10]: this allow rule can never decide a call: rules[0] (allow) comes first"
+            ),
+            "{warnings:?}"
+        );
         type Row = (
             &'static str,
             &'static str,

@@ -557,6 +557,14 @@ impl std::fmt::Debug for KvEntry {
 }
 
 impl KvEntry {
+    /// Seconds since the last successful read (`None`: never read), and the failed reads in
+    /// a row since then.
+    pub fn health(&self) -> (Option<f64>, u32) {
+        let at = self.fetched_ns.load(Ordering::Acquire);
+        let age = (at != 0).then(|| crate::util::clock::mono_ns().saturating_sub(at) as f64 / 1e9);
+        (age, self.failures.load(Ordering::Relaxed))
+    }
+
     fn new(kref: KvRef, client: Arc<KvClient>) -> KvEntry {
         KvEntry {
             kref,
@@ -769,7 +777,8 @@ impl Store {
         Ok(entry)
     }
 
-    fn live_entries(&self) -> Vec<Arc<KvEntry>> {
+    /// Every entry some config still uses (for `/metrics`).
+    pub fn live_entries(&self) -> Vec<Arc<KvEntry>> {
         self.entries.live()
     }
 

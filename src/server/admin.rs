@@ -1,7 +1,8 @@
 //! The admin listener, on its own thread: `/healthz`, `/readyz` (no token; "degraded" while
 //! audit writes fail, 503 when `on_error = "refuse"` refuses calls meanwhile); `GET /metrics`,
 //! `GET /v1/requests` (`?shadow=1`: report-mode rule hits), `GET /v1/telemetry`,
-//! `GET /v1/audit/head` (the latest checkpoint) and `POST /v1/reload` (bearer `admin_token`). Same
+//! `GET /v1/audit/head` (the latest checkpoint) and `POST /v1/reload` (bearer `admin_token`;
+//! `/metrics` also takes the read-only `metrics_token`, and appends `ops_metrics`). Same
 //! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
 //! a two-thread blocking pool attached to the admin runtime.
 use crate::http::head::{self, RequestHead};
@@ -122,7 +123,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 },
             },
         },
-        (b"GET", b"/metrics") => match authorized(&head, &buf, &control) {
+        (b"GET", b"/metrics") => match authorized_metrics(&head, &buf, &control) {
             Err(r) => r,
             Ok(()) => {
                 let audit = control.audit.as_ref().map(|a| a.snapshot());
@@ -136,6 +137,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 if let Some(t) = control.traces.get() {
                     crate::siem::traces::render_metrics(t, &mut body);
                 }
+                crate::server::ops_metrics::render(&control, &mut body);
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
@@ -389,6 +391,25 @@ pub fn telemetry_params(qs: &[u8], now_us: u64) -> Result<(Option<String>, u64, 
     Ok((proxy, since, until))
 }
 
+/// The bearer token the request presents, if any.
+fn bearer<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
+    head.headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
+        .and_then(|h| {
+            let v = h.value.get(buf);
+            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
+        })
+}
+
+fn unauthenticated() -> Reply {
+    Reply::error(
+        401,
+        "unauthenticated",
+        "a valid admin bearer token is required",
+    )
+}
+
 fn authorized(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), Reply> {
     let cfg = control.current();
     let Some(token) = cfg.server.admin_token.as_ref() else {
@@ -398,21 +419,31 @@ fn authorized(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), R
             "set server.admin_token to use this endpoint",
         ));
     };
-    let presented = head
-        .headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
-        .and_then(|h| {
-            let v = h.value.get(buf);
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-        });
-    match presented {
+    match bearer(head, buf) {
         Some(p) if token.ct_eq(p) => Ok(()),
-        _ => Err(Reply::error(
-            401,
-            "unauthenticated",
-            "a valid admin bearer token is required",
-        )),
+        _ => Err(unauthenticated()),
+    }
+}
+
+/// `GET /metrics`: the admin token or the read-only `server.metrics_token`.
+fn authorized_metrics(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), Reply> {
+    let cfg = control.current();
+    let (admin, metrics) = (
+        cfg.server.admin_token.as_ref(),
+        cfg.server.metrics_token.as_ref(),
+    );
+    if admin.is_none() && metrics.is_none() {
+        return Err(Reply::error(
+            403,
+            "admin_disabled",
+            "set server.metrics_token (or server.admin_token) to use this endpoint",
+        ));
+    }
+    match bearer(head, buf) {
+        Some(p) if admin.is_some_and(|t| t.ct_eq(p)) || metrics.is_some_and(|t| t.ct_eq(p)) => {
+            Ok(())
+        }
+        _ => Err(unauthenticated()),
     }
 }
 

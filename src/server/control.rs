@@ -54,6 +54,34 @@ pub struct Control {
     state_cfg: std::sync::OnceLock<(crate::state::Location, crate::state::ApprovalsConfig)>,
     /// The trace exporter's counters (`[telemetry] otlp`).
     pub traces: std::sync::OnceLock<Arc<crate::observe::trace::TraceStats>>,
+    /// Reload outcomes, for `/metrics`.
+    pub reloads: ReloadStats,
+}
+
+/// What `/metrics` says about reloads: counts by outcome, and the last one.
+#[derive(Debug)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// The last reload (or the start) succeeded.
+    pub last_ok: AtomicBool,
+    /// Unix seconds of the last reload attempt (the start before any).
+    pub last_at: AtomicU64,
+    /// Unix seconds of the last config that was installed (the start, or a reload).
+    pub last_ok_at: AtomicU64,
+}
+
+impl Default for ReloadStats {
+    fn default() -> Self {
+        let now = crate::util::clock::unix_now().as_secs();
+        ReloadStats {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+            last_at: AtomicU64::new(now),
+            last_ok_at: AtomicU64::new(now),
+        }
+    }
 }
 
 /// What the admin API reads of the running audit trail.
@@ -170,6 +198,7 @@ impl Control {
             current: Mutex::new(current),
             metrics,
             audit,
+            reloads: ReloadStats::default(),
         }
     }
 
@@ -253,6 +282,16 @@ impl Control {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let result = self.reload_locked();
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let now = crate::util::clock::unix_now().as_secs();
+        let r = &self.reloads;
+        r.last_at.store(now, Ordering::Release);
+        r.last_ok.store(result.is_ok(), Ordering::Release);
+        if result.is_ok() {
+            r.ok.fetch_add(1, Ordering::Relaxed);
+            r.last_ok_at.store(now, Ordering::Release);
+        } else {
+            r.failed.fetch_add(1, Ordering::Relaxed);
+        }
         match &result {
             Ok(r) => tracing::info!(
                 generation = r.generation,
@@ -279,6 +318,15 @@ impl Control {
             restart_required.push(
                 "server.listen / server.workers changed: they take effect on restart only".into(),
             );
+        }
+        if new.server.admin_listen != old.server.admin_listen {
+            restart_required.push("server.admin_listen changed: it takes effect on restart only".into());
+        }
+        if new.audit.as_ref().map(|a| &a.dir) != old.audit.as_ref().map(|a| &a.dir) {
+            restart_required.push("[audit] changed: the audit trail is started once, restart to apply".into());
+        }
+        if new.log_format != old.log_format {
+            restart_required.push("[log] format changed: it takes effect on restart only".into());
         }
         for w in &new.warnings {
             tracing::warn!("{w}");

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod approvals;
 pub mod control;
 pub mod demo;
+pub mod ops_metrics;
 pub mod refresher;
 pub mod start;
 pub mod worker;

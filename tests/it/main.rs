@@ -18,6 +18,7 @@ mod authz;
 mod bao;
 mod body_memory;
 mod cli_ident;
+mod client_addr;
 mod configs;
 mod forward;
 mod forwarding;

@@ -355,3 +355,56 @@ fn bad_meters_config_is_reported_with_line_and_key() {
         );
     }
 }
+
+/// `/metrics` shows the cluster meters' Redis as up, down while it is killed (with an outage
+/// counted), and up again after it restarts.
+#[test]
+fn redis_health_on_metrics() {
+    let mut redis = Redis::start();
+    let mock = MockUpstream::start(echo_request_line);
+    let admin = free_port();
+    let toml = cluster_config(
+        &mock.url(),
+        &format!("redis = \"{}\"", redis.url()),
+        "meter = { rate = 1000, per = \"1s\", burst = 1000 }",
+    )
+    .replacen(
+        "workers = 2\n",
+        &format!(
+            "workers = 2\nadmin_listen = \"127.0.0.1:{admin}\"\nmetrics_token = \"file:metrics.token\"\n"
+        ),
+        1,
+    );
+    let gw = Gateway::start_with_files(&toml, &[("metrics.token", b"redis-metrics-0123456789")]);
+    let value = |name: &str| -> Option<f64> {
+        let raw = send_raw(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer redis-metrics-0123456789\r\n\r\n",
+        );
+        let text = parse_response(&raw).ok()?.body_str();
+        let prefix = format!("{name}{{redis=\"");
+        text.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let wait_for = |name: &str, want: f64, call: &dyn Fn()| {
+        poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            call();
+            (value(name) == Some(want)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} never became {want} (now {:?})", value(name)))
+    };
+    let call = || {
+        let _ = gw.conn().roundtrip(&post("/up/w"));
+    };
+    wait_for("portcullis_meter_redis_up", 1.0, &call);
+    assert_eq!(value("portcullis_meter_redis_outages_total"), Some(0.0));
+
+    redis.kill();
+    wait_for("portcullis_meter_redis_up", 0.0, &call);
+    assert!(value("portcullis_meter_redis_outages_total") >= Some(1.0));
+    assert!(value("portcullis_meter_redis_errors_total") >= Some(1.0));
+
+    redis.restart();
+    wait_for("portcullis_meter_redis_up", 1.0, &call);
+}

@@ -197,3 +197,233 @@ default_effect = "allow"
         .collect();
     assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
 }
+
+const METRICS_TOKEN: &str = "metrics-only-token-0123456789";
+
+fn admin_call(admin: u16, method: &str, path: &str, token: Option<&str>) -> Response {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let raw = send_raw(
+        admin,
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
+    );
+    parse_response(&raw).unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", show(&raw)))
+}
+
+fn ops_config(admin: u16, admin_token: bool, upstream: &str) -> String {
+    let admin_token = if admin_token {
+        "admin_token = \"file:admin.token\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:{{PORT}}\"]\nworkers = 1\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         {admin_token}metrics_token = \"file:metrics.token\"\n\n{}",
+        proxy("up", upstream)
+    )
+}
+
+fn start_ops(admin: u16, admin_token: bool, upstream: &str) -> Gateway {
+    let gw = Gateway::start_with_files(
+        &ops_config(admin, admin_token, upstream),
+        &[
+            ("admin.token", format!("{ADMIN_TOKEN}\n").as_bytes()),
+            ("metrics.token", format!("{METRICS_TOKEN}\n").as_bytes()),
+        ],
+    );
+    let up = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", admin)).ok()
+    });
+    assert!(up.is_some(), "admin listener did not come up");
+    gw
+}
+
+/// Build info, process metrics and the reload outcome, read with the read-only token; the
+/// read-only token opens nothing else.
+#[test]
+fn build_process_and_reload_metrics_with_the_metrics_token() {
+    let mock = MockUpstream::start(echo_request_line);
+    let admin = free_port();
+    let gw = start_ops(admin, true, &mock.url());
+    let r = admin_call(admin, "GET", "/metrics", Some(METRICS_TOKEN));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let text = r.body_str();
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("portcullis_build_info{"))
+        .unwrap_or_else(|| panic!("no build_info:\n{text}"));
+    assert!(
+        build.starts_with(&format!(
+            "portcullis_build_info{{version=\"{}\",commit=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && build.ends_with("\"} 1"),
+        "{build}"
+    );
+    assert!(!build.contains("commit=\"\""), "{build}");
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let v = value(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
+        assert!(v > 0.0, "{series} = {v}");
+    }
+    assert!(
+        value(&text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
+    assert_eq!(value(&text, "portcullis_config_generation"), Some(1.0));
+    assert_eq!(
+        value(&text, "portcullis_config_last_reload_successful"),
+        Some(1.0)
+    );
+    let started = value(
+        &text,
+        "portcullis_config_last_reload_success_timestamp_seconds",
+    )
+    .unwrap_or_else(|| panic!("{text}"));
+    assert!(started > 1.7e9, "{started}");
+
+    // the metrics token is read-only
+    for (m, p) in [
+        ("POST", "/v1/reload"),
+        ("GET", "/v1/requests"),
+        ("GET", "/v1/telemetry"),
+        ("GET", "/v1/audit/head"),
+    ] {
+        let r = admin_call(admin, m, p, Some(METRICS_TOKEN));
+        assert_eq!(r.status, 401, "{m} {p}: {}", show(&r.raw));
+        assert!(
+            r.body_str().contains("\"unauthenticated\""),
+            "{}",
+            show(&r.raw)
+        );
+    }
+    // no token, a wrong one: 401
+    assert_eq!(admin_call(admin, "GET", "/metrics", None).status, 401);
+    assert_eq!(
+        admin_call(
+            admin,
+            "GET",
+            "/metrics",
+            Some("metrics-only-token-012345678")
+        )
+        .status,
+        401
+    );
+    // the admin token still reads metrics
+    assert_eq!(
+        admin_call(admin, "GET", "/metrics", Some(ADMIN_TOKEN)).status,
+        200
+    );
+
+    // a successful reload, then a failed one
+    let r = admin_call(admin, "POST", "/v1/reload", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    let text = admin_call(admin, "GET", "/metrics", Some(METRICS_TOKEN)).body_str();
+    assert_eq!(value(&text, "portcullis_config_generation"), Some(2.0));
+    assert_eq!(
+        value(&text, "portcullis_config_reloads_total{result=\"success\"}"),
+        Some(1.0)
+    );
+    let good_at = value(
+        &text,
+        "portcullis_config_last_reload_success_timestamp_seconds",
+    );
+    gw.write_config("[server]\nlisten = [\"127.0.0.1:1\"]\nworkers = \"two\"\n");
+    let r = admin_call(admin, "POST", "/v1/reload", Some(ADMIN_TOKEN));
+    assert_eq!(r.status, 400, "{}", show(&r.raw));
+    let text = admin_call(admin, "GET", "/metrics", Some(METRICS_TOKEN)).body_str();
+    assert_eq!(value(&text, "portcullis_config_generation"), Some(2.0));
+    assert_eq!(
+        value(&text, "portcullis_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&text, "portcullis_config_reloads_total{result=\"failure\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "portcullis_config_last_reload_success_timestamp_seconds"
+        ),
+        good_at,
+        "a failed reload leaves the installed config's time"
+    );
+    // the calls still work on the running config
+    assert_eq!(gw.conn().roundtrip(&get("/up/x")).status, 200);
+}
+
+/// Only `metrics_token` set: `/metrics` answers it; the rest of the admin API stays off.
+#[test]
+fn metrics_token_alone_opens_only_metrics() {
+    let mock = MockUpstream::start(echo_request_line);
+    let admin = free_port();
+    let _gw = start_ops(admin, false, &mock.url());
+    assert_eq!(
+        admin_call(admin, "GET", "/metrics", Some(METRICS_TOKEN)).status,
+        200
+    );
+    let r = admin_call(admin, "POST", "/v1/reload", Some(METRICS_TOKEN));
+    assert_eq!(r.status, 403, "{}", show(&r.raw));
+    assert!(
+        r.body_str().contains("\"admin_disabled\""),
+        "{}",
+        show(&r.raw)
+    );
+}
+
+/// An OAuth2 proxy's token: its age, time to expiry and failure flag.
+#[test]
+fn oauth_token_health() {
+    let tokens = MockUpstream::start(|_| {
+        Reply::with(
+            200,
+            "OK",
+            &[("Content-Type", "application/json")],
+            br#"{"access_token":"oauth-at-7c2d-metrics","token_type":"Bearer","expires_in":3600}"#,
+        )
+    });
+    let mock = MockUpstream::start(echo_request_line);
+    let admin = free_port();
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:{{PORT}}\"]\nworkers = 1\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         metrics_token = \"file:metrics.token\"\n\n{}auth = {{ scheme = \"oauth2\", token_url = \"{}/oauth/token\", client_id = \"c\", secret = \"file:client.secret\" }}\n",
+        proxy("api", &mock.url()),
+        tokens.url()
+    );
+    let gw = Gateway::start_with_files(
+        &toml,
+        &[
+            ("metrics.token", METRICS_TOKEN.as_bytes()),
+            ("client.secret", b"client-secret-for-metrics"),
+        ],
+    );
+    assert_eq!(gw.conn().roundtrip(&get("/api/x")).status, 200);
+    let text = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let t = admin_call(admin, "GET", "/metrics", Some(METRICS_TOKEN)).body_str();
+        t.contains("portcullis_oauth_token_age_seconds{proxy=\"api\"}")
+            .then_some(t)
+    })
+    .expect("no oauth token age");
+    let age = value(&text, "portcullis_oauth_token_age_seconds{proxy=\"api\"}").unwrap();
+    assert!((0.0..600.0).contains(&age), "{age}");
+    let left = value(
+        &text,
+        "portcullis_oauth_token_expires_in_seconds{proxy=\"api\"}",
+    )
+    .unwrap();
+    assert!(left > 3000.0 && left <= 3600.0, "{left}");
+    assert_eq!(
+        value(&text, "portcullis_oauth_token_failing{proxy=\"api\"}"),
+        Some(0.0)
+    );
+    assert!(
+        !text.contains("oauth-at-7c2d-metrics"),
+        "the token itself never shows"
+    );
+}

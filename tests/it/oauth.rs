@@ -520,3 +520,45 @@ fn check_warns_about_an_unreachable_jwks() {
         "{stdout}"
     );
 }
+
+/// `/metrics` shows each JWKS's usable keys and the age of its last successful fetch; a JWKS
+/// that stops answering keeps its keys and its age grows (no reset to "fresh").
+#[test]
+fn jwks_health_on_metrics() {
+    let k1 = Ed25519KeyPair::generate().unwrap();
+    let doc = Arc::new(Mutex::new(
+        serde_json::json!({"keys": [jwk(&k1, "k1")]}).to_string(),
+    ));
+    let idp = jwks_endpoint(None, doc);
+    let up = MockUpstream::start(echo_request_line);
+    let admin = free_port();
+    let url = format!("{}/.well-known/jwks.json", idp.url());
+    let toml = jwt_config(&up.url(), &url, "").replacen(
+        "workers = 2\n",
+        &format!(
+            "workers = 2\nadmin_listen = \"127.0.0.1:{admin}\"\nmetrics_token = \"file:metrics.token\"\n"
+        ),
+        1,
+    );
+    let _gw = Gateway::start_with_files(&toml, &[("metrics.token", b"jwks-metrics-0123456789")]);
+    let scrape = || {
+        let raw = send_raw(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer jwks-metrics-0123456789\r\n\r\n",
+        );
+        parse_response(&raw)
+            .map(|r| r.body_str())
+            .unwrap_or_default()
+    };
+    let keys = format!("portcullis_jwks_keys{{jwks=\"{url}\"}} 1");
+    let text = poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        Some(scrape()).filter(|t| t.contains(&keys))
+    })
+    .unwrap_or_else(|| panic!("no {keys}:\n{}", scrape()));
+    let age_series = format!("portcullis_jwks_fetch_age_seconds{{jwks=\"{url}\"}} ");
+    let age: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&age_series)?.parse().ok())
+        .unwrap_or_else(|| panic!("no {age_series}:\n{text}"));
+    assert!((0.0..600.0).contains(&age), "{age}");
+}

@@ -526,3 +526,237 @@ fn json_log_format_writes_one_object_per_line() {
         text(&o.stderr)
     );
 }
+
+/// `check` lints the rules: a rule another one always beats, a duplicate, and names of agents
+/// or roles no `[[agents]]` entry has. Warnings (exit 0), each on the rule's line with the fix.
+#[test]
+fn check_reports_rules_that_never_decide_and_unknown_agents_and_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("r.toml");
+    let rule = |effect: &str, methods: &str, path: &str, extra: &str| {
+        format!(
+            "\n  [[proxies.rules]]\n  effect = \"{effect}\"\n  methods = {methods}\n  path = \"{path}\"\n{extra}"
+        )
+    };
+    let mut toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[[agents]]\nid = \"bot\"\nkey_sha256 = \"{}\"\nroles = [\"support\"]\n\n\
+         [[proxies]]\nname = \"crm\"\nupstream = \"https://127.0.0.1:9\"\ndefault_effect = \"deny\"\n",
+        "0".repeat(64)
+    );
+    toml += &rule(
+        "allow",
+        "[\"GET\"]",
+        "/v1/accounts/**",
+        "  roles = [\"suport\"]\n",
+    ); // 0
+    toml += &rule("deny", "\"*\"", "/v1/**", ""); // 1: beats 0 and 2
+    toml += &rule(
+        "allow",
+        "[\"GET\"]",
+        "/v1/accounts/*",
+        "  agents = [\"ghost\"]\n",
+    ); // 2
+    toml += &rule("allow", "[\"GET\"]", "/v2/x", ""); // 3
+    toml += &rule("allow", "[\"GET\"]", "/v2/x", ""); // 4: duplicate of 3
+    // not findings: a conditional deny covers nothing; a narrower method set is not covered
+    toml += &rule("deny", "[\"GET\"]", "/v3/**", "  query = { a = \"1\" }\n"); // 5
+    toml += &rule("allow", "[\"GET\"]", "/v3/x", ""); // 6
+    toml += &rule("deny", "[\"POST\"]", "/v4/**", ""); // 7
+    toml += &rule("allow", "[\"GET\", \"POST\"]", "/v4/x", ""); // 8
+    toml += &rule("deny", "[\"GET\"]", "/v5/*", ""); // 9: * never covers /v5 itself
+    toml += &rule("allow", "[\"GET\"]", "/v5/**", ""); // 10
+    std::fs::write(&cfg, &toml).unwrap();
+    let line_of = |n: usize| {
+        // the line of rule n's `[[proxies.rules]]`
+        toml.lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with("[[proxies.rules]]"))
+            .nth(n)
+            .map(|(i, _)| i + 1)
+            .unwrap()
+    };
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let f = cfg.to_str().unwrap();
+    let want = [
+        format!(
+            "warning: {f}:{}: proxies[0].rules[0] (crm): this allow rule can never decide a call: rules[1] (deny) matches every call this one matches, and deny wins over allow; remove it, or narrow rules[1] (methods, path, agents or roles)",
+            line_of(0)
+        ),
+        format!(
+            "warning: {f}:{}: proxies[0].rules[2] (crm): this allow rule can never decide a call: rules[1] (deny) matches every call this one matches, and deny wins over allow; remove it, or narrow rules[1] (methods, path, agents or roles)",
+            line_of(2)
+        ),
+        format!(
+            "warning: {f}:{}: proxies[0].rules[4] (crm): this allow rule can never decide a call: rules[3] (allow) comes first and matches every call this one matches; remove it, or narrow rules[3] (methods, path, agents or roles)",
+            line_of(4)
+        ),
+        format!(
+            "warning: {f}:{}: proxies[0].rules[0] (crm): names role \"suport\", which no [[agents]] entry holds: it never matches; fix the name, or give an agent the role (`roles = [\"suport\"]`)",
+            line_of(0)
+        ),
+        format!(
+            "warning: {f}:{}: proxies[0].rules[2] (crm): names agent \"ghost\", which no [[agents]] entry has: it never matches; fix the name, or add the agent (`portcullis agent add ghost`)",
+            line_of(2)
+        ),
+    ];
+    for w in &want {
+        assert!(out.lines().any(|l| l == w), "missing:\n{w}\nin:\n{out}");
+    }
+    assert_eq!(out.matches("warning:").count(), want.len(), "{out}");
+
+    // with [[jwt]], tokens may carry any agent id or role: no unknown-name findings
+    let jwt = "[[jwt]]\nissuer = \"https://idp.test/\"\naudience = \"portcullis\"\njwks = \"file:jwks.json\"\n";
+    std::fs::write(dir.path().join("jwks.json"), br#"{"keys":[]}"#).unwrap();
+    std::fs::write(
+        &cfg,
+        toml.replacen("[[proxies]]", &format!("{jwt}\n[[proxies]]"), 1),
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(!all.contains("which no [[agents]] entry"), "{all}");
+}
+
+/// A vault that cannot be opened is one error; the references into it add no false
+/// "need a [vault] section".
+#[test]
+fn check_vault_error_has_no_false_follow_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vault.key"), b"garbage\n").unwrap();
+    let cfg = dir.path().join("v.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n[vault]\nfile = \"vault.bin\"\nkey = \"file:vault.key\"\n\
+         [[proxies]]\nname = \"a\"\nupstream = \"https://127.0.0.1:9\"\ndefault_effect = \"deny\"\n\
+         auth = { scheme = \"bearer\", secret = \"vault:crm\" }\n",
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "{}:5: vault.key: vault key: not valid base64",
+            cfg.display()
+        ),
+        "{err}"
+    );
+    // without a [vault] section the message is true, and kept
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = [\"127.0.0.1:1\"]\n\
+         [[proxies]]\nname = \"a\"\nupstream = \"https://127.0.0.1:9\"\ndefault_effect = \"deny\"\n\
+         auth = { scheme = \"bearer\", secret = \"vault:crm\" }\n",
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(
+        text(&o.stderr).contains("`vault:` references need a `[vault]` section"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// Sizes: the message names the accepted forms, not serde's `untagged enum SizeOrInt`.
+#[test]
+fn check_size_message_names_the_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n[limits]\nmax_request_body = 1.5\n{DENY_PROXY}"
+        ),
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        !err.contains("SizeOrInt") && !err.contains("untagged"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":4: max_request_body: ") && err.contains("\"16KiB\""),
+        "{err}"
+    );
+}
+
+/// Runs `portcullis run -c cfg` with `env` until it is ready, stops it with SIGTERM; its log.
+fn run_until_ready(dir: &std::path::Path, cfg: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let err_path = dir.join("err");
+    let err = std::fs::File::create(&err_path).unwrap();
+    let mut c = Command::new(bin());
+    c.env_remove("PORTCULLIS_LOG_FORMAT")
+        .env("PORTCULLIS_LOG", "info")
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let read = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    let ready = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        Some(read()).filter(|l| l.contains("portcullis ready"))
+    });
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let st = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    });
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(ready.is_some(), "not ready: {}", read());
+    read()
+}
+
+/// `[log] format = "json"` in the config; `PORTCULLIS_LOG_FORMAT` wins over it; a bad value
+/// is a config error.
+#[test]
+fn log_format_from_the_config_and_the_variable_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("p.toml");
+    let port = free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n[log]\nformat = \"json\"\n{DENY_PROXY}"
+        ),
+    )
+    .unwrap();
+    let log = run_until_ready(dir.path(), &cfg, &[]);
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(log.contains(r#""message":"portcullis ready""#), "{log}");
+
+    let log = run_until_ready(dir.path(), &cfg, &[("PORTCULLIS_LOG_FORMAT", "text")]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("portcullis ready")),
+        "{log}"
+    );
+    assert!(!log.trim_start().starts_with('{'), "{log}");
+
+    std::fs::write(
+        &cfg,
+        format!("[server]\nlisten = [\"127.0.0.1:{port}\"]\n[log]\nformat = \"xml\"\n{DENY_PROXY}"),
+    )
+    .unwrap();
+    let o = run_portcullis(&["check", "-c", cfg.to_str().unwrap()], &[], T);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr)
+            .contains(":4: log.format: unknown log format \"xml\": expected \"text\" or \"json\""),
+        "{}",
+        text(&o.stderr)
+    );
+}

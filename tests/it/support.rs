@@ -314,6 +314,8 @@ pub const KNOWN_SECRETS: &[&str] = &[
     "pcs_TestAgentKey0123456789abcdefghijABCDEFGHIJ",
     "pcs_ExpiredAgentKey0123456789abcdefghijABCDEFG",
     "t0ken-for-tests",
+    // metrics.rs: the read-only metrics token
+    "metrics-only-token-0123456789",
     // oauth.rs: the OAuth2 client secret and the prefix of every access token issued
     "oauth-client-SECRET-5e1f",
     "oauth-at-7c2d",

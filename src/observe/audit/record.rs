@@ -4,6 +4,8 @@
 //!
 //! # Line format
 //!
+//! (The user's reference for every member is `docs/audit.md`; keep it in step.)
+//!
 //! Every line is one JSON object with a fixed member order, ending in `prev` and `hash`:
 //!
 //! ```text
@@ -21,7 +23,10 @@
 //! `X-Request-Id`, when it sent a valid one, follows as `agent_request_id` (absent otherwise),
 //! then `trace_id` (32 lower-case hex), the call's W3C trace id — the agent's, from a valid
 //! `traceparent`, or the one the gateway started under `[telemetry] otlp` (absent when the
-//! call had none). `client` is the agent's address as the gateway saw it;
+//! call had none). `client` is the agent's address as the gateway saw it (`IP:port` of the TCP
+//! peer); behind a proxy listed in `[server] trusted_proxies`, `client` is the address its
+//! `X-Forwarded-For` named (`IP`, no port) and `peer` (present only then, right after `client`)
+//! is the TCP peer;
 //! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
 //! secrets the upstream reflected in the response, masked before they reached the agent.
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
@@ -174,6 +179,9 @@ pub struct AuditRecord {
     /// The agent's address (the TCP peer): IP and port (kept apart from `SocketAddr` to fit
     /// the slot).
     pub client: Option<(std::net::IpAddr, u16)>,
+    /// The client a trusted proxy named (`X-Forwarded-For`), when it differs from the peer:
+    /// then the line's `client` is this address and `peer` the TCP peer.
+    pub forwarded_for: Option<std::net::IpAddr>,
     /// A report-mode rule that would have decided differently: its index and decision.
     pub shadow: Option<(u32, Decision)>,
     /// Not a call record but the completion of one committed early (durable mode): only
@@ -491,7 +499,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     out.extend_from_slice(b",\"total_us\":");
     push_u64(out, r.total_us);
     out.extend_from_slice(b",\"client\":");
-    match r.client {
+    let peer = |out: &mut Vec<u8>| match r.client {
         Some((ip, port)) => {
             use std::io::Write as _;
             out.push(b'"');
@@ -499,6 +507,17 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
+    };
+    match r.forwarded_for {
+        Some(ip) => {
+            use std::io::Write as _;
+            out.push(b'"');
+            let _ = write!(out, "{ip}");
+            out.push(b'"');
+            out.extend_from_slice(b",\"peer\":");
+            peer(out);
+        }
+        None => peer(out),
     }
     out.extend_from_slice(b",\"shadow\":");
     match r.shadow {
@@ -801,6 +820,9 @@ pub struct StoredRecord {
     pub total_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The TCP peer (`IP:port`), present only when a trusted proxy named another `client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Shadow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -894,6 +916,7 @@ mod tests {
             upstream_us: None,
             total_us: 77,
             client: Some(("10.0.0.7".parse().unwrap(), 51234)),
+            forwarded_for: None,
             shadow: Some((2, Decision::Deny)),
             completion: false,
             approval: None,
@@ -952,6 +975,28 @@ mod tests {
             s.trace_id.as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
+    }
+
+    /// Behind a trusted proxy: `client` is the forwarded address, `peer` the TCP peer.
+    #[test]
+    fn forwarded_client_and_peer() {
+        let mut r = sample();
+        r.forwarded_for = Some("2001:db8::7".parse().unwrap());
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(
+            line.contains("\"client\":\"2001:db8::7\",\"peer\":\"10.0.0.7:51234\",\"shadow\""),
+            "{line}"
+        );
+        let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(s.client.as_deref(), Some("2001:db8::7"));
+        assert_eq!(s.peer.as_deref(), Some("10.0.0.7:51234"));
+        r.forwarded_for = None;
+        out.clear();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(!line.contains("\"peer\""), "{line}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn rec(i: u64) -> AuditRecord {
             std::net::Ipv4Addr::LOCALHOST.into(),
             40_000 + (i % 1000) as u16,
         )),
+        forwarded_for: None,
         shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
         completion: false,
         approval: None,

@@ -391,6 +391,11 @@ pub struct MeterStore {
 }
 
 impl MeterStore {
+    /// Every cluster backend (Redis) some config still uses (for `/metrics`).
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.live()
+    }
+
     /// The meter for `proxy` with `spec`, cluster-wide through `cluster` if given: the existing
     /// one if its spec and backend are unchanged.
     pub fn meter_in(
