@@ -112,6 +112,8 @@ pub struct CallLog<'w> {
     pub redactions: u64,
     /// Injected secrets the upstream reflected in the response (masked).
     pub secret_reflected: u64,
+    /// Budgets charged for the call (`metered`).
+    pub metered: Option<Box<Vec<(Arc<str>, u64)>>>,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The agent's address.
@@ -154,6 +156,7 @@ impl<'w> CallLog<'w> {
             upstream_us: None,
             redactions: 0,
             secret_reflected: 0,
+            metered: None,
             metrics_slot: None,
             client: None,
             shadow: None,
@@ -229,11 +232,19 @@ impl<'w> CallLog<'w> {
             shadow: self.shadow,
             completion: false,
             approval: pick(&mut self.approval, keep),
+            metered: pick(&mut self.metered, keep),
         }
     }
 }
 
 impl CallLog<'_> {
+    /// Notes that budget `name` charged `units` for the call (the record's `metered`).
+    pub fn add_metered(&mut self, name: &Arc<str>, units: u64) {
+        self.metered
+            .get_or_insert_with(Default::default)
+            .push((name.clone(), units));
+    }
+
     /// Whether the call goes to the audit trail (then its proxy, path and agent are recorded).
     #[inline]
     pub fn audited(&self) -> bool {
@@ -286,6 +297,7 @@ impl Drop for CallLog<'_> {
                 secret_reflected: u16::try_from(self.secret_reflected).unwrap_or(u16::MAX),
                 total_us,
                 completion: true,
+                metered: self.metered.take(),
                 ..AuditRecord::default()
             });
             return;

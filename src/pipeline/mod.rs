@@ -18,8 +18,8 @@ mod stages;
 mod state;
 mod stop;
 use stages::{
-    admit, agent_request_id, authenticate, authorize, mcp_policy, read_body, read_head, scan,
-    send_request,
+    admit, agent_request_id, authenticate, authorize, charge_budgets, check_budgets, mcp_policy,
+    read_body, read_head, scan, send_request,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -127,6 +127,9 @@ async fn call(
     // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     admit(proxy, s, &caller).await?;
 
+    // 5b. budgets: the call starts only while each of its budgets has something left
+    check_budgets(proxy, &caller, now_unix.max(0) as u64)?;
+
     // 6. body, read whole before anything goes upstream
     at.phase = Phase::Body;
     at.consumed = read_body(client, s, lim).await?;
@@ -209,6 +212,24 @@ async fn call(
         version,
         plan.drop_encoding,
     );
+    // the budgets' values: read from the body by the redaction engine as it streams, or
+    // from a response header (read now: the relay reuses the buffer)
+    let mut readings =
+        crate::redact::usage::Readings::new(proxy.budgets.iter().map(|b| match &b.source {
+            crate::policy::budget::Source::Body(v) => Some(v),
+            crate::policy::budget::Source::Header(_) => None,
+        }));
+    let header_values: Vec<Option<Result<f64, ()>>> = proxy
+        .budgets
+        .iter()
+        .map(|b| match &b.source {
+            crate::policy::budget::Source::Header(h) => {
+                response::header(&s.resp, &s.ubuf, h.as_bytes())
+                    .map(crate::redact::usage::header_value)
+            }
+            crate::policy::budget::Source::Body(_) => None,
+        })
+        .collect();
     let resp_head_len = s.resp.head_len;
     let upstream_keep = s.resp.keep_alive;
     let io = StreamIo {
@@ -225,10 +246,18 @@ async fn call(
         resp_head_len,
         plan.kind,
         plan.framing,
-        plan.redactor.as_mut(),
+        response::BodyRead {
+            redactor: plan.redactor.as_mut(),
+            observe: plan.observe,
+            readings: (!proxy.budgets.is_empty()).then_some(&mut readings),
+        },
         masker.as_mut(),
     )
     .await;
+    // 11. budgets charged what the response said
+    if !proxy.budgets.is_empty() {
+        charge_budgets(proxy, &caller, &header_values, &readings, log);
+    }
     if let Some(r) = &plan.redactor {
         log.redactions = r.redactions();
     }

@@ -321,6 +321,72 @@ pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -
     }
 }
 
+/// Stage 5b: budgets. A call starts only while each of its budgets has something left for
+/// each of its keys (agent, proxy or roles); nothing is charged yet (the value is in the
+/// response).
+pub(super) fn check_budgets(proxy: &Proxy, caller: &Caller<'_>, now_unix: u64) -> Result<(), Stop> {
+    for b in &proxy.budgets {
+        let l = &b.ledger;
+        for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+            let st = l.state(key, now_unix);
+            if st.remaining() == 0 {
+                l.exhausted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Refusal::BudgetExhausted {
+                    budget: l.key.name.to_string(),
+                    limit: l.key.limit,
+                    per_secs: l.key.per_secs,
+                    retry_after: st.reset_secs.max(1),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After the response: each budget charged what the response said (read from the body while
+/// it streamed, or from a header); the values go into the audit record. A response that said
+/// nothing readable is charged nothing.
+pub(super) fn charge_budgets(
+    proxy: &Proxy,
+    caller: &Caller<'_>,
+    header_values: &[Option<Result<f64, ()>>],
+    readings: &crate::redact::usage::Readings<'_>,
+    log: &mut CallLog<'_>,
+) {
+    use crate::redact::usage::units;
+    let now_unix = crate::util::clock::unix_now().as_secs();
+    for (k, b) in proxy.budgets.iter().enumerate() {
+        let (value, invalid) = match readings.outcome(k) {
+            Some(o) => (o.value, o.invalid),
+            None => match header_values.get(k).copied().flatten() {
+                Some(Ok(v)) => (Some(v), false),
+                Some(Err(())) => (None, true),
+                None => (None, false),
+            },
+        };
+        let l = &b.ledger;
+        if invalid {
+            l.unreadable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                proxy = %proxy.name,
+                budget = %l.key.name,
+                request_id = log.id.as_str(),
+                "the response's budget value is not a non-negative number: not counted"
+            );
+        }
+        let Some(v) = value else { continue };
+        let n = units(v);
+        log.add_metered(&l.key.name, n);
+        let charge = i64::try_from(n).unwrap_or(i64::MAX);
+        for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+            l.charge(key, charge, now_unix);
+        }
+    }
+}
+
 /// Stage 6: the body, read whole (answering `Expect: 100-continue` first). Returns where the
 /// request ends in `s.rbuf`.
 pub(super) async fn read_body(

@@ -131,6 +131,40 @@ impl Reading {
     }
 }
 
+/// The readings of one response, one per budget of the proxy (`None`: the budget's value is
+/// not in the body), fed from the engine's captures as the body streams (drained after every
+/// piece, so memory stays bounded however many events a stream has).
+#[derive(Debug, Default)]
+pub struct Readings<'p> {
+    items: Vec<Option<(&'p BodyValue, Reading)>>,
+    caps: Vec<Captured>,
+}
+
+impl<'p> Readings<'p> {
+    pub fn new(specs: impl Iterator<Item = Option<&'p BodyValue>>) -> Readings<'p> {
+        Readings {
+            items: specs.map(|s| s.map(|s| (s, Reading::new(s)))).collect(),
+            caps: Vec::new(),
+        }
+    }
+
+    /// Takes what `take` hands over (the engine's captures).
+    pub fn drain(&mut self, take: impl FnOnce(&mut Vec<Captured>)) {
+        self.caps.clear();
+        take(&mut self.caps);
+        for (spec, r) in self.items.iter_mut().flatten() {
+            r.feed(spec, &self.caps);
+        }
+        self.caps.clear();
+    }
+
+    /// Budget `k`'s outcome (`None` for a budget not read from the body).
+    pub fn outcome(&self, k: usize) -> Option<Outcome> {
+        let (spec, r) = self.items.get(k)?.as_ref()?;
+        Some(r.outcome(spec))
+    }
+}
+
 /// A header value as a budget value: a non-negative decimal number (surrounding whitespace
 /// allowed). `Err(())` for anything else.
 pub fn header_value(v: &[u8]) -> Result<f64, ()> {

@@ -1,7 +1,7 @@
 //! The admin listener, on its own thread: `/healthz`, `/readyz` (no token; "degraded" while
 //! audit writes fail, 503 when `on_error = "refuse"` refuses calls meanwhile); `GET /metrics`,
 //! `GET /v1/requests` (`?shadow=1`: report-mode rule hits), `GET /v1/telemetry`,
-//! `GET /v1/audit/head` (the latest checkpoint) and `POST /v1/reload` (bearer `admin_token`). Same
+//! `GET /v1/audit/head` (the latest checkpoint), `GET /v1/budgets` (each budget's window) and `POST /v1/reload` (bearer `admin_token`). Same
 //! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
 //! a two-thread blocking pool attached to the admin runtime.
 use crate::http::head::{self, RequestHead};
@@ -133,6 +133,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 if let Some(st) = control.state.get() {
                     st.stats.render(&mut body);
                 }
+                crate::policy::budget::render_metrics(&mut body, unix_secs());
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
@@ -143,6 +144,10 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         (b"GET", b"/v1/requests") => match authorized(&head, &buf, &control) {
             Err(r) => r,
             Ok(()) => requests(&control, query).await,
+        },
+        (b"GET", b"/v1/budgets") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => Reply::json(200, crate::policy::budget::listing(unix_secs()).to_string()),
         },
         (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control) {
             Err(r) => r,
@@ -161,7 +166,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         (
             _,
             b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry"
-            | b"/v1/audit/head",
+            | b"/v1/audit/head" | b"/v1/budgets",
         )
         | (_, b"/v1/reload") => Reply::error(
             405,
@@ -202,6 +207,10 @@ impl Reply {
 
 /// Largest `limit` of `GET /v1/requests`.
 pub const MAX_REQUESTS_LIMIT: usize = 10_000;
+
+fn unix_secs() -> u64 {
+    crate::util::clock::unix_now().as_secs()
+}
 
 fn now_us() -> u64 {
     u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX)

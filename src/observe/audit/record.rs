@@ -21,6 +21,9 @@
 //! `X-Request-Id`, when it sent a valid one, follows as `agent_request_id` (absent otherwise). `client` is the agent's address as the gateway saw it;
 //! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
 //! secrets the upstream reflected in the response, masked before they reached the agent.
+//! `metered` (after `redactions`/`secret_reflected`, present only when some budget read a
+//! value) is `{"<budget>":N,...}`: the whole units each `[[proxies.budgets]]` charged for the
+//! call (on a completion line too, since the value is known when the body has ended).
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
 //! differently had it been enforced (the rule that would have won, and its decision).
 //!
@@ -179,6 +182,9 @@ pub struct AuditRecord {
     /// On a call: the approval it executed (`approval_id`). With an `event`: not a call but
     /// an approval's event (`kind: "approval"`), written by the state store's thread.
     pub approval: Option<Arc<ApprovalNote>>,
+    /// Budgets charged for the call (`metered`): budget name and units. Behind one pointer,
+    /// set only on calls that read a budget value.
+    pub metered: Option<Box<Vec<(Arc<str>, u64)>>>,
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -278,6 +284,7 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
             out.extend_from_slice(b",\"redactions\":");
             push_u64(out, r.redactions as u64);
             push_secret_reflected(out, r.secret_reflected);
+            push_metered(out, r.metered.as_deref());
             out.extend_from_slice(b",\"total_us\":");
             push_u64(out, r.total_us);
         }
@@ -467,6 +474,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     out.extend_from_slice(b",\"redactions\":");
     push_u64(out, r.redactions as u64);
     push_secret_reflected(out, r.secret_reflected);
+    push_metered(out, r.metered.as_deref());
     out.extend_from_slice(b",\"bytes_in\":");
     push_u64(out, r.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
@@ -510,6 +518,23 @@ fn push_secret_reflected(out: &mut Vec<u8>, n: u16) {
         out.extend_from_slice(b",\"secret_reflected\":");
         push_u64(out, n as u64);
     }
+}
+
+/// `,"metered":{"name":N,...}`, only when some budget read a value.
+fn push_metered(out: &mut Vec<u8>, m: Option<&Vec<(Arc<str>, u64)>>) {
+    let Some(m) = m.filter(|m| !m.is_empty()) else {
+        return;
+    };
+    out.extend_from_slice(b",\"metered\":{");
+    for (k, (name, n)) in m.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, name);
+        out.push(b':');
+        push_u64(out, *n);
+    }
+    out.push(b'}');
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
@@ -773,6 +798,9 @@ pub struct StoredRecord {
     /// Injected secrets the upstream reflected (masked); absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_reflected: Option<u32>,
+    /// Units each budget charged for the call; absent when none read a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<std::collections::BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
