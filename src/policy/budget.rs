@@ -219,17 +219,10 @@ pub fn ledger(key: LedgerKey) -> Arc<Ledger> {
     ledgers().get_or_insert_with(key.clone(), || Ledger::new(key))
 }
 
-/// Every live ledger, by proxy then budget name.
-fn live_sorted() -> Vec<Arc<Ledger>> {
-    let mut v = ledgers().live();
-    v.sort_by(|a, b| (&a.key.proxy, &a.key.name).cmp(&(&b.key.proxy, &b.key.name)));
-    v
-}
-
-/// `GET /v1/budgets`: each budget of the running config, with every key that has spent
-/// something in the current window.
-pub fn listing(now_unix: u64) -> serde_json::Value {
-    let budgets: Vec<serde_json::Value> = live_sorted()
+/// `GET /v1/budgets`: each budget of the running config (`ledgers`, in config order), with
+/// every key that has spent something in the current window.
+pub fn listing(ledgers: &[&Ledger], now_unix: u64) -> serde_json::Value {
+    let budgets: Vec<serde_json::Value> = ledgers
         .iter()
         .map(|l| {
             let per = l.key.per_secs.max(1);
@@ -272,9 +265,8 @@ fn label(out: &mut String, v: &str) {
 }
 
 /// The `portcullis_budget_*` families for `/metrics`.
-pub fn render_metrics(out: &mut String, now_unix: u64) {
+pub fn render_metrics(out: &mut String, ledgers: &[&Ledger], now_unix: u64) {
     use std::fmt::Write as _;
-    let ledgers = live_sorted();
     if ledgers.is_empty() {
         return;
     }
@@ -294,7 +286,7 @@ pub fn render_metrics(out: &mut String, now_unix: u64) {
         "gauge",
         "Units a budget allows per window.",
     );
-    for l in &ledgers {
+    for l in ledgers {
         per_budget(out, "portcullis_budget_limit", l, l.key.limit);
     }
     head(
@@ -303,7 +295,7 @@ pub fn render_metrics(out: &mut String, now_unix: u64) {
         "gauge",
         "Units spent in the current window, per budget key (agent, role, or \"\" for the proxy).",
     );
-    for l in &ledgers {
+    for l in ledgers {
         for (k, st) in l.states(now_unix) {
             let _ = write!(out, "portcullis_budget_spent{{proxy=\"");
             label(out, &l.key.proxy);
@@ -332,7 +324,7 @@ pub fn render_metrics(out: &mut String, now_unix: u64) {
         ),
     ] {
         head(out, name, "counter", help);
-        for l in &ledgers {
+        for l in ledgers {
             per_budget(out, name, l, f(l));
         }
     }

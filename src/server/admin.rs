@@ -133,7 +133,12 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 if let Some(st) = control.state.get() {
                     st.stats.render(&mut body);
                 }
-                crate::policy::budget::render_metrics(&mut body, unix_secs());
+                let cfg = control.current();
+                crate::policy::budget::render_metrics(
+                    &mut body,
+                    &budget_ledgers(&cfg),
+                    unix_secs(),
+                );
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
@@ -147,7 +152,11 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         },
         (b"GET", b"/v1/budgets") => match authorized(&head, &buf, &control) {
             Err(r) => r,
-            Ok(()) => Reply::json(200, crate::policy::budget::listing(unix_secs()).to_string()),
+            Ok(()) => {
+                let cfg = control.current();
+                let list = crate::policy::budget::listing(&budget_ledgers(&cfg), unix_secs());
+                Reply::json(200, list.to_string())
+            }
         },
         (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control) {
             Err(r) => r,
@@ -207,6 +216,14 @@ impl Reply {
 
 /// Largest `limit` of `GET /v1/requests`.
 pub const MAX_REQUESTS_LIMIT: usize = 10_000;
+
+/// The budgets of the running config, in config order.
+fn budget_ledgers(cfg: &crate::config::Compiled) -> Vec<&crate::policy::budget::Ledger> {
+    cfg.proxies
+        .iter()
+        .flat_map(|p| p.budgets.iter().map(|b| &*b.ledger))
+        .collect()
+}
 
 fn unix_secs() -> u64 {
     crate::util::clock::unix_now().as_secs()

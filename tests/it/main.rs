@@ -16,6 +16,7 @@ mod audit;
 mod audit_integrity;
 mod authz;
 mod bao;
+mod budgets;
 mod cli_ident;
 mod configs;
 mod forward;
