@@ -909,6 +909,31 @@ mod tests {
             shadow: Some((2, Decision::Deny)),
             completion: false,
             approval: None,
+            metered: None,
+        }
+    }
+
+    /// `metered`: written only when set (call and completion lines), after `redactions` and
+    /// `secret_reflected`, and read back.
+    #[test]
+    fn metered_is_written_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        assert!(!std::str::from_utf8(&out).unwrap().contains("metered"));
+        r.metered = Some(Box::new(vec![("tokens".into(), 42), ("co\"st".into(), 7)]));
+        for entry in [Entry::Call(&r), Entry::Completion(&r)] {
+            out.clear();
+            encode_line(&mut out, &entry, &GENESIS);
+            let line = std::str::from_utf8(&out).unwrap();
+            assert!(
+                line.contains("\"redactions\":0,\"metered\":{\"tokens\":42,\"co\\\"st\":7}"),
+                "{line}"
+            );
+            let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+            let m = s.metered.expect("metered");
+            assert_eq!(m.get("tokens"), Some(&42));
+            assert_eq!(m.get("co\"st"), Some(&7));
         }
     }
 

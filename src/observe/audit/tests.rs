@@ -58,6 +58,7 @@ fn rec(i: u64) -> AuditRecord {
         shadow: i.is_multiple_of(11).then_some((1, Decision::Deny)),
         completion: false,
         approval: None,
+        metered: None,
     }
 }
 
