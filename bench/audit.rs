@@ -80,6 +80,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         shadow: None,
         completion: false,
         approval: None,
+        metered: None,
     }
 }
 

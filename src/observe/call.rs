@@ -113,7 +113,7 @@ pub struct CallLog<'w> {
     /// Injected secrets the upstream reflected in the response (masked).
     pub secret_reflected: u64,
     /// Budgets charged for the call (`metered`).
-    pub metered: Option<Box<Vec<(Arc<str>, u64)>>>,
+    pub metered: Option<Box<crate::observe::audit::record::Metered>>,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The agent's address.

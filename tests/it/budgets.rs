@@ -562,7 +562,7 @@ fn bad_budget_config_is_reported() {
             + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{line}: {text}");
         assert!(
-            text.contains(&format!("b.toml:")) && text.contains(&format!("proxies[0].{key}")),
+            text.contains("b.toml:") && text.contains(&format!("proxies[0].{key}")),
             "{line}: {text}"
         );
         assert!(text.contains(why), "{line}: {text}");

@@ -184,8 +184,11 @@ pub struct AuditRecord {
     pub approval: Option<Arc<ApprovalNote>>,
     /// Budgets charged for the call (`metered`): budget name and units. Behind one pointer,
     /// set only on calls that read a budget value.
-    pub metered: Option<Box<Vec<(Arc<str>, u64)>>>,
+    pub metered: Option<Box<Metered>>,
 }
+
+/// `metered`: each budget's name and the units it charged for the call.
+pub type Metered = Vec<(Arc<str>, u64)>;
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -521,7 +524,7 @@ fn push_secret_reflected(out: &mut Vec<u8>, n: u16) {
 }
 
 /// `,"metered":{"name":N,...}`, only when some budget read a value.
-fn push_metered(out: &mut Vec<u8>, m: Option<&Vec<(Arc<str>, u64)>>) {
+fn push_metered(out: &mut Vec<u8>, m: Option<&Metered>) {
     let Some(m) = m.filter(|m| !m.is_empty()) else {
         return;
     };
