@@ -1426,23 +1426,22 @@ impl Cx<'_> {
                 None => None,
                 Some(v) => {
                     let t = v.get_ref();
-                    let names: Option<Vec<Box<str>>> = t.strip_prefix("$.").and_then(|rest| {
-                        rest.split('.')
-                            .map(|n| {
-                                (!n.is_empty() && !n.contains(['[', ']', '*', '"', '\'']))
-                                    .then(|| n.into())
-                            })
-                            .collect()
-                    });
-                    match names {
-                        Some(n) => Some(n.into_boxed_slice()),
-                        None => {
+                    let mut prog = RedactProgram::new();
+                    match prog.add(t, Action::Capture(1)) {
+                        Ok(()) if t != "$" => Some(prog),
+                        Ok(()) => {
                             self.err(
                                 v,
                                 key("reserve"),
-                                format!(
-                                    "invalid path {t:?}: member names only, e.g. \"$.max_tokens\""
-                                ),
+                                "invalid path \"$\": name a member, e.g. \"$.max_tokens\"",
+                            );
+                            None
+                        }
+                        Err(m) => {
+                            self.err(
+                                v,
+                                key("reserve"),
+                                format!("invalid path: {}", m.replacen("redact path ", "", 1)),
                             );
                             None
                         }

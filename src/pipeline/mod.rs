@@ -19,7 +19,7 @@ mod state;
 mod stop;
 use stages::{
     admit, agent_request_id, authenticate, authorize, charge_budgets, check_budgets, mcp_policy,
-    read_body, read_head, scan, send_request,
+    read_body, read_head, reserve_budgets, scan, send_request,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -151,6 +151,9 @@ async fn call(
     if held {
         hold::hold(w, proxy, s, &route, &caller, log).await?;
     }
+    // 8b. budgets with `reserve`: the request's number (e.g. max_tokens) charged now, settled
+    // after the response (refunded if the call ends before one)
+    let mut reserved = reserve_budgets(proxy, &caller, &s.body, &mut s.ubuf);
     let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
     let method = s.head.method.get(&s.rbuf);
     let method_is_head = method == b"HEAD";
@@ -256,7 +259,14 @@ async fn call(
     .await;
     // 11. budgets charged what the response said
     if !proxy.budgets.is_empty() {
-        charge_budgets(proxy, &caller, &header_values, &readings, log);
+        charge_budgets(
+            proxy,
+            &caller,
+            &header_values,
+            &readings,
+            &mut reserved,
+            log,
+        );
     }
     if let Some(r) = &plan.redactor {
         log.redactions = r.redactions();

@@ -58,9 +58,10 @@ pub enum Source {
 #[derive(Debug)]
 pub struct Budget {
     pub source: Source,
-    /// `reserve = "$.max_tokens"`: the request body's number at this path (top-level member
-    /// names), charged at admission and settled when the response ends.
-    pub reserve: Option<Box<[Box<str>]>>,
+    /// `reserve = "$.max_tokens"`: the request body's number at this path (read by the
+    /// redaction engine, capture slot 1), charged before the call goes upstream and settled
+    /// when the response ends.
+    pub reserve: Option<crate::redact::RedactProgram>,
     pub ledger: Arc<Ledger>,
 }
 
@@ -149,13 +150,17 @@ impl Ledger {
     }
 
     /// Adds `units` (saturating) to `key`'s window at `now_unix`; a negative `units` refunds
-    /// (never below zero). Returns the new state.
+    /// (never below zero, and only while that window is still the cell's: a refund never
+    /// reaches into a later window). Returns the new state.
     pub fn charge(&self, key: &str, units: i64, now_unix: u64) -> State {
         let per = self.key.per_secs.max(1);
         let win = window(now_unix, per);
         let cell = self.cell(key);
         let mut cur = cell.load(Ordering::Acquire);
         loop {
+            if units < 0 && cur >> (64 - WINDOW_BITS) != win & WINDOW_MASK {
+                return self.state(key, now_unix);
+            }
             let spent = spent_in(cur, win);
             let next = if units >= 0 {
                 spent.saturating_add(units.unsigned_abs()).min(SPENT_MASK)
@@ -359,6 +364,10 @@ mod tests {
         assert_eq!(l.charge("a", 5, t0 + 3601).spent, 5);
         // a refund never goes below zero
         assert_eq!(l.charge("a", -50, t0 + 3602).spent, 0);
+        // nor reaches into a later window
+        l.charge("a", 9, t0 + 3603);
+        l.charge("a", -9, t0 + 10);
+        assert_eq!(l.state("a", t0 + 3604).spent, 9);
         assert_eq!(l.charged.load(Ordering::Relaxed), 115);
     }
 

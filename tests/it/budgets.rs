@@ -568,3 +568,73 @@ fn bad_budget_config_is_reported() {
         assert!(text.contains(why), "{line}: {text}");
     }
 }
+
+/// `reserve = "$.max_tokens"`: while a call is in flight its `max_tokens` is already spent (a
+/// second call is refused), and when its response says 42 the reservation is settled to 42; a
+/// call whose upstream is unreachable gets its reservation back.
+#[test]
+fn a_reservation_counts_in_flight_and_is_settled_or_refunded() {
+    let held = Gate::new();
+    let release = Gate::new();
+    let (h, r) = (held.clone(), release.clone());
+    let mock = MockUpstream::start(move |req| {
+        if req.target.contains("slow") {
+            let mut bytes = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                OPENAI_JSON.len()
+            )
+            .into_bytes();
+            bytes.extend_from_slice(OPENAI_JSON.as_bytes());
+            Reply::actions(vec![
+                Action::Signal(h.clone()),
+                Action::Wait(r.clone()),
+                Action::Write(bytes),
+            ])
+        } else {
+            llm(req)
+        }
+    });
+    let admin = free_port();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let reserve = "reserve = \"$.max_tokens\"";
+    let toml = format!(
+        "{}{}{}{}{}",
+        base(admin),
+        proxy("openai", &mock.url()),
+        budget("tokens", "openai_tokens", 100, "1h", reserve),
+        proxy("dead", &dead),
+        budget("tokens", "openai_tokens", 100, "1h", reserve),
+    );
+    let gw = start(&toml);
+    let port = gw.port();
+    let slow = std::thread::spawn(move || {
+        post(
+            port,
+            "/openai/v1/slow/chat/completions",
+            r#"{"max_tokens":100}"#,
+        )
+        .status
+    });
+    assert!(
+        held.wait(Duration::from_secs(10)),
+        "the call reached the upstream"
+    );
+    assert_eq!(
+        spent(admin, "openai", "tokens"),
+        (100, 0),
+        "reserved while in flight"
+    );
+    let r = post(port, "/openai/v1/chat/completions", r#"{"max_tokens":1}"#);
+    assert_eq!(r.status, 429, "{}", r.body_str());
+    release.open();
+    assert_eq!(slow.join().expect("slow call"), 200);
+    assert_eq!(
+        spent(admin, "openai", "tokens"),
+        (42, 58),
+        "settled to what it cost"
+    );
+
+    let r = post(port, "/dead/v1/chat/completions", r#"{"max_tokens":70}"#);
+    assert_eq!(r.status, 502, "{}", r.body_str());
+    assert_eq!(spent(admin, "dead", "tokens"), (0, 100), "refunded");
+}
