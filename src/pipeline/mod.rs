@@ -222,7 +222,7 @@ async fn call(
             crate::policy::budget::Source::Body(v) => Some(v),
             crate::policy::budget::Source::Header(_) => None,
         }));
-    let header_values: Vec<Option<Result<f64, ()>>> = proxy
+    let header_values: Vec<Option<Option<f64>>> = proxy
         .budgets
         .iter()
         .map(|b| match &b.source {

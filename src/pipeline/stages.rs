@@ -435,7 +435,7 @@ pub(super) fn reserve_budgets<'a, 'c>(
 pub(super) fn charge_budgets(
     proxy: &Proxy,
     caller: &Caller<'_>,
-    header_values: &[Option<Result<f64, ()>>],
+    header_values: &[Option<Option<f64>>],
     readings: &crate::redact::usage::Readings<'_>,
     reserved: &mut Reserved<'_, '_>,
     log: &mut CallLog<'_>,
@@ -448,8 +448,8 @@ pub(super) fn charge_budgets(
         let (value, invalid) = match readings.outcome(k) {
             Some(o) => (o.value, o.invalid),
             None => match header_values.get(k).copied().flatten() {
-                Some(Ok(v)) => (Some(v), false),
-                Some(Err(())) => (None, true),
+                Some(Some(v)) => (Some(v), false),
+                Some(None) => (None, true),
                 None => (None, false),
             },
         };

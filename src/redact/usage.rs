@@ -166,16 +166,16 @@ impl<'p> Readings<'p> {
 }
 
 /// A header value as a budget value: a non-negative decimal number (surrounding whitespace
-/// allowed). `Err(())` for anything else.
-pub fn header_value(v: &[u8]) -> Result<f64, ()> {
-    let t = std::str::from_utf8(v).map_err(|_| ())?.trim();
+/// allowed). `None` for anything else.
+pub fn header_value(v: &[u8]) -> Option<f64> {
+    let t = std::str::from_utf8(v).ok()?.trim();
     if t.is_empty()
         || t.len() > super::json::MAX_CAPTURE
         || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.')
     {
-        return Err(());
+        return None;
     }
-    t.parse::<f64>().map_err(|_| ())
+    t.parse::<f64>().ok()
 }
 
 /// A value as whole units to charge: rounded up, saturating.
@@ -548,10 +548,10 @@ mod tests {
 
     #[test]
     fn header_values() {
-        assert_eq!(header_value(b" 12 "), Ok(12.0));
-        assert_eq!(header_value(b"0.25"), Ok(0.25));
-        for bad in [&b""[..], b"-1", b"1e3", b"abc", b"1 2", b"\xff"] {
-            assert!(header_value(bad).is_err(), "{}", bad.escape_ascii());
+        assert_eq!(header_value(b" 12 "), Some(12.0));
+        assert_eq!(header_value(b"0.25"), Some(0.25));
+        for bad in [&b""[..], b"-1", b"1e3", b"abc", b"1 2", b"\xff", b"1.2.3"] {
+            assert!(header_value(bad).is_none(), "{}", bad.escape_ascii());
         }
     }
 
