@@ -107,6 +107,7 @@ fn compile_str_with(
         proxy_warnings: Vec::new(),
         warnings: Vec::new(),
         cluster: None,
+        budget_remote: None,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -146,6 +147,8 @@ struct Cx<'a> {
     warnings: Vec<String>,
     /// `[meters]`: the cluster backend every proxy meter uses.
     cluster: Option<Arc<crate::policy::meter::cluster::Cluster>>,
+    /// `[meters]`: the Redis the budgets share.
+    budget_remote: Option<Arc<crate::policy::budget_cluster::Remote>>,
 }
 
 impl Cx<'_> {
@@ -1451,20 +1454,25 @@ impl Cx<'_> {
             if self.errors.len() != before {
                 continue;
             }
-            let ledger = budget::ledger(LedgerKey {
-                proxy: Arc::from(p.name.get_ref().as_str()),
-                name: Arc::from(name.as_str()),
-                limit,
-                per_secs,
-                by,
-                value: format!(
-                    "{value}|{aggregate:?}|{:?}",
-                    weights.as_ref().map(|w| w
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>())
-                ),
-            });
+            let remote = self.budget_remote.clone();
+            let ledger = budget::ledger(
+                LedgerKey {
+                    proxy: Arc::from(p.name.get_ref().as_str()),
+                    name: Arc::from(name.as_str()),
+                    limit,
+                    per_secs,
+                    by,
+                    value: format!(
+                        "{value}|{aggregate:?}|{:?}",
+                        weights.as_ref().map(|w| w
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>())
+                    ),
+                    remote: remote.as_ref().map_or(0, |r| r.id),
+                },
+                remote.as_ref(),
+            );
             out.push(Budget {
                 source,
                 reserve,
@@ -1646,6 +1654,12 @@ impl Cx<'_> {
             password.as_deref().hash(&mut h);
             h.finish()
         };
+        self.budget_remote = Some(crate::policy::budget_cluster::remote(
+            connection_id,
+            info.clone(),
+            display.clone(),
+            key_prefix.clone(),
+        ));
         let settings = Settings {
             display,
             connection_id,

@@ -328,6 +328,7 @@ pub(super) fn check_budgets(proxy: &Proxy, caller: &Caller<'_>, now_unix: u64) -
     for b in &proxy.budgets {
         let l = &b.ledger;
         for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+            l.touch(key);
             let st = l.state(key, now_unix);
             if st.remaining() == 0 {
                 l.exhausted

@@ -19,7 +19,7 @@ use crate::redact::usage::BodyValue;
 use crate::util::registry::Registry;
 use dashmap::DashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Largest `limit` (the spent amount has 40 bits).
 pub const MAX_LIMIT: u64 = (1 << 40) - 1;
@@ -75,13 +75,25 @@ pub struct LedgerKey {
     pub by: BudgetBy,
     /// The value's definition (path, preset, weights, aggregate), as written.
     pub value: String,
+    /// `[meters] redis`: which Redis (connection id; 0 for local counters).
+    pub remote: u64,
+}
+
+/// One key's counter: the window and spent amount in one atomic, and (cluster budgets) what
+/// was charged here and not yet pushed to Redis.
+#[derive(Debug, Default)]
+struct Cell {
+    state: AtomicU64,
+    pending: AtomicI64,
 }
 
 /// One budget's counters, one per key.
 #[derive(Debug)]
 pub struct Ledger {
     pub key: LedgerKey,
-    cells: DashMap<Box<str>, Arc<AtomicU64>>,
+    cells: DashMap<Box<str>, Arc<Cell>>,
+    /// `[meters] redis`: the counters are shared through it (see `budget_cluster`).
+    remote: Option<Arc<super::budget_cluster::Remote>>,
     /// Calls refused by this budget, and units charged (for `/metrics`).
     pub exhausted: AtomicU64,
     pub charged: AtomicU64,
@@ -117,17 +129,18 @@ fn spent_in(cell: u64, win: u64) -> u64 {
 }
 
 impl Ledger {
-    pub fn new(key: LedgerKey) -> Ledger {
+    pub fn new(key: LedgerKey, remote: Option<Arc<super::budget_cluster::Remote>>) -> Ledger {
         Ledger {
             key,
             cells: DashMap::new(),
+            remote,
             exhausted: AtomicU64::new(0),
             charged: AtomicU64::new(0),
             unreadable: AtomicU64::new(0),
         }
     }
 
-    fn cell(&self, key: &str) -> Arc<AtomicU64> {
+    fn cell(&self, key: &str) -> Arc<Cell> {
         if let Some(c) = self.cells.get(key) {
             return c.clone();
         }
@@ -141,7 +154,7 @@ impl Ledger {
         let spent = self
             .cells
             .get(key)
-            .map_or(0, |c| spent_in(c.load(Ordering::Acquire), win));
+            .map_or(0, |c| spent_in(c.state.load(Ordering::Acquire), win));
         State {
             spent,
             limit: self.key.limit,
@@ -155,7 +168,8 @@ impl Ledger {
     pub fn charge(&self, key: &str, units: i64, now_unix: u64) -> State {
         let per = self.key.per_secs.max(1);
         let win = window(now_unix, per);
-        let cell = self.cell(key);
+        let c = self.cell(key);
+        let cell = &c.state;
         let mut cur = cell.load(Ordering::Acquire);
         loop {
             if units < 0 && cur >> (64 - WINDOW_BITS) != win & WINDOW_MASK {
@@ -170,6 +184,9 @@ impl Ledger {
             let new = ((win & WINDOW_MASK) << (64 - WINDOW_BITS)) | next;
             match cell.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
+                    if self.remote.is_some() {
+                        c.pending.fetch_add(units, Ordering::AcqRel);
+                    }
                     if units > 0 {
                         self.charged
                             .fetch_add(units.unsigned_abs(), Ordering::Relaxed);
@@ -181,6 +198,56 @@ impl Ledger {
                     };
                 }
                 Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Cluster budgets: a key this process has not seen yet gets a cell, so the next sync reads
+    /// its total from Redis.
+    pub fn touch(&self, key: &str) {
+        if self.remote.is_some() && !self.cells.contains_key(key) {
+            self.cell(key);
+        }
+    }
+
+    /// Cluster budgets: every key's charge not yet pushed (taken: now zero here).
+    pub fn take_pending(&self) -> Vec<(String, i64)> {
+        self.cells
+            .iter()
+            .map(|e| {
+                (
+                    e.key().to_string(),
+                    e.value().pending.swap(0, Ordering::AcqRel),
+                )
+            })
+            .collect()
+    }
+
+    /// Cluster budgets: a push failed; the charge is pending again.
+    pub fn add_pending(&self, key: &str, n: i64) {
+        self.cell(key).pending.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Cluster budgets: Redis says `total` for `key` in `window`; this process's counter
+    /// becomes that plus what was charged here since the push.
+    pub fn set_remote(&self, key: &str, window: u64, total: u64) {
+        let c = self.cell(key);
+        let mut cur = c.state.load(Ordering::Acquire);
+        loop {
+            let now_window = crate::util::clock::unix_now().as_secs() / self.key.per_secs.max(1);
+            if now_window != window {
+                // the window ended meanwhile: its total no longer matters
+                return;
+            }
+            let since = u64::try_from(c.pending.load(Ordering::Acquire)).unwrap_or(0);
+            let spent = total.saturating_add(since).min(SPENT_MASK);
+            let new = ((window & WINDOW_MASK) << (64 - WINDOW_BITS)) | spent;
+            match c
+                .state
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(x) => cur = x,
             }
         }
     }
@@ -219,9 +286,14 @@ pub fn ledgers() -> &'static Registry<LedgerKey, Ledger> {
     L.get_or_init(Registry::default)
 }
 
-/// The ledger for `key`: the live one if a config uses it already, else a new one.
-pub fn ledger(key: LedgerKey) -> Arc<Ledger> {
-    ledgers().get_or_insert_with(key.clone(), || Ledger::new(key))
+/// The ledger for `key`: the live one if a config uses it already, else a new one (shared
+/// through `remote` when there is one).
+pub fn ledger(key: LedgerKey, remote: Option<&Arc<super::budget_cluster::Remote>>) -> Arc<Ledger> {
+    let l = ledgers().get_or_insert_with(key.clone(), || Ledger::new(key, remote.cloned()));
+    if let Some(r) = remote {
+        r.add(&l);
+    }
+    l
 }
 
 /// `GET /v1/budgets`: each budget of the running config (`ledgers`, in config order), with
@@ -339,6 +411,12 @@ pub fn render_metrics(out: &mut String, ledgers: &[&Ledger], now_unix: u64) {
 mod tests {
     use super::*;
 
+    impl Ledger {
+        fn new_local(key: LedgerKey) -> Ledger {
+            Ledger::new(key, None)
+        }
+    }
+
     fn key(limit: u64, per: u64) -> LedgerKey {
         LedgerKey {
             proxy: "p".into(),
@@ -347,12 +425,13 @@ mod tests {
             per_secs: per,
             by: BudgetBy::Agent,
             value: "test".into(),
+            remote: 0,
         }
     }
 
     #[test]
     fn a_fixed_window_aligned_to_the_epoch() {
-        let l = Ledger::new(key(100, 3600));
+        let l = Ledger::new_local(key(100, 3600));
         let t0 = 1_700_000_000 / 3600 * 3600;
         assert_eq!(l.state("a", t0).spent, 0);
         assert_eq!(l.charge("a", 40, t0 + 10).spent, 40);
@@ -373,7 +452,7 @@ mod tests {
 
     #[test]
     fn charges_saturate() {
-        let l = Ledger::new(key(MAX_LIMIT, 60));
+        let l = Ledger::new_local(key(MAX_LIMIT, 60));
         l.charge("a", i64::MAX, 0);
         assert_eq!(l.charge("a", i64::MAX, 1).spent, MAX_LIMIT);
         assert_eq!(l.state("a", 2).remaining(), 0);
@@ -381,7 +460,7 @@ mod tests {
 
     #[test]
     fn every_thread_charges_one_counter() {
-        let l = Arc::new(Ledger::new(key(1 << 30, 1 << 30)));
+        let l = Arc::new(Ledger::new_local(key(1 << 30, 1 << 30)));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let l = l.clone();
@@ -400,9 +479,9 @@ mod tests {
 
     #[test]
     fn the_registry_keeps_an_unchanged_budget() {
-        let a = ledger(key(7, 60));
+        let a = ledger(key(7, 60), None);
         a.charge("x", 3, 0);
-        assert_eq!(ledger(key(7, 60)).state("x", 0).spent, 3);
-        assert_eq!(ledger(key(8, 60)).state("x", 0).spent, 0);
+        assert_eq!(ledger(key(7, 60), None).state("x", 0).spent, 3);
+        assert_eq!(ledger(key(8, 60), None).state("x", 0).spent, 0);
     }
 }

@@ -638,3 +638,50 @@ fn a_reservation_counts_in_flight_and_is_settled_or_refunded() {
     assert_eq!(r.status, 502, "{}", r.body_str());
     assert_eq!(spent(admin, "dead", "tokens"), (0, 100), "refunded");
 }
+
+/// Two gateways sharing a Redis budget (`[meters] redis`): what one charges, the other sees
+/// (within its sync tick: polled, bounded), and once the cluster's total reaches the limit both
+/// refuse.
+#[test]
+fn two_gateways_share_a_redis_budget() {
+    let redis = crate::meter_redis::Redis::start();
+    let mock = MockUpstream::start(llm);
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let toml = |admin: u16| {
+        format!(
+            "{}[meters]\nredis = \"{}\"\nkey_prefix = \"budget-test:\"\n\n{}{}",
+            base(admin),
+            redis.url(),
+            proxy("openai", &mock.url()),
+            budget("tokens", "openai_tokens", 50, "1h", "")
+        )
+    };
+    let a = start(&toml(admin_a));
+    let b = start(&toml(admin_b));
+    let wait_spent = |admin: u16, want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = spent(admin, "openai", "tokens").0;
+            if got == want || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let target = "/openai/v1/chat/completions";
+    // b must know the key before a charges it (a key new to a process is admitted once)
+    assert_eq!(post(b.port(), "/openai/bad/nothing", "{}").status, 404);
+    assert_eq!(post(a.port(), target, "{}").status, 200);
+    assert_eq!(wait_spent(admin_b, 42), 42, "b sees a's charge");
+    assert_eq!(
+        post(b.port(), target, "{}").status,
+        200,
+        "42 < 50: admitted"
+    );
+    assert_eq!(wait_spent(admin_a, 84), 84, "a sees b's charge");
+    let r = post(a.port(), target, "{}");
+    assert_eq!(r.status, 429, "{}", r.body_str());
+    assert_eq!(post(b.port(), target, "{}").status, 429);
+    // the 404 probe and the two admitted calls; the refused calls never reached it
+    assert_eq!(mock.count(), 3);
+}
