@@ -284,9 +284,23 @@ async fn telemetry(control: &Control, query: &[u8]) -> Reply {
             crate::observe::audit::telemetry::MAX_RECORDS,
         )
     };
+    let want_proxy = telemetry_params(query, now_us()).ok().and_then(|p| p.0);
     match monoio::spawn_blocking(job).await {
-        Ok(Ok(rep)) => match serde_json::to_string(&rep) {
-            Ok(body) => Reply::json(200, body),
+        Ok(Ok(rep)) => match serde_json::to_value(&rep) {
+            Ok(mut body) => {
+                // each budget's state now (spent and remaining per key), beside the window's
+                // aggregates
+                let cfg = control.current();
+                let ledgers: Vec<&crate::policy::budget::Ledger> = budget_ledgers(&cfg)
+                    .into_iter()
+                    .filter(|l| want_proxy.as_deref().is_none_or(|p| *l.key.proxy == *p))
+                    .collect();
+                if !ledgers.is_empty() {
+                    body["budgets"] =
+                        crate::policy::budget::listing(&ledgers, unix_secs())["budgets"].take();
+                }
+                Reply::json(200, body.to_string())
+            }
             Err(e) => Reply::error(500, "internal", &e.to_string()),
         },
         Ok(Err(e)) => {

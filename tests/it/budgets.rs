@@ -218,6 +218,26 @@ fn openai_usage_is_charged_and_a_spent_budget_refuses_before_the_upstream() {
         "{m}"
     );
 
+    // /v1/telemetry: the window's units per budget (from the records, polled until the
+    // writer has them) and each budget's state now
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let tele = loop {
+        let t: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/v1/telemetry?proxy=openai").body_str())
+                .expect("telemetry json");
+        if t["proxies"][0]["metered"]["tokens"] == 54 || Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(tele["proxies"][0]["metered"]["tokens"], 54, "{tele}");
+    assert_eq!(
+        tele["proxies"][0]["agents"][0]["metered"]["tokens"], 54,
+        "{tele}"
+    );
+    assert_eq!(tele["budgets"][0]["name"], "tokens", "{tele}");
+    assert_eq!(tele["budgets"][0]["keys"][0]["remaining"], 0, "{tele}");
+
     crate::audit::stop(&mut gw);
     let recs = calls(&gw.dir().join("audit"));
     assert_eq!(recs.len(), 3);
