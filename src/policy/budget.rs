@@ -447,7 +447,7 @@ mod tests {
         l.charge("a", 9, t0 + 3603);
         l.charge("a", -9, t0 + 10);
         assert_eq!(l.state("a", t0 + 3604).spent, 9);
-        assert_eq!(l.charged.load(Ordering::Relaxed), 115);
+        assert_eq!(l.charged.load(Ordering::Relaxed), 124);
     }
 
     #[test]
