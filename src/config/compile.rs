@@ -1451,6 +1451,26 @@ impl Cx<'_> {
                     }
                 }
             };
+            let rule = match &r.rule {
+                None => None,
+                Some(v) => {
+                    let k = p
+                        .rules
+                        .iter()
+                        .position(|x| x.get_ref().name.as_deref() == Some(v.get_ref().as_str()));
+                    match k.and_then(|k| u32::try_from(k).ok()) {
+                        Some(k) => Some(k),
+                        None => {
+                            self.err(
+                                v,
+                                key("rule"),
+                                format!("no rule of this proxy is named {:?}", v.get_ref()),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
             if self.errors.len() != before {
                 continue;
             }
@@ -1463,7 +1483,8 @@ impl Cx<'_> {
                     per_secs,
                     by,
                     value: format!(
-                        "{value}|{aggregate:?}|{:?}",
+                        "{value}|{aggregate:?}|rule={:?}|{:?}",
+                        r.rule.as_ref().map(|v| v.get_ref()),
                         weights.as_ref().map(|w| w
                             .iter()
                             .map(|(k, v)| format!("{k}={v}"))
@@ -1476,6 +1497,7 @@ impl Cx<'_> {
             out.push(Budget {
                 source,
                 reserve,
+                rule,
                 ledger,
             });
         }

@@ -356,6 +356,9 @@ pub struct RawBudget {
     /// `"$.max_tokens"`: charged from the request body at admission, settled at the end.
     #[serde(default)]
     pub reserve: Option<Spanned<String>>,
+    /// The `name` of one of the proxy's rules: the budget meters only the calls it decides.
+    #[serde(default)]
+    pub rule: Option<Spanned<String>>,
 }
 
 /// `[[proxies.tools]] name = "delete_account", tags = ["write", "crm"]`.

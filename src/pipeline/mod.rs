@@ -127,9 +127,6 @@ async fn call(
     // 5. meter (in cluster mode it may wait for a refill from Redis, at most 50 ms)
     admit(proxy, s, &caller).await?;
 
-    // 5b. budgets: the call starts only while each of its budgets has something left
-    check_budgets(proxy, &caller, now_unix.max(0) as u64)?;
-
     // 6. body, read whole before anything goes upstream
     at.phase = Phase::Body;
     at.consumed = read_body(client, s, lim).await?;
@@ -142,6 +139,10 @@ async fn call(
     // resources or prompts (`protocol = "mcp"` proxies only)
     let held = mcp_policy(proxy, s, &route, &caller, log, held)?;
 
+    // 7d. budgets: the call starts only while each of its budgets (those of the rule that
+    // decided it, and the proxy's) has something left
+    check_budgets(proxy, &caller, log.rule, now_unix.max(0) as u64)?;
+
     // 8. outbound request: one head, signed as it is sent (under `[audit] on_error =
     // "refuse"`, only if the call can be recorded)
     at.phase = Phase::Forward;
@@ -153,7 +154,7 @@ async fn call(
     }
     // 8b. budgets with `reserve`: the request's number (e.g. max_tokens) charged now, settled
     // after the response (refunded if the call ends before one)
-    let mut reserved = reserve_budgets(proxy, &caller, &s.body, &mut s.ubuf);
+    let mut reserved = reserve_budgets(proxy, &caller, log.rule, &s.body, &mut s.ubuf);
     let credential_read_ns = outbound::prepare(proxy, lim, s, &route, log.id.as_str()).await?;
     let method = s.head.method.get(&s.rbuf);
     let method_is_head = method == b"HEAD";

@@ -321,11 +321,17 @@ pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -
     }
 }
 
-/// Stage 5b: budgets. A call starts only while each of its budgets has something left for
+/// Stage 7d: budgets (after the rules and MCP policy decided: a budget may belong to a rule).
+/// A call starts only while each of its budgets has something left for
 /// each of its keys (agent, proxy or roles); nothing is charged yet (the value is in the
 /// response).
-pub(super) fn check_budgets(proxy: &Proxy, caller: &Caller<'_>, now_unix: u64) -> Result<(), Stop> {
-    for b in &proxy.budgets {
+pub(super) fn check_budgets(
+    proxy: &Proxy,
+    caller: &Caller<'_>,
+    rule: Option<u32>,
+    now_unix: u64,
+) -> Result<(), Stop> {
+    for b in proxy.budgets.iter().filter(|b| b.applies(rule)) {
         let l = &b.ledger;
         for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
             l.touch(key);
@@ -381,6 +387,7 @@ impl Drop for Reserved<'_, '_> {
 pub(super) fn reserve_budgets<'a, 'c>(
     proxy: &'a Proxy,
     caller: &'a Caller<'c>,
+    rule: Option<u32>,
     body: &[u8],
     scratch: &mut Vec<u8>,
 ) -> Reserved<'a, 'c> {
@@ -390,7 +397,7 @@ pub(super) fn reserve_budgets<'a, 'c>(
     if proxy.budgets.iter().any(|b| b.reserve.is_some()) {
         let mut caps = Vec::new();
         for b in &proxy.budgets {
-            let Some(prog) = &b.reserve else {
+            let Some(prog) = b.reserve.as_ref().filter(|_| b.applies(rule)) else {
                 amounts.push(0);
                 continue;
             };
@@ -446,6 +453,9 @@ pub(super) fn charge_budgets(
     let now_unix = crate::util::clock::unix_now().as_secs();
     let per_window = |b: &crate::policy::budget::Budget, t: u64| t / b.ledger.key.per_secs.max(1);
     for (k, b) in proxy.budgets.iter().enumerate() {
+        if !b.applies(log.rule) {
+            continue;
+        }
         let (value, invalid) = match readings.outcome(k) {
             Some(o) => (o.value, o.invalid),
             None => match header_values.get(k).copied().flatten() {

@@ -62,7 +62,16 @@ pub struct Budget {
     /// redaction engine, capture slot 1), charged before the call goes upstream and settled
     /// when the response ends.
     pub reserve: Option<crate::redact::RedactProgram>,
+    /// `rule = "name"`: only calls decided by that rule (its index) count.
+    pub rule: Option<u32>,
     pub ledger: Arc<Ledger>,
+}
+
+impl Budget {
+    /// Whether the call decided by `rule` counts against this budget.
+    pub fn applies(&self, rule: Option<u32>) -> bool {
+        self.rule.is_none_or(|r| rule == Some(r))
+    }
 }
 
 /// What identifies a budget's counters across reloads.

@@ -550,6 +550,11 @@ fn bad_budget_config_is_reported() {
             "budgets[0].reserve",
             "invalid path",
         ),
+        (
+            "rule = \"nope\"",
+            "budgets[0].rule",
+            "no rule of this proxy is named",
+        ),
     ];
     for (line, key, why) in rows {
         let dir = tempfile::tempdir().unwrap();
@@ -704,4 +709,34 @@ fn two_gateways_share_a_redis_budget() {
     assert_eq!(post(b.port(), target, "{}").status, 429);
     // the 404 probe and the two admitted calls; the refused calls never reached it
     assert_eq!(mock.count(), 3);
+}
+
+/// `rule = "chat"`: the budget meters only the calls that rule decides; calls another rule
+/// decides are neither refused nor charged by it.
+#[test]
+fn a_budget_on_a_rule_meters_only_that_rules_calls() {
+    let mock = MockUpstream::start(llm);
+    let admin = free_port();
+    let toml = format!(
+        "{}[[proxies]]\nname = \"llm\"\nupstream = \"{}\"\ndefault_effect = \"deny\"\n\n  [[proxies.rules]]\n  name = \"chat\"\n  effect = \"allow\"\n  methods = [\"POST\"]\n  path = \"/v1/chat/**\"\n\n  [[proxies.rules]]\n  name = \"claude\"\n  effect = \"allow\"\n  methods = [\"POST\"]\n  path = \"/v1/messages\"\n\n{}",
+        base(admin),
+        mock.url(),
+        budget("chat-tokens", "openai_tokens", 40, "1h", "rule = \"chat\"")
+    );
+    let mut gw = start(&toml);
+    assert_eq!(
+        post(gw.port(), "/llm/v1/chat/completions", "{}").status,
+        200
+    );
+    assert_eq!(spent(admin, "llm", "chat-tokens"), (42, 0));
+    let r = post(gw.port(), "/llm/v1/chat/completions", "{}");
+    assert_eq!(r.status, 429, "{}", r.body_str());
+    // the other rule's calls: not refused, not charged
+    assert_eq!(post(gw.port(), "/llm/v1/messages", "{}").status, 200);
+    assert_eq!(spent(admin, "llm", "chat-tokens"), (42, 0));
+    assert_eq!(mock.count(), 2);
+    crate::audit::stop(&mut gw);
+    let recs = calls(&gw.dir().join("audit"));
+    let got: Vec<Option<u64>> = recs.iter().map(|r| metered(r, "chat-tokens")).collect();
+    assert_eq!(got, [Some(42), None, None]);
 }
