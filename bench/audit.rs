@@ -82,6 +82,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         completion: false,
         approval: None,
         trace_id: [0x4b; 16],
+        metered: None,
     }
 }
 

@@ -38,6 +38,14 @@ pub enum Refusal {
     UnknownOrigin,
     /// A meter ran out; retry after this many seconds.
     RateLimited { retry_after: u64 },
+    /// A budget (`[[proxies.budgets]]`) is spent for this window: retry when it refills
+    /// (`Retry-After`), `RateLimit-*` fields name the budget (its name is config text).
+    BudgetExhausted {
+        budget: String,
+        limit: u64,
+        per_secs: u64,
+        retry_after: u64,
+    },
     /// The request body is larger than `max_request_body`.
     BodyTooLarge,
     /// The request is malformed or ambiguous; the reason is a short static text.
@@ -77,7 +85,7 @@ impl Refusal {
             | Refusal::PayloadBlocked { .. }
             | Refusal::UnknownOrigin => 403,
             Refusal::UnknownProxy => 404,
-            Refusal::RateLimited { .. } => 429,
+            Refusal::RateLimited { .. } | Refusal::BudgetExhausted { .. } => 429,
             Refusal::BodyTooLarge => 413,
             Refusal::BadRequest(_) => 400,
             Refusal::UpstreamUnreachable(_)
@@ -111,6 +119,7 @@ impl Refusal {
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::BudgetExhausted { .. } => "budget_exhausted",
             Refusal::BodyTooLarge => "body_too_large",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::UpstreamUnreachable(_) => "upstream_unreachable",
@@ -167,6 +176,13 @@ impl Refusal {
             }
             Refusal::UnknownProxy => "no proxy with this name".into(),
             Refusal::UnknownOrigin => "no proxy is configured for this origin".into(),
+            Refusal::BudgetExhausted {
+                budget,
+                retry_after,
+                ..
+            } => {
+                format!("budget {budget:?} is spent for this window; it refills in {retry_after} s")
+            }
             Refusal::RateLimited { retry_after } => {
                 format!("rate limit exceeded; retry after {retry_after} s")
             }
@@ -289,6 +305,16 @@ mod tests {
             (Refusal::UnknownProxy, 404, "unknown_proxy"),
             (Refusal::UnknownOrigin, 403, "unknown_origin"),
             (Refusal::RateLimited { retry_after: 1 }, 429, "rate_limited"),
+            (
+                Refusal::BudgetExhausted {
+                    budget: "tokens".into(),
+                    limit: 10,
+                    per_secs: 60,
+                    retry_after: 3,
+                },
+                429,
+                "budget_exhausted",
+            ),
             (Refusal::BodyTooLarge, 413, "body_too_large"),
             (Refusal::BadRequest("x"), 400, "bad_request"),
             (

@@ -118,9 +118,14 @@ pub mod internals {
             pub use crate::redact::mask::{MASK_BYTE, MIN_MARK, Masker};
         }
         pub use crate::redact::{
-            Action, DEFAULT_MAX_EVENT, JsonRedactor, Limits, OnInvalid, RedactError, RedactProgram,
-            SseRedactor,
+            Action, Captured, DEFAULT_MAX_EVENT, JsonRedactor, Limits, OnInvalid, RedactError,
+            RedactProgram, SseRedactor,
         };
+        pub mod usage {
+            pub use crate::redact::usage::{
+                Aggregate, BodyValue, Outcome, Reading, Term, header_value, units,
+            };
+        }
     }
     pub mod scan {
         pub use crate::scan::{Detector, RawScanner, ScanSet};

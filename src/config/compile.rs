@@ -108,6 +108,7 @@ fn compile_str_with(
         principals: None,
         warnings: Vec::new(),
         cluster: None,
+        budget_remote: None,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
@@ -164,6 +165,8 @@ struct Cx<'a> {
     warnings: Vec<String>,
     /// `[meters]`: the cluster backend every proxy meter uses.
     cluster: Option<Arc<crate::policy::meter::cluster::Cluster>>,
+    /// `[meters]`: the Redis the budgets share.
+    budget_remote: Option<Arc<crate::policy::budget_cluster::Remote>>,
 }
 
 impl Cx<'_> {
@@ -1361,6 +1364,335 @@ impl Cx<'_> {
         })
     }
 
+    /// `[[proxies.budgets]]` of proxy `i`: their values' paths join the redaction program (one
+    /// pass over the body reads and redacts), their counters come from the ledger registry.
+    fn budgets(
+        &mut self,
+        i: usize,
+        p: &RawProxy,
+        redact: &mut Option<super::Redaction>,
+    ) -> Vec<crate::policy::budget::Budget> {
+        use crate::policy::budget::{self, Budget, BudgetBy, LedgerKey, Source};
+        use crate::redact::usage::{Aggregate, BodyValue, Term};
+        use crate::redact::{Action, OnInvalid, RedactProgram};
+        let mut out = Vec::new();
+        // distinct capture paths of this proxy → slot bits
+        let mut slots: Vec<String> = Vec::new();
+        let mut captures: Vec<(String, u32)> = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (j, b) in p.budgets.iter().enumerate() {
+            let r = b.get_ref();
+            let key = |k: &str| format!("proxies[{i}].budgets[{j}].{k}");
+            let before = self.errors.len();
+            let name = r.name.get_ref();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+            {
+                self.err(
+                    &r.name,
+                    key("name"),
+                    "must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
+                );
+            } else if !names.insert(name.clone()) {
+                self.err(
+                    &r.name,
+                    key("name"),
+                    format!("budget {name:?} is defined twice"),
+                );
+            }
+            let limit = match u64::try_from(*r.limit.get_ref()) {
+                Ok(n) if (1..=budget::MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    self.err(
+                        &r.limit,
+                        key("limit"),
+                        format!("must be between 1 and {}", budget::MAX_LIMIT),
+                    );
+                    0
+                }
+            };
+            let per_secs = match parse_duration(r.per.get_ref()) {
+                Ok(d) if d.as_secs() >= 1 && d.subsec_nanos() == 0 => d.as_secs(),
+                Ok(_) => {
+                    self.err(&r.per, key("per"), "must be whole seconds, at least \"1s\"");
+                    0
+                }
+                Err(m) => {
+                    self.err(&r.per, key("per"), m);
+                    0
+                }
+            };
+            let by = match r.by.as_ref().map(|v| v.get_ref().as_str()) {
+                None | Some("agent") => BudgetBy::Agent,
+                Some("proxy") => BudgetBy::Proxy,
+                Some("role") => BudgetBy::Role,
+                Some(other) => {
+                    if let Some(v) = &r.by {
+                        self.err(
+                            v,
+                            key("by"),
+                            format!("unknown value {other:?} (agent | proxy | role)"),
+                        );
+                    }
+                    BudgetBy::Agent
+                }
+            };
+            let aggregate = match r.aggregate.as_ref().map(|v| v.get_ref().as_str()) {
+                None | Some("last") => Aggregate::Last,
+                Some("sum") => Aggregate::Sum,
+                Some(other) => {
+                    if let Some(v) = &r.aggregate {
+                        self.err(
+                            v,
+                            key("aggregate"),
+                            format!("unknown value {other:?} (last | sum)"),
+                        );
+                    }
+                    Aggregate::Last
+                }
+            };
+            let weights = r.weights.as_ref().map(|w| w.get_ref().clone());
+            if let Some(w) = &r.weights {
+                for (k, v) in w.get_ref() {
+                    if !matches!(k.as_str(), "input" | "output") {
+                        self.err(
+                            w,
+                            key("weights"),
+                            format!("unknown weight {k:?} (input | output)"),
+                        );
+                    } else if !v.is_finite() || *v < 0.0 || *v > 1e9 {
+                        self.err(
+                            w,
+                            key("weights"),
+                            format!("weight {k} must be a number from 0 to 1e9"),
+                        );
+                    }
+                }
+            }
+            let value = r.value.get_ref().as_str();
+            let weight = |k: &str| {
+                weights
+                    .as_ref()
+                    .and_then(|w| w.get(k).copied())
+                    .unwrap_or(1.0)
+            };
+            // (paths feeding each term, weight)
+            let terms: Option<Vec<(Vec<&str>, f64)>> = match value {
+                "openai_tokens" if weights.is_none() => Some(vec![(
+                    vec!["$.usage.total_tokens", "$.response.usage.total_tokens"],
+                    1.0,
+                )]),
+                "openai_tokens" => Some(vec![
+                    (
+                        vec![
+                            "$.usage.prompt_tokens",
+                            "$.usage.input_tokens",
+                            "$.response.usage.input_tokens",
+                        ],
+                        weight("input"),
+                    ),
+                    (
+                        vec![
+                            "$.usage.completion_tokens",
+                            "$.usage.output_tokens",
+                            "$.response.usage.output_tokens",
+                        ],
+                        weight("output"),
+                    ),
+                ]),
+                "anthropic_tokens" => Some(vec![
+                    (
+                        vec!["$.usage.input_tokens", "$.message.usage.input_tokens"],
+                        weight("input"),
+                    ),
+                    (
+                        vec!["$.usage.output_tokens", "$.message.usage.output_tokens"],
+                        weight("output"),
+                    ),
+                ]),
+                v if v.starts_with('$') => Some(vec![(vec![v], 1.0)]),
+                _ => None,
+            };
+            let preset = matches!(value, "openai_tokens" | "anthropic_tokens");
+            if !preset && let Some(w) = &r.weights {
+                self.err(
+                    w,
+                    key("weights"),
+                    "weights apply to the presets openai_tokens and anthropic_tokens",
+                );
+            }
+            if preset
+                && let Some(a) = &r.aggregate
+                && aggregate != Aggregate::Last
+            {
+                self.err(
+                    a,
+                    key("aggregate"),
+                    "the presets read usage totals: aggregate is \"last\"",
+                );
+            }
+            let source = if let Some(h) = value.strip_prefix("header:") {
+                let h = h.trim();
+                if h.is_empty()
+                    || !h
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+                {
+                    self.err(&r.value, key("value"), format!("invalid header name {h:?}"));
+                }
+                if let Some(a) = &r.aggregate {
+                    self.err(
+                        a,
+                        key("aggregate"),
+                        "a header value has no events to aggregate",
+                    );
+                }
+                Source::Header(h.to_ascii_lowercase().into())
+            } else if let Some(terms) = terms {
+                let mut compiled = Vec::new();
+                for (paths, w) in terms {
+                    let mut bits = 0u32;
+                    for path in paths {
+                        if path == "$" {
+                            self.err(&r.value, key("value"), "the path must name a member or element (e.g. \"$.usage.total_tokens\")");
+                            continue;
+                        }
+                        if let Err(m) =
+                            crate::redact::RedactProgram::compile(&[path], Action::Remove)
+                        {
+                            self.err(&r.value, key("value"), m.replacen("redact path", "path", 1));
+                            continue;
+                        }
+                        let slot = match slots.iter().position(|s| s == path) {
+                            Some(k) => k,
+                            None if slots.len() < 32 => {
+                                slots.push(path.to_owned());
+                                slots.len() - 1
+                            }
+                            None => {
+                                self.err(
+                                    &r.value,
+                                    key("value"),
+                                    "more than 32 distinct budget paths on one proxy",
+                                );
+                                continue;
+                            }
+                        };
+                        bits |= 1 << slot;
+                    }
+                    compiled.push(Term {
+                        slots: bits,
+                        weight: w,
+                    });
+                }
+                Source::Body(BodyValue {
+                    terms: compiled,
+                    aggregate,
+                })
+            } else {
+                self.err(
+                    &r.value,
+                    key("value"),
+                    format!("unknown value {value:?} (a JSON path \"$.a.b\", \"header:Name\", openai_tokens or anthropic_tokens)"),
+                );
+                continue;
+            };
+            let reserve = match &r.reserve {
+                None => None,
+                Some(v) => {
+                    let t = v.get_ref();
+                    let mut prog = RedactProgram::new();
+                    match prog.add(t, Action::Capture(1)) {
+                        Ok(()) if t != "$" => Some(prog),
+                        Ok(()) => {
+                            self.err(
+                                v,
+                                key("reserve"),
+                                "invalid path \"$\": name a member, e.g. \"$.max_tokens\"",
+                            );
+                            None
+                        }
+                        Err(m) => {
+                            self.err(
+                                v,
+                                key("reserve"),
+                                format!("invalid path: {}", m.replacen("redact path ", "", 1)),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+            let rule = match &r.rule {
+                None => None,
+                Some(v) => {
+                    let k = p
+                        .rules
+                        .iter()
+                        .position(|x| x.get_ref().name.as_deref() == Some(v.get_ref().as_str()));
+                    match k.and_then(|k| u32::try_from(k).ok()) {
+                        Some(k) => Some(k),
+                        None => {
+                            self.err(
+                                v,
+                                key("rule"),
+                                format!("no rule of this proxy is named {:?}", v.get_ref()),
+                            );
+                            None
+                        }
+                    }
+                }
+            };
+            if self.errors.len() != before {
+                continue;
+            }
+            let remote = self.budget_remote.clone();
+            let ledger = budget::ledger(
+                LedgerKey {
+                    proxy: Arc::from(p.name.get_ref().as_str()),
+                    name: Arc::from(name.as_str()),
+                    limit,
+                    per_secs,
+                    by,
+                    value: format!(
+                        "{value}|{aggregate:?}|rule={:?}|{:?}",
+                        r.rule.as_ref().map(|v| v.get_ref()),
+                        weights.as_ref().map(|w| w
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>())
+                    ),
+                    remote: remote.as_ref().map_or(0, |r| r.id),
+                },
+                remote.as_ref(),
+            );
+            out.push(Budget {
+                source,
+                reserve,
+                rule,
+                ledger,
+            });
+        }
+        for (k, path) in slots.iter().enumerate() {
+            captures.push((path.clone(), 1 << k));
+        }
+        if !captures.is_empty() {
+            let r = redact.get_or_insert_with(|| super::Redaction {
+                program: RedactProgram::new(),
+                on_invalid: OnInvalid::Pass,
+            });
+            for (path, bits) in captures {
+                if let Err(m) = r.program.add(&path, Action::Capture(bits)) {
+                    self.err(&p.name, format!("proxies[{i}].budgets"), m);
+                }
+            }
+        }
+        out
+    }
+
     /// `meter` and `quota` of proxy `i` → its (reload-surviving) buckets.
     fn meter(&mut self, i: usize, p: &RawProxy) -> Option<Arc<crate::policy::meter::ProxyMeter>> {
         use crate::config::raw::MeterByRaw;
@@ -1519,6 +1851,12 @@ impl Cx<'_> {
             password.as_deref().hash(&mut h);
             h.finish()
         };
+        self.budget_remote = Some(crate::policy::budget_cluster::remote(
+            connection_id,
+            info.clone(),
+            display.clone(),
+            key_prefix.clone(),
+        ));
         let settings = Settings {
             display,
             connection_id,
@@ -1650,7 +1988,8 @@ impl Cx<'_> {
                 }
             }
         };
-        let redact = self.redaction(i, p);
+        let mut redact = self.redaction(i, p);
+        let budgets = self.budgets(i, p, &mut redact);
         let path_params = match &p.path_params {
             None => crate::http::canon::PathParams::default(),
             Some(v) => {
@@ -1768,6 +2107,7 @@ impl Cx<'_> {
             meter,
             auth,
             redact,
+            budgets,
             oauth,
             forward_cookies,
             path_params,

@@ -178,8 +178,11 @@ pub struct Proxy {
     pub path_params: crate::http::canon::PathParams,
     /// `server.underscore_headers`, for the outbound header filter.
     pub underscore_headers: crate::http::hop::Underscores,
-    /// Response redaction (`[[proxies.redact]]`), if any.
+    /// Response redaction (`[[proxies.redact]]`), if any; it also reads the budgets' values
+    /// (`Action::Capture`), so a proxy with budgets has one even without redact tables.
     pub redact: Option<Redaction>,
+    /// `[[proxies.budgets]]`: meters on what the response says.
+    pub budgets: Vec<crate::policy::budget::Budget>,
     /// The compiled rule trie (with `default_effect`).
     pub rules: crate::policy::authz::RuleSet,
     /// Request-body scanners, if any.

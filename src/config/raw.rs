@@ -387,6 +387,35 @@ pub struct RawProxy {
     /// `[[proxies.tools]]`: tags per MCP tool, for `tool_tags` rules.
     #[serde(default)]
     pub tools: Vec<Spanned<RawTool>>,
+    /// `[[proxies.budgets]]`: meters on a value the response says (LLM tokens, cost).
+    #[serde(default)]
+    pub budgets: Vec<Spanned<RawBudget>>,
+}
+
+/// `[[proxies.budgets]] name = "tokens", value = "openai_tokens", limit = 100000, per = "1d"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: Spanned<String>,
+    /// `"$.usage.total_tokens"`, `"header:X-Cost"`, `"openai_tokens"` or `"anthropic_tokens"`.
+    pub value: Spanned<String>,
+    /// SSE: `"last"` (default) or `"sum"` of the events' values.
+    #[serde(default)]
+    pub aggregate: Option<Spanned<String>>,
+    /// Presets only: `{ input = 1.0, output = 3.0 }`.
+    #[serde(default)]
+    pub weights: Option<Spanned<std::collections::BTreeMap<String, f64>>>,
+    pub limit: Spanned<i64>,
+    pub per: Spanned<String>,
+    /// `"agent"` (default), `"proxy"` or `"role"`.
+    #[serde(default)]
+    pub by: Option<Spanned<String>>,
+    /// `"$.max_tokens"`: charged from the request body at admission, settled at the end.
+    #[serde(default)]
+    pub reserve: Option<Spanned<String>>,
+    /// The `name` of one of the proxy's rules: the budget meters only the calls it decides.
+    #[serde(default)]
+    pub rule: Option<Spanned<String>>,
 }
 
 /// `[[proxies.tools]] name = "delete_account", tags = ["write", "crm"]`.
@@ -459,6 +488,7 @@ mod reference_tests {
         ("RawMeter", "proxies.meter."),
         ("RawQuota", "proxies.quota."),
         ("RawTool", "proxies.tools."),
+        ("RawBudget", "proxies.budgets."),
         ("RawState", "state."),
         ("RawApprovals", "approvals."),
         ("RawNotify", "approvals.notify."),

@@ -140,6 +140,27 @@ pub fn error_response(
             push_u64(out, *retry_after);
             out.extend_from_slice(b"\r\n");
         }
+        Refusal::BudgetExhausted {
+            budget,
+            limit,
+            per_secs,
+            retry_after,
+        } => {
+            out.extend_from_slice(b"Retry-After: ");
+            push_u64(out, *retry_after);
+            out.extend_from_slice(b"\r\n");
+            rate_limit_headers(out, *limit, 0, *retry_after);
+            // the name is config text of token characters (checked by compile)
+            out.extend_from_slice(b"RateLimit-Policy: \"");
+            out.extend_from_slice(budget.as_bytes());
+            out.extend_from_slice(b"\";q=");
+            push_u64(out, *limit);
+            out.extend_from_slice(b";w=");
+            push_u64(out, *per_secs);
+            out.extend_from_slice(b"\r\nPortcullis-Budget: ");
+            out.extend_from_slice(budget.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         // the refill thread retries Redis within 2 s
         // the refill thread retries Redis within 2 s; bodies in flight finish within seconds
         Refusal::MeterUnavailable | Refusal::Overloaded => {

@@ -113,6 +113,8 @@ pub struct CallLog<'w> {
     pub redactions: u64,
     /// Injected secrets the upstream reflected in the response (masked).
     pub secret_reflected: u64,
+    /// Budgets charged for the call (`metered`).
+    pub metered: Option<Box<crate::observe::audit::record::Metered>>,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The TCP peer's address.
@@ -164,6 +166,7 @@ impl<'w> CallLog<'w> {
             upstream_us: None,
             redactions: 0,
             secret_reflected: 0,
+            metered: None,
             metrics_slot: None,
             client: None,
             forwarded_for: None,
@@ -302,11 +305,19 @@ impl<'w> CallLog<'w> {
             completion: false,
             approval: pick(&mut self.approval, keep),
             trace_id: self.trace.trace_id,
+            metered: pick(&mut self.metered, keep),
         }
     }
 }
 
 impl CallLog<'_> {
+    /// Notes that budget `name` charged `units` for the call (the record's `metered`).
+    pub fn add_metered(&mut self, name: &Arc<str>, units: u64) {
+        self.metered
+            .get_or_insert_with(Default::default)
+            .push((name.clone(), units));
+    }
+
     /// Whether the call's proxy, path and agent are wanted: it goes to the audit trail, or
     /// the `access` log is on (the copies are skipped otherwise: an `Arc` clone touches a
     /// cache line every worker shares).
@@ -399,6 +410,7 @@ impl Drop for CallLog<'_> {
                 secret_reflected: u16::try_from(self.secret_reflected).unwrap_or(u16::MAX),
                 total_us,
                 completion: true,
+                metered: self.metered.take(),
                 ..AuditRecord::default()
             });
             return;

@@ -18,8 +18,9 @@ mod stages;
 mod state;
 mod stop;
 use stages::{
-    admit, agent_request_id, authenticate, authorize, forwarded_client, mcp_policy, read_body,
-    read_head, scan, send_request, traceparent,
+    admit, agent_request_id, authenticate, authorize, charge_budgets, check_budgets,
+    forwarded_client, mcp_policy, read_body, read_head, reserve_budgets, scan, send_request,
+    traceparent,
 };
 pub use state::{Scratch, View, Worker};
 pub use stop::{Phase, Stop, keep_alive};
@@ -149,6 +150,10 @@ async fn call(
     let held = mcp_policy(proxy, s, &route, &caller, log, held)?;
     log.mark(Stage::BodyScan);
 
+    // 7d. budgets: the call starts only while each of its budgets (those of the rule that
+    // decided it, and the proxy's) has something left
+    check_budgets(proxy, &caller, log.rule, now_unix.max(0) as u64)?;
+
     // 8. outbound request: one head, signed as it is sent (under `[audit] on_error =
     // "refuse"`, only if the call can be recorded)
     at.phase = Phase::Forward;
@@ -169,6 +174,9 @@ async fn call(
         .await?;
         log.mark(Stage::Approval);
     }
+    // 8b. budgets with `reserve`: the request's number (e.g. max_tokens) charged now, settled
+    // after the response (refunded if the call ends before one)
+    let mut reserved = reserve_budgets(proxy, &caller, log.rule, &s.body, &mut s.ubuf);
     // the gateway's own `traceparent` replaces the agent's when it takes part in the trace
     let tp = log.trace.outbound();
     let credential_read_ns =
@@ -239,6 +247,24 @@ async fn call(
         version,
         plan.drop_encoding,
     );
+    // the budgets' values: read from the body by the redaction engine as it streams, or
+    // from a response header (read now: the relay reuses the buffer)
+    let mut readings =
+        crate::redact::usage::Readings::new(proxy.budgets.iter().map(|b| match &b.source {
+            crate::policy::budget::Source::Body(v) => Some(v),
+            crate::policy::budget::Source::Header(_) => None,
+        }));
+    let header_values: Vec<Option<Option<f64>>> = proxy
+        .budgets
+        .iter()
+        .map(|b| match &b.source {
+            crate::policy::budget::Source::Header(h) => {
+                response::header(&s.resp, &s.ubuf, h.as_bytes())
+                    .map(crate::redact::usage::header_value)
+            }
+            crate::policy::budget::Source::Body(_) => None,
+        })
+        .collect();
     let resp_head_len = s.resp.head_len;
     let upstream_keep = s.resp.keep_alive;
     let io = StreamIo {
@@ -255,10 +281,25 @@ async fn call(
         resp_head_len,
         plan.kind,
         plan.framing,
-        plan.redactor.as_mut(),
+        response::BodyRead {
+            redactor: plan.redactor.as_mut(),
+            observe: plan.observe,
+            readings: (!proxy.budgets.is_empty()).then_some(&mut readings),
+        },
         masker.as_mut(),
     )
     .await;
+    // 11. budgets charged what the response said
+    if !proxy.budgets.is_empty() {
+        charge_budgets(
+            proxy,
+            &caller,
+            &header_values,
+            &readings,
+            &mut reserved,
+            log,
+        );
+    }
     log.mark(Stage::Relay);
     if let Some(r) = &plan.redactor {
         log.redactions = r.redactions();

@@ -369,6 +369,183 @@ pub(super) async fn admit(proxy: &Proxy, s: &mut Scratch, caller: &Caller<'_>) -
     }
 }
 
+/// Stage 7d: budgets (after the rules and MCP policy decided: a budget may belong to a rule).
+/// A call starts only while each of its budgets has something left for
+/// each of its keys (agent, proxy or roles); nothing is charged yet (the value is in the
+/// response).
+pub(super) fn check_budgets(
+    proxy: &Proxy,
+    caller: &Caller<'_>,
+    rule: Option<u32>,
+    now_unix: u64,
+) -> Result<(), Stop> {
+    for b in proxy.budgets.iter().filter(|b| b.applies(rule)) {
+        let l = &b.ledger;
+        for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+            l.touch(key);
+            let st = l.state(key, now_unix);
+            if st.remaining() == 0 {
+                l.exhausted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Refusal::BudgetExhausted {
+                    budget: l.key.name.to_string(),
+                    limit: l.key.limit,
+                    per_secs: l.key.per_secs,
+                    retry_after: st.reset_secs.max(1),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reservations of one call (`reserve = "$.max_tokens"`), per budget: charged before the
+/// call goes upstream, settled by [`charge_budgets`]; a call that ends before a response
+/// (refused later, upstream unreachable) refunds them when this guard drops.
+pub(super) struct Reserved<'a, 'c> {
+    proxy: &'a Proxy,
+    caller: &'a Caller<'c>,
+    /// Units reserved per budget (0: none).
+    amounts: Vec<u64>,
+    at_unix: u64,
+    settled: bool,
+}
+
+impl Drop for Reserved<'_, '_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        for (b, &n) in self.proxy.budgets.iter().zip(&self.amounts) {
+            if n == 0 {
+                continue;
+            }
+            let l = &b.ledger;
+            for key in crate::policy::budget::keys(l.key.by, self.caller.id(), self.caller.roles())
+            {
+                l.charge(key, -i64::try_from(n).unwrap_or(i64::MAX), self.at_unix);
+            }
+        }
+    }
+}
+
+/// Stage 8b: budgets with `reserve` charge the request body's number (e.g. `max_tokens`, read
+/// by the redaction engine; a body that is not JSON or has no such number reserves nothing).
+pub(super) fn reserve_budgets<'a, 'c>(
+    proxy: &'a Proxy,
+    caller: &'a Caller<'c>,
+    rule: Option<u32>,
+    body: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Reserved<'a, 'c> {
+    use crate::redact::{JsonRedactor, Limits, OnInvalid};
+    let at_unix = crate::util::clock::unix_now().as_secs();
+    let mut amounts = Vec::new();
+    if proxy.budgets.iter().any(|b| b.reserve.is_some()) {
+        let mut caps = Vec::new();
+        for b in &proxy.budgets {
+            let Some(prog) = b.reserve.as_ref().filter(|_| b.applies(rule)) else {
+                amounts.push(0);
+                continue;
+            };
+            // the engine only reads here (no rewrite): its output, bounded per piece, is dropped
+            let mut r = JsonRedactor::new(prog, Limits::default(), OnInvalid::Pass);
+            for piece in body.chunks(16 * 1024) {
+                scratch.clear();
+                let _ = r.feed(piece, scratch);
+            }
+            scratch.clear();
+            let _ = r.finish(scratch);
+            scratch.clear();
+            caps.clear();
+            r.take_captures(&mut caps);
+            let n = caps
+                .iter()
+                .filter_map(|c| c.value)
+                .filter(|v| *v >= 0.0)
+                .fold(0.0f64, f64::max);
+            let n = crate::redact::usage::units(n).min(crate::policy::budget::MAX_LIMIT);
+            if n > 0 {
+                let l = &b.ledger;
+                for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+                    l.charge(key, i64::try_from(n).unwrap_or(i64::MAX), at_unix);
+                }
+            }
+            amounts.push(n);
+        }
+    }
+    Reserved {
+        proxy,
+        caller,
+        amounts,
+        at_unix,
+        settled: false,
+    }
+}
+
+/// After the response: each budget charged what the response said (read from the body while
+/// it streamed, or from a header), less what the call reserved; the values go into the audit
+/// record. A response that said nothing readable is charged nothing (or keeps its
+/// reservation).
+pub(super) fn charge_budgets(
+    proxy: &Proxy,
+    caller: &Caller<'_>,
+    header_values: &[Option<Option<f64>>],
+    readings: &crate::redact::usage::Readings<'_>,
+    reserved: &mut Reserved<'_, '_>,
+    log: &mut CallLog<'_>,
+) {
+    use crate::redact::usage::units;
+    reserved.settled = true;
+    let now_unix = crate::util::clock::unix_now().as_secs();
+    let per_window = |b: &crate::policy::budget::Budget, t: u64| t / b.ledger.key.per_secs.max(1);
+    for (k, b) in proxy.budgets.iter().enumerate() {
+        if !b.applies(log.rule) {
+            continue;
+        }
+        let (value, invalid) = match readings.outcome(k) {
+            Some(o) => (o.value, o.invalid),
+            None => match header_values.get(k).copied().flatten() {
+                Some(Some(v)) => (Some(v), false),
+                Some(None) => (None, true),
+                None => (None, false),
+            },
+        };
+        let l = &b.ledger;
+        if invalid {
+            l.unreadable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                proxy = %proxy.name,
+                budget = %l.key.name,
+                request_id = log.id.as_str(),
+                "the response's budget value is not a non-negative number: not counted"
+            );
+        }
+        let held = reserved.amounts.get(k).copied().unwrap_or(0);
+        let Some(v) = value else {
+            if held > 0 {
+                log.add_metered(&l.key.name, held);
+            }
+            continue;
+        };
+        let n = units(v);
+        log.add_metered(&l.key.name, n);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // settled in the reservation's window; if that window has ended, the new one is
+        // charged in full
+        let charge = if held > 0 && per_window(b, reserved.at_unix) == per_window(b, now_unix) {
+            n.saturating_sub(i64::try_from(held).unwrap_or(i64::MAX))
+        } else {
+            n
+        };
+        for key in crate::policy::budget::keys(l.key.by, caller.id(), caller.roles()) {
+            l.charge(key, charge, now_unix);
+        }
+    }
+}
+
 /// Stage 6: the body, read whole (answering `Expect: 100-continue` first). Returns where the
 /// request ends in `s.rbuf`.
 pub(super) async fn read_body(

@@ -207,6 +207,29 @@ pub struct JsonRedactor<'p> {
     consumed: u64,
     redactions: u64,
     error: Option<RedactError>,
+    /// Capture slots of the number being read (0: none), where it starts in this chunk, and its
+    /// bytes from earlier chunks (bounded by [`MAX_CAPTURE`]).
+    cap: u32,
+    cap_from: usize,
+    cap_buf: Vec<u8>,
+    captures: Vec<Captured>,
+    /// Documents begun (each `reset` starts one: an SSE event's data).
+    doc: u32,
+}
+
+/// Longest number read for a capture; a longer one counts as infinitely large.
+pub const MAX_CAPTURE: usize = 64;
+
+/// A value read at a capture path ([`Action::Capture`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Captured {
+    /// The capture slots (bits) whose paths matched the value.
+    pub slots: u32,
+    /// Which document it was in (0 for a JSON body; one per SSE event).
+    pub doc: u32,
+    /// The number, or `None` when the value was not a JSON number (string, boolean, object,
+    /// array). `null` is not a capture at all.
+    pub value: Option<f64>,
 }
 
 impl<'p> JsonRedactor<'p> {
@@ -233,7 +256,61 @@ impl<'p> JsonRedactor<'p> {
             consumed: 0,
             redactions: 0,
             error: None,
+            cap: 0,
+            cap_from: 0,
+            cap_buf: Vec::new(),
+            captures: Vec::new(),
+            doc: 0,
         }
+    }
+
+    /// Values read at capture paths since the last [`Self::take_captures`].
+    pub fn captures(&self) -> &[Captured] {
+        &self.captures
+    }
+
+    /// Moves the values read so far to the caller's list.
+    pub fn take_captures(&mut self, into: &mut Vec<Captured>) {
+        into.append(&mut self.captures);
+    }
+
+    /// `input[i]` begins a value at a capture path.
+    fn capture_begin(&mut self, slots: u32, b: u8, i: usize) {
+        match b {
+            b'-' | b'0'..=b'9' => {
+                self.cap = slots;
+                self.cap_from = i;
+                self.cap_buf.clear();
+            }
+            b'n' => {}
+            _ => self.captures.push(Captured {
+                slots,
+                doc: self.doc,
+                value: None,
+            }),
+        }
+    }
+
+    /// The number being captured ended before `input[i]`.
+    fn capture_end(&mut self, input: &[u8], i: usize) {
+        let slots = std::mem::take(&mut self.cap);
+        let tail = input.get(self.cap_from..i).unwrap_or(&[]);
+        let len = self.cap_buf.len() + tail.len();
+        let value = if len > MAX_CAPTURE {
+            f64::INFINITY
+        } else {
+            self.cap_buf.extend_from_slice(tail);
+            std::str::from_utf8(&self.cap_buf)
+                .ok()
+                .and_then(|t| t.parse::<f64>().ok())
+                .unwrap_or(f64::INFINITY)
+        };
+        self.cap_buf.clear();
+        self.captures.push(Captured {
+            slots,
+            doc: self.doc,
+            value: Some(value),
+        });
     }
 
     /// Makes the redactor ready for a new document (keeps its buffers' capacity).
@@ -256,6 +333,9 @@ impl<'p> JsonRedactor<'p> {
         self.consumed = 0;
         self.redactions = 0;
         self.error = None;
+        self.cap = 0;
+        self.cap_buf.clear();
+        self.doc = self.doc.wrapping_add(1);
     }
 
     /// Values removed or masked so far.
@@ -325,6 +405,7 @@ impl<'p> JsonRedactor<'p> {
     }
 
     fn fail(&mut self, input: &[u8], f: Fail, out: &mut Vec<u8>) -> Result<(), RedactError> {
+        self.cap = 0;
         let pos = f.pos.min(input.len());
         // Everything decided before the undecided bytes (or the error) goes out as decided.
         let from = self.pend.take().map_or(pos, |p| p.min(pos));
@@ -400,6 +481,14 @@ impl<'p> JsonRedactor<'p> {
     /// held whitespace bounded (emitting it early, the comma still pending).
     fn end_chunk(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let n = input.len();
+        if self.cap != 0 {
+            // a captured number continues in the next chunk: keep (a bounded prefix of) it
+            let room = (MAX_CAPTURE + 1).saturating_sub(self.cap_buf.len());
+            let rest = input.get(self.cap_from..).unwrap_or(&[]);
+            self.cap_buf
+                .extend_from_slice(&rest[..rest.len().min(room)]);
+            self.cap_from = 0;
+        }
         let Some(p) = self.pend else {
             self.flush(input, n, out);
             return;
@@ -850,8 +939,10 @@ impl<'p> JsonRedactor<'p> {
         {
             let d = self.frames.len() - 1;
             if f.obj {
-                if self.pending.take() == Some(Action::Mask) {
-                    self.mask(input, i, out);
+                match self.pending.take() {
+                    Some(Action::Mask) => self.mask(input, i, out),
+                    Some(Action::Capture(slots)) => self.capture_begin(slots, b, i),
+                    _ => {}
                 }
             } else {
                 self.frames[d].index += 1;
@@ -868,6 +959,11 @@ impl<'p> JsonRedactor<'p> {
                         self.keep_pending(input, out, f.emitted_any);
                         self.frames[d].emitted_any = true;
                         self.mask(input, i, out);
+                    }
+                    Some(Action::Capture(slots)) => {
+                        self.keep_pending(input, out, f.emitted_any);
+                        self.frames[d].emitted_any = true;
+                        self.capture_begin(slots, b, i);
                     }
                     Some(Action::Remove) => {
                         self.drop_pending(input, out, i);
@@ -973,6 +1069,9 @@ impl<'p> JsonRedactor<'p> {
     /// A value ended just before `input[i]`.
     #[inline]
     fn value_done(&mut self, input: &[u8], i: usize, out: &mut Vec<u8>) {
+        if self.cap != 0 {
+            self.capture_end(input, i);
+        }
         let depth = self.frames.len();
         match self.skip {
             Some(d) if d == depth => {
@@ -1820,7 +1919,7 @@ mod tests {
                         Some(Action::Mask) => {
                             m.insert(k, Value::from("[REDACTED]"));
                         }
-                        None => {
+                        None | Some(Action::Capture(_)) => {
                             if let Some(c) = m.get_mut(&k) {
                                 ref_walk(c, labels, rules);
                             }
@@ -1836,7 +1935,7 @@ mod tests {
                     match ref_decide(rules, labels) {
                         Some(Action::Remove) => {}
                         Some(Action::Mask) => a.push(Value::from("[REDACTED]")),
-                        None => {
+                        None | Some(Action::Capture(_)) => {
                             ref_walk(&mut e, labels, rules);
                             a.push(e);
                         }

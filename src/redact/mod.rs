@@ -33,7 +33,8 @@ pub mod mask;
 mod path;
 pub mod response;
 mod sse;
+pub mod usage;
 
-pub use json::{JsonRedactor, Limits, OnInvalid, RedactError};
+pub use json::{Captured, JsonRedactor, Limits, OnInvalid, RedactError};
 pub use path::{Action, RedactProgram};
 pub use sse::{DEFAULT_MAX_EVENT, SseRedactor};

@@ -21,6 +21,9 @@ pub enum Action {
     Remove,
     /// Replace the value, whatever its type, with the string `"[REDACTED]"`.
     Mask,
+    /// Keep the value and read it (budgets, `[[proxies.budgets]]`): the bits name the capture
+    /// slots (distinct paths) it feeds. Never changes the output.
+    Capture(u32),
 }
 
 impl FromStr for Action {
@@ -36,11 +39,14 @@ impl FromStr for Action {
     }
 }
 
-/// When several paths match one value the stronger action wins: `Remove` beats `Mask`.
+/// When several paths match one value the stronger action wins: `Remove` beats `Mask` beats
+/// `Capture` (a removed or masked value is not read); captures of one value merge their slots.
 fn strongest(a: Option<Action>, b: Action) -> Action {
     match (a, b) {
         (Some(Action::Remove), _) | (_, Action::Remove) => Action::Remove,
-        _ => Action::Mask,
+        (Some(Action::Mask), _) | (_, Action::Mask) => Action::Mask,
+        (Some(Action::Capture(x)), Action::Capture(y)) => Action::Capture(x | y),
+        (None, c) => c,
     }
 }
 
@@ -167,6 +173,14 @@ impl RedactProgram {
     /// True when the program has no paths.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// True when some path removes or masks (not only captures): the output may differ from
+    /// the input.
+    pub fn rewrites(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(_, a)| matches!(a, Action::Remove | Action::Mask))
     }
 
     /// The source rules, in the order they were added.

@@ -212,6 +212,14 @@ impl<'p> ResponseRedactor<'p> {
         .map_err(BodyError::Redact)
     }
 
+    /// Moves the values read at capture paths so far to `into`.
+    pub fn take_captures(&mut self, into: &mut Vec<super::Captured>) {
+        match &mut self.redactor {
+            Redactor::Json(r) => r.take_captures(into),
+            Redactor::Sse(r) => r.take_captures(into),
+        }
+    }
+
     /// Values removed or masked so far.
     pub fn redactions(&self) -> u64 {
         match &self.redactor {

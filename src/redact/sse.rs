@@ -114,6 +114,11 @@ impl<'p> SseRedactor<'p> {
         self.redactions
     }
 
+    /// Moves the values read at capture paths so far (one document per event) to `into`.
+    pub fn take_captures(&mut self, into: &mut Vec<super::Captured>) {
+        self.json.take_captures(into);
+    }
+
     /// Events seen so far.
     pub fn events(&self) -> u64 {
         self.events

@@ -1,8 +1,9 @@
 //! The admin listener, on its own thread: `/healthz`, `/readyz` (no token; "degraded" while
 //! audit writes fail, 503 when `on_error = "refuse"` refuses calls meanwhile); `GET /metrics`,
 //! `GET /v1/requests` (`?shadow=1`: report-mode rule hits), `GET /v1/telemetry`,
-//! `GET /v1/audit/head` (the latest checkpoint) and `POST /v1/reload` (bearer `admin_token`;
-//! `/metrics` also takes the read-only `metrics_token`, and appends `ops_metrics`). Same
+//! `GET /v1/audit/head` (the latest checkpoint), `GET /v1/budgets` (each budget's window) and
+//! `POST /v1/reload` (bearer `admin_token`; `/metrics` also takes the read-only `metrics_token`,
+//! and appends `ops_metrics`). Same
 //! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
 //! a two-thread blocking pool attached to the admin runtime.
 use crate::http::head::{self, RequestHead};
@@ -138,6 +139,12 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                     crate::siem::traces::render_metrics(t, &mut body);
                 }
                 crate::server::ops_metrics::render(&control, &mut body);
+                let cfg = control.current();
+                crate::policy::budget::render_metrics(
+                    &mut body,
+                    &budget_ledgers(&cfg),
+                    unix_secs(),
+                );
                 Reply {
                     status: 200,
                     content_type: PROMETHEUS_TEXT,
@@ -148,6 +155,14 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         (b"GET", b"/v1/requests") => match authorized(&head, &buf, &control) {
             Err(r) => r,
             Ok(()) => requests(&control, query).await,
+        },
+        (b"GET", b"/v1/budgets") => match authorized(&head, &buf, &control) {
+            Err(r) => r,
+            Ok(()) => {
+                let cfg = control.current();
+                let list = crate::policy::budget::listing(&budget_ledgers(&cfg), unix_secs());
+                Reply::json(200, list.to_string())
+            }
         },
         (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control) {
             Err(r) => r,
@@ -171,7 +186,7 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         (
             _,
             b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry"
-            | b"/v1/audit/head",
+            | b"/v1/audit/head" | b"/v1/budgets",
         )
         | (_, b"/v1/reload") => Reply::error(
             405,
@@ -212,6 +227,18 @@ impl Reply {
 
 /// Largest `limit` of `GET /v1/requests`.
 pub const MAX_REQUESTS_LIMIT: usize = 10_000;
+
+/// The budgets of the running config, in config order.
+fn budget_ledgers(cfg: &crate::config::Compiled) -> Vec<&crate::policy::budget::Ledger> {
+    cfg.proxies
+        .iter()
+        .flat_map(|p| p.budgets.iter().map(|b| &*b.ledger))
+        .collect()
+}
+
+fn unix_secs() -> u64 {
+    crate::util::clock::unix_now().as_secs()
+}
 
 fn now_us() -> u64 {
     u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX)
@@ -268,9 +295,23 @@ async fn telemetry(control: &Control, query: &[u8]) -> Reply {
             crate::observe::audit::telemetry::MAX_RECORDS,
         )
     };
+    let want_proxy = telemetry_params(query, now_us()).ok().and_then(|p| p.0);
     match monoio::spawn_blocking(job).await {
-        Ok(Ok(rep)) => match serde_json::to_string(&rep) {
-            Ok(body) => Reply::json(200, body),
+        Ok(Ok(rep)) => match serde_json::to_value(&rep) {
+            Ok(mut body) => {
+                // each budget's state now (spent and remaining per key), beside the window's
+                // aggregates
+                let cfg = control.current();
+                let ledgers: Vec<&crate::policy::budget::Ledger> = budget_ledgers(&cfg)
+                    .into_iter()
+                    .filter(|l| want_proxy.as_deref().is_none_or(|p| *l.key.proxy == *p))
+                    .collect();
+                if !ledgers.is_empty() {
+                    body["budgets"] =
+                        crate::policy::budget::listing(&ledgers, unix_secs())["budgets"].take();
+                }
+                Reply::json(200, body.to_string())
+            }
             Err(e) => Reply::error(500, "internal", &e.to_string()),
         },
         Ok(Err(e)) => {

@@ -12,6 +12,7 @@ use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
 use crate::net::agent_io::AgentIo;
 use crate::redact::mask::Masker;
+use crate::redact::usage::Readings;
 use crate::redact::{self, response::ResponseRedactor};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,9 @@ pub struct Plan<'p> {
     pub redactor: Option<ResponseRedactor<'p>>,
     /// The redactor inflates the body: the agent's head drops `Content-Encoding`.
     pub drop_encoding: bool,
+    /// The redactor only reads (budgets' values, nothing removed or masked): the body goes out
+    /// as it came, with its framing and encoding.
+    pub observe: bool,
 }
 
 /// Plans the response for `resp` (in `ubuf`). A body the proxy would redact but whose
@@ -146,6 +150,7 @@ pub fn plan<'p>(
     let coding = content_coding(resp, ubuf);
     let mut redactor = None;
     let mut drop_encoding = false;
+    let observe = redaction.is_some_and(|r| !r.program.rewrites());
     if let Some(r) = redaction
         && !no_body
         && let Some(bt) = header(resp, ubuf, b"content-type").and_then(redact::response::body_type)
@@ -154,21 +159,30 @@ pub fn plan<'p>(
             Coding::Identity => redact::response::encoding(None),
             Coding::One(c) => redact::response::encoding(Some(c)),
             Coding::Stacked => None,
+        };
+        match enc {
+            Some(enc) => {
+                drop_encoding = !observe && enc != redact::response::Encoding::Identity;
+                redactor = Some(ResponseRedactor::new(&r.program, bt, enc, r.on_invalid));
+            }
+            // only reading (budgets): a body that cannot be decoded is not read
+            None if observe => {}
+            None => {
+                return Err(Refusal::UpstreamUnreachable(
+                    "the upstream response is encoded in a way that cannot be redacted",
+                ));
+            }
         }
-        .ok_or(Refusal::UpstreamUnreachable(
-            "the upstream response is encoded in a way that cannot be redacted",
-        ))?;
-        drop_encoding = enc != redact::response::Encoding::Identity;
-        redactor = Some(ResponseRedactor::new(&r.program, bt, enc, r.on_invalid));
     }
-    if masking && !no_body && redactor.is_none() && coding != Coding::Identity {
+    let rewriting = redactor.is_some() && !observe;
+    if masking && !no_body && !rewriting && coding != Coding::Identity {
         return Err(Refusal::UpstreamUnreachable(
             "the upstream response is content-encoded although identity was asked for; it cannot be checked for the injected secret",
         ));
     }
     let framing = framing(
         if no_body { None } else { Some(resp.body) },
-        redactor.is_some(),
+        rewriting,
         version,
         || {
             (status != 204)
@@ -181,6 +195,7 @@ pub fn plan<'p>(
         framing,
         redactor,
         drop_encoding,
+        observe,
     })
 }
 
@@ -262,6 +277,10 @@ struct Sink<'a, 'r> {
     write_timeout: Duration,
     chunked: bool,
     redactor: Option<&'a mut ResponseRedactor<'r>>,
+    /// The redactor only reads: its output is dropped and the body goes out as it came.
+    observe: bool,
+    /// The budgets' readings, fed from the redactor's captures after every piece.
+    readings: Option<&'a mut Readings<'r>>,
     /// The transform's output for one piece.
     red: Vec<u8>,
     /// Masks the call's injected secrets (after the redactor: it sees decoded bytes).
@@ -285,9 +304,59 @@ impl Sink<'_, '_> {
         }
     }
 
+    /// Hands the values the engine read to the budgets' readings.
+    fn drain(&mut self) {
+        if let (Some(rd), Some(r)) = (self.readings.as_deref_mut(), self.redactor.as_deref_mut()) {
+            rd.drain(|caps| r.take_captures(caps));
+        }
+    }
+
+    /// Reads `data` (or, at the end, what is held) without changing what goes out: the
+    /// redactor's output is dropped. A body that cannot be decoded stops being read (the value
+    /// is what was read before).
+    fn observe(&mut self, data: Option<&[u8]>) {
+        let Some(r) = self.redactor.as_deref_mut() else {
+            return;
+        };
+        let mut red = std::mem::take(&mut self.red);
+        let ok = match data {
+            Some(data) => {
+                let mut pos = 0;
+                let mut ok = true;
+                while pos < data.len() {
+                    red.clear();
+                    match r.feed_some(&data[pos..], &mut red) {
+                        Ok(n) => pos += n,
+                        Err(_) => {
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                ok
+            }
+            None => {
+                red.clear();
+                r.finish(&mut red).is_ok()
+            }
+        };
+        red.clear();
+        self.red = red;
+        self.drain();
+        if !ok {
+            tracing::debug!("budget values: the response body cannot be read further");
+            self.redactor = None;
+        }
+    }
+
     /// Transforms (if redacting) and frames `data` into `out`. A redaction error writes what
     /// is already framed and cuts the response.
     async fn push(&mut self, data: &[u8]) -> Result<(), StreamEnd> {
+        if self.observe {
+            self.observe(Some(data));
+            self.frame(data);
+            return Ok(());
+        }
         match self.redactor.as_deref_mut() {
             None => self.frame(data),
             Some(_) => {
@@ -312,6 +381,7 @@ impl Sink<'_, '_> {
                     pos += n;
                     self.frame(&red);
                     self.red = red;
+                    self.drain();
                     if pos >= data.len() {
                         break;
                     }
@@ -336,7 +406,13 @@ impl Sink<'_, '_> {
     /// Passes one whole upstream read on: straight from `buf` when nothing needs changing (no
     /// transform, no re-framing, nothing pending), else through `push` and `flush`.
     async fn forward(&mut self, buf: &mut Vec<u8>) -> Result<(), StreamEnd> {
-        if self.redactor.is_none() && self.masker.is_none() && !self.chunked && self.out.is_empty()
+        if self.observe {
+            self.observe(Some(buf));
+        }
+        if (self.redactor.is_none() || self.observe)
+            && self.masker.is_none()
+            && !self.chunked
+            && self.out.is_empty()
         {
             let len = buf.len();
             *self.bytes_out += len as u64;
@@ -350,7 +426,9 @@ impl Sink<'_, '_> {
 
     /// The end of the body: what the transform held back, the last chunk, the last write.
     async fn finish(&mut self) -> Result<(), StreamEnd> {
-        if let Some(r) = self.redactor.as_deref_mut() {
+        if self.observe {
+            self.observe(None);
+        } else if let Some(r) = self.redactor.as_deref_mut() {
             let mut red = std::mem::take(&mut self.red);
             red.clear();
             if let Err(e) = r.finish(&mut red) {
@@ -360,6 +438,7 @@ impl Sink<'_, '_> {
             }
             self.frame(&red);
             self.red = red;
+            self.drain();
         }
         if let Some(m) = self.masker.as_deref_mut() {
             // what the masker held back (a possible secret start that never completed)
@@ -388,14 +467,27 @@ impl Sink<'_, '_> {
 /// upstream's framing (`kind`), passed through `redactor` if any, framed for the agent
 /// (`framing`), with the call's injected secrets masked (`masker`, after the redactor). One
 /// loop for plain, redacted and masked bodies.
+/// What reads or rewrites the body on its way: the redactor (which also reads the budgets'
+/// values), whether it only reads (`Plan::observe`), and the readings it feeds.
+pub struct BodyRead<'a, 'r> {
+    pub redactor: Option<&'a mut ResponseRedactor<'r>>,
+    pub observe: bool,
+    pub readings: Option<&'a mut Readings<'r>>,
+}
+
 pub async fn relay<'r>(
     io: StreamIo<'_>,
     head_len: usize,
     kind: BodyKind,
     framing: Framing,
-    redactor: Option<&mut ResponseRedactor<'r>>,
+    body: BodyRead<'_, 'r>,
     masker: Option<&mut Masker<'r>>,
 ) -> StreamEnd {
+    let BodyRead {
+        redactor,
+        observe,
+        readings,
+    } = body;
     let StreamIo {
         conn,
         client,
@@ -413,6 +505,8 @@ pub async fn relay<'r>(
         chunked: framing == Framing::Chunked,
         red: Vec::with_capacity(if redactor.is_some() { STREAM_BUF } else { 0 }),
         redactor,
+        observe,
+        readings,
         masked: Vec::new(),
         masker,
     };

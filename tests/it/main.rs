@@ -17,6 +17,7 @@ mod audit_integrity;
 mod authz;
 mod bao;
 mod body_memory;
+mod budgets;
 mod cli_ident;
 mod client_addr;
 mod configs;

@@ -29,6 +29,9 @@
 //! is the TCP peer;
 //! `secret_reflected` (after `redactions`, present only when not 0) counts the injected
 //! secrets the upstream reflected in the response, masked before they reached the agent.
+//! `metered` (after `redactions`/`secret_reflected`, present only when some budget read a
+//! value) is `{"<budget>":N,...}`: the whole units each `[[proxies.budgets]]` charged for the
+//! call (on a completion line too, since the value is known when the body has ended).
 //! `shadow` is `{"rule":N,"decision":"deny"}` when a report-mode rule would have decided the call
 //! differently had it been enforced (the rule that would have won, and its decision).
 //!
@@ -193,7 +196,13 @@ pub struct AuditRecord {
     /// The call's W3C trace id (the agent's, continued, or the one the gateway started); all
     /// zero when there is none (written only when set). Inline: 16 bytes, no allocation.
     pub trace_id: [u8; 16],
+    /// Budgets charged for the call (`metered`): budget name and units. Behind one pointer,
+    /// set only on calls that read a budget value.
+    pub metered: Option<Box<Metered>>,
 }
+
+/// `metered`: each budget's name and the units it charged for the call.
+pub type Metered = Vec<(Arc<str>, u64)>;
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -292,6 +301,7 @@ pub fn encode_line(out: &mut Vec<u8>, entry: &Entry<'_>, prev: &Hash) -> Hash {
             out.extend_from_slice(b",\"redactions\":");
             push_u64(out, r.redactions as u64);
             push_secret_reflected(out, r.secret_reflected);
+            push_metered(out, r.metered.as_deref());
             out.extend_from_slice(b",\"total_us\":");
             push_u64(out, r.total_us);
         }
@@ -488,6 +498,7 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     out.extend_from_slice(b",\"redactions\":");
     push_u64(out, r.redactions as u64);
     push_secret_reflected(out, r.secret_reflected);
+    push_metered(out, r.metered.as_deref());
     out.extend_from_slice(b",\"bytes_in\":");
     push_u64(out, r.bytes_in);
     out.extend_from_slice(b",\"bytes_out\":");
@@ -542,6 +553,23 @@ fn push_secret_reflected(out: &mut Vec<u8>, n: u16) {
         out.extend_from_slice(b",\"secret_reflected\":");
         push_u64(out, n as u64);
     }
+}
+
+/// `,"metered":{"name":N,...}`, only when some budget read a value.
+fn push_metered(out: &mut Vec<u8>, m: Option<&Metered>) {
+    let Some(m) = m.filter(|m| !m.is_empty()) else {
+        return;
+    };
+    out.extend_from_slice(b",\"metered\":{");
+    for (k, (name, n)) in m.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        push_json_str(out, name);
+        out.push(b':');
+        push_u64(out, *n);
+    }
+    out.push(b'}');
 }
 
 fn push_u64(out: &mut Vec<u8>, v: u64) {
@@ -808,6 +836,9 @@ pub struct StoredRecord {
     /// Injected secrets the upstream reflected (masked); absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_reflected: Option<u32>,
+    /// Units each budget charged for the call; absent when none read a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metered: Option<std::collections::BTreeMap<String, u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -921,6 +952,31 @@ mod tests {
             completion: false,
             approval: None,
             trace_id: [0; 16],
+            metered: None,
+        }
+    }
+
+    /// `metered`: written only when set (call and completion lines), after `redactions` and
+    /// `secret_reflected`, and read back.
+    #[test]
+    fn metered_is_written_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        assert!(!std::str::from_utf8(&out).unwrap().contains("metered"));
+        r.metered = Some(Box::new(vec![("tokens".into(), 42), ("co\"st".into(), 7)]));
+        for entry in [Entry::Call(&r), Entry::Completion(&r)] {
+            out.clear();
+            encode_line(&mut out, &entry, &GENESIS);
+            let line = std::str::from_utf8(&out).unwrap();
+            assert!(
+                line.contains("\"redactions\":0,\"metered\":{\"tokens\":42,\"co\\\"st\":7}"),
+                "{line}"
+            );
+            let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+            let m = s.metered.expect("metered");
+            assert_eq!(m.get("tokens"), Some(&42));
+            assert_eq!(m.get("co\"st"), Some(&7));
         }
     }
 

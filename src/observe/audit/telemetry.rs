@@ -1,5 +1,6 @@
-//! `GET /v1/telemetry`: per proxy and per agent, call counts by decision and status class and
-//! p50/p99 of `total_us`, computed from the audit records of a time window.
+//! `GET /v1/telemetry`: per proxy and per agent, call counts by decision and status class,
+//! p50/p99 of `total_us` and the budget units charged (`metered`, summed per budget), computed
+//! from the audit records of a time window. (The admin API adds each budget's current state.)
 //!
 //! # Bounds
 //!
@@ -31,6 +32,9 @@ pub struct Counts {
     /// `2xx` … `5xx` (and `none`: no status sent) → calls.
     pub status: BTreeMap<String, u64>,
     pub latency_us: Latency,
+    /// Budget name → units charged (the records' `metered`); absent when none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metered: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -77,6 +81,7 @@ struct Acc {
     decisions: BTreeMap<String, u64>,
     status: BTreeMap<String, u64>,
     lat: Vec<u64>,
+    metered: BTreeMap<String, u64>,
 }
 
 impl Acc {
@@ -94,6 +99,10 @@ impl Acc {
         if let Some(t) = r.total_us {
             self.lat.push(t);
         }
+        for (k, v) in r.metered.iter().flatten() {
+            let n = self.metered.entry(k.clone()).or_default();
+            *n = n.saturating_add(*v);
+        }
     }
 
     fn finish(mut self) -> (Counts, Vec<u64>) {
@@ -103,6 +112,7 @@ impl Acc {
             decisions: self.decisions,
             status: self.status,
             latency_us: latency(&self.lat),
+            metered: self.metered,
         };
         (c, self.lat)
     }
@@ -143,6 +153,10 @@ fn merge_counts(into: &mut Counts, c: &Counts) {
     }
     for (k, v) in &c.status {
         *into.status.entry(k.clone()).or_default() += v;
+    }
+    for (k, v) in &c.metered {
+        let n = into.metered.entry(k.clone()).or_default();
+        *n = n.saturating_add(*v);
     }
 }
 

@@ -64,6 +64,7 @@ fn rec(i: u64) -> AuditRecord {
         } else {
             [7; 16]
         },
+        metered: None,
     }
 }
 
