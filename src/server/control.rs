@@ -320,10 +320,12 @@ impl Control {
             );
         }
         if new.server.admin_listen != old.server.admin_listen {
-            restart_required.push("server.admin_listen changed: it takes effect on restart only".into());
+            restart_required
+                .push("server.admin_listen changed: it takes effect on restart only".into());
         }
         if new.audit.as_ref().map(|a| &a.dir) != old.audit.as_ref().map(|a| &a.dir) {
-            restart_required.push("[audit] changed: the audit trail is started once, restart to apply".into());
+            restart_required
+                .push("[audit] changed: the audit trail is started once, restart to apply".into());
         }
         if new.log_format != old.log_format {
             restart_required.push("[log] format changed: it takes effect on restart only".into());
