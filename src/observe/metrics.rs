@@ -777,7 +777,9 @@ pub static AGENT_TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
 pub static UPSTREAM_STRAY_BYTES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+/// The `# HELP` and `# TYPE` lines of one family (also used by the families other units
+/// render: `server::ops_metrics`, `policy::budget`).
+pub(crate) fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
@@ -794,17 +796,22 @@ fn secs(us: u64) -> String {
 }
 
 /// A label value escaped for the text format.
-fn esc(v: &str) -> String {
+pub(crate) fn esc(v: &str) -> String {
     let mut s = String::with_capacity(v.len());
+    push_label(&mut s, v);
+    s
+}
+
+/// Appends a label value escaped for the text format (`\`, `"`, newline).
+pub(crate) fn push_label(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
     }
-    s
 }
 
 #[cfg(test)]

@@ -339,26 +339,13 @@ pub fn listing(ledgers: &[&Ledger], now_unix: u64) -> serde_json::Value {
     serde_json::json!({ "budgets": budgets })
 }
 
-fn label(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// The `portcullis_budget_*` families for `/metrics`.
 pub fn render_metrics(out: &mut String, ledgers: &[&Ledger], now_unix: u64) {
     use std::fmt::Write as _;
     if ledgers.is_empty() {
         return;
     }
-    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    use crate::observe::metrics::{header as head, push_label as label};
     let per_budget = |out: &mut String, name: &str, l: &Ledger, v: u64| {
         let _ = write!(out, "{name}{{proxy=\"");
         label(out, &l.key.proxy);

@@ -20,31 +20,13 @@
 //!   (failed reads in a row).
 //!
 //! Control plane (the admin thread): reads files under `/proc` and takes the registries' locks.
+use crate::observe::metrics::{esc, header};
 use crate::server::control::Control;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 /// `/proc/<pid>/stat` times are in USER_HZ, which Linux fixes at 100 for user space.
 const USER_HZ: f64 = 100.0;
-
-fn header(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}");
-    let _ = writeln!(o, "# TYPE {name} {kind}");
-}
-
-/// A label value escaped for the text format.
-fn esc(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
 
 /// Appends every family above.
 pub fn render(control: &Control, out: &mut String) {
