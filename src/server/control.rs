@@ -219,9 +219,10 @@ impl Control {
     fn state_change(&self, new: &Compiled) -> (Option<crate::state::Store>, Vec<String>) {
         let mut notes = Vec::new();
         match (self.state_cfg.get(), &new.state, &new.approvals) {
-            (None, Some(loc), Some(appr)) => {
+            (None, Some(loc), appr) => {
                 let ring = self.audit.as_ref().map(|a| a.ring());
-                return match crate::state::Store::start(loc, appr.clone(), ring) {
+                let appr = appr.clone().unwrap_or_default();
+                return match crate::state::Store::start(loc, appr, ring) {
                     Ok(store) => (Some(store), notes),
                     Err(e) => {
                         notes.push(e.to_string());
@@ -237,10 +238,11 @@ impl Control {
                     );
                 }
                 match new_appr {
-                    None => notes.push(
+                    None if *appr != crate::state::ApprovalsConfig::default() => notes.push(
                         "[approvals] removed: the running store keeps its approvals until a restart"
                             .into(),
                     ),
+                    None => {}
                     Some(a) if a != appr => notes.push(
                         "[approvals] max_pending / retention / notify / console_url changed: they take effect on restart only"
                             .into(),
@@ -350,11 +352,7 @@ impl Control {
         // [approvals] added: its store starts now (a failure fails the reload: approve rules
         // would otherwise answer 503); other [state]/[approvals] changes need a restart
         let (store, notes) = self.state_change(&new);
-        if store.is_none()
-            && self.state.get().is_none()
-            && new.state.is_some()
-            && new.approvals.is_some()
-        {
+        if store.is_none() && self.state.get().is_none() && new.state.is_some() {
             return Err(ReloadError::State(notes.join("; ")));
         }
         restart_required.extend(notes);
@@ -362,7 +360,7 @@ impl Control {
             tracing::warn!("{r}");
         }
         if store.is_some() {
-            tracing::info!("[approvals] added: the state store started");
+            tracing::info!("[state] added: the state store started");
         }
         // phase one: every worker builds its view of the new config (nothing changes yet)
         let n = self.workers.len();
@@ -375,9 +373,10 @@ impl Control {
         }
         // phase two: every worker installs the view it prepared
         let acked = self.broadcast(Msg::Commit);
-        if let (Some(st), Some(loc), Some(appr)) = (store, &new.state, &new.approvals) {
+        if let (Some(st), Some(loc)) = (store, &new.state) {
             let _ = self.state.set(st);
-            let _ = self.state_cfg.set((loc.clone(), appr.clone()));
+            let appr = new.approvals.clone().unwrap_or_default();
+            let _ = self.state_cfg.set((loc.clone(), appr));
         }
         // token requests use the new config's client secrets from now on
         for b in new.proxies.iter().filter_map(|p| p.oauth.as_ref()) {

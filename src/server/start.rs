@@ -100,13 +100,15 @@ pub fn run(source: Source) -> Result<()> {
         }
         None => None,
     };
-    // the state store (approvals): its thread starts before the first call can be held
-    let store = match (&cfg.state, &cfg.approvals) {
-        (Some(loc), Some(appr)) => Some(
+    // the state store (approvals, managed agents, tool pins): `[state]` (or `[approvals] dir |
+    // redis`) starts it, before the first call can be held
+    let appr = cfg.approvals.clone().unwrap_or_default();
+    let store = match &cfg.state {
+        Some(loc) => Some(
             crate::state::Store::start(loc, appr.clone(), audit.as_ref().map(|(r, _)| r.clone()))
                 .map_err(|e| anyhow::anyhow!("starting the state store: {e}"))?,
         ),
-        _ => None,
+        None => None,
     };
     // OAuth2 tokens and https JWKS are fetched and refreshed on their own thread
     crate::server::refresher::start().context("starting the refresher thread")?;
@@ -158,8 +160,8 @@ pub fn run(source: Source) -> Result<()> {
         metrics,
         audit_view,
     ));
-    if let (Some(s), Some(loc), Some(appr)) = (&store, &cfg.state, &cfg.approvals) {
-        control.set_state(s.clone(), loc.clone(), appr.clone());
+    if let (Some(s), Some(loc)) = (&store, &cfg.state) {
+        control.set_state(s.clone(), loc.clone(), appr);
     }
     let traces = traces.map(|(e, _)| {
         let _ = control.traces.set(e.stats.clone());

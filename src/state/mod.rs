@@ -67,6 +67,19 @@ pub struct ApprovalsConfig {
     pub notify: Option<Notify>,
 }
 
+/// `[state]` without `[approvals]`: the store still runs (managed agents, tool pins) with the
+/// approval defaults `[approvals]` would compile to.
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            max_pending: 1000,
+            retention: Duration::from_secs(30 * 86_400),
+            console_url: None,
+            notify: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notify {
     pub url: String,
