@@ -261,6 +261,27 @@ impl Ledger {
         }
     }
 
+    /// Drops the counters of keys with nothing spent in the current window at `now_unix` and
+    /// nothing waiting to be pushed to Redis: without this a budget `by = "agent"` keeps a cell
+    /// for every agent key it ever saw. A cell some call still holds (a charge in flight) is
+    /// kept: `retain` holds the shard's write lock, so no new holder can appear meanwhile, and
+    /// a holder taken before shows in the count. Returns how many were dropped.
+    pub fn prune(&self, now_unix: u64) -> usize {
+        let win = window(now_unix, self.key.per_secs.max(1));
+        let before = self.cells.len();
+        self.cells.retain(|_, c| {
+            Arc::strong_count(c) > 1
+                || spent_in(c.state.load(Ordering::Acquire), win) > 0
+                || c.pending.load(Ordering::Acquire) != 0
+        });
+        before.saturating_sub(self.cells.len())
+    }
+
+    /// How many keys have a counter (pruned by [`prune_all`]).
+    pub fn cells(&self) -> usize {
+        self.cells.len()
+    }
+
     /// Every key with something spent in the current window, sorted by key.
     pub fn states(&self, now_unix: u64) -> Vec<(String, State)> {
         let mut v: Vec<(String, State)> = self
@@ -303,6 +324,11 @@ pub fn ledger(key: LedgerKey, remote: Option<&Arc<super::budget_cluster::Remote>
         r.add(&l);
     }
     l
+}
+
+/// [`Ledger::prune`] on every live budget (the refresher thread calls it once a minute).
+pub fn prune_all(now_unix: u64) -> usize {
+    ledgers().live().iter().map(|l| l.prune(now_unix)).sum()
 }
 
 /// `GET /v1/budgets`: each budget of the running config (`ledgers`, in config order), with
@@ -423,6 +449,34 @@ mod tests {
             value: "test".into(),
             remote: 0,
         }
+    }
+
+    #[test]
+    fn prune_drops_idle_keys_and_keeps_spent_held_and_pending_ones() {
+        let l = Ledger::new_local(key(100, 60));
+        let t0 = 1_700_000_000 / 60 * 60;
+        for i in 0..1000 {
+            l.charge(&format!("agent-{i}"), 1, t0 + 1);
+        }
+        l.charge("zero", 0, t0 + 1);
+        assert_eq!(l.cells(), 1001);
+        assert_eq!(
+            l.prune(t0 + 2),
+            1,
+            "this window: only the key with nothing spent goes"
+        );
+        // a call holding a cell (a charge in flight) keeps it
+        let held = l.cell("agent-7");
+        // a key with a charge not yet pushed to Redis is kept
+        l.cell("agent-8").pending.store(3, Ordering::Release);
+        assert_eq!(l.prune(t0 + 61), 998, "next window: idle keys go");
+        assert_eq!(l.cells(), 2);
+        drop(held);
+        l.cell("agent-8").pending.store(0, Ordering::Release);
+        assert_eq!(l.prune(t0 + 61), 2);
+        assert_eq!(l.cells(), 0);
+        // a key charged again after pruning starts from nothing in its window
+        assert_eq!(l.charge("agent-1", 5, t0 + 62).spent, 5);
     }
 
     #[test]
