@@ -275,6 +275,11 @@ impl AgentTable {
         self.agents.is_empty()
     }
 
+    /// Every agent, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.iter()
+    }
+
     pub fn get(&self, idx: AgentIdx) -> Option<&Agent> {
         self.agents.get(idx.0 as usize)
     }
