@@ -286,7 +286,7 @@ const QUEUE: usize = 4096;
 /// How often the store thread reads the shared agents generation (Redis).
 const AGENTS_POLL: Duration = Duration::from_millis(200);
 /// How often the "last seen" times are written to the store (one batch).
-const SEEN_WRITE: Duration = Duration::from_secs(5);
+const SEEN_WRITE: Duration = Duration::from_secs(2);
 /// Commands handled in one group commit at most: 64 holds share one fsync, and the batch's one
 /// transaction holds at most that many records' dirty pages in memory (256 cost ~2 KB more per
 /// held call when 1,000 arrive at once, perf.md).
