@@ -515,10 +515,10 @@ pub fn telemetry_params(qs: &[u8], now_us: u64) -> Result<(Option<String>, u64, 
 }
 
 /// Authenticates an admin request (`admin_auth::identify`) and checks its role.
-fn authorized<'c>(
+fn authorized(
     head: &RequestHead,
     buf: &[u8],
-    control: &'c Control,
+    control: &Control,
     role: Role,
 ) -> Result<admin_auth::Who<'static>, Reply> {
     let cfg = control.current();

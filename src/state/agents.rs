@@ -119,6 +119,9 @@ impl Shared {
     }
 }
 
+/// One key in a worker's copy: the agent, the key's grace end (µs), the "last seen" cell.
+type LocalKey = (Rc<Agent>, Option<u64>, Arc<AtomicU64>);
+
 /// A [`Local`] at a time, as the authentication stage asks it.
 pub struct LocalAt<'a>(pub &'a Local, pub u64);
 
@@ -136,7 +139,7 @@ impl crate::identity::MoreKeys for LocalAt<'_> {
 /// seen" cell, written at most every [`SEEN_GRAIN_S`]).
 pub struct Local {
     pub generation: u64,
-    keys: HashMap<[u8; 32], (Rc<Agent>, Option<u64>, Arc<AtomicU64>)>,
+    keys: HashMap<[u8; 32], LocalKey>,
     any: bool,
 }
 
