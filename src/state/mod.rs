@@ -455,6 +455,7 @@ impl Engine {
         let mut last_sweep = clock::now();
         let mut last_retention = clock::now();
         let mut last_seen = clock::now();
+        let mut last_poll = clock::now();
         loop {
             let first = match rx.recv_timeout(wait) {
                 Ok(cmd) => Some(cmd),
@@ -481,7 +482,8 @@ impl Engine {
                 last_retention = clock::now();
                 self.sweep_store();
             }
-            if self.poll {
+            if self.poll && last_poll.elapsed() >= AGENTS_POLL {
+                last_poll = clock::now();
                 self.poll_agents();
             }
             if last_seen.elapsed() >= SEEN_WRITE {

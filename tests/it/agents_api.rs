@@ -747,21 +747,87 @@ fn a_second_gateway_sharing_redis_honours_issue_and_revocation_within_a_second()
 
 #[test]
 fn config_shows_secrets_as_references_and_check_applies_nothing() {
+    const VAULT_VALUE: &str = "vlt-value-agents-5be01c";
     let mock = MockUpstream::start(|_| Reply::ok("ok"));
-    let rig = start(
-        &mock,
+    // a vault entry for proxy `other` (env: for `crm`, file: for the admin token)
+    let vdir = tempfile::tempdir().unwrap();
+    let out = run_portcullis(&["vault", "keygen"], &[], Duration::from_secs(30));
+    assert!(out.status.success());
+    let vkey = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let vault = format!(
+        "[vault]\nfile = \"{}\"\nkey = \"env:PCS_TEST_VAULT_KEY\"\n",
+        vdir.path().join("v.pcv").display()
+    );
+    let vcfg = vdir.path().join("v.toml");
+    std::fs::write(&vcfg, &vault).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["vault", "set", "other-token", "-c", vcfg.to_str().unwrap()])
+        .env("PCS_TEST_VAULT_KEY", &vkey)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), VAULT_VALUE.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let admin_port = free_port();
+    let toml = config(
+        admin_port,
         2,
+        &mock.url(),
         "[state]\ndir = \"state\"\n",
-        "[audit]\ndir = \"audit\"\n",
+        &format!("[audit]\ndir = \"audit\"\n\n{vault}"),
+    )
+    .replace(
+        "upstream = \"{upstream}/other\"\ndefault_effect = \"allow\"\n"
+            .replace("{upstream}", &mock.url())
+            .as_str(),
+        &format!(
+            "upstream = \"{}/other\"\ndefault_effect = \"allow\"\nauth = {{ scheme = \"bearer\", secret = \"vault:other-token\" }}\n",
+            mock.url()
+        ),
+    );
+    assert!(toml.contains("vault:other-token"));
+    let mut envs = ENVS.to_vec();
+    envs.push(("PCS_TEST_VAULT_KEY", vkey.as_str()));
+    let gw = Gateway::start_with_env(&toml, FILES, &envs);
+    wait_admin(admin_port);
+    let rig = Rig {
+        gw,
+        admin: admin_port,
+    };
+    // the vault secret is live: the upstream receives it
+    let raw = send_raw(
+        rig.gw.port(),
+        format!("GET /other/x HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {CONFIG_AGENT_KEY}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(parse_response(&raw).unwrap().status, 200, "{}", show(&raw));
+    assert_eq!(
+        mock.requests().last().unwrap().header("authorization"),
+        Some(format!("Bearer {VAULT_VALUE}").as_str())
     );
     let p = rig.admin;
     let r = admin(p, "GET", "/v1/config", Some(VIEW), "");
     assert_eq!(r.status, 200, "{}", show(&r.raw));
     let v = json(&r);
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    for secret in [TARGET_SECRET, ADMIN_TOKEN, METRICS_TOKEN] {
-        assert!(!text.contains(secret), "a secret's value in /v1/config");
+    let text = String::from_utf8_lossy(&r.raw).into_owned();
+    for secret in [
+        TARGET_SECRET,
+        ADMIN_TOKEN,
+        METRICS_TOKEN,
+        VAULT_VALUE,
+        vkey.as_str(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "a secret's value in /v1/config: {text}"
+        );
     }
+    assert_eq!(
+        v["config"]["proxies"][1]["auth"]["secret"],
+        "vault:other-token"
+    );
+    assert_eq!(v["config"]["vault"]["key"], "env:PCS_TEST_VAULT_KEY");
     assert_eq!(v["config"]["server"]["admin_token"], "file:admin.token");
     assert_eq!(
         v["config"]["server"]["metrics_token"],
