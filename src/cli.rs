@@ -207,6 +207,39 @@ pub enum AgentCommand {
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
     },
+    /// List the agents of a running gateway (config-file agents read-only, managed ones with
+    /// created / expires / last seen / revoked), through its admin API.
+    List {
+        #[command(flatten)]
+        target: approvals::Target,
+    },
+    /// Issue a managed agent through the admin API: prints its key once.
+    Create {
+        #[command(flatten)]
+        target: approvals::Target,
+        id: String,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Expiry: RFC 3339 (2027-01-01T00:00:00Z) or a date (2027-01-01, midnight UTC).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Give a managed agent a new key; the old one keeps working for --grace.
+    Rotate {
+        #[command(flatten)]
+        target: approvals::Target,
+        id: String,
+        /// How long the old key keeps working (10m, 1h; default 0).
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Revoke a managed agent: every gateway refuses its keys within a second.
+    Revoke {
+        #[command(flatten)]
+        target: approvals::Target,
+        id: String,
+    },
 }
 
 /// Where the vault is: the config's `[vault]` section, or explicit flags (which win).
@@ -560,7 +593,54 @@ pub fn agent(cmd: AgentCommand) -> Result<bool> {
             );
             Ok(true)
         }
+        AgentCommand::List { target } => approvals::call(&target, "GET", "/v1/agents", b""),
+        AgentCommand::Create {
+            target,
+            id,
+            roles,
+            expires,
+        } => {
+            let expires_at = match expires {
+                None => None,
+                Some(e) => Some(format_rfc3339(parse_rfc3339(&e).with_context(|| {
+                    format!("--expires '{e}': expected 2027-01-01 or 2027-01-01T00:00:00Z")
+                })?)),
+            };
+            let roles: Vec<&str> = roles
+                .iter()
+                .map(|r| r.trim())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let body = serde_json::json!({"id": id, "roles": roles, "expires_at": expires_at});
+            approvals::call(&target, "POST", "/v1/agents", body.to_string().as_bytes())
+        }
+        AgentCommand::Rotate { target, id, grace } => {
+            let body = match grace {
+                Some(g) => serde_json::json!({ "grace": g }),
+                None => serde_json::json!({}),
+            };
+            approvals::call(
+                &target,
+                "POST",
+                &format!("/v1/agents/{}/rotate", agent_path_id(&id)?),
+                body.to_string().as_bytes(),
+            )
+        }
+        AgentCommand::Revoke { target, id } => approvals::call(
+            &target,
+            "DELETE",
+            &format!("/v1/agents/{}", agent_path_id(&id)?),
+            b"",
+        ),
     }
+}
+
+/// A managed agent id as it goes into the API's path (no `/`).
+fn agent_path_id(id: &str) -> Result<&str> {
+    if !valid_agent_id(id) || id.contains('/') {
+        bail!("{id:?} is not a managed agent id (1-128 characters of A-Z a-z 0-9 . _ - @ :)");
+    }
+    Ok(id)
 }
 
 /// A new key and the `[[agents]]` TOML for it.

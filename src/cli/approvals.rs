@@ -1,4 +1,5 @@
-//! `portcullis approvals list|show|approve|deny` against the admin API of a running gateway
+//! `portcullis approvals list|show|approve|deny` (and `agent list|create|rotate|revoke`, whose
+//! requests go through [`call`]) against the admin API of a running gateway
 //! (`--admin http://127.0.0.1:9901`, `--key env:VAR` | `file:PATH`: a named admin key as a
 //! reference, never on the command line). Prints the API's JSON answer; exit 1 on an error.
 use crate::net::fetch;
@@ -67,7 +68,7 @@ fn valid_id(id: &str) -> Result<&str> {
     Ok(id)
 }
 
-fn call(t: &Target, method: &str, path: &str, body: &[u8]) -> Result<bool> {
+pub fn call(t: &Target, method: &str, path: &str, body: &[u8]) -> Result<bool> {
     if !(t.key.starts_with("env:") || t.key.starts_with("file:")) {
         bail!("--key: give the admin key as env:VAR or file:PATH, not the key itself");
     }

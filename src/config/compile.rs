@@ -987,6 +987,7 @@ impl Cx<'_> {
         };
         Some(Compiled {
             source: self.file.to_string(),
+            source_text: Arc::from(self.text),
             log_format,
             server,
             limits,

@@ -21,6 +21,8 @@ pub const QUICKSTART: &str = include_str!("../../configs/quickstart.toml");
 pub struct Compiled {
     /// The file this was compiled from (for logs).
     pub source: String,
+    /// The text it was compiled from (`GET /v1/config` shows it, secrets as references).
+    pub source_text: Arc<str>,
     /// `[log] format`: read before the logger starts (`log_format_of`), so a reload that
     /// changes it takes effect on restart only.
     pub log_format: LogFormat,

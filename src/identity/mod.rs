@@ -275,6 +275,11 @@ impl AgentTable {
         self.agents.is_empty()
     }
 
+    /// Every agent, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Agent> {
+        self.agents.iter()
+    }
+
     pub fn get(&self, idx: AgentIdx) -> Option<&Agent> {
         self.agents.get(idx.0 as usize)
     }
@@ -533,6 +538,8 @@ pub enum Caller<'c> {
     /// No `[[agents]]` or `[[jwt]]` configured: calls carry no identity.
     Anonymous,
     Key(&'c Agent),
+    /// An agent issued at run time through the admin API (this worker's copy).
+    Managed(std::rc::Rc<Agent>),
     Jwt(std::sync::Arc<crate::identity::jwt::JwtAgent>),
 }
 
@@ -541,6 +548,7 @@ impl Caller<'_> {
         match self {
             Caller::Anonymous => None,
             Caller::Key(a) => Some(&a.id),
+            Caller::Managed(a) => Some(&a.id),
             Caller::Jwt(j) => Some(&j.id),
         }
     }
@@ -549,6 +557,7 @@ impl Caller<'_> {
         match self {
             Caller::Anonymous => &[],
             Caller::Key(a) => &a.roles,
+            Caller::Managed(a) => &a.roles,
             Caller::Jwt(j) => &j.roles,
         }
     }
@@ -559,13 +568,33 @@ const MAX_CRED_HEADERS: usize = 8;
 
 /// The authentication stage: the proxy credential from the request's headers (`headers` yields
 /// name/value pairs), checked against the agent table or the JWT issuer that signed it.
+#[cfg(test)]
 pub fn authenticate<'c, 'h>(
     identity: &'c Identity,
     verifiers: &mut [crate::identity::jwt::JwtVerifier],
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
     now_unix: i64,
 ) -> Result<Caller<'c>, Refusal> {
-    if !identity.required() {
+    authenticate_with(identity, None, verifiers, headers, now_unix)
+}
+
+/// Agent keys known beyond the config's table (managed agents, issue 16).
+pub trait MoreKeys {
+    /// Calls need a credential even if the config names no agent.
+    fn required(&self) -> bool;
+    /// The agent a key's SHA-256 belongs to (`None`: not one of these keys).
+    fn lookup(&self, hash: &[u8; 32]) -> Option<Result<std::rc::Rc<Agent>, AuthnError>>;
+}
+
+/// [`authenticate`], with keys also looked up in `more` when the config's table has none.
+pub fn authenticate_with<'c, 'h>(
+    identity: &'c Identity,
+    more: Option<&dyn MoreKeys>,
+    verifiers: &mut [crate::identity::jwt::JwtVerifier],
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    now_unix: i64,
+) -> Result<Caller<'c>, Refusal> {
+    if !identity.required() && !more.is_some_and(|m| m.required()) {
         return Ok(Caller::Anonymous);
     }
     let mut found: [(&[u8], &[u8]); MAX_CRED_HEADERS] = [(b"", b""); MAX_CRED_HEADERS];
@@ -585,24 +614,33 @@ pub fn authenticate<'c, 'h>(
     if let Credential::Basic(b64) = cred {
         let basic = BasicCredential::decode(b64).ok_or(Refusal::Unauthenticated)?;
         let inner = Credential::classify(basic.password());
-        let caller = verify(identity, verifiers, inner, now_unix)?;
+        let caller = verify(identity, more, verifiers, inner, now_unix)?;
         if !basic.user_matches(caller.id()) {
             return Err(Refusal::Unauthenticated);
         }
         return Ok(caller);
     }
-    verify(identity, verifiers, cred, now_unix)
+    verify(identity, more, verifiers, cred, now_unix)
 }
 
 /// Checks one credential against the agent table or the JWT issuer that signed it.
 fn verify<'c>(
     identity: &'c Identity,
+    more: Option<&dyn MoreKeys>,
     verifiers: &mut [crate::identity::jwt::JwtVerifier],
     cred: Credential<'_>,
     now_unix: i64,
 ) -> Result<Caller<'c>, Refusal> {
     match cred {
-        Credential::ApiKey(k) => Ok(Caller::Key(identity.agents.authenticate(k, now_unix)?)),
+        Credential::ApiKey(k) => match (identity.agents.authenticate(k, now_unix), more) {
+            (Err(AuthnError::Unauthenticated), Some(m)) if k.len() <= MAX_CREDENTIAL_LEN => {
+                match m.lookup(&key_sha256(k)) {
+                    Some(r) => Ok(Caller::Managed(r?)),
+                    None => Err(Refusal::Unauthenticated),
+                }
+            }
+            (r, _) => Ok(Caller::Key(r?)),
+        },
         Credential::Jwt(t) => {
             let iss = crate::identity::jwt::peek_issuer(t).ok_or(Refusal::Unauthenticated)?;
             let v = verifiers

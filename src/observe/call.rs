@@ -306,6 +306,7 @@ impl<'w> CallLog<'w> {
             approval: pick(&mut self.approval, keep),
             trace_id: self.trace.trace_id,
             metered: pick(&mut self.metered, keep),
+            admin: None,
         }
     }
 }

@@ -122,7 +122,8 @@ async fn call(
     }
 
     // 3. identity
-    let caller = authenticate(view, s, now_unix)?;
+    let managed = w.managed();
+    let caller = authenticate(view, managed.as_deref(), s, now_unix)?;
     if log.keeps_names() {
         log.agent = caller.id().map(Arc::from);
     }

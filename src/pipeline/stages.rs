@@ -116,6 +116,7 @@ pub(super) fn forwarded_client(
 /// Stage 3: who is calling (this worker's JWT verifiers, with their token caches).
 pub(super) fn authenticate<'v>(
     view: &'v View,
+    managed: Option<&crate::state::agents::Local>,
     s: &Scratch,
     now_unix: i64,
 ) -> Result<Caller<'v>, Stop> {
@@ -139,7 +140,10 @@ pub(super) fn authenticate<'v>(
         .map(|h| (h.name.get(src), h.value.get(src)));
     // forward-proxy form (absolute-form target, or CONNECT's authority-form): a failure is 407
     let proxy_mode = s.head.target.get(src).first() != Some(&b'/');
-    identity::authenticate(&view.cfg.identity, &mut verifiers, headers, now_unix)
+    let now_us = u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
+    let more = managed.map(|m| crate::state::agents::LocalAt(m, now_us));
+    let more = more.as_ref().map(|m| m as &dyn identity::MoreKeys);
+    identity::authenticate_with(&view.cfg.identity, more, &mut verifiers, headers, now_unix)
         .map_err(|r| Stop::Refuse(if proxy_mode { r.in_proxy_mode() } else { r }))
 }
 

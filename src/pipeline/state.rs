@@ -158,6 +158,8 @@ pub struct Worker {
     /// The state store's handle (approvals), if `[state]`/`[approvals]` is configured: set at
     /// start, or by the reload that adds `[approvals]` (set once: the store runs until exit).
     state: std::cell::OnceCell<crate::state::Store>,
+    /// This worker's copy of the managed agents (refreshed when the store's generation moves).
+    managed: RefCell<Option<Rc<crate::state::agents::Local>>>,
     /// Request-body bytes in flight on this worker (`max_body_memory`).
     pub bodies: Rc<BodyBudget>,
     /// This worker's tracer, if `[telemetry] otlp` is configured (set at start).
@@ -185,6 +187,7 @@ impl Worker {
             bodies: Rc::new(BodyBudget::new(metrics.body_gauge())),
             metrics,
             state: std::cell::OnceCell::new(),
+            managed: RefCell::new(None),
             tracer: None,
         }
     }
@@ -201,6 +204,23 @@ impl Worker {
             let _ = self.state.set(st);
         }
         self
+    }
+
+    /// The managed agents as this worker knows them now (`None`: no state store). The
+    /// per-call cost is one atomic load of the store's generation; the copy is renewed only
+    /// when it moved.
+    pub fn managed(&self) -> Option<Rc<crate::state::agents::Local>> {
+        let shared = &self.state.get()?.agents;
+        let g = shared.generation();
+        let mut m = self.managed.borrow_mut();
+        match &*m {
+            Some(l) if l.generation == g => Some(l.clone()),
+            _ => {
+                let l = Rc::new(crate::state::agents::Local::copy(shared));
+                *m = Some(l.clone());
+                Some(l)
+            }
+        }
     }
 
     /// The state store's handle, if one runs.

@@ -6,10 +6,12 @@
 //! and appends `ops_metrics`). Same
 //! strict head parser as the data plane. Audit reads (`/v1/requests`, `/v1/telemetry`) run on
 //! a two-thread blocking pool attached to the admin runtime.
+use crate::config::Role;
 use crate::http::head::{self, RequestHead};
 use crate::http::io::{read_append, write_all};
 use crate::http::write::push_u64;
 use crate::net::agent_io::{AgentIo, accept_tls};
+use crate::server::admin_auth;
 use crate::server::control::Control;
 use monoio::net::{TcpListener, TcpStream};
 use std::net::SocketAddr;
@@ -87,6 +89,14 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         let reply = crate::server::approvals::handle(&mut s, &head, &mut buf, &control).await;
         return respond(&mut s, reply).await;
     }
+    if head.target.get(&buf).starts_with(b"/v1/agents") {
+        let reply = crate::server::agents_api::handle(&mut s, &head, &mut buf, &control).await;
+        return respond(&mut s, reply).await;
+    }
+    if head.target.get(&buf) == b"/v1/config/check" && head.method.get(&buf) == b"POST" {
+        let reply = config_check(&mut s, &head, &mut buf, &control).await;
+        return respond(&mut s, reply).await;
+    }
     let method = head.method.get(&buf);
     let target = head.target.get(&buf);
     let (path, query) = match memchr::memchr(b'?', target) {
@@ -110,9 +120,13 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
             ),
             None => Reply::json(200, r#"{"status":"ready"}"#.to_string()),
         },
-        (b"GET", b"/v1/audit/head") => match authorized(&head, &buf, &control) {
+        (b"GET", b"/v1/config") => match authorized(&head, &buf, &control, Role::Viewer) {
             Err(r) => r,
-            Ok(()) => match control.audit.as_ref() {
+            Ok(_) => crate::server::config_api::show(&control),
+        },
+        (b"GET", b"/v1/audit/head") => match authorized(&head, &buf, &control, Role::Viewer) {
+            Err(r) => r,
+            Ok(_) => match control.audit.as_ref() {
                 None => audit_disabled(),
                 Some(a) => match a.head() {
                     Some(h) => Reply::json(200, h),
@@ -124,69 +138,74 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
                 },
             },
         },
-        (b"GET", b"/metrics") => match authorized_metrics(&head, &buf, &control) {
-            Err(r) => r,
-            Ok(()) => {
-                let audit = control.audit.as_ref().map(|a| a.snapshot());
-                let mut body = control.metrics.render(audit.as_ref());
-                if let Some(a) = control.audit.as_ref() {
-                    crate::siem::render_metrics(&a.sinks, &mut body);
-                }
-                if let Some(st) = control.state.get() {
-                    st.stats.render(&mut body);
-                }
-                if let Some(t) = control.traces.get() {
-                    crate::siem::traces::render_metrics(t, &mut body);
-                }
-                crate::server::ops_metrics::render(&control, &mut body);
-                let cfg = control.current();
-                crate::policy::budget::render_metrics(
-                    &mut body,
-                    &budget_ledgers(&cfg),
-                    unix_secs(),
-                );
-                Reply {
-                    status: 200,
-                    content_type: PROMETHEUS_TEXT,
-                    body,
+        (b"GET", b"/metrics") => {
+            match admin_auth::identify_metrics(&head, &buf, &control.current()) {
+                Err(r) => r,
+                Ok(_) => {
+                    let audit = control.audit.as_ref().map(|a| a.snapshot());
+                    let mut body = control.metrics.render(audit.as_ref());
+                    if let Some(a) = control.audit.as_ref() {
+                        crate::siem::render_metrics(&a.sinks, &mut body);
+                    }
+                    if let Some(st) = control.state.get() {
+                        st.stats.render(&mut body);
+                    }
+                    if let Some(t) = control.traces.get() {
+                        crate::siem::traces::render_metrics(t, &mut body);
+                    }
+                    crate::server::ops_metrics::render(&control, &mut body);
+                    let cfg = control.current();
+                    crate::policy::budget::render_metrics(
+                        &mut body,
+                        &budget_ledgers(&cfg),
+                        unix_secs(),
+                    );
+                    Reply {
+                        status: 200,
+                        content_type: PROMETHEUS_TEXT,
+                        body,
+                    }
                 }
             }
-        },
-        (b"GET", b"/v1/requests") => match authorized(&head, &buf, &control) {
+        }
+        (b"GET", b"/v1/requests") => match authorized(&head, &buf, &control, Role::Viewer) {
             Err(r) => r,
-            Ok(()) => requests(&control, query).await,
+            Ok(who) => match scoped_proxy(&who, query) {
+                Err(r) => r,
+                Ok(()) => requests(&control, query).await,
+            },
         },
-        (b"GET", b"/v1/budgets") => match authorized(&head, &buf, &control) {
+        (b"GET", b"/v1/budgets") => match authorized(&head, &buf, &control, Role::Viewer) {
             Err(r) => r,
-            Ok(()) => {
+            Ok(who) => {
                 let cfg = control.current();
-                let list = crate::policy::budget::listing(&budget_ledgers(&cfg), unix_secs());
+                let ledgers: Vec<_> = budget_ledgers(&cfg)
+                    .into_iter()
+                    .filter(|l| who.may_see(&l.key.proxy))
+                    .collect();
+                let list = crate::policy::budget::listing(&ledgers, unix_secs());
                 Reply::json(200, list.to_string())
             }
         },
-        (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control) {
+        (b"GET", b"/v1/telemetry") => match authorized(&head, &buf, &control, Role::Viewer) {
             Err(r) => r,
-            Ok(()) => telemetry(&control, query).await,
-        },
-        (b"POST", b"/v1/reload") => match authorized(&head, &buf, &control) {
-            Err(r) => r,
-            Ok(()) => match control.reload_noting("POST /v1/reload") {
-                Ok(r) => Reply::json(
-                    200,
-                    serde_json::json!({
-                        "reloaded": true,
-                        "generation": r.generation,
-                        "restart_required": r.restart_required,
-                    })
-                    .to_string(),
-                ),
-                Err(e) => Reply::error(400, "reload_failed", &e.to_string()),
+            Ok(who) => match scoped_proxy(&who, query) {
+                Err(r) => r,
+                Ok(()) => telemetry(&control, query).await,
             },
+        },
+        (b"POST", b"/v1/reload") => match authorized(&head, &buf, &control, Role::Operator) {
+            Err(r) => r,
+            Ok(who) => {
+                let reply = reload(&control);
+                admin_auth::audit(&control, &who, "config.reload", None, reply.status);
+                reply
+            }
         },
         (
             _,
             b"/healthz" | b"/readyz" | b"/metrics" | b"/v1/requests" | b"/v1/telemetry"
-            | b"/v1/audit/head" | b"/v1/budgets",
+            | b"/v1/audit/head" | b"/v1/budgets" | b"/v1/config" | b"/v1/config/check",
         )
         | (_, b"/v1/reload") => Reply::error(
             405,
@@ -196,6 +215,69 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         _ => Reply::error(404, "not_found", "no such admin endpoint"),
     };
     respond(&mut s, reply).await;
+}
+
+/// `POST /v1/reload`.
+fn reload(control: &Control) -> Reply {
+    match control.reload_noting("POST /v1/reload") {
+        Ok(r) => Reply::json(
+            200,
+            serde_json::json!({
+                "reloaded": true,
+                "generation": r.generation,
+                "restart_required": r.restart_required,
+            })
+            .to_string(),
+        ),
+        Err(e) => Reply::error(400, "reload_failed", &e.to_string()),
+    }
+}
+
+/// A scoped identity (`[[admins]] proxies`) reads the log and telemetry of its proxies only:
+/// it names one of them with `?proxy=`.
+fn scoped_proxy(who: &admin_auth::Who<'_>, query: &[u8]) -> Result<(), Reply> {
+    if who.proxies.is_none() {
+        return Ok(());
+    }
+    let proxy = crate::http::query::pairs(query)
+        .find(|(k, _)| *k == b"proxy")
+        .and_then(|(_, v)| pct_decode(v));
+    match proxy {
+        Some(p) if !p.is_empty() && who.may_see(&p) => Ok(()),
+        _ => Err(Reply::error(
+            403,
+            "out_of_scope",
+            "this admin identity is limited to some proxies: name one of them with ?proxy=",
+        )),
+    }
+}
+
+/// `POST /v1/config/check` (operator): reads the candidate, checks it, records the action.
+async fn config_check(
+    s: &mut AgentIo,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    control: &Control,
+) -> Reply {
+    let who = match authorized(head, buf, control, Role::Operator) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let cfg = control.current();
+    let reply = match crate::server::approvals::read_body_max(
+        s,
+        head,
+        buf,
+        crate::server::config_api::MAX_CONFIG,
+    )
+    .await
+    {
+        Ok(body) => crate::server::config_api::check(control, body).await,
+        Err(r) => r,
+    };
+    drop(cfg);
+    admin_auth::audit(control, &who, "config.check", None, reply.status);
+    reply
 }
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -208,7 +290,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, body: String) -> Reply {
+    pub fn json(status: u16, body: String) -> Reply {
         Reply {
             status,
             content_type: "application/json",
@@ -432,60 +514,22 @@ pub fn telemetry_params(qs: &[u8], now_us: u64) -> Result<(Option<String>, u64, 
     Ok((proxy, since, until))
 }
 
-/// The bearer token the request presents, if any.
-fn bearer<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
-    head.headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
-        .and_then(|h| {
-            let v = h.value.get(buf);
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-        })
-}
-
-fn unauthenticated() -> Reply {
-    Reply::error(
-        401,
-        "unauthenticated",
-        "a valid admin bearer token is required",
-    )
-}
-
-fn authorized(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), Reply> {
+/// Authenticates an admin request (`admin_auth::identify`) and checks its role.
+fn authorized(
+    head: &RequestHead,
+    buf: &[u8],
+    control: &Control,
+    role: Role,
+) -> Result<admin_auth::Who<'static>, Reply> {
     let cfg = control.current();
-    let Some(token) = cfg.server.admin_token.as_ref() else {
-        return Err(Reply::error(
-            403,
-            "admin_disabled",
-            "set server.admin_token to use this endpoint",
-        ));
-    };
-    match bearer(head, buf) {
-        Some(p) if token.ct_eq(p) => Ok(()),
-        _ => Err(unauthenticated()),
-    }
-}
-
-/// `GET /metrics`: the admin token or the read-only `server.metrics_token`.
-fn authorized_metrics(head: &RequestHead, buf: &[u8], control: &Control) -> Result<(), Reply> {
-    let cfg = control.current();
-    let (admin, metrics) = (
-        cfg.server.admin_token.as_ref(),
-        cfg.server.metrics_token.as_ref(),
-    );
-    if admin.is_none() && metrics.is_none() {
-        return Err(Reply::error(
-            403,
-            "admin_disabled",
-            "set server.metrics_token (or server.admin_token) to use this endpoint",
-        ));
-    }
-    match bearer(head, buf) {
-        Some(p) if admin.is_some_and(|t| t.ct_eq(p)) || metrics.is_some_and(|t| t.ct_eq(p)) => {
-            Ok(())
-        }
-        _ => Err(unauthenticated()),
-    }
+    let who = admin_auth::identify(head, buf, &cfg)?;
+    who.require(role)?;
+    Ok(admin_auth::Who {
+        id: who.id,
+        role: who.role,
+        proxies: who.proxies,
+        admin: None,
+    })
 }
 
 async fn respond(s: &mut AgentIo, reply: Reply) {

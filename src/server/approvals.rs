@@ -15,8 +15,9 @@
 // Control plane: the admin thread.
 #![allow(clippy::disallowed_types)]
 use super::admin::Reply;
+use super::admin_auth::{Who, identify};
 use super::control::Control;
-use crate::config::{Admin, Compiled, Role};
+use crate::config::Role;
 use crate::http::head::{BodyKind, RequestHead};
 use crate::http::io::read_append;
 use crate::net::agent_io::AgentIo;
@@ -28,67 +29,6 @@ use std::time::Duration;
 const MAX_BODY: usize = 16 * 1024;
 /// Largest `limit`.
 const MAX_LIMIT: usize = 1000;
-
-/// Who is asking.
-struct Who<'c> {
-    id: String,
-    role: Role,
-    /// `None`: the shared admin token (may not decide).
-    admin: Option<&'c Admin>,
-}
-
-impl Who<'_> {
-    fn may_see(&self, proxy: &str) -> bool {
-        match self.admin.and_then(|a| a.proxies.as_ref()) {
-            Some(list) => list.iter().any(|p| p == proxy),
-            None => true,
-        }
-    }
-}
-
-fn bearer<'b>(head: &RequestHead, buf: &'b [u8]) -> Option<&'b [u8]> {
-    head.headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"authorization"))
-        .and_then(|h| {
-            let v = h.value.get(buf);
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-        })
-}
-
-fn identify<'c>(cfg: &'c Compiled, key: Option<&[u8]>) -> Result<Who<'c>, Reply> {
-    let unauth = || {
-        Reply::error(
-            401,
-            "unauthenticated",
-            "a valid admin bearer key is required",
-        )
-    };
-    let Some(key) = key else { return Err(unauth()) };
-    let h = crate::identity::key_sha256(key);
-    // every identity compared (no early exit on a match position)
-    let mut found = None;
-    for a in &cfg.admins {
-        if ct_eq32(&a.key_sha256, &h) {
-            found = Some(a);
-        }
-    }
-    if let Some(a) = found {
-        return Ok(Who {
-            id: a.id.clone(),
-            role: a.role,
-            admin: Some(a),
-        });
-    }
-    match &cfg.server.admin_token {
-        Some(t) if t.ct_eq(key) => Ok(Who {
-            id: "admin_token".into(),
-            role: Role::Operator,
-            admin: None,
-        }),
-        _ => Err(unauth()),
-    }
-}
 
 /// Handles `/v1/approvals…`; reads a request body when one is announced.
 pub async fn handle(
@@ -104,7 +44,7 @@ pub async fn handle(
         None => (&target[..], &b""[..]),
     };
     let cfg = control.current();
-    let who = match identify(&cfg, bearer(head, buf)) {
+    let who = match identify(head, buf, &cfg) {
         Ok(w) => w,
         Err(r) => return r,
     };
@@ -153,11 +93,6 @@ fn json(status: u16, body: String) -> Reply {
     }
 }
 
-/// Equality of two digests without an early exit.
-fn ct_eq32(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn not_found() -> Reply {
     Reply::error(404, "not_found", "no such approval")
 }
@@ -174,22 +109,33 @@ async fn read_body(
     head: &RequestHead,
     buf: &mut Vec<u8>,
 ) -> Result<Vec<u8>, Reply> {
+    read_body_max(s, head, buf, MAX_BODY).await
+}
+
+/// Reads an admin request's body (Content-Length, at most `max` bytes: larger is 413
+/// `body_too_large`, unread).
+pub(super) async fn read_body_max(
+    s: &mut AgentIo,
+    head: &RequestHead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<Vec<u8>, Reply> {
     let n = match head.body {
         BodyKind::None => return Ok(Vec::new()),
-        BodyKind::Length(n) => n as usize,
+        BodyKind::Length(n) => usize::try_from(n).unwrap_or(usize::MAX),
         _ => {
             return Err(Reply::error(
                 400,
                 "bad_request",
-                "send the decision with Content-Length",
+                "send the body with Content-Length",
             ));
         }
     };
-    if n > MAX_BODY {
+    if n > max {
         return Err(Reply::error(
-            400,
-            "bad_request",
-            "the decision body is too large",
+            413,
+            "body_too_large",
+            &format!("the request body is larger than {max} bytes"),
         ));
     }
     let start = head.head_len;
@@ -286,7 +232,7 @@ async fn list(store: &crate::state::Store, who: &Who<'_>, query: &[u8]) -> Reply
     }
     let (reply, rx) = flume::bounded(1);
     // a scoped identity's list is filtered after the limit is taken: ask for the most
-    let ask = if who.admin.is_some_and(|a| a.proxies.is_some()) {
+    let ask = if who.proxies.is_some() {
         MAX_LIMIT * 10
     } else {
         limit

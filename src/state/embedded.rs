@@ -9,17 +9,19 @@
 //! nothing. SQL would buy nothing here: every access is by key or a scan of a small table.
 // Control plane: this file runs on the store thread only.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
-use super::schema::{Approval, Binding, SCHEMA_VERSION};
+use super::schema::{Approval, Binding, ManagedAgent, SCHEMA_VERSION};
 use super::{Backend, StoreError};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::HashMap;
 use std::path::Path;
 
 const APPROVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("approvals");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("approval_bodies");
 const BINDINGS: TableDefinition<&[u8], &str> = TableDefinition::new("approval_bindings");
 const TOTP: TableDefinition<&str, u64> = TableDefinition::new("totp_steps");
-/// Reserved (issue 16): managed agents and revoked keys.
+/// Managed agents (issue 16), their "last seen" times, and (reserved) revoked keys.
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const AGENT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("agent_seen");
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
 /// Reserved (issue 15): pinned MCP tool definitions.
 const TOOL_PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("tool_pins");
@@ -76,6 +78,7 @@ impl Embedded {
             tx.open_table(BINDINGS).map_err(e)?;
             tx.open_table(TOTP).map_err(e)?;
             tx.open_table(AGENTS).map_err(e)?;
+            tx.open_table(AGENT_SEEN).map_err(e)?;
             tx.open_table(REVOCATIONS).map_err(e)?;
             tx.open_table(TOOL_PINS).map_err(e)?;
         }
@@ -273,6 +276,71 @@ impl Backend for Embedded {
                 .insert(admin, step)
                 .map_err(e)?;
             Ok(true)
+        })
+    }
+
+    fn agents(&mut self) -> Result<Vec<ManagedAgent>, StoreError> {
+        let rows = self.run(false, |tx| {
+            let t = tx.open_table(AGENTS).map_err(e)?;
+            let mut rows = Vec::new();
+            for row in t.iter().map_err(e)? {
+                let (_, v) = row.map_err(e)?;
+                rows.push(v.value().to_vec());
+            }
+            Ok(rows)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for v in rows {
+            match serde_json::from_slice(&v) {
+                Ok(a) => out.push(a),
+                Err(x) => tracing::warn!(error = %x, "state: skipping an unreadable agent record"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_agent(&mut self, a: &ManagedAgent, create: bool) -> Result<bool, StoreError> {
+        let json = serde_json::to_vec(a).map_err(|x| StoreError(x.to_string()))?;
+        if create {
+            let taken = self.run(false, |tx| {
+                let t = tx.open_table(AGENTS).map_err(e)?;
+                Ok(t.get(a.id.as_str()).map_err(e)?.is_some())
+            })?;
+            if taken {
+                return Ok(false);
+            }
+        }
+        self.run(true, |tx| {
+            tx.open_table(AGENTS)
+                .map_err(e)?
+                .insert(a.id.as_str(), &json[..])
+                .map_err(e)?;
+            Ok(true)
+        })
+    }
+
+    fn agents_seen(&mut self) -> Result<HashMap<String, u64>, StoreError> {
+        self.run(false, |tx| {
+            let t = tx.open_table(AGENT_SEEN).map_err(e)?;
+            let mut out = HashMap::new();
+            for row in t.iter().map_err(e)? {
+                let (k, v) = row.map_err(e)?;
+                out.insert(k.value().to_string(), v.value());
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_agents_seen(&mut self, seen: &[(String, u64)]) -> Result<(), StoreError> {
+        self.run(true, |tx| {
+            let mut t = tx.open_table(AGENT_SEEN).map_err(e)?;
+            for (id, s) in seen {
+                let cur = t.get(id.as_str()).map_err(e)?.map(|g| g.value());
+                if cur.is_none_or(|c| c < *s) {
+                    t.insert(id.as_str(), *s).map_err(e)?;
+                }
+            }
+            Ok(())
         })
     }
 }

@@ -22,13 +22,14 @@
 // Control plane: the store thread (blocking I/O, its own loop). The worker-side entry points
 // (`Store::hold`, `Store::claim`) only send and await.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+pub mod agents;
 pub mod embedded;
 pub mod notify;
 pub mod redis;
 pub mod schema;
 pub mod stats;
 
-pub use schema::{Approval, Binding, Status};
+pub use schema::{Approval, Binding, ManagedAgent, Status};
 
 use crate::observe::audit::record::ApprovalNote;
 use crate::observe::audit::{AuditRecord, AuditRing, SmallStr};
@@ -125,6 +126,20 @@ pub trait Backend: Send {
     fn scan(&mut self, visit: &mut dyn FnMut(Approval)) -> Result<(), StoreError>;
     /// Records `step` as `admin`'s last TOTP step; `Ok(false)` if it is not newer (a replay).
     fn set_totp_step(&mut self, admin: &str, step: u64) -> Result<bool, StoreError>;
+    /// Every managed agent (issue 16).
+    fn agents(&mut self) -> Result<Vec<ManagedAgent>, StoreError>;
+    /// Writes a managed agent; with `create`, only if no agent has its id (`Ok(false)`: one has).
+    /// Bumps the shared agents generation (Redis), so every replica republishes.
+    fn put_agent(&mut self, a: &ManagedAgent, create: bool) -> Result<bool, StoreError>;
+    /// The shared agents generation (Redis: moved by any replica's write; embedded: 0, this
+    /// process is the only writer).
+    fn agents_generation(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// "Last seen" (unix seconds) by agent id.
+    fn agents_seen(&mut self) -> Result<HashMap<String, u64>, StoreError>;
+    /// Raises the stored "last seen" of each agent to at least the given time.
+    fn put_agents_seen(&mut self, seen: &[(String, u64)]) -> Result<(), StoreError>;
     /// Group commit: the writes until [`Backend::end_batch`] may be made durable together.
     fn begin_batch(&mut self) {}
     /// Makes every write since [`Backend::begin_batch`] durable (one fsync for the batch).
@@ -194,8 +209,42 @@ pub enum DecideError {
 /// An approval and its body as held.
 pub type Held = (Approval, Vec<u8>);
 
+/// Why a managed-agent change was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentError {
+    /// `create`: the id is taken.
+    Exists,
+    NotFound,
+    /// `rotate`: the agent is revoked.
+    Revoked,
+    Unavailable(String),
+}
+
+/// A managed agent as listed: its record and when it was last seen (unix seconds).
+pub type AgentListing = (ManagedAgent, Option<u64>);
+
 /// What the workers and the admin API ask of the store.
 pub enum Cmd {
+    /// A new managed agent (its key hash in the record).
+    AgentCreate {
+        agent: ManagedAgent,
+        reply: flume::Sender<Result<ManagedAgent, AgentError>>,
+    },
+    AgentList {
+        reply: flume::Sender<Result<Vec<AgentListing>, StoreError>>,
+    },
+    /// A new key (SHA-256 hex); the old one works until `grace_until_us`.
+    AgentRotate {
+        id: String,
+        key_sha256: String,
+        grace_until_us: u64,
+        reply: flume::Sender<Result<ManagedAgent, AgentError>>,
+    },
+    /// Revokes every key of the agent (again: the first revocation's record).
+    AgentRevoke {
+        id: String,
+        reply: flume::Sender<Result<ManagedAgent, AgentError>>,
+    },
     Hold(Box<HoldRequest>, flume::Sender<HoldAnswer>),
     Claim {
         id: String,
@@ -228,10 +277,16 @@ pub struct Store {
     tx: flume::Sender<Cmd>,
     /// Approval metrics (written by the store thread).
     pub stats: Arc<stats::ApprovalStats>,
+    /// The managed agents as published to the workers.
+    pub agents: Arc<agents::Shared>,
 }
 
 /// Commands queued for the store thread beyond which a hold is refused (never waits).
 const QUEUE: usize = 4096;
+/// How often the store thread reads the shared agents generation (Redis).
+const AGENTS_POLL: Duration = Duration::from_millis(200);
+/// How often the "last seen" times are written to the store (one batch).
+const SEEN_WRITE: Duration = Duration::from_secs(2);
 /// Commands handled in one group commit at most: 64 holds share one fsync, and the batch's one
 /// transaction holds at most that many records' dirty pages in memory (256 cost ~2 KB more per
 /// held call when 1,000 arrive at once, perf.md).
@@ -259,7 +314,12 @@ impl Store {
         };
         let (tx, rx) = flume::bounded(QUEUE);
         let stats = Arc::new(stats::ApprovalStats::default());
+        let shared = Arc::new(agents::Shared::default());
         let mut eng = Engine {
+            agents: shared.clone(),
+            agent_list: Vec::new(),
+            agents_gen: 0,
+            seen_written: HashMap::new(),
             outbox: Vec::new(),
             stats: stats.clone(),
             notifier,
@@ -272,11 +332,18 @@ impl Store {
         };
         let n = eng.count_pending();
         eng.set_pending(n);
+        eng.agents_gen = eng.backend.agents_generation()?;
+        eng.agent_list = eng.backend.agents()?;
+        eng.agents.publish(&eng.agent_list);
         std::thread::Builder::new()
             .name("portcullis-state".into())
             .spawn(move || eng.run(rx))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { tx, stats })
+        Ok(Store {
+            tx,
+            stats,
+            agents: shared,
+        })
     }
 
     /// Data plane: asks the store about a call to hold (never blocks the worker).
@@ -313,6 +380,12 @@ impl Store {
 
 /// The store thread's state.
 struct Engine {
+    /// Managed agents: the publication point, the records as last read, the shared
+    /// generation they were read at (Redis), and the "last seen" times written so far.
+    agents: Arc<agents::Shared>,
+    agent_list: Vec<ManagedAgent>,
+    agents_gen: u64,
+    seen_written: HashMap<String, u64>,
     /// Answers and wake-ups waiting for the batch's commit.
     outbox: Vec<Box<dyn FnOnce() + Send>>,
     stats: Arc<stats::ApprovalStats>,
@@ -377,10 +450,14 @@ fn binding_of(a: &Approval) -> Option<Binding> {
 impl Engine {
     fn run(mut self, rx: flume::Receiver<Cmd>) {
         let tick = Duration::from_millis(if self.poll { 500 } else { 1000 });
+        // Redis: another replica's agent change is seen within this
+        let wait = if self.poll { AGENTS_POLL } else { tick };
         let mut last_sweep = clock::now();
         let mut last_retention = clock::now();
+        let mut last_seen = clock::now();
+        let mut last_poll = clock::now();
         loop {
-            let first = match rx.recv_timeout(tick) {
+            let first = match rx.recv_timeout(wait) {
                 Ok(cmd) => Some(cmd),
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => return,
@@ -405,6 +482,14 @@ impl Engine {
                 last_retention = clock::now();
                 self.sweep_store();
             }
+            if self.poll && last_poll.elapsed() >= AGENTS_POLL {
+                last_poll = clock::now();
+                self.poll_agents();
+            }
+            if last_seen.elapsed() >= SEEN_WRITE {
+                last_seen = clock::now();
+                self.write_seen();
+            }
             if let Err(e) = self.backend.end_batch() {
                 tracing::error!(error = %e, "state: cannot make the store's writes durable");
             }
@@ -421,6 +506,57 @@ impl Engine {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
+            Cmd::AgentCreate { agent, reply } => {
+                let r = self.agent_create(agent);
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
+            Cmd::AgentList { reply } => {
+                let r = self.agent_listing();
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
+            Cmd::AgentRotate {
+                id,
+                key_sha256,
+                grace_until_us,
+                reply,
+            } => {
+                let r = self.agent_change(&id, |a| {
+                    if a.revoked_us.is_some() {
+                        return Err(AgentError::Revoked);
+                    }
+                    let now = now_us();
+                    let old = std::mem::replace(&mut a.key_sha256, key_sha256);
+                    if grace_until_us > now {
+                        a.prev_key_sha256 = Some(old);
+                        a.prev_until_us = Some(grace_until_us);
+                    } else {
+                        a.prev_key_sha256 = None;
+                        a.prev_until_us = None;
+                    }
+                    Ok(true)
+                });
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
+            Cmd::AgentRevoke { id, reply } => {
+                let r = self.agent_change(&id, |a| {
+                    if a.revoked_us.is_some() {
+                        return Ok(false);
+                    }
+                    a.revoked_us = Some(now_us());
+                    a.prev_key_sha256 = None;
+                    a.prev_until_us = None;
+                    Ok(true)
+                });
+                self.defer(move || {
+                    let _ = reply.send(r);
+                });
+            }
             Cmd::Hold(req, reply) => {
                 let ans = self.hold(*req);
                 self.defer(move || {
@@ -472,6 +608,90 @@ impl Engine {
                     let _ = reply.send(r);
                 });
             }
+        }
+    }
+
+    /// Re-reads the agents from the backend and publishes them to the workers.
+    fn reload_agents(&mut self) -> Result<(), StoreError> {
+        self.agent_list = self.backend.agents()?;
+        self.agents.publish(&self.agent_list);
+        Ok(())
+    }
+
+    /// Redis: republishes when another replica (or this one) moved the shared generation.
+    fn poll_agents(&mut self) {
+        match self.backend.agents_generation() {
+            Ok(g) if g != self.agents_gen => match self.reload_agents() {
+                Ok(()) => self.agents_gen = g,
+                Err(e) => tracing::warn!(error = %e, "state: cannot read the managed agents"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "state: cannot read the agents generation"),
+        }
+    }
+
+    fn agent_create(&mut self, agent: ManagedAgent) -> Result<ManagedAgent, AgentError> {
+        let un = |e: StoreError| AgentError::Unavailable(e.0);
+        if !self.backend.put_agent(&agent, true).map_err(un)? {
+            return Err(AgentError::Exists);
+        }
+        // the batch commits before the answer leaves; publish now so the key works at once
+        self.reload_agents().map_err(un)?;
+        tracing::info!(agent = %agent.id, "managed agent created");
+        Ok(agent)
+    }
+
+    /// Reads the agent `id` fresh, applies `f` (`Ok(false)`: nothing to write) and publishes.
+    fn agent_change(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&mut ManagedAgent) -> Result<bool, AgentError>,
+    ) -> Result<ManagedAgent, AgentError> {
+        let un = |e: StoreError| AgentError::Unavailable(e.0);
+        let all = self.backend.agents().map_err(un)?;
+        let Some(mut a) = all.into_iter().find(|a| a.id == id) else {
+            return Err(AgentError::NotFound);
+        };
+        if f(&mut a)? {
+            self.backend.put_agent(&a, false).map_err(un)?;
+            self.reload_agents().map_err(un)?;
+        }
+        Ok(a)
+    }
+
+    fn agent_listing(&mut self) -> Result<Vec<AgentListing>, StoreError> {
+        let mut seen = self.backend.agents_seen()?;
+        for (id, s) in self.agents.seen() {
+            let e = seen.entry(id).or_insert(0);
+            *e = (*e).max(s);
+        }
+        let mut list: Vec<AgentListing> = self
+            .backend
+            .agents()?
+            .into_iter()
+            .map(|a| {
+                let s = seen.get(&a.id).copied().filter(|s| *s > 0);
+                (a, s)
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(list)
+    }
+
+    /// Writes the "last seen" times that moved since the last write (one batch).
+    fn write_seen(&mut self) {
+        let moved: Vec<(String, u64)> = self
+            .agents
+            .seen()
+            .into_iter()
+            .filter(|(id, s)| self.seen_written.get(id).is_none_or(|w| w < s))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match self.backend.put_agents_seen(&moved) {
+            Ok(()) => self.seen_written.extend(moved),
+            Err(e) => tracing::warn!(error = %e, "state: cannot record when agents were last seen"),
         }
     }
 

@@ -5,7 +5,9 @@
 //!
 //! Keys (under `key_prefix`, default `portcullis:`): `apr:{id}` (the approval as JSON),
 //! `aprbody:{id}` (the body), `aprbind:{hex}` (binding → id), `aprs` (a set of ids),
-//! `totp:{admin}` (last TOTP step); reserved for issues 16 and 15: `agent:{id}`,
+//! `totp:{admin}` (last TOTP step); managed agents (issue 16): `agents` (a hash: id → the
+//! record as JSON), `agents_gen` (a counter every agent write moves; each replica polls it)
+//! and `agent_seen` (a hash: id → last seen, unix seconds); reserved for issues 16 and 15:
 //! `revoked:{key_sha256}`, `pin:{proxy}:{tool}`.
 //!
 //! A write that follows a read (claiming, deciding, expiring) is a compare-and-set in one Lua
@@ -13,8 +15,9 @@
 //! never both execute one approval or both decide it.
 // Control plane: the store thread only.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
-use super::schema::{Approval, Binding};
+use super::schema::{Approval, Binding, ManagedAgent};
 use super::{Backend, StoreError};
+use std::collections::HashMap;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -211,5 +214,80 @@ return 1
                 .query(c)
         })?;
         Ok(n == 1)
+    }
+
+    fn agents(&mut self) -> Result<Vec<ManagedAgent>, StoreError> {
+        let key = format!("{}agents", self.prefix);
+        let all: HashMap<String, Vec<u8>> =
+            self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut out = Vec::with_capacity(all.len());
+        for v in all.values() {
+            match serde_json::from_slice(v) {
+                Ok(a) => out.push(a),
+                Err(x) => tracing::warn!(error = %x, "state: skipping an unreadable agent record"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_agent(&mut self, a: &ManagedAgent, create: bool) -> Result<bool, StoreError> {
+        // the write and the generation move together (one script)
+        const PUT: &str = r#"
+if ARGV[3] == '1' then
+  if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+        let json = serde_json::to_vec(a).map_err(|x| StoreError(x.to_string()))?;
+        let keys = [
+            format!("{}agents", self.prefix),
+            format!("{}agents_gen", self.prefix),
+        ];
+        let id = a.id.clone();
+        let n: i64 = self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(PUT)
+                .arg(2)
+                .arg(&keys[..])
+                .arg(&id)
+                .arg(&json)
+                .arg(if create { "1" } else { "0" })
+                .query(c)
+        })?;
+        Ok(n == 1)
+    }
+
+    fn agents_generation(&mut self) -> Result<u64, StoreError> {
+        let key = format!("{}agents_gen", self.prefix);
+        let v: Option<u64> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(v.unwrap_or(0))
+    }
+
+    fn agents_seen(&mut self) -> Result<HashMap<String, u64>, StoreError> {
+        let key = format!("{}agent_seen", self.prefix);
+        self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))
+    }
+
+    fn put_agents_seen(&mut self, seen: &[(String, u64)]) -> Result<(), StoreError> {
+        // only forward (another replica may have seen the agent later)
+        const MAX: &str = r#"
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if cur < tonumber(ARGV[i + 1]) then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"#;
+        let key = format!("{}agent_seen", self.prefix);
+        self.with(|c| {
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(MAX).arg(1).arg(&key);
+            for (id, s) in seen {
+                cmd.arg(id).arg(*s);
+            }
+            cmd.query::<i64>(c).map(|_| ())
+        })
     }
 }

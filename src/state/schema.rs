@@ -7,13 +7,15 @@
 //! | `approval_bodies` | approval id | the request body as held (bytes) | the approvals flow |
 //! | `approval_bindings` | [`Binding`] (SHA-256 of agent, method, path, query, body digest) | approval id | the approvals flow |
 //! | `totp_steps` | admin id | last accepted RFC 6238 time step (u64) | admin sign-off (replay refusal) |
-//! | `agents` | agent id | [`ManagedAgent`] (JSON) | reserved: managed agents (issue 16) |
-//! | `revocations` | key SHA-256 (hex) | [`Revocation`] (JSON) | reserved: revoked keys (issue 16) |
+//! | `agents` | agent id | [`ManagedAgent`] (JSON) | the management API (issue 16): agents issued at run time |
+//! | `agent_seen` | agent id | last time a managed agent's key was used (unix seconds, coarse) | the store thread, batched |
+//! | `revocations` | key SHA-256 (hex) | [`Revocation`] (JSON) | reserved (a revoked agent is its `agents` record with `revoked_us`) |
 //! | `tool_pins` | `proxy` NUL `tool` | [`ToolPin`] (JSON) | reserved: pinned MCP tool definitions (issue 15) |
 //! | `meta` | `"schema"` | schema version (u64) | the store at open |
 //!
 //! The reserved keyspaces exist (their tables are created at open, so a later version adds
-//! code, not a migration); nothing reads or writes them yet.
+//! code, not a migration); nothing reads or writes them yet. A managed agent's record holds
+//! only SHA-256 hashes of its keys, never a key.
 use serde::{Deserialize, Serialize};
 
 /// The schema version written at open; a store with a newer version is refused.
@@ -95,16 +97,26 @@ pub struct Approval {
     pub executed_by: Option<String>,
 }
 
-/// Reserved for issue 16 (agents issued at run time): only the key's hash is stored.
-#[allow(dead_code)] // reserved: no code reads or writes it yet (see the table above)
+/// An agent issued at run time (issue 16): only its keys' hashes are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedAgent {
     pub id: String,
+    /// SHA-256 (hex) of the current key.
     pub key_sha256: String,
     pub roles: Vec<String>,
     pub created_us: u64,
+    /// The keys are refused from then on (`credential_expired`).
     pub expires_us: Option<u64>,
+    /// Revoked: every key of the agent is refused from then on (`unauthenticated`).
     pub revoked_us: Option<u64>,
+    /// The key a rotation replaced (SHA-256 hex): it keeps working until `prev_until_us`.
+    #[serde(default)]
+    pub prev_key_sha256: Option<String>,
+    #[serde(default)]
+    pub prev_until_us: Option<u64>,
+    /// The admin identity that issued it.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// Reserved for issue 16: a revoked key (honoured by every worker and replica).

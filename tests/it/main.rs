@@ -11,6 +11,7 @@
 mod support;
 
 mod admin;
+mod agents_api;
 mod approvals;
 mod audit;
 mod audit_integrity;

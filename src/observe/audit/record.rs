@@ -199,6 +199,21 @@ pub struct AuditRecord {
     /// Budgets charged for the call (`metered`): budget name and units. Behind one pointer,
     /// set only on calls that read a budget value.
     pub metered: Option<Box<Metered>>,
+    /// Not a call but an admin action (`kind: "admin"`, issue 16): who did what to what.
+    pub admin: Option<Arc<AdminNote>>,
+}
+
+/// An admin action (see [`AuditRecord::admin`]); the record's `status` is the answer's.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AdminNote {
+    /// The admin identity (`[[admins]] id`, or `admin_token`).
+    pub admin: String,
+    /// `viewer` | `approver` | `operator`.
+    pub role: &'static str,
+    /// `agent.create` | `agent.rotate` | `agent.revoke` | `config.reload` | `config.check`.
+    pub action: &'static str,
+    /// What it acted on (an agent id), if anything.
+    pub target: Option<String>,
 }
 
 /// `metered`: each budget's name and the units it charged for the call.
@@ -456,7 +471,29 @@ fn encode_approval(out: &mut Vec<u8>, r: &AuditRecord, n: &ApprovalNote, event: 
     push_u64(out, r.bytes_in);
 }
 
+/// An admin action: `kind: "admin"`, the action, the admin identity and its role, the target
+/// and the answer's status.
+fn encode_admin(out: &mut Vec<u8>, r: &AuditRecord, n: &AdminNote) {
+    out.extend_from_slice(TS_PREFIX);
+    push_ts(out, r.ts_us);
+    out.extend_from_slice(b"\",\"kind\":\"admin\",\"id\":");
+    push_json_str(out, r.id.as_str());
+    out.extend_from_slice(b",\"action\":");
+    push_json_str(out, n.action);
+    out.extend_from_slice(b",\"admin\":");
+    push_json_str(out, &n.admin);
+    out.extend_from_slice(b",\"role\":");
+    push_json_str(out, n.role);
+    out.extend_from_slice(b",\"target\":");
+    push_opt_str(out, n.target.as_deref());
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(r.status));
+}
+
 fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
+    if let Some(n) = &r.admin {
+        return encode_admin(out, r, n);
+    }
     if let Some(n) = &r.approval
         && let Some(event) = n.event
     {
@@ -890,6 +927,15 @@ pub struct StoredRecord {
     pub approver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
+    /// Admin action (`kind: "admin"`): the action, the admin identity, its role, the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     pub prev: String,
     pub hash: String,
 }
@@ -953,6 +999,7 @@ mod tests {
             approval: None,
             trace_id: [0; 16],
             metered: None,
+            admin: None,
         }
     }
 

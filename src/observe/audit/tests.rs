@@ -65,6 +65,7 @@ fn rec(i: u64) -> AuditRecord {
             [7; 16]
         },
         metered: None,
+        admin: None,
     }
 }
 
