@@ -17,9 +17,6 @@ const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(6 * 3600);
 /// config's intercepting proxies, so this is a guard, not a working size).
 const LEAF_CACHE_MAX: usize = 1024;
 
-/// Leaves minted (all workers), for `/metrics` and the tests.
-pub static LEAVES_MINTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// The loaded interception CA.
 pub struct InterceptCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -91,7 +88,8 @@ impl InterceptCa {
             .with_single_cert(chain, pkey)
             .map_err(|e| format!("leaf: {e}"))?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        LEAVES_MINTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::observe::metrics::INTERCEPT_LEAVES_MINTED
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Leaf {
             config: Arc::new(cfg),
             cert: der,

@@ -199,6 +199,53 @@ pub struct AuditRecord {
     /// Budgets charged for the call (`metered`): budget name and units. Behind one pointer,
     /// set only on calls that read a budget value.
     pub metered: Option<Box<Metered>>,
+    /// How the agent was identified (`auth`); written only when it was.
+    pub auth: Option<AuthVia>,
+    /// A call made through a `CONNECT` (`tunnel`): `intercept` for each call inside an
+    /// intercepted tunnel, `blind` for a blind tunnel's one record (its `path` is `host:port`,
+    /// `bytes_in`/`bytes_out` the bytes up/down, `total_us` its duration).
+    pub tunnel: Option<TunnelKind>,
+}
+
+/// How the agent was identified (the record's `auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthVia {
+    /// An agent key (`Authorization: Bearer`, `Proxy-Authorization: Bearer`, `x-api-key`).
+    Key,
+    /// The agent key or JWT as the password of `Proxy-Authorization: Basic` (or
+    /// `Authorization: Basic`): the HTTP(S)_PROXY form.
+    ProxyBasic,
+    /// A JWT from a `[[jwt]]` issuer.
+    Jwt,
+    /// The client certificate of an mTLS listener.
+    Mtls,
+}
+
+impl AuthVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthVia::Key => "key",
+            AuthVia::ProxyBasic => "proxy_basic",
+            AuthVia::Jwt => "jwt",
+            AuthVia::Mtls => "mtls",
+        }
+    }
+}
+
+/// The kind of `CONNECT` a call came through (the record's `tunnel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelKind {
+    Intercept,
+    Blind,
+}
+
+impl TunnelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Intercept => "intercept",
+            TunnelKind::Blind => "blind",
+        }
+    }
 }
 
 /// `metered`: each budget's name and the units it charged for the call.
@@ -479,12 +526,22 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     }
     out.extend_from_slice(b",\"agent\":");
     push_opt_str(out, r.agent.as_deref());
+    if let Some(a) = r.auth {
+        out.extend_from_slice(b",\"auth\":\"");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"proxy\":");
     push_opt_str(out, r.proxy.as_deref());
     out.extend_from_slice(b",\"method\":");
     push_json_str(out, r.method.as_str());
     out.extend_from_slice(b",\"path\":");
     push_json_str(out, &r.path);
+    if let Some(t) = r.tunnel {
+        out.extend_from_slice(b",\"tunnel\":\"");
+        out.extend_from_slice(t.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"status\":");
     push_u64(out, r.status as u64);
     out.extend_from_slice(b",\"decision\":\"");
@@ -815,6 +872,12 @@ pub struct StoredRecord {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
+    /// How the agent was identified: `key`, `proxy_basic`, `jwt`, `mtls`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// `intercept` or `blind` for calls through a `CONNECT`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
     #[serde(default)]
     pub proxy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
