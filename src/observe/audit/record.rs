@@ -1016,6 +1016,49 @@ mod tests {
             approval: None,
             trace_id: [0; 16],
             metered: None,
+            auth: None,
+            tunnel: None,
+        }
+    }
+
+    /// `auth` after `agent` and `tunnel` after `path`: written only when set, read back.
+    #[test]
+    fn auth_and_tunnel_are_written_when_set_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("\"auth\"") && !text.contains("\"tunnel\""),
+            "{text}"
+        );
+        for (via, kind, a, t) in [
+            (
+                AuthVia::ProxyBasic,
+                TunnelKind::Blind,
+                "proxy_basic",
+                "blind",
+            ),
+            (AuthVia::Mtls, TunnelKind::Intercept, "mtls", "intercept"),
+            (AuthVia::Key, TunnelKind::Intercept, "key", "intercept"),
+            (AuthVia::Jwt, TunnelKind::Blind, "jwt", "blind"),
+        ] {
+            r.auth = Some(via);
+            r.tunnel = Some(kind);
+            let mut out = Vec::new();
+            encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(
+                text.contains(&format!("\"agent\":\"support-bot\",\"auth\":\"{a}\",")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\"path\":\"/v1/accounts/42\",\"tunnel\":\"{t}\",")),
+                "{text}"
+            );
+            let back = StoredRecord::parse(text.trim_end().as_bytes()).unwrap();
+            assert_eq!(back.auth.as_deref(), Some(a));
+            assert_eq!(back.tunnel.as_deref(), Some(t));
         }
     }
 

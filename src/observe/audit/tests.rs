@@ -65,6 +65,8 @@ fn rec(i: u64) -> AuditRecord {
             [7; 16]
         },
         metered: None,
+        auth: None,
+        tunnel: None,
     }
 }
 
