@@ -112,11 +112,14 @@ pub struct Leaf {
     pub renew_at: SystemTime,
 }
 
+/// A cached leaf and the CA that signed it.
+type CachedLeaf = (Arc<InterceptCa>, Leaf);
+
 /// One worker's leaves by host. A leaf minted by another CA (the config was reloaded with a
 /// new `[forward] ca`) is not reused.
 #[derive(Default)]
 pub struct LeafCache {
-    map: RefCell<HashMap<Box<str>, (Arc<InterceptCa>, Leaf)>>,
+    map: RefCell<HashMap<Box<str>, CachedLeaf>>,
 }
 
 impl LeafCache {

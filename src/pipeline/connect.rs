@@ -37,8 +37,11 @@ pub struct Tunnel {
     pub host: Box<str>,
     pub port: u16,
     /// The CONNECT's credential-bearing header lines.
-    cred: Vec<(Box<[u8]>, Box<[u8]>)>,
+    cred: Vec<HeaderLine>,
 }
+
+/// A header line kept beyond its request: name and value.
+type HeaderLine = (Box<[u8]>, Box<[u8]>);
 
 impl Tunnel {
     /// The CONNECT's credential lines, as `identity::authenticate` reads headers.
