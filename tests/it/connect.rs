@@ -90,16 +90,40 @@ fn start(
     forward_extra: impl Fn(u16) -> String,
     tail: &str,
 ) -> Env {
+    start_with(handler, forward_extra, tail, false)
+}
+
+/// `start`, the agent listener speaking TLS (the test PKI's `localhost` certificate, whose
+/// CA is `upstream-ca.pem` beside the interception CA) when `listener_tls`.
+fn start_with(
+    handler: impl Fn(&ReceivedRequest) -> Reply + Send + Sync + 'static,
+    forward_extra: impl Fn(u16) -> String,
+    tail: &str,
+    listener_tls: bool,
+) -> Env {
     let keep = tempfile::tempdir().unwrap();
     let ca_pem = ca_init(keep.path());
     let pki = make_pki();
     let up_ca = keep.path().join("upstream-ca.pem");
     std::fs::write(&up_ca, &pki.ca_pem).unwrap();
+    let mut server_tls = String::new();
+    if listener_tls {
+        let (c, k) = (keep.path().join("gw.pem"), keep.path().join("gw.key"));
+        std::fs::write(&c, &pki.leaf_cert_pem).unwrap();
+        std::fs::write(&k, &pki.leaf_key_pem).unwrap();
+        server_tls = format!(
+            "\ntls = {{ cert = \"file:{}\", key = \"file:{}\" }}",
+            c.display(),
+            k.display()
+        );
+    }
     let mock = MockUpstream::start_tls(&pki.leaf_cert_pem, &pki.leaf_key_pem, handler);
     let admin = free_port();
     let cfg = forward_config(
         &format!("https://localhost:{}", mock.port()),
-        &format!("admin_listen = \"127.0.0.1:{admin}\"\nadmin_token = \"file:admin.token\""),
+        &format!(
+            "admin_listen = \"127.0.0.1:{admin}\"\nadmin_token = \"file:admin.token\"{server_tls}"
+        ),
         &format!("ca_file = \"{}\"", up_ca.display()),
     )
     .replace("workers = 2", "workers = 1");
@@ -648,4 +672,47 @@ fn garbage_inside_an_intercepted_tunnel_is_closed_and_counted() {
     assert_eq!(code, 200, "{text}");
     assert!(text.ends_with("still-fine"));
     assert_eq!(env.mock.count(), 1);
+}
+
+/// `HTTPS_PROXY=https://…`: the agent reaches the gateway's TLS listener, CONNECTs inside that
+/// TLS, and the intercepted TLS runs inside it (TLS in TLS); the policy applies as ever. Python
+/// `requests` does the same through an `https://` proxy URL.
+#[test]
+fn intercept_over_the_tls_listener() {
+    let env = start_with(|_| Reply::ok("tls-in-tls"), |_| String::new(), "", true);
+    let listener_ca = env._keep.path().join("upstream-ca.pem");
+    let via = format!("https://bot:{BOT_KEY}@localhost:{}", env.gw.port());
+    let ca = env.ca_pem.to_str().unwrap();
+    let (code, text) = curl(&[
+        "-x",
+        &via,
+        "--proxy-cacert",
+        listener_ca.to_str().unwrap(),
+        "--cacert",
+        ca,
+        &format!("{}/v1/inner", env.origin()),
+    ]);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.ends_with("tls-in-tls"), "{text}");
+    let (code, text) = curl(&[
+        "-x",
+        &via,
+        "--proxy-cacert",
+        listener_ca.to_str().unwrap(),
+        "--cacert",
+        ca,
+        &format!("{}/v1/admin/x", env.origin()),
+    ]);
+    assert_eq!(code, 403, "{text}");
+    let reqs = env.mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].request_line(), "GET /v1/inner HTTP/1.1");
+    assert_eq!(
+        reqs[0].header("authorization"),
+        Some(format!("Bearer {TARGET}").as_str())
+    );
+    let recs = wait_audit(env.gw.dir(), 2);
+    assert_eq!(recs[0]["tunnel"], "intercept");
+    assert_eq!(recs[0]["agent"], "bot");
+    assert_eq!(recs[1]["code"], "denied_by_rule");
 }
