@@ -66,7 +66,7 @@ pub struct Forward {
 }
 
 /// One `[forward] tunnel` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct TunnelRule {
     /// Lower-cased host, IP literal (IPv6 in brackets), or `*.suffix` (any name below the
     /// suffix, not the suffix itself).
@@ -77,6 +77,9 @@ pub struct TunnelRule {
     pub roles: Vec<String>,
     /// Private, loopback and link-local destinations allowed (metadata addresses never are).
     pub allow_private: bool,
+    /// `meter = { rate, per, burst }`: tunnels opened, per agent (kept across reloads, like a
+    /// proxy's meter, under the name `tunnel:HOST:PORT`).
+    pub meter: Option<Arc<crate::policy::meter::ProxyMeter>>,
 }
 
 impl TunnelRule {

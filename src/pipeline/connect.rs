@@ -150,6 +150,20 @@ pub(super) async fn decide(
     if !rule.admits(caller.id(), caller.roles()) {
         return Err(Refusal::TunnelDenied.into());
     }
+    // tunnels opened, per agent (the entry's `meter`)
+    if let Some(m) = &rule.meter {
+        use crate::policy::meter::Verdict;
+        match m.admit(caller.id(), false).await {
+            Verdict::Allowed(_) => {}
+            Verdict::Limited { retry_after_ns, .. } => {
+                let retry_after = Verdict::retry_after_secs(retry_after_ns);
+                return Err(Refusal::RateLimited { retry_after }.into());
+            }
+            Verdict::Pending | Verdict::Unavailable => {
+                return Err(Refusal::MeterUnavailable.into());
+            }
+        }
+    }
     let lim = &cfg.limits;
     let addrs = resolve(&host, port, lim.connect_timeout).await?;
     // every address the name resolves to is checked (a name with one private address among

@@ -716,3 +716,37 @@ fn intercept_over_the_tls_listener() {
     assert_eq!(recs[0]["agent"], "bot");
     assert_eq!(recs[1]["code"], "denied_by_rule");
 }
+
+/// A tunnel entry's `meter` counts the tunnels each agent opens: `bot`'s second tunnel within
+/// the window is 429 `rate_limited` (with `Retry-After`) and connects nowhere; `other` has its
+/// own allowance.
+#[test]
+fn tunnel_meter_is_per_agent() {
+    let (echo, accepted) = echo_server();
+    let env = start(
+        |_| Reply::ok("x"),
+        move |_| {
+            format!(
+                "tunnel = [{{ host = \"127.0.0.1:{echo}\", allow_private = true, meter = {{ rate = 1, per = \"1m\", burst = 1 }} }}]"
+            )
+        },
+        "",
+    );
+    let target = format!("127.0.0.1:{echo}");
+    let open = |user: &str, key: &str| {
+        let (mut s, r) = raw_connect(env.gw.port(), &target, Some(&format!("{user}:{key}")));
+        let _ = s.shutdown(Shutdown::Write);
+        let rest = read_to_end_bounded(&mut s);
+        (r, rest)
+    };
+    let (r, rest) = open("bot", BOT_KEY);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(rest, b"<eof>");
+    let (r, rest) = open("bot", BOT_KEY);
+    assert_eq!(r.status, 429, "{}", r.head);
+    assert!(r.header("retry-after").is_some(), "{}", r.head);
+    assert!(show(&rest).contains("rate_limited"), "{}", show(&rest));
+    let (r, _) = open("other", OTHER_KEY);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}

@@ -127,7 +127,9 @@ impl Cx<'_> {
             agents: Vec::new(),
             roles: Vec::new(),
             allow_private: false,
+            meter: None,
         };
+        let mut meter: Option<(u64, std::time::Duration, u64)> = None;
         let origin = match e.get_ref() {
             toml::Value::String(s) => s.clone(),
             toml::Value::Table(t) => {
@@ -157,7 +159,14 @@ impl Cx<'_> {
                             }
                         }
                         ("allow_private", toml::Value::Boolean(b)) => rule.allow_private = *b,
-                        ("host" | "agents" | "roles" | "allow_private", _) => {
+                        ("meter", toml::Value::Table(m)) => match tunnel_meter(m) {
+                            Ok(r) => meter = Some(r),
+                            Err(msg) => {
+                                self.err(e, format!("{key}.meter"), msg);
+                                return None;
+                            }
+                        },
+                        ("host" | "agents" | "roles" | "allow_private" | "meter", _) => {
                             self.err(e, format!("{key}.{k}"), "has the wrong type");
                             return None;
                         }
@@ -165,7 +174,7 @@ impl Cx<'_> {
                             self.err(
                                 e,
                                 format!("{key}.{k}"),
-                                "unknown key (expected host, agents, roles, allow_private)",
+                                "unknown key (expected host, agents, roles, allow_private, meter)",
                             );
                             return None;
                         }
@@ -190,6 +199,20 @@ impl Cx<'_> {
         };
         match parse_origin(&origin) {
             Ok((host, port)) => {
+                if let Some((rate, per, burst)) = meter {
+                    use crate::policy::meter::{MeterBy, MeterSpec, Rate};
+                    let spec = MeterSpec {
+                        by: MeterBy::Agent,
+                        rate: Some(Rate { rate, per, burst }),
+                        quota: None,
+                    };
+                    let name = format!("tunnel:{host}:{port}");
+                    rule.meter = Some(crate::policy::meter::global().meter_in(
+                        &name,
+                        spec,
+                        self.cluster.as_ref(),
+                    ));
+                }
                 rule.host = host;
                 rule.port = port;
                 Some(rule)
@@ -200,6 +223,37 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// `meter = { rate = N, per = "1m", burst = M }` of a tunnel entry: (rate, per, burst).
+fn tunnel_meter(
+    m: &toml::map::Map<String, toml::Value>,
+) -> Result<(u64, std::time::Duration, u64), String> {
+    let count = |v: &toml::Value, k: &str| match v.as_integer() {
+        Some(n) if (1..=1_000_000_000).contains(&n) => Ok(n as u64),
+        _ => Err(format!("{k} must be a whole number from 1 to 1000000000")),
+    };
+    let mut rate = None;
+    let mut per = std::time::Duration::from_secs(1);
+    let mut burst = None;
+    for (k, v) in m {
+        match k.as_str() {
+            "rate" => rate = Some(count(v, "rate")?),
+            "burst" => burst = Some(count(v, "burst")?),
+            "per" => {
+                per = v
+                    .as_str()
+                    .ok_or("per must be a duration like \"1m\"".to_string())
+                    .and_then(crate::util::units::parse_duration)?;
+                if per.is_zero() {
+                    return Err("per must be longer than 0".into());
+                }
+            }
+            other => return Err(format!("unknown key {other:?} (expected rate, per, burst)")),
+        }
+    }
+    let rate = rate.ok_or("rate is required")?;
+    Ok((rate, per, burst.unwrap_or(rate)))
 }
 
 fn proxy_pos(raw: &RawConfig, p: &Spanned<crate::config::raw::RawProxy>) -> usize {
@@ -299,6 +353,18 @@ mod tests {
                 "forward.ca.cert",
             ),
             ("[forward]\nbogus = 1\n", "bogus"),
+            (
+                "[forward]\ntunnel = [{ host = \"a:1\", meter = { rate = 0 } }]\n",
+                "forward.tunnel[0].meter: rate must be",
+            ),
+            (
+                "[forward]\ntunnel = [{ host = \"a:1\", meter = { per = \"1m\" } }]\n",
+                "forward.tunnel[0].meter: rate is required",
+            ),
+            (
+                "[forward]\ntunnel = [{ host = \"a:1\", meter = { rate = 1, per = \"soon\" } }]\n",
+                "forward.tunnel[0].meter: ",
+            ),
         ];
         for (extra, want) in rows {
             let e = compile(extra).err().unwrap_or_default();
