@@ -679,7 +679,12 @@ fn garbage_inside_an_intercepted_tunnel_is_closed_and_counted() {
 /// `requests` does the same through an `https://` proxy URL.
 #[test]
 fn intercept_over_the_tls_listener() {
-    let env = start_with(|_| Reply::ok("tls-in-tls"), |_| String::new(), "", true);
+    let env = start_with(
+        |_| Reply::ok("tls-in-tls"),
+        |mock| format!("tunnel = [{{ host = \"127.0.0.1:{mock}\", allow_private = true }}]"),
+        "",
+        true,
+    );
     let listener_ca = env._keep.path().join("upstream-ca.pem");
     let via = format!("https://bot:{BOT_KEY}@localhost:{}", env.gw.port());
     let ca = env.ca_pem.to_str().unwrap();
@@ -715,6 +720,30 @@ fn intercept_over_the_tls_listener() {
     assert_eq!(recs[0]["tunnel"], "intercept");
     assert_eq!(recs[0]["agent"], "bot");
     assert_eq!(recs[1]["code"], "denied_by_rule");
+    // a blind tunnel inside the listener's TLS: the mock's own certificate end to end
+    let (code, text) = curl(&[
+        "-x",
+        &via,
+        "--proxy-cacert",
+        listener_ca.to_str().unwrap(),
+        "--cacert",
+        listener_ca.to_str().unwrap(),
+        &format!("https://127.0.0.1:{}/v1/blind", env.mock.port()),
+    ]);
+    assert_eq!(code, 200, "{text}");
+    assert!(text.ends_with("tls-in-tls"), "{text}");
+    let reqs = env.mock.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].request_line(), "GET /v1/blind HTTP/1.1");
+    assert_eq!(reqs[1].header("authorization"), None);
+    let recs = wait_audit(env.gw.dir(), 3);
+    assert_eq!(recs[2]["tunnel"], "blind", "{recs:?}");
+    assert_eq!(recs[2]["path"], format!("127.0.0.1:{}", env.mock.port()));
+    assert!(
+        recs[2]["bytes_in"].as_u64().unwrap() > 100,
+        "a TLS handshake went up"
+    );
+    assert!(recs[2]["bytes_out"].as_u64().unwrap() > 100);
 }
 
 /// A tunnel entry's `meter` counts the tunnels each agent opens: `bot`'s second tunnel within
