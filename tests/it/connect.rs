@@ -779,3 +779,59 @@ fn tunnel_meter_is_per_agent() {
     assert_eq!(r.status, 200, "{}", r.head);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A client that sends its ClientHello right behind the CONNECT head (before the 200): the
+/// bytes that came with the head start the handshake, nothing is lost, and the call inside
+/// goes through.
+#[test]
+fn client_hello_sent_with_the_connect_head() {
+    let env = start(|_| Reply::ok("eager-fine"), |_| String::new(), "");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&env.ca_pem).unwrap();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100 && hello[0] == 0x16, "a ClientHello");
+    let target = format!("localhost:{}", env.mock.port());
+    let mut s = TcpStream::connect(("127.0.0.1", env.gw.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut first = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {}\r\n\r\n",
+        b64(&format!("bot:{BOT_KEY}"))
+    )
+    .into_bytes();
+    first.extend_from_slice(&hello);
+    s.write_all(&first).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200 "), "{}", show(&head));
+    let mut tls = rustls::StreamOwned::new(conn, s);
+    tls.write_all(
+        format!("GET /v1/eager HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("eager-fine"), "{text}");
+    assert_eq!(
+        env.mock.requests()[0].request_line(),
+        "GET /v1/eager HTTP/1.1"
+    );
+}
