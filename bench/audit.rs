@@ -84,6 +84,8 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         trace_id: [0x4b; 16],
         metered: None,
         admin: None,
+        auth: None,
+        tunnel: None,
     }
 }
 

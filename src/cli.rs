@@ -71,6 +71,99 @@ pub enum Command {
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
     },
+    /// The interception CA for forward-proxy mode (`[forward] ca`).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create the interception CA: DIR/ca.pem (the certificate agents trust) and DIR/ca.key
+    /// (mode 0600). Refuses to overwrite either.
+    Init {
+        /// Directory to write ca.pem and ca.key into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "portcullis interception CA")]
+        name: String,
+        /// Limit the CA to these DNS names (and their subdomains) or IP addresses with X.509
+        /// name constraints; comma-separated. Clients that honour them refuse a leaf for
+        /// anything else, so a stolen CA key cannot impersonate other sites to them.
+        #[arg(long, value_delimiter = ',')]
+        permit: Vec<String>,
+    },
+}
+
+/// `portcullis ca init`: writes the CA and prints how to use and trust it.
+pub fn ca(cmd: CaCommand) -> Result<bool> {
+    match cmd {
+        CaCommand::Init { out, name, permit } => {
+            let (cert_path, key_path) = ca_init(&out, &name, &permit)?;
+            println!(
+                "wrote {} and {} (0600)",
+                cert_path.display(),
+                key_path.display()
+            );
+            println!();
+            println!("in the config:");
+            println!("  [forward]");
+            println!(
+                "  ca = {{ cert = \"file:{}\", key = \"file:{}\" }}",
+                cert_path.display(),
+                key_path.display()
+            );
+            println!();
+            println!("agents trust {} (never the key):", cert_path.display());
+            println!("  curl:              --cacert ca.pem, or CURL_CA_BUNDLE=ca.pem");
+            println!(
+                "  OpenSSL, httpx:    SSL_CERT_FILE=ca.pem (a bundle: append it to the system one)"
+            );
+            println!("  Python requests:   REQUESTS_CA_BUNDLE=ca.pem");
+            println!("  Node.js:           NODE_EXTRA_CA_CERTS=ca.pem");
+            println!(
+                "  system store:      cp ca.pem /usr/local/share/ca-certificates/portcullis.crt && update-ca-certificates"
+            );
+            println!("then HTTPS_PROXY=http://AGENT:KEY@GATEWAY:PORT");
+            Ok(true)
+        }
+    }
+}
+
+/// Creates `dir/ca.pem` and `dir/ca.key` (0600, created exclusively: an existing file is an
+/// error, never overwritten).
+pub fn ca_init(dir: &Path, name: &str, permit: &[String]) -> Result<(PathBuf, PathBuf)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let cert_path = dir.join("ca.pem");
+    let key_path = dir.join("ca.key");
+    for p in [&cert_path, &key_path] {
+        if p.exists() {
+            anyhow::bail!("{} exists: refusing to overwrite it", p.display());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (cert, key) = crate::net::mint::generate_ca(name, permit)
+        .map_err(|e| anyhow::anyhow!("creating the CA: {e}"))?;
+    let mut kf = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .with_context(|| format!("creating {}", key_path.display()))?;
+    kf.write_all(key.as_bytes())?;
+    kf.sync_all()?;
+    let mut cf = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&cert_path)
+        .with_context(|| format!("creating {}", cert_path.display()))?;
+    cf.write_all(cert.as_bytes())?;
+    cf.sync_all()?;
+    Ok((cert_path, key_path))
 }
 
 /// The installed config, which `check` without `-c` looks at first.

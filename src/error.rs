@@ -34,8 +34,14 @@ pub enum Refusal {
     PayloadBlocked { scanner: String },
     /// The first path segment names no proxy.
     UnknownProxy,
-    /// An absolute-form request whose origin and base path fall under no proxy.
+    /// An absolute-form request whose origin and base path fall under no proxy, or a
+    /// `CONNECT` to an origin no intercepting proxy serves and no `[forward] tunnel` lists.
     UnknownOrigin,
+    /// `CONNECT` to a `[forward] tunnel` entry that does not name this agent or its roles.
+    TunnelDenied,
+    /// A tunnel's destination resolved to a loopback, private, link-local, CGNAT, multicast or
+    /// cloud-metadata address and the entry does not say `allow_private = true`.
+    SsrfBlocked,
     /// A meter ran out; retry after this many seconds.
     RateLimited { retry_after: u64 },
     /// A budget (`[[proxies.budgets]]`) is spent for this window: retry when it refills
@@ -83,7 +89,9 @@ impl Refusal {
             | Refusal::ApprovalDenied { .. }
             | Refusal::ApprovalExpired { .. }
             | Refusal::PayloadBlocked { .. }
-            | Refusal::UnknownOrigin => 403,
+            | Refusal::UnknownOrigin
+            | Refusal::TunnelDenied
+            | Refusal::SsrfBlocked => 403,
             Refusal::UnknownProxy => 404,
             Refusal::RateLimited { .. } | Refusal::BudgetExhausted { .. } => 429,
             Refusal::BodyTooLarge => 413,
@@ -118,6 +126,8 @@ impl Refusal {
             Refusal::PayloadBlocked { .. } => "payload_blocked",
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
+            Refusal::TunnelDenied => "tunnel_denied",
+            Refusal::SsrfBlocked => "ssrf_blocked",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::BudgetExhausted { .. } => "budget_exhausted",
             Refusal::BodyTooLarge => "body_too_large",
@@ -176,6 +186,11 @@ impl Refusal {
             }
             Refusal::UnknownProxy => "no proxy with this name".into(),
             Refusal::UnknownOrigin => "no proxy is configured for this origin".into(),
+            Refusal::TunnelDenied => "this agent may not open a tunnel to this origin".into(),
+            Refusal::SsrfBlocked => {
+                "the tunnel's destination is a private, loopback, link-local or metadata address"
+                    .into()
+            }
             Refusal::BudgetExhausted {
                 budget,
                 retry_after,
@@ -304,6 +319,8 @@ mod tests {
             ),
             (Refusal::UnknownProxy, 404, "unknown_proxy"),
             (Refusal::UnknownOrigin, 403, "unknown_origin"),
+            (Refusal::TunnelDenied, 403, "tunnel_denied"),
+            (Refusal::SsrfBlocked, 403, "ssrf_blocked"),
             (Refusal::RateLimited { retry_after: 1 }, 429, "rate_limited"),
             (
                 Refusal::BudgetExhausted {

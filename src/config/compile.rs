@@ -139,6 +139,7 @@ fn drop_follow_on_errors(errors: &mut Vec<ConfigError>) {
 }
 
 pub mod approvals;
+mod forward;
 
 struct Cx<'a> {
     opts: CompileOptions,
@@ -956,6 +957,7 @@ impl Cx<'_> {
                 self.file
             ));
         }
+        let forward = self.forward(&raw, &mut proxies, &mut warnings);
         let mut server = server?;
         warnings.extend(posture_warnings(self.file, &server, &identity, &proxies));
         // the same finding twice (two proxies sharing a cause) is printed once
@@ -1004,6 +1006,7 @@ impl Cx<'_> {
             state: st.location,
             approvals: st.approvals,
             admins: st.admins,
+            forward,
         })
     }
 
@@ -2099,6 +2102,8 @@ impl Cx<'_> {
             crate::http::hop::HeaderFilter::new(names)
         };
         Some(Proxy {
+            // set by `forward()` once `[forward]` is read
+            intercept: false,
             mcp,
             holds: Vec::new(),
             rules,

@@ -55,6 +55,72 @@ pub struct Compiled {
     pub approvals: Option<crate::state::ApprovalsConfig>,
     /// `[[admins]]`: named admin identities.
     pub admins: Vec<Admin>,
+    /// `[forward]`: `CONNECT` is served (intercepted or tunnelled) only when it exists.
+    pub forward: Option<Forward>,
+}
+
+/// `[forward]`, compiled.
+pub struct Forward {
+    /// The interception CA (`[forward] ca`); without it nothing is intercepted.
+    pub ca: Option<Arc<crate::net::mint::InterceptCa>>,
+    /// `[forward] tunnel`: blind-tunnel allow-list, config order.
+    pub tunnels: Vec<TunnelRule>,
+}
+
+/// One `[forward] tunnel` entry.
+#[derive(Clone)]
+pub struct TunnelRule {
+    /// Lower-cased host, IP literal (IPv6 in brackets), or `*.suffix` (any name below the
+    /// suffix, not the suffix itself).
+    pub host: String,
+    pub port: u16,
+    /// Agents it is open to (empty, with `roles` empty: every authenticated agent).
+    pub agents: Vec<String>,
+    pub roles: Vec<String>,
+    /// Private, loopback and link-local destinations allowed (metadata addresses never are).
+    pub allow_private: bool,
+    /// `meter = { rate, per, burst }`: tunnels opened, per agent (kept across reloads, like a
+    /// proxy's meter, under the name `tunnel:HOST:PORT`).
+    pub meter: Option<Arc<crate::policy::meter::ProxyMeter>>,
+}
+
+impl TunnelRule {
+    /// Whether `host:port` (host lower-cased, IPv6 in brackets) falls under this entry.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        if port != self.port {
+            return false;
+        }
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .and_then(|h| h.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty()),
+            None => self.host == host,
+        }
+    }
+
+    /// Whether an agent with this id and these roles may use it.
+    pub fn admits(&self, agent: Option<&str>, roles: &[String]) -> bool {
+        if self.agents.is_empty() && self.roles.is_empty() {
+            return true;
+        }
+        agent.is_some_and(|a| self.agents.iter().any(|x| x == a))
+            || roles.iter().any(|r| self.roles.contains(r))
+    }
+}
+
+impl Compiled {
+    /// `CONNECT host:port`: the proxy whose `https://` upstream is this origin and which
+    /// intercepts (the first in config order; requests inside are routed by path).
+    pub fn intercepting(&self, host: &str, port: u16) -> Option<usize> {
+        self.forward.as_ref()?.ca.as_ref()?;
+        self.proxies.iter().position(|p| {
+            p.intercept
+                && p.upstream.https
+                && p.upstream.port == port
+                && p.upstream.host.eq_ignore_ascii_case(host)
+        })
+    }
 }
 
 /// `[log] format`.
@@ -160,6 +226,8 @@ impl Default for Limits {
 
 pub struct Proxy {
     pub name: String,
+    /// `intercept`: `CONNECT` to this upstream's origin is terminated and inspected.
+    pub intercept: bool,
     /// The name as shared by audit records (no allocation per call).
     pub name_arc: Arc<str>,
     pub upstream: Upstream,

@@ -43,6 +43,32 @@ pub struct RawConfig {
     /// `[log]`: the process log.
     #[serde(default)]
     pub log: Option<Spanned<RawLog>>,
+    /// `[forward]`: forward-proxy mode (`CONNECT`): the interception CA and the blind-tunnel
+    /// allow-list.
+    #[serde(default)]
+    pub forward: Option<Spanned<RawForward>>,
+}
+
+/// `[forward]`: `CONNECT host:port` is served only when this table exists.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// `ca = { cert = "file:...", key = "file:...|vault:..." }`: the interception CA
+    /// (`portcullis ca init`); leaves for intercepted hosts are minted from it.
+    #[serde(default)]
+    pub ca: Option<Spanned<RawForwardCa>>,
+    /// Blind tunnels: `"host:port"` or `{ host, agents, roles, allow_private }` (checked by
+    /// the compiler: a string, or a table with those keys).
+    #[serde(default)]
+    pub tunnel: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+}
+
+/// `[forward] ca`: secret references to PEM text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardCa {
+    pub cert: String,
+    pub key: String,
 }
 
 /// `[telemetry]`.
@@ -353,6 +379,11 @@ pub struct RawDemo {
 pub struct RawProxy {
     pub name: Spanned<String>,
     pub upstream: Spanned<String>,
+    /// `CONNECT` to this proxy's upstream origin is intercepted (TLS terminated with a minted
+    /// leaf, every request inside run through the pipeline); default true for an `https://`
+    /// upstream once `[forward] ca` exists.
+    #[serde(default)]
+    pub intercept: Option<Spanned<bool>>,
     #[serde(default)]
     pub default_effect: Option<Spanned<Effect>>,
     #[serde(default)]
@@ -497,6 +528,8 @@ mod reference_tests {
         ("RawTelemetry", "telemetry."),
         ("RawOtlp", "telemetry.otlp."),
         ("RawLog", "log."),
+        ("RawForward", "forward."),
+        ("RawForwardCa", "forward.ca."),
     ];
 
     #[test]

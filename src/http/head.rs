@@ -533,9 +533,17 @@ fn line_ending_error(head: &[u8]) -> HeadError {
     INTERNAL
 }
 
-/// Origin-form, absolute-form, or `*` for OPTIONS; CONNECT (authority-form) is not supported.
-/// httparse already refused empty targets, spaces and controls; non-ASCII is refused here.
+/// Origin-form, absolute-form, or `*` for OPTIONS; `CONNECT` (exactly so spelled) with an
+/// authority-form target `host:port` only (whether CONNECT is served at all is the pipeline's
+/// decision: `[forward]`). httparse already refused empty targets, spaces and controls;
+/// non-ASCII is refused here.
 fn check_target(method: &[u8], target: &[u8]) -> Result<(), HeadError> {
+    if method == b"CONNECT" {
+        return match authority_form(target) {
+            true => Ok(()),
+            false => Err(HeadError::Invalid("unsupported request target")),
+        };
+    }
     if method.eq_ignore_ascii_case(b"CONNECT") {
         return Err(HeadError::Invalid("unsupported request target"));
     }
@@ -557,6 +565,31 @@ fn check_target(method: &[u8], target: &[u8]) -> Result<(), HeadError> {
         }
         _ => Err(HeadError::Invalid("unsupported request target")),
     }
+}
+
+/// `host:port` (RFC 9110 authority-form, without userinfo): a reg-name or IPv4 literal, or an
+/// IPv6 literal in brackets, then a 1-5 digit port.
+pub fn authority_form(target: &[u8]) -> bool {
+    let Some(colon) = memchr::memrchr(b':', target) else {
+        return false;
+    };
+    let (host, port) = (&target[..colon], &target[colon + 1..]);
+    let port_ok = (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit);
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => {
+            !inner.is_empty()
+                && inner
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        }
+        _ => {
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    };
+    port_ok && host_ok
 }
 
 /// The reason phrase: after `HTTP/1.x SP 3DIGIT SP` up to the CR ending the status line.
@@ -734,7 +767,13 @@ mod tests {
         ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", BAD_VERSION),
         ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", BAD_VERSION),
         ("lowercase version", b"GET / http/1.1\r\nHost: a\r\n\r\n", BAD_VERSION),
-        ("CONNECT", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", BAD_TARGET),
+        ("CONNECT authority-form", b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Good(NoBody, true)),
+        ("CONNECT IPv6", b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n", Good(NoBody, true)),
+        ("CONNECT origin-form", b"CONNECT /a HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
+        ("CONNECT absolute-form", b"CONNECT http://a:443/ HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
+        ("CONNECT without port", b"CONNECT a HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
+        ("CONNECT userinfo", b"CONNECT u@a:443 HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
+        ("CONNECT long port", b"CONNECT a:443443 HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
         ("lowercase connect", b"connect a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", BAD_TARGET),
         ("asterisk-form with GET", b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", BAD_TARGET),
         ("asterisk-form with OPTIONS", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Good(NoBody, true)),

@@ -22,6 +22,47 @@ pub type ServerTls = monoio_rustls::ServerTlsStream<TcpStream>;
 pub enum AgentIo {
     Plain(TcpStream),
     Tls(Box<ServerTls>),
+    /// TLS the gateway terminated inside an agent's `CONNECT` (interception), over the
+    /// agent's plain or TLS connection.
+    Inner(Box<monoio_rustls::ServerTlsStream<Carrier>>),
+}
+
+/// The connection an intercepted tunnel runs over (what `AgentIo` was when the CONNECT came).
+pub enum Carrier {
+    Plain(TcpStream),
+    Tls(Box<ServerTls>),
+}
+
+impl AgentIo {
+    /// The connection as the carrier of a tunnel (`None`: already inside one: a CONNECT in a
+    /// tunnel is refused).
+    pub fn into_carrier(self) -> Option<Carrier> {
+        match self {
+            AgentIo::Plain(t) => Some(Carrier::Plain(t)),
+            AgentIo::Tls(t) => Some(Carrier::Tls(t)),
+            AgentIo::Inner(_) => None,
+        }
+    }
+}
+
+/// Terminates the agent's TLS inside an intercepted CONNECT: the handshake over `carrier`
+/// with the minted leaf's config, within `timeout`. `early` holds bytes the agent sent after
+/// the CONNECT head before it saw the 200 (its ClientHello, sent eagerly).
+pub async fn accept_intercept(
+    carrier: Carrier,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+    early: &[u8],
+) -> Result<AgentIo, HandshakeFail> {
+    let mut io = carrier;
+    let conn = ServerConnection::new(config).map_err(HandshakeFail::Tls)?;
+    match monoio::time::timeout(timeout, handshake(&mut io, conn, early)).await {
+        Ok(Ok(conn)) => Ok(AgentIo::Inner(Box::new(
+            monoio_rustls::ServerTlsStream::new(io, conn),
+        ))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(HandshakeFail::Timeout),
+    }
 }
 
 /// What a TLS handshake established about the agent.
@@ -62,7 +103,7 @@ pub async fn accept_tls(
 ) -> Result<(AgentIo, PeerTls), HandshakeFail> {
     let mut tcp = tcp;
     let conn = ServerConnection::new(config).map_err(HandshakeFail::Tls)?;
-    match monoio::time::timeout(timeout, handshake(&mut tcp, conn)).await {
+    match monoio::time::timeout(timeout, handshake(&mut tcp, conn, &[])).await {
         Ok(Ok(conn)) => {
             let peer = peer_tls(&conn);
             let stream = monoio_rustls::ServerTlsStream::new(tcp, conn);
@@ -73,12 +114,22 @@ pub async fn accept_tls(
     }
 }
 
-async fn handshake(
-    tcp: &mut TcpStream,
+async fn handshake<S: AsyncReadRent + AsyncWriteRent>(
+    tcp: &mut S,
     mut conn: ServerConnection,
+    early: &[u8],
 ) -> Result<ServerConnection, HandshakeFail> {
     let mut inbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
+    let mut rd: &[u8] = early;
+    while !rd.is_empty() {
+        match conn.read_tls(&mut rd) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(HandshakeFail::Io(e.kind())),
+        }
+        conn.process_new_packets().map_err(HandshakeFail::Tls)?;
+    }
     loop {
         // everything rustls wants to send first (ServerHello..., or an alert)
         while conn.wants_write() {
@@ -152,12 +203,14 @@ impl AsyncReadRent for AgentIo {
         match self {
             AgentIo::Plain(s) => s.read(buf).await,
             AgentIo::Tls(s) => s.read(buf).await,
+            AgentIo::Inner(s) => s.read(buf).await,
         }
     }
     async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             AgentIo::Plain(s) => s.readv(buf).await,
             AgentIo::Tls(s) => s.readv(buf).await,
+            AgentIo::Inner(s) => s.readv(buf).await,
         }
     }
 }
@@ -167,24 +220,70 @@ impl AsyncWriteRent for AgentIo {
         match self {
             AgentIo::Plain(s) => s.write(buf).await,
             AgentIo::Tls(s) => s.write(buf).await,
+            AgentIo::Inner(s) => s.write(buf).await,
         }
     }
     async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         match self {
             AgentIo::Plain(s) => s.writev(buf).await,
             AgentIo::Tls(s) => s.writev(buf).await,
+            AgentIo::Inner(s) => s.writev(buf).await,
         }
     }
     async fn flush(&mut self) -> std::io::Result<()> {
         match self {
             AgentIo::Plain(s) => s.flush().await,
             AgentIo::Tls(s) => s.flush().await,
+            AgentIo::Inner(s) => s.flush().await,
         }
     }
     async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
             AgentIo::Plain(s) => s.shutdown().await,
             AgentIo::Tls(s) => s.shutdown().await,
+            AgentIo::Inner(s) => s.shutdown().await,
+        }
+    }
+}
+
+impl AsyncReadRent for Carrier {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Carrier::Plain(s) => s.read(buf).await,
+            Carrier::Tls(s) => s.read(buf).await,
+        }
+    }
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Carrier::Plain(s) => s.readv(buf).await,
+            Carrier::Tls(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Carrier {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Carrier::Plain(s) => s.write(buf).await,
+            Carrier::Tls(s) => s.write(buf).await,
+        }
+    }
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Carrier::Plain(s) => s.writev(buf).await,
+            Carrier::Tls(s) => s.writev(buf).await,
+        }
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Carrier::Plain(s) => s.flush().await,
+            Carrier::Tls(s) => s.flush().await,
+        }
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Carrier::Plain(s) => s.shutdown().await,
+            Carrier::Tls(s) => s.shutdown().await,
         }
     }
 }

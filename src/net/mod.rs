@@ -2,5 +2,7 @@
 //! rustls client configuration shared with the data plane's upstream connections.
 pub mod agent_io;
 pub mod fetch;
+pub mod mint;
+pub mod ssrf;
 pub mod tls;
 pub mod url;

@@ -128,6 +128,13 @@ pub struct CallLog<'w> {
     pub approval: Option<Arc<crate::observe::audit::record::ApprovalNote>>,
     /// The call's W3C trace context (and, when sampled, its stage marks).
     pub trace: CallTrace,
+    /// How the agent was identified.
+    pub auth: Option<crate::observe::audit::record::AuthVia>,
+    /// The `CONNECT` the call came through.
+    pub tunnel: Option<crate::observe::audit::record::TunnelKind>,
+    /// No record, no metric sample: the call continues as another (a CONNECT that became a
+    /// tunnel: the tunnel's calls, or its one blind record, stand for it).
+    disarmed: bool,
     /// The worker's tracer (`[telemetry] otlp`): a sampled call's span goes to it on drop.
     tracer: Option<&'w Tracer>,
     /// The record was already pushed ([`CallLog::durable`]); `Drop` does not push again.
@@ -173,6 +180,9 @@ impl<'w> CallLog<'w> {
             shadow: None,
             approval: None,
             trace: CallTrace::default(),
+            auth: None,
+            tunnel: None,
+            disarmed: false,
             tracer: None,
             committed: false,
             access: tracing::enabled!(target: "access", tracing::Level::DEBUG),
@@ -307,11 +317,18 @@ impl<'w> CallLog<'w> {
             trace_id: self.trace.trace_id,
             metered: pick(&mut self.metered, keep),
             admin: None,
+            auth: self.auth,
+            tunnel: self.tunnel,
         }
     }
 }
 
 impl CallLog<'_> {
+    /// This log writes nothing when dropped (see `disarmed`).
+    pub fn disarm(&mut self) {
+        self.disarmed = true;
+    }
+
     /// Notes that budget `name` charged `units` for the call (the record's `metered`).
     pub fn add_metered(&mut self, name: &Arc<str>, units: u64) {
         self.metered
@@ -364,6 +381,9 @@ impl std::fmt::Display for Dash<'_> {
 
 impl Drop for CallLog<'_> {
     fn drop(&mut self) {
+        if self.disarmed {
+            return;
+        }
         let total_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let total_us = total_ns / 1000;
         self.finish_span(total_ns);

@@ -556,6 +556,21 @@ impl Metrics {
                 AGENT_TLS_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
             ),
             (
+                "portcullis_intercept_handshake_errors_total",
+                "Intercepted CONNECTs whose TLS handshake with the agent failed (not TLS, bad ClientHello, timeout, CA not trusted).",
+                INTERCEPT_HANDSHAKE_ERRORS.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_tunnel_bytes_total",
+                "Bytes carried by blind CONNECT tunnels, both directions (counted when a tunnel ends).",
+                TUNNEL_BYTES.load(Ordering::Relaxed),
+            ),
+            (
+                "portcullis_intercept_leaves_minted_total",
+                "Leaf certificates minted for intercepted CONNECT hosts (a cached leaf is reused).",
+                INTERCEPT_LEAVES_MINTED.load(Ordering::Relaxed),
+            ),
+            (
                 "portcullis_upstream_stray_bytes_total",
                 "Idle upstream connections closed because bytes arrived on them (never reused).",
                 UPSTREAM_STRAY_BYTES.load(Ordering::Relaxed),
@@ -773,6 +788,15 @@ pub static TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
 /// Failed TLS handshakes on the agent listeners (bad client certificate, protocol, timeout).
 pub static AGENT_TLS_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
+/// Intercepted CONNECTs whose TLS handshake failed (not TLS, a bad ClientHello, too slow, the
+/// agent does not trust the CA).
+pub static INTERCEPT_HANDSHAKE_ERRORS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Leaf certificates minted for intercepted hosts (`net::mint`).
+pub static INTERCEPT_LEAVES_MINTED: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Bytes carried by blind tunnels, both ways (added when a tunnel ends).
+pub static TUNNEL_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Idle upstream connections on which bytes arrived (closed, never reused).
 pub static UPSTREAM_STRAY_BYTES: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);

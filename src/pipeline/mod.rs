@@ -11,6 +11,7 @@
 //! modules, and the few lines that adapt each to the call's state live in `stages.rs` (and
 //! `outbound.rs` for the target credential). `state.rs` holds the worker and its view of the
 //! config; `stop.rs` the refusal exit's rules.
+pub mod connect;
 mod hold;
 pub mod outbound;
 pub mod route;
@@ -82,6 +83,9 @@ pub async fn serve_call(w: &Worker, client: &mut AgentIo, s: &mut Scratch) -> bo
     let version = s.head.version;
     let wants_keep = s.head.keep_alive && !w.draining.get();
     let bodiless = matches!(s.head.body, BodyKind::None | BodyKind::Length(0));
+    if s.head.method.get(&s.rbuf) == b"CONNECT" {
+        return connect(w, &view, client, s, &mut log).await;
+    }
     let mut at = Progress {
         phase: Phase::Decide,
         consumed: s.head.head_len,
@@ -111,8 +115,16 @@ async fn call(
     let lim = &cfg.limits;
     let now_unix = clock::unix_now().as_secs() as i64;
 
-    // 2. canonical path and route
-    let route = route::resolve(cfg, s.head.target.get(&s.rbuf), &mut s.path)?;
+    // 2. canonical path and route (inside an intercepted tunnel: by the CONNECT's origin)
+    let target = s.head.target.get(&s.rbuf);
+    let route = match s.tunnel.as_deref() {
+        None => route::resolve(cfg, target, &mut s.path)?,
+        Some(t) => {
+            log.tunnel = Some(crate::observe::audit::record::TunnelKind::Intercept);
+            let host = s.head.host.map(|h| h.get(&s.rbuf));
+            route::resolve_in_tunnel(cfg, (&t.host, t.port), host, target, &mut s.path)?
+        }
+    };
     let proxy = &cfg.proxies[route.proxy];
     log.proxy = Some(route.proxy);
     log.metrics_slot = view.slots.get(route.proxy).copied();
@@ -123,7 +135,8 @@ async fn call(
 
     // 3. identity
     let managed = w.managed();
-    let caller = authenticate(view, managed.as_deref(), s, now_unix)?;
+    let (caller, via) = authenticate(view, managed.as_deref(), s, now_unix)?;
+    log.auth = via;
     if log.keeps_names() {
         log.agent = caller.id().map(Arc::from);
     }
@@ -331,6 +344,41 @@ async fn call(
         }
         StreamEnd::AgentGone => false,
     })
+}
+
+/// A CONNECT (`connect::decide`): refused through the one refusal exit (the connection then
+/// closes), or answered 200 with the upgrade left in `s.upgrade` for the worker's connection
+/// loop. The CONNECT's own log writes no record once accepted: an intercepted tunnel's calls
+/// are recorded one by one, a blind tunnel by `connect::splice` when it ends.
+async fn connect(
+    w: &Worker,
+    view: &View,
+    client: &mut AgentIo,
+    s: &mut Scratch,
+    log: &mut CallLog<'_>,
+) -> bool {
+    let lim = &view.cfg.limits;
+    let version = s.head.version;
+    match connect::decide(view, w, s, log).await {
+        Ok(mut up) => {
+            log.disarm();
+            body::consume(&mut s.rbuf, s.head.head_len);
+            up.set_early(std::mem::take(&mut s.rbuf));
+            s.out.clear();
+            s.out
+                .extend_from_slice(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+            if write_all(client, &mut s.out, lim.idle_timeout)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            s.upgrade = Some(up);
+            true
+        }
+        Err(Stop::Quiet) => false,
+        Err(Stop::Refuse(r)) => refuse(client, s, log, r, None, version, lim).await,
+    }
 }
 
 /// Frees the request body's buffer (a large one; a small one stays for reuse) and gives its

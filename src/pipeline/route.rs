@@ -40,15 +40,50 @@ impl Route {
 
 /// `target` is the raw request target; the canonical path is written to `path`.
 pub fn resolve(cfg: &Compiled, target: &[u8], path: &mut String) -> Result<Route, Refusal> {
-    if !has_params(target) {
-        return resolve_with(cfg, target, path, PathParams::Refuse);
+    resolve_for(cfg, None, target, path)
+}
+
+/// A request inside an intercepted tunnel to `origin` (`host`, lower-cased, IPv6 in
+/// brackets, and port): routed by that origin and the path, as the absolute-form
+/// `https://host:port/path` would be. Its `Host` must name the same origin (the port may be
+/// left out for 443), and an absolute-form target must too: anything else is 400.
+pub fn resolve_in_tunnel(
+    cfg: &Compiled,
+    origin: (&str, u16),
+    host_header: Option<&[u8]>,
+    target: &[u8],
+    path: &mut String,
+) -> Result<Route, Refusal> {
+    const OTHER_HOST: Refusal =
+        Refusal::BadRequest("the request's Host is not the origin its CONNECT named");
+    let h = host_header.ok_or(OTHER_HOST)?;
+    let (host, port) = split_authority(h).map_err(|_| OTHER_HOST)?;
+    if !same_origin(origin, host, port) {
+        return Err(OTHER_HOST);
     }
-    let first = resolve_with(cfg, target, path, PathParams::Keep)?;
+    resolve_for(cfg, Some(origin), target, path)
+}
+
+/// Whether `host[:port]` names `origin` (a missing port means 443: the tunnel carries TLS).
+fn same_origin(origin: (&str, u16), host: &str, port: Option<u16>) -> bool {
+    host.eq_ignore_ascii_case(origin.0) && port.unwrap_or(443) == origin.1
+}
+
+fn resolve_for(
+    cfg: &Compiled,
+    origin: Option<(&str, u16)>,
+    target: &[u8],
+    path: &mut String,
+) -> Result<Route, Refusal> {
+    if !has_params(target) {
+        return resolve_with(cfg, origin, target, path, PathParams::Refuse);
+    }
+    let first = resolve_with(cfg, origin, target, path, PathParams::Keep)?;
     const PARAM: Refusal = Refusal::BadRequest(canon::CanonError::PathParameter.message());
     if cfg.proxies[first.proxy].path_params != PathParams::Strip {
         return Err(PARAM);
     }
-    let route = resolve_with(cfg, target, path, PathParams::Strip)?;
+    let route = resolve_with(cfg, origin, target, path, PathParams::Strip)?;
     if cfg.proxies[route.proxy].path_params != PathParams::Strip {
         return Err(PARAM);
     }
@@ -68,6 +103,7 @@ fn has_params(target: &[u8]) -> bool {
 
 fn resolve_with(
     cfg: &Compiled,
+    origin: Option<(&str, u16)>,
     target: &[u8],
     path: &mut String,
     params: PathParams,
@@ -76,6 +112,15 @@ fn resolve_with(
     if target.first() == Some(&b'/') {
         let (p, q) = split_query(target, 0)?;
         canon::canonicalize_with(p, params, path).map_err(|e| Refusal::BadRequest(e.message()))?;
+        if let Some((host, port)) = origin {
+            // inside an intercepted tunnel: the origin is the CONNECT's
+            let proxy = by_origin(cfg, host, Some(port), path)?;
+            return Ok(Route {
+                proxy,
+                rest_start: cfg.proxies[proxy].upstream.base_path.len(),
+                query: q,
+            });
+        }
         let name_end = path[1..].find('/').map_or(path.len(), |i| i + 1);
         return match cfg.proxy_index(&path[1..name_end]) {
             Some(proxy) => Ok(Route {
@@ -108,6 +153,13 @@ fn resolve_with(
         .unwrap_or(after.len());
     let authority = &after[..auth_end];
     let (host, port) = split_authority(authority)?;
+    if let Some(o) = origin
+        && !same_origin(o, host, port)
+    {
+        return Err(Refusal::BadRequest(
+            "the request's target is not the origin its CONNECT named",
+        ));
+    }
     let path_start = scheme_len + auth_end;
     let (p, q) = if target.get(path_start) == Some(&b'/') {
         split_query(target, path_start)?
@@ -117,19 +169,21 @@ fn resolve_with(
         (&b"/"[..], q)
     };
     canon::canonicalize_with(p, params, path).map_err(|e| Refusal::BadRequest(e.message()))?;
-    let proxy = cfg
-        .proxy_for_origin(host, port, path)
-        .map_err(|m| match m {
-            crate::config::OriginMiss::Unknown => Refusal::UnknownOrigin,
-            crate::config::OriginMiss::Ambiguous(..) => Refusal::BadRequest(
-                "the absolute-form target matches several proxies equally: use /{proxy}/...",
-            ),
-        })?;
+    let proxy = by_origin(cfg, host, port, path)?;
     let rest_start = cfg.proxies[proxy].upstream.base_path.len();
     Ok(Route {
         proxy,
         rest_start,
         query: q,
+    })
+}
+
+fn by_origin(cfg: &Compiled, host: &str, port: Option<u16>, path: &str) -> Result<usize, Refusal> {
+    cfg.proxy_for_origin(host, port, path).map_err(|m| match m {
+        crate::config::OriginMiss::Unknown => Refusal::UnknownOrigin,
+        crate::config::OriginMiss::Ambiguous(..) => Refusal::BadRequest(
+            "the absolute-form target matches several proxies equally: use /{proxy}/...",
+        ),
     })
 }
 
@@ -151,7 +205,7 @@ fn split_query(target: &[u8], from: usize) -> Result<(&[u8], (usize, usize)), Re
     }
 }
 
-fn split_authority(a: &[u8]) -> Result<(&str, Option<u16>), Refusal> {
+pub(crate) fn split_authority(a: &[u8]) -> Result<(&str, Option<u16>), Refusal> {
     const BAD: Refusal = Refusal::BadRequest("invalid authority in request target");
     let s = std::str::from_utf8(a).map_err(|_| BAD)?;
     if s.is_empty() || s.contains('@') {

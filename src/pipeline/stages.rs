@@ -16,6 +16,7 @@ use crate::http::write::{self, CONTINUE_100};
 use crate::identity::{self, Caller};
 use crate::net::agent_io::AgentIo;
 use crate::observe::audit::Decision;
+use crate::observe::audit::record::AuthVia;
 use crate::observe::call::{CallLog, RequestId};
 use crate::policy::authz::Effect;
 use crate::policy::meter::Verdict;
@@ -113,13 +114,15 @@ pub(super) fn forwarded_client(
     }
 }
 
-/// Stage 3: who is calling (this worker's JWT verifiers, with their token caches).
+/// Stage 3: who is calling (this worker's JWT verifiers, with their token caches), and how
+/// it was identified (the record's `auth`). Inside an intercepted tunnel the credential is the
+/// one its CONNECT carried (the requests inside carry the upstream's, which is stripped).
 pub(super) fn authenticate<'v>(
     view: &'v View,
     managed: Option<&crate::state::agents::Local>,
     s: &Scratch,
     now_unix: i64,
-) -> Result<Caller<'v>, Stop> {
+) -> Result<(Caller<'v>, Option<AuthVia>), Stop> {
     // mTLS listener: a verified client certificate that names an agent identifies the call
     // (proxy credentials are then not consulted)
     if let Some(p) = s.tls_peer.as_deref()
@@ -129,22 +132,48 @@ pub(super) fn authenticate<'v>(
             now_unix,
         )
     {
-        return Ok(Caller::Key(found?));
+        return Ok((Caller::Key(found?), Some(AuthVia::Mtls)));
     }
     let mut verifiers = view.jwt.borrow_mut();
     let src = &s.rbuf;
-    let headers = s
-        .head
-        .headers
-        .iter()
-        .map(|h| (h.name.get(src), h.value.get(src)));
-    // forward-proxy form (absolute-form target, or CONNECT's authority-form): a failure is 407
-    let proxy_mode = s.head.target.get(src).first() != Some(&b'/');
+    // forward-proxy form (absolute-form target, CONNECT's authority-form, or a request inside
+    // an intercepted tunnel): a failure is 407
+    let proxy_mode = s.tunnel.is_some() || s.head.target.get(src).first() != Some(&b'/');
     let now_us = u64::try_from(crate::util::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
     let more = managed.map(|m| crate::state::agents::LocalAt(m, now_us));
     let more = more.as_ref().map(|m| m as &dyn identity::MoreKeys);
-    identity::authenticate_with(&view.cfg.identity, more, &mut verifiers, headers, now_unix)
-        .map_err(|r| Stop::Refuse(if proxy_mode { r.in_proxy_mode() } else { r }))
+    let basic;
+    let result = match s.tunnel.as_deref() {
+        Some(t) => {
+            let lines = t.credentials();
+            basic = lines.clone().any(|(_, v)| is_basic(v));
+            identity::authenticate_with(&view.cfg.identity, more, &mut verifiers, lines, now_unix)
+        }
+        None => {
+            let headers = s
+                .head
+                .headers
+                .iter()
+                .map(|h| (h.name.get(src), h.value.get(src)));
+            basic = headers
+                .clone()
+                .any(|(n, v)| identity::is_credential_header(n, None, true) && is_basic(v));
+            identity::authenticate_with(&view.cfg.identity, more, &mut verifiers, headers, now_unix)
+        }
+    };
+    let caller =
+        result.map_err(|r| Stop::Refuse(if proxy_mode { r.in_proxy_mode() } else { r }))?;
+    let via = match &caller {
+        Caller::Anonymous => None,
+        _ if basic => Some(AuthVia::ProxyBasic),
+        Caller::Jwt(_) => Some(AuthVia::Jwt),
+        Caller::Key(_) | Caller::Managed(_) => Some(AuthVia::Key),
+    };
+    Ok((caller, via))
+}
+
+fn is_basic(v: &[u8]) -> bool {
+    v.len() > 6 && v[..6].eq_ignore_ascii_case(b"basic ")
 }
 
 /// Stage 4: may this caller make this call. Records the deciding rule and the decision.

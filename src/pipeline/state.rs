@@ -43,6 +43,11 @@ pub struct Scratch {
     /// `body`'s reservation against the worker's `max_body_memory` (released when dropped:
     /// when the body is sent, or the scratch set goes back to the pool).
     pub body_lease: Option<BodyLease>,
+    /// Inside an intercepted tunnel: its origin and the CONNECT's credential (per connection).
+    pub tunnel: Option<Rc<super::connect::Tunnel>>,
+    /// A CONNECT the call accepted: what the connection becomes next (taken by the worker's
+    /// connection loop).
+    pub upgrade: Option<super::connect::Upgrade>,
 }
 
 /// The request-body bytes one worker holds in flight, bounded by `[limits] max_body_memory`.
@@ -164,6 +169,8 @@ pub struct Worker {
     pub bodies: Rc<BodyBudget>,
     /// This worker's tracer, if `[telemetry] otlp` is configured (set at start).
     pub tracer: Option<crate::observe::trace::Tracer>,
+    /// Leaf certificates minted for intercepted CONNECT hosts (`[forward] ca`).
+    pub leaves: crate::net::mint::LeafCache,
 }
 
 impl Worker {
@@ -189,6 +196,7 @@ impl Worker {
             state: std::cell::OnceCell::new(),
             managed: RefCell::new(None),
             tracer: None,
+            leaves: Default::default(),
         }
     }
 
@@ -290,6 +298,8 @@ impl Worker {
         s.marks.clear();
         s.mcp_refused = None;
         s.body_lease = None;
+        s.tunnel = None;
+        s.upgrade = None;
         let mut free = self.free.borrow_mut();
         if free.len() < MAX_FREE_SCRATCH {
             free.push(s);

@@ -2,7 +2,7 @@
 //! SO_REUSEPORT listeners and its own `Worker` state (`pipeline/state.rs`). Reload (two-phase)
 //! and drain arrive as messages; nothing on the request path is shared between workers.
 use crate::config::Compiled;
-use crate::net::agent_io::{AgentIo, HandshakeFail, PeerTls, accept_tls};
+use crate::net::agent_io::{AgentIo, HandshakeFail, PeerTls, accept_intercept, accept_tls};
 use crate::pipeline::{self, Scratch, Worker};
 use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
@@ -165,6 +165,9 @@ async fn serve_tls(
 /// One agent connection: wait (without holding a buffer) for a request, serve it, repeat.
 /// Over TLS the wait is the head read itself (rustls may already hold the next request's
 /// bytes), so an idle TLS connection closes after `head_timeout` rather than `idle_timeout`.
+/// A CONNECT the pipeline accepted (`Scratch::upgrade`) turns the connection into an
+/// intercepted tunnel (the TLS handshake with a minted leaf, then calls as before, each
+/// knowing its `Tunnel`) or a blind tunnel (`pipeline::connect::splice`, to its end).
 async fn serve(
     mut stream: AgentIo,
     w: Rc<Worker>,
@@ -172,6 +175,7 @@ async fn serve(
     tls_peer: Option<Rc<PeerTls>>,
 ) {
     let mut pending: Option<Box<Scratch>> = None;
+    let mut tunnel: Option<Rc<pipeline::connect::Tunnel>> = None;
     loop {
         if pending.is_none() {
             if w.draining.get() {
@@ -188,13 +192,49 @@ async fn serve(
         let mut s = pending.take().unwrap_or_else(|| w.take_scratch());
         s.peer = Some(peer);
         s.tls_peer.clone_from(&tls_peer);
+        s.tunnel.clone_from(&tunnel);
         w.inflight.set(w.inflight.get() + 1);
         let guard = InFlight(&w.inflight);
         let keep = Box::pin(pipeline::serve_call(&w, &mut stream, &mut s)).await;
         drop(guard);
+        let upgrade = s.upgrade.take();
         if !keep {
             w.put_scratch(s);
             return;
+        }
+        if let Some(up) = upgrade {
+            w.put_scratch(s);
+            match up {
+                pipeline::connect::Upgrade::Intercept {
+                    config,
+                    tunnel: t,
+                    early,
+                } => {
+                    let Some(carrier) = stream.into_carrier() else {
+                        return;
+                    };
+                    let timeout = w.view().cfg.limits.head_timeout;
+                    match accept_intercept(carrier, config, timeout, &early).await {
+                        Ok(io) => {
+                            stream = io;
+                            tunnel = Some(t);
+                            continue;
+                        }
+                        Err(e) => {
+                            crate::observe::metrics::INTERCEPT_HANDSHAKE_ERRORS
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::info!(worker = w.id, %peer, host = %t.host, reason = %e,
+                                "intercepted CONNECT: the agent's TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                pipeline::connect::Upgrade::Blind(b) => {
+                    let idle = w.view().cfg.limits.idle_timeout;
+                    pipeline::connect::splice(&w, stream, b, idle).await;
+                    return;
+                }
+            }
         }
         if s.rbuf.is_empty() {
             w.put_scratch(s);

@@ -22,6 +22,7 @@ mod budgets;
 mod cli_ident;
 mod client_addr;
 mod configs;
+mod connect;
 mod forward;
 mod forwarding;
 mod hardening;

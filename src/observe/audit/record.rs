@@ -201,6 +201,12 @@ pub struct AuditRecord {
     pub metered: Option<Box<Metered>>,
     /// Not a call but an admin action (`kind: "admin"`, issue 16): who did what to what.
     pub admin: Option<Arc<AdminNote>>,
+    /// How the agent was identified (`auth`); written only when it was.
+    pub auth: Option<AuthVia>,
+    /// A call made through a `CONNECT` (`tunnel`): `intercept` for each call inside an
+    /// intercepted tunnel, `blind` for a blind tunnel's one record (its `path` is `host:port`,
+    /// `bytes_in`/`bytes_out` the bytes up/down, `total_us` its duration).
+    pub tunnel: Option<TunnelKind>,
 }
 
 /// An admin action (see [`AuditRecord::admin`]); the record's `status` is the answer's.
@@ -214,6 +220,47 @@ pub struct AdminNote {
     pub action: &'static str,
     /// What it acted on (an agent id), if anything.
     pub target: Option<String>,
+}
+
+/// How the agent was identified (the record's `auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthVia {
+    /// An agent key (`Authorization: Bearer`, `Proxy-Authorization: Bearer`, `x-api-key`).
+    Key,
+    /// The agent key or JWT as the password of `Proxy-Authorization: Basic` (or
+    /// `Authorization: Basic`): the HTTP(S)_PROXY form.
+    ProxyBasic,
+    /// A JWT from a `[[jwt]]` issuer.
+    Jwt,
+    /// The client certificate of an mTLS listener.
+    Mtls,
+}
+
+impl AuthVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthVia::Key => "key",
+            AuthVia::ProxyBasic => "proxy_basic",
+            AuthVia::Jwt => "jwt",
+            AuthVia::Mtls => "mtls",
+        }
+    }
+}
+
+/// The kind of `CONNECT` a call came through (the record's `tunnel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelKind {
+    Intercept,
+    Blind,
+}
+
+impl TunnelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelKind::Intercept => "intercept",
+            TunnelKind::Blind => "blind",
+        }
+    }
 }
 
 /// `metered`: each budget's name and the units it charged for the call.
@@ -516,12 +563,22 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
     }
     out.extend_from_slice(b",\"agent\":");
     push_opt_str(out, r.agent.as_deref());
+    if let Some(a) = r.auth {
+        out.extend_from_slice(b",\"auth\":\"");
+        out.extend_from_slice(a.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"proxy\":");
     push_opt_str(out, r.proxy.as_deref());
     out.extend_from_slice(b",\"method\":");
     push_json_str(out, r.method.as_str());
     out.extend_from_slice(b",\"path\":");
     push_json_str(out, &r.path);
+    if let Some(t) = r.tunnel {
+        out.extend_from_slice(b",\"tunnel\":\"");
+        out.extend_from_slice(t.as_str().as_bytes());
+        out.push(b'"');
+    }
     out.extend_from_slice(b",\"status\":");
     push_u64(out, r.status as u64);
     out.extend_from_slice(b",\"decision\":\"");
@@ -852,6 +909,12 @@ pub struct StoredRecord {
     pub trace_id: Option<String>,
     #[serde(default)]
     pub agent: Option<String>,
+    /// How the agent was identified: `key`, `proxy_basic`, `jwt`, `mtls`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// `intercept` or `blind` for calls through a `CONNECT`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<String>,
     #[serde(default)]
     pub proxy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1000,6 +1063,49 @@ mod tests {
             trace_id: [0; 16],
             metered: None,
             admin: None,
+            auth: None,
+            tunnel: None,
+        }
+    }
+
+    /// `auth` after `agent` and `tunnel` after `path`: written only when set, read back.
+    #[test]
+    fn auth_and_tunnel_are_written_when_set_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("\"auth\"") && !text.contains("\"tunnel\""),
+            "{text}"
+        );
+        for (via, kind, a, t) in [
+            (
+                AuthVia::ProxyBasic,
+                TunnelKind::Blind,
+                "proxy_basic",
+                "blind",
+            ),
+            (AuthVia::Mtls, TunnelKind::Intercept, "mtls", "intercept"),
+            (AuthVia::Key, TunnelKind::Intercept, "key", "intercept"),
+            (AuthVia::Jwt, TunnelKind::Blind, "jwt", "blind"),
+        ] {
+            r.auth = Some(via);
+            r.tunnel = Some(kind);
+            let mut out = Vec::new();
+            encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(
+                text.contains(&format!("\"agent\":\"support-bot\",\"auth\":\"{a}\",")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("\"path\":\"/v1/accounts/42\",\"tunnel\":\"{t}\",")),
+                "{text}"
+            );
+            let back = StoredRecord::parse(text.trim_end().as_bytes()).unwrap();
+            assert_eq!(back.auth.as_deref(), Some(a));
+            assert_eq!(back.tunnel.as_deref(), Some(t));
         }
     }
 

@@ -66,6 +66,8 @@ fn rec(i: u64) -> AuditRecord {
         },
         metered: None,
         admin: None,
+        auth: None,
+        tunnel: None,
     }
 }
 
