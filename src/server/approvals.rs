@@ -104,7 +104,24 @@ pub async fn handle(
         None => (&target[..], &b""[..]),
     };
     let cfg = control.current();
-    let who = match identify(&cfg, bearer(head, buf)) {
+    // >>> feat/console: without a bearer key, a console session (cookie + CSRF on non-GET)
+    // stands for its admin. At merge this moves into admin_auth::identify.
+    let session = match bearer(head, buf) {
+        Some(_) => None,
+        None => match super::console::session_admin(head, buf, crate::util::clock::now()) {
+            Ok(s) => s,
+            Err(r) => return r,
+        },
+    };
+    let who = match session {
+        Some(id) => match super::console::lookup(&cfg, &id) {
+            Some((role, admin)) => Ok(Who { id, role, admin }),
+            None => identify(&cfg, None),
+        },
+        None => identify(&cfg, bearer(head, buf)),
+    };
+    // <<< feat/console
+    let who = match who {
         Ok(w) => w,
         Err(r) => return r,
     };

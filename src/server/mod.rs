@@ -2,6 +2,7 @@
 //! drain, the admin listener, the control-plane refresher and the demo upstream.
 pub mod admin;
 pub mod approvals;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod ops_metrics;
