@@ -478,9 +478,15 @@ fn form_field(form: &[u8], name: &[u8]) -> Option<Vec<u8>> {
         .map(|(_, v)| crate::http::query::form_decode(v))
 }
 
-/// A cross-site form post carries a foreign `Origin`: refused (login CSRF). Browsers send
-/// `Origin` on every POST; a client without one (curl) is not a browser being abused.
+/// A cross-site form post is refused (login CSRF): `Sec-Fetch-Site` (sent by current
+/// browsers) must say `same-origin` (or `none`: typed by the user); without it, an `Origin`
+/// must name this host. `Origin: null` is what the console's own `Referrer-Policy:
+/// no-referrer` makes a browser send, so it counts only with `Sec-Fetch-Site`. A client with
+/// neither header (curl) is not a browser being abused.
 fn same_origin(head: &RequestHead, buf: &[u8]) -> bool {
+    if let Some(site) = header(head, buf, b"sec-fetch-site") {
+        return site == b"same-origin" || site == b"none";
+    }
     let Some(origin) = header(head, buf, b"origin") else {
         return true;
     };
@@ -831,6 +837,10 @@ mod tests {
         assert!(!same_origin(&h, &b));
         let (h, b) = parsed(b"POST /ui/login HTTP/1.1\r\nHost: 127.0.0.1:9901\r\n\r\n");
         assert!(same_origin(&h, &b));
+        let (h, b) = parsed(b"POST /ui/login HTTP/1.1\r\nHost: a\r\nOrigin: null\r\nSec-Fetch-Site: same-origin\r\n\r\n");
+        assert!(same_origin(&h, &b));
+        let (h, b) = parsed(b"POST /ui/login HTTP/1.1\r\nHost: a\r\nOrigin: http://a\r\nSec-Fetch-Site: cross-site\r\n\r\n");
+        assert!(!same_origin(&h, &b));
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod budgets;
 mod cli_ident;
 mod client_addr;
 mod configs;
+mod console;
 mod forward;
 mod forwarding;
 mod hardening;
