@@ -267,7 +267,7 @@
         };
       });
     }
-    PcsChart.line(charts, "Calls per slot", labels, perSlot(function (p) { return p.calls; }), function (v) { return String(Math.round(v)); });
+    PcsChart.line(charts, "Calls per slot", labels, perSlot(function (p) { return p.calls; }), function (v) { return String(Math.round(v)); }, true);
     PcsChart.line(charts, "p50 latency", labels, perSlot(function (p) { return p.latency_us.p50; }), fmtUs);
     PcsChart.line(charts, "p99 latency", labels, perSlot(function (p) { return p.latency_us.p99; }), fmtUs);
     const codes = {};
@@ -282,15 +282,16 @@
     const t = document.createElement("table");
     t.id = "tele-table";
     const head = t.createTHead().insertRow();
-    ["Proxy", "Agent", "Calls", "Allowed", "Refused", "Refusals by code", "p50", "p99", "max"].forEach(function (x) {
+    ["Proxy", "Agent", "Calls", "Served", "Refused", "Refusals by code", "p50", "p99", "max"].forEach(function (x) {
       const th = document.createElement("th"); th.textContent = x; head.appendChild(th);
     });
     const body = t.createTBody();
     function row(proxy, agent, c) {
       const tr = body.insertRow();
-      const d = c.decisions || {};
+      let refused = 0;
+      for (const k in (c.refusals || {})) refused += c.refusals[k];
       td(tr, proxy == null ? "(none)" : proxy); td(tr, agent); td(tr, c.calls);
-      td(tr, d.allow || 0); td(tr, c.calls - (d.allow || 0));
+      td(tr, c.calls - refused); td(tr, refused);
       td(tr, Object.keys(c.refusals || {}).map(function (k) { return k + " " + c.refusals[k]; }).join(", "));
       td(tr, c.latency_us.p50 == null ? "" : fmtUs(c.latency_us.p50));
       td(tr, c.latency_us.p99 == null ? "" : fmtUs(c.latency_us.p99));

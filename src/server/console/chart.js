@@ -51,11 +51,12 @@
     return box;
   }
   // series: [{name, values: [number|null]}], one value per x label
-  function line(container, title, xLabels, series, fmt) {
+  // counts: integer ticks (the axis spans at least 0..4)
+  function line(container, title, xLabels, series, fmt, counts) {
     fmt = fmt || String;
     let max = 0;
     series.forEach(function (s) { s.values.forEach(function (v) { if (v != null && v > max) max = v; }); });
-    const ymax = niceMax(max);
+    const ymax = counts ? niceMax(Math.max(max, 4)) : niceMax(max);
     const svg = frame(title, ymax, fmt, xLabels);
     const n = xLabels.length;
     series.forEach(function (s, si) {
@@ -79,7 +80,7 @@
   function bars(container, title, items) {
     let max = 0;
     items.forEach(function (it) { if (it.value > max) max = it.value; });
-    const ymax = niceMax(max);
+    const ymax = niceMax(Math.max(max, 4));
     const svg = frame(title, ymax, function (v) { return String(Math.round(v)); }, []);
     const n = Math.max(1, items.length);
     const bw = (W - L - R) / n;
