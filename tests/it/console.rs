@@ -669,23 +669,22 @@ fn no_embedded_asset_names_an_external_url() {
     assert!(seen >= 5, "only {seen} assets in {}", dir.display());
 }
 
-/// Whether markup has an inline `on…=` event handler attribute.
+/// Whether markup has an inline `on…=` event handler attribute (` onclick=`, ` onload =`…).
 fn regex_like_handler(html: &str) -> bool {
     let b = html.as_bytes();
-    (0..b.len().saturating_sub(3)).any(|i| {
-        b[i].is_ascii_whitespace()
-            && b[i + 1] == b'o'
-            && b[i + 2] == b'n'
-            && b[i + 3..]
-                .iter()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .count()
-                > 0
-            && b[i + 3..]
-                .iter()
-                .skip_while(|c| c.is_ascii_alphabetic())
-                .next()
-                == Some(&b'=')
+    (0..b.len()).any(|i| {
+        let rest = &b[i..];
+        if !(rest.len() > 3
+            && rest[0].is_ascii_whitespace()
+            && rest[1..3].eq_ignore_ascii_case(b"on"))
+        {
+            return false;
+        }
+        let name = rest[3..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .count();
+        name > 0 && rest[3 + name..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'=')
     })
 }
 

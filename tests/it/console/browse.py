@@ -89,6 +89,7 @@ class Run:
         return bool(es) and es[0].is_displayed()
 
     def shot(self, name):
+        self.d.execute_script("window.scrollTo(0, 0)")
         self.d.save_screenshot(os.path.join(self.shots, name))
 
     def page(self, name):
