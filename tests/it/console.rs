@@ -32,7 +32,7 @@ admin_token = "file:admin.token"
 dir = "state"
 
 [approvals]
-max_pending = 50
+max_pending = 2000
 
 [audit]
 dir = "audit"
@@ -71,6 +71,12 @@ default_effect = "deny"
   methods = ["POST"]
   path = "/v1/refunds"
   hold = "90s"
+
+  [[proxies.rules]]
+  effect = "approve"
+  methods = ["POST"]
+  path = "/v1/quick/**"
+  hold = "0s"
 
 [[proxies]]
 name = "other"
@@ -847,4 +853,102 @@ fn sign_in_attempts_back_off_per_peer() {
     );
     assert!(log.contains("too many failed attempts"), "{log}");
     assert!(!log.contains(ALICE) && !log.contains("guess"), "{log}");
+}
+
+#[test]
+fn a_thousand_pending_approvals_page_on_the_server() {
+    let mock = MockUpstream::start(|_| Reply::ok("ok"));
+    let rig = start(&mock);
+    let gw = rig.gw.port();
+    // 1,000 held calls (hold 0s: each answers 403 approval_pending at once and stays pending)
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            thread::spawn(move || {
+                for i in 0..250 {
+                    let r = agent_call(gw, "POST", &format!("/pay/v1/quick/{w}-{i}"), "{}");
+                    assert_eq!(r.status, 403, "{}", show(&r.raw));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("caller");
+    }
+    let (carol, _, _) = sign_in(rig.admin, CAROL);
+    let ck = format!("Cookie: pcs_session={carol}");
+    let page = |offset: usize| {
+        let started = std::time::Instant::now();
+        let r = admin_req(
+            rig.admin,
+            "GET",
+            &format!("/v1/approvals?status=pending&limit=25&offset={offset}"),
+            &[&ck],
+            "",
+        );
+        assert_eq!(r.status, 200, "{}", show(&r.raw));
+        let v = json(&r);
+        let ids: Vec<String> = v["approvals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x["id"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // a page is a page: small on the wire, whatever the queue
+        assert!(r.body.len() < 25 * 1024, "{} bytes", r.body.len());
+        (ids, v["more"].as_bool(), started.elapsed())
+    };
+    let (first, more, t0) = page(0);
+    assert_eq!((first.len(), more), (25, Some(true)));
+    let (second, _, _) = page(25);
+    assert_eq!(second.len(), 25);
+    assert!(first.iter().all(|id| !second.contains(id)), "pages overlap");
+    let (last, more, t1) = page(975);
+    assert_eq!((last.len(), more), (25, Some(false)));
+    let (past, more, _) = page(1000);
+    assert_eq!((past.len(), more), (0, Some(false)));
+    assert!(
+        t0 < Duration::from_secs(2) && t1 < Duration::from_secs(2),
+        "{t0:?} {t1:?}"
+    );
+    // newest first: the oldest approval (the last entry of the last page) is some caller's
+    // first call
+    let r = admin_req(
+        rig.admin,
+        "GET",
+        &format!("/v1/approvals/{}", last[24]),
+        &[&ck],
+        "",
+    );
+    let oldest = json(&r)["approval"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        oldest.starts_with("/v1/quick/") && oldest.ends_with("-0"),
+        "{oldest}"
+    );
+    let r = admin_req(
+        rig.admin,
+        "GET",
+        &format!("/v1/approvals/{}", first[0]),
+        &[&ck],
+        "",
+    );
+    let newest = json(&r)["approval"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(newest.ends_with("-249"), "{newest}");
+    for bad in ["offset=-1", "offset=100001", "offset=x", "limit=0"] {
+        let r = admin_req(
+            rig.admin,
+            "GET",
+            &format!("/v1/approvals?{bad}"),
+            &[&ck],
+            "",
+        );
+        assert_admin_error(&r, 400, "bad_request");
+    }
 }

@@ -5,7 +5,6 @@
 (function () {
   const PAGE = 25;          // approvals per page
   const CALLS = 50;         // audit records per page
-  const MAX_APPROVALS = 1000; // the approvals API's largest limit
   let me = null;
 
   function $(id) { return document.getElementById(id); }
@@ -73,8 +72,7 @@
   const ap = { page: 0, more: false, selected: null };
   async function loadApprovals() {
     const status = $("approvals-status").value;
-    const limit = Math.min(MAX_APPROVALS, (ap.page + 1) * PAGE);
-    const r = await api("GET", "/v1/approvals" + qs({ status: status, limit: limit }));
+    const r = await api("GET", "/v1/approvals" + qs({ status: status, limit: PAGE, offset: ap.page * PAGE }));
     const body = $("approvals-table").tBodies[0];
     clear(body);
     if (r.status !== 200) {
@@ -84,9 +82,8 @@
       c.colSpan = 8;
       return;
     }
-    const all = r.json.approvals;
-    const rows = all.slice(ap.page * PAGE, (ap.page + 1) * PAGE);
-    ap.more = all.length === limit && limit < MAX_APPROVALS;
+    const rows = r.json.approvals;
+    ap.more = !!r.json.more;
     if (!rows.length) { const c = td(body.insertRow(), "No " + status + " approvals."); c.colSpan = 8; }
     rows.forEach(function (a) {
       const tr = body.insertRow();

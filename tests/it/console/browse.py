@@ -23,6 +23,7 @@ import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 15
@@ -77,7 +78,9 @@ class Run:
 
     def wait(self, fn, msg, timeout=WAIT):
         try:
-            return WebDriverWait(self.d, timeout, poll_frequency=0.1).until(lambda d: fn())
+            return WebDriverWait(self.d, timeout, poll_frequency=0.1,
+                                 ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+                                 ).until(lambda d: fn())
         except Exception as e:
             fail(self.d, self.shots, "%s (%s)" % (msg, type(e).__name__))
 
@@ -111,6 +114,13 @@ class Run:
 
     def rows(self, table):
         return self.d.find_elements(By.CSS_SELECTOR, "#%s tbody tr" % table)
+
+    def cells(self, table):
+        """The cell texts of a table's body rows, read in one step (no stale elements)."""
+        return self.d.execute_script(
+            "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr'))"
+            ".map(function (r) { return Array.from(r.cells).map(function (c) { return c.textContent; }); });",
+            table)
 
 
 def main_flow(r, admin_url, gw_url, admin_key, agent_key, approve_id, deny_id):
@@ -172,18 +182,17 @@ def main_flow(r, admin_url, gw_url, admin_key, agent_key, approve_id, deny_id):
     r.el("f-proxy").send_keys("other")
     r.el("calls-apply").click()
     def only_other():
-        rows = r.rows("calls-table")
-        cells = [row.find_elements(By.TAG_NAME, "td") for row in rows]
-        return rows and all(len(c) > 2 and c[2].text == "other" for c in cells)
+        cells = r.cells("calls-table")
+        return cells and all(len(c) > 2 and c[2] == "other" for c in cells)
     r.wait(only_other, "the proxy filter did not narrow the log to proxy other")
-    paths = [row.find_elements(By.TAG_NAME, "td")[4].text for row in r.rows("calls-table")]
+    paths = [c[4] for c in r.cells("calls-table")]
     r.check("/other/hello" in paths, "the known call /other/hello not listed: %r" % paths)
     r.el("f-proxy").clear()
     Select(r.el("f-decision")).select_by_value("deny")
     r.el("calls-apply").click()
     def only_deny():
-        cells = [row.find_elements(By.TAG_NAME, "td") for row in r.rows("calls-table")]
-        return cells and all(len(c) > 6 and c[6].text == "deny" for c in cells)
+        cells = r.cells("calls-table")
+        return cells and all(len(c) > 6 and c[6] == "deny" for c in cells)
     r.wait(only_deny, "the decision filter did not narrow the log to deny")
     first = r.rows("calls-table")[0]
     rec_id = first.get_attribute("data-id")
@@ -199,7 +208,7 @@ def main_flow(r, admin_url, gw_url, admin_key, agent_key, approve_id, deny_id):
     probe = "/other/tail-probe-" + uuid.uuid4().hex[:12]
     resp = requests.get(gw_url + probe, headers={"Authorization": "Bearer " + agent_key}, timeout=10)
     r.check(resp.status_code == 200, "probe call answered %d" % resp.status_code)
-    r.wait(lambda: any(probe in row.text for row in r.rows("tail-table")), "the live tail never showed " + probe)
+    r.wait(lambda: any(probe in " ".join(c) for c in r.cells("tail-table")), "the live tail never showed " + probe)
     r.shot("calls.png")
     r.el("tail-toggle").click()
     r.wait(lambda: "off" in r.el("tail-state").text, "the live tail did not stop")
