@@ -952,3 +952,55 @@ fn a_thousand_pending_approvals_page_on_the_server() {
         assert_admin_error(&r, 400, "bad_request");
     }
 }
+
+/// On a TLS admin listener the session cookie is `Secure` (curl over TLS, trusting the test CA).
+#[test]
+fn the_session_cookie_is_secure_on_a_tls_admin_listener() {
+    let mock = MockUpstream::start(|_| Reply::ok("ok"));
+    let pki = make_pki();
+    let admin = free_port();
+    let toml = config(admin, &mock.url()).replacen(
+        "admin_token = \"file:admin.token\"\n",
+        "admin_token = \"file:admin.token\"\nadmin_tls = { cert = \"file:gw.crt\", key = \"file:gw.key\" }\n",
+        1,
+    );
+    let files: Vec<(&str, &[u8])> = vec![
+        ("admin.token", b"console-admin-token-0001\n"),
+        ("gw.crt", pki.leaf_cert_pem.as_bytes()),
+        ("gw.key", pki.leaf_key_pem.as_bytes()),
+        ("ca.pem", pki.ca_pem.as_bytes()),
+    ];
+    let gw = Gateway::start_with_files(&toml, &files);
+    wait_admin(admin);
+    let ca = gw.dir().join("ca.pem");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .args(["--data", &format!("key={ALICE}")])
+        .arg(format!("https://localhost:{admin}/ui/login"))
+        .output()
+        .expect("curl (scripts/test installs it)");
+    let head = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        head.starts_with("HTTP/1.1 303"),
+        "{head}\n{}",
+        gw.stderr_text()
+    );
+    let set = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {head}"));
+    let attrs: Vec<&str> = set.split("; ").collect();
+    for a in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+        assert!(attrs.contains(&a), "{a} missing in {set}");
+    }
+}

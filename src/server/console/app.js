@@ -124,7 +124,9 @@
         : "The shared admin token may read approvals but never decide them; sign in with your own admin key.";
     }
     d.focus();
-    document.querySelectorAll("#approvals-table tr.selected").forEach(function (t) { t.className = ""; });
+    document.querySelectorAll("#approvals-table tbody tr").forEach(function (t) {
+      t.classList.toggle("selected", t.dataset.id === id);
+    });
   }
   async function decide(verb) {
     const id = ap.selected;
