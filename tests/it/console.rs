@@ -14,6 +14,8 @@ const ADMIN_TOKEN: &str = "console-admin-token-0001";
 const ALICE: &str = "pca_alice-console-approver-01";
 const CAROL: &str = "pca_carol-console-viewer-0002";
 const OLGA: &str = "pca_olga-console-operator-003";
+/// An approver with a TOTP second factor (the RFC 6238 test secret "12345678901234567890").
+const DAVE: &str = "pca_dave-console-totp-000004";
 
 fn sha256_hex(b: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
@@ -56,6 +58,12 @@ id = "olga"
 key_sha256 = "{olga}"
 role = "operator"
 
+[[admins]]
+id = "dave"
+key_sha256 = "{dave}"
+role = "approver"
+totp_secret = "file:dave.totp"
+
 [[proxies]]
 name = "pay"
 upstream = "{upstream}/api"
@@ -87,10 +95,14 @@ default_effect = "allow"
         alice = sha256_hex(ALICE.as_bytes()),
         carol = sha256_hex(CAROL.as_bytes()),
         olga = sha256_hex(OLGA.as_bytes()),
+        dave = sha256_hex(DAVE.as_bytes()),
     )
 }
 
-const FILES: &[(&str, &[u8])] = &[("admin.token", b"console-admin-token-0001\n")];
+const FILES: &[(&str, &[u8])] = &[
+    ("admin.token", b"console-admin-token-0001\n"),
+    ("dave.totp", b"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n"),
+];
 
 struct Rig {
     gw: Gateway,
@@ -233,11 +245,13 @@ fn the_console_in_a_real_browser_approves_and_denies_held_calls_filters_tails_an
         thread::spawn(move || agent_call(gw, "POST", "/pay/v1/refunds", r#"{"amount":1}"#));
     let denied =
         thread::spawn(move || agent_call(gw, "POST", "/pay/v1/refunds", r#"{"amount":2}"#));
+    let second_factor =
+        thread::spawn(move || agent_call(gw, "POST", "/pay/v1/refunds", r#"{"amount":3}"#));
     let ids = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
         let p = pending(rig.admin);
-        (p.len() == 2).then_some(p)
+        (p.len() == 3).then_some(p)
     })
-    .expect("two pending approvals");
+    .expect("three pending approvals");
     let id_of = |amount: &str| -> String {
         for a in &ids {
             let id = a["id"].as_str().unwrap_or_default();
@@ -254,7 +268,7 @@ fn the_console_in_a_real_browser_approves_and_denies_held_calls_filters_tails_an
         }
         panic!("no approval with amount {amount}")
     };
-    let (ok_id, no_id) = (id_of("1"), id_of("2"));
+    let (ok_id, no_id, totp_id) = (id_of("1"), id_of("2"), id_of("3"));
     let shots = screenshots_dir();
     let admin_url = format!("http://127.0.0.1:{}", rig.admin);
     let gw_url = format!("http://127.0.0.1:{gw}");
@@ -267,8 +281,11 @@ fn the_console_in_a_real_browser_approves_and_denies_held_calls_filters_tails_an
         &ok_id,
         &no_id,
         shots.to_str().unwrap_or_default(),
+        DAVE,
+        &totp_id,
     ]);
     assert_eq!(out["approvals"], "ok", "{out}");
+    assert_eq!(out["totp"], "ok", "{out}");
     // the approved call completed at the upstream, with exactly the held body, once
     let a = approved.join().expect("approved call thread");
     assert_eq!(a.status, 200, "{}", show(&a.raw));
@@ -280,11 +297,24 @@ fn the_console_in_a_real_browser_approves_and_denies_held_calls_filters_tails_an
         .collect();
     assert_eq!(
         refunds.len(),
-        1,
+        2,
         "{:?}",
         reqs.iter().map(|r| r.target.clone()).collect::<Vec<_>>()
     );
-    assert_eq!(refunds[0].body, br#"{"amount":1}"#);
+    assert!(refunds.iter().any(|r| r.body == br#"{"amount":1}"#));
+    assert!(!refunds.iter().any(|r| r.body == br#"{"amount":2}"#));
+    // the one dave approved with his TOTP code (after a wrong code was refused) completed too
+    let t = second_factor.join().expect("totp call thread");
+    assert_eq!(t.status, 200, "{}", show(&t.raw));
+    assert!(refunds.iter().any(|r| r.body == br#"{"amount":3}"#));
+    let r = admin_req(
+        rig.admin,
+        "GET",
+        &format!("/v1/approvals/{totp_id}"),
+        &[&format!("Authorization: Bearer {ALICE}")],
+        "",
+    );
+    assert_eq!(json(&r)["approval"]["approver"], "dave");
     // the denied one got the denial, with the reason typed in the browser
     let d = denied.join().expect("denied call thread");
     assert_gateway_error(&d, 403, "approval_denied");
@@ -966,6 +996,7 @@ fn the_session_cookie_is_secure_on_a_tls_admin_listener() {
     );
     let files: Vec<(&str, &[u8])> = vec![
         ("admin.token", b"console-admin-token-0001\n"),
+        ("dave.totp", b"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ\n"),
         ("gw.crt", pki.leaf_cert_pem.as_bytes()),
         ("gw.key", pki.leaf_key_pem.as_bytes()),
         ("ca.pem", pki.ca_pem.as_bytes()),

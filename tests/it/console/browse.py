@@ -2,17 +2,22 @@
 tests/it/console.rs. Every wait is bounded; any failed expectation exits non-zero with a message
 (and a screenshot of the moment in the screenshot directory as fail-*.png).
 
-    python3 browse.py main   ADMIN_URL GW_URL ADMIN_KEY AGENT_KEY APPROVE_ID DENY_ID SHOTS
+    python3 browse.py main   ADMIN_URL GW_URL ADMIN_KEY AGENT_KEY APPROVE_ID DENY_ID SHOTS TOTP_KEY TOTP_ID
     python3 browse.py agents ADMIN_URL GW_URL OPERATOR_KEY - - - SHOTS
 
 `main`: sign-in (a bad key first), approve one held call, deny another, filter the call log and
 open a record, the live tail showing a call this script makes, telemetry charts, the Agents and
-Config pages (whatever state they are in), phone width, sign-out (and the old cookie refused).
+Config pages (whatever state they are in), phone width, sign-out (and the old cookie refused);
+then an approver with a TOTP secret signs in and approves a third held call (a wrong code first).
 `agents` (needs the management API, feat/mgmt): issue an agent, its key works at the data plane,
 revoke it, its next call is refused.
 """
+import base64
+import hashlib
+import hmac
 import json
 import os
+import struct
 import shutil
 import sys
 import tempfile
@@ -27,6 +32,16 @@ from selenium.common.exceptions import NoSuchElementException, StaleElementRefer
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 15
+# the RFC 6238 test secret, as dave's totp_secret holds it (base32)
+TOTP_SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+
+
+def totp_now():
+    """The RFC 6238 code (SHA-1, 30 s, 6 digits) now: the script's own oracle."""
+    key = base64.b32decode(TOTP_SECRET_B32)
+    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+    off = mac[19] & 0x0F
+    return "%06d" % ((struct.unpack(">I", mac[off:off + 4])[0] & 0x7FFFFFFF) % 1000000)
 
 
 def fail(driver, shots, msg):
@@ -263,6 +278,29 @@ def main_flow(r, admin_url, gw_url, admin_key, agent_key, approve_id, deny_id):
     return results
 
 
+def totp_flow(r, admin_url, totp_key, totp_id):
+    d = r.d
+    r.sign_in(admin_url, totp_key)
+    r.wait(lambda: d.current_url.endswith("/ui/"), "dave's sign-in did not land on /ui/")
+    r.wait(lambda: "dave (approver)" in r.el("whoami").text, "whoami never showed dave")
+    r.page("approvals")
+    r.wait(lambda: d.find_elements(By.ID, "open-" + totp_id), "approval %s not listed" % totp_id)
+    d.find_element(By.ID, "open-" + totp_id).click()
+    r.wait(lambda: r.el("ad-id").text == totp_id, "approval detail never showed")
+    r.wait(lambda: r.visible("decide-totp-wrap"), "no TOTP field for an admin with a totp_secret")
+    good = totp_now()
+    wrong = "%06d" % ((int(good) + 500000) % 1000000)
+    r.el("decide-totp").send_keys(wrong)
+    r.el("approve-btn").click()
+    r.wait(lambda: "totp_invalid" in r.el("flash").text, "a wrong TOTP code was not refused: " + r.el("flash").text)
+    r.wait(lambda: r.visible("decide-form"), "the approval is no longer decidable after a wrong code")
+    r.el("decide-totp").clear()
+    r.el("decide-totp").send_keys(totp_now())
+    r.el("approve-btn").click()
+    r.wait(lambda: ("Approved " + totp_id) in r.el("flash").text, "the TOTP approval failed: " + r.el("flash").text)
+    return "ok"
+
+
 def agents_flow(r, admin_url, gw_url, operator_key):
     d = r.d
     r.sign_in(admin_url, operator_key)
@@ -295,6 +333,7 @@ def agents_flow(r, admin_url, gw_url, operator_key):
 
 def run():
     mode, admin_url, gw_url, key, agent_key, approve_id, deny_id, shots = sys.argv[1:9]
+    totp_key, totp_id = (sys.argv[9:11] + ["-", "-"])[:2]
     os.makedirs(shots, exist_ok=True)
     user_dir = tempfile.mkdtemp(prefix="pcs-chromium-")
     d = start_driver(user_dir)
@@ -302,6 +341,7 @@ def run():
         r = Run(d, shots)
         if mode == "main":
             out = main_flow(r, admin_url, gw_url, key, agent_key, approve_id, deny_id)
+            out["totp"] = totp_flow(r, admin_url, totp_key, totp_id)
         else:
             out = agents_flow(r, admin_url, gw_url, key)
         print(json.dumps(out))
