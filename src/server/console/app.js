@@ -17,11 +17,12 @@
     tr.appendChild(c);
     return c;
   }
-  function button(label, onclick, id) {
+  function button(label, onclick, id, aria) {
     const b = document.createElement("button");
     b.type = "button";
     b.textContent = label;
     if (id) b.id = id;
+    if (aria) b.setAttribute("aria-label", aria);
     b.addEventListener("click", onclick);
     return b;
   }
@@ -92,7 +93,8 @@
       td(tr, a.created); td(tr, a.agent); td(tr, a.proxy); td(tr, a.method); td(tr, a.path, "path");
       td(tr, a.status); td(tr, a.approver);
       const c = td(tr, "");
-      c.appendChild(button("Open", function () { openApproval(a.id); }, "open-" + a.id));
+      c.appendChild(button("Open", function () { openApproval(a.id); }, "open-" + a.id,
+        "Open approval " + a.id + " (" + a.method + " " + a.path + ")"));
     });
     $("approvals-page").textContent = "page " + (ap.page + 1);
     $("approvals-prev").disabled = ap.page === 0;
@@ -183,7 +185,8 @@
     td(tr, x.status); td(tr, x.decision);
     if (!top) { td(tr, x.code); td(tr, x.total_us); }
     const c = td(tr, "");
-    c.appendChild(button("Open", function () { openCall(x); }));
+    c.appendChild(button("Open", function () { openCall(x); }, null,
+      "Open record " + (x.id || "") + " (" + (x.method || "") + " " + (x.path || "") + ")"));
     return tr;
   }
   function openCall(x) {
@@ -327,9 +330,9 @@
       td(tr, a.created_at); td(tr, a.expires_at); td(tr, a.last_seen); td(tr, a.revoked_at);
       const c = td(tr, "");
       if (atLeast("operator") && !a.read_only && !a.revoked_at) {
-        c.appendChild(button("Rotate", function () { rotateAgent(a.id); }, "rotate-" + a.id));
+        c.appendChild(button("Rotate", function () { rotateAgent(a.id); }, "rotate-" + a.id, "Rotate the key of " + a.id));
         c.appendChild(document.createTextNode(" "));
-        c.appendChild(button("Revoke", function () { revokeAgent(a.id); }, "revoke-" + a.id));
+        c.appendChild(button("Revoke", function () { revokeAgent(a.id); }, "revoke-" + a.id, "Revoke " + a.id));
       }
     });
   }
