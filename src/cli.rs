@@ -954,6 +954,7 @@ pub fn logs(a: LogsArgs) -> Result<bool> {
                     .with_context(|| format!("--status '{s}': expected 403 or 4xx"))
             })
             .transpose()?,
+        decision: None,
         since: time("since", &a.since)?,
         until: time("until", &a.until)?,
         shadow: a.shadow,

@@ -56,15 +56,15 @@ pub fn start(addr: SocketAddr, control: Arc<Control>) -> std::io::Result<()> {
 async fn accept(s: TcpStream, peer: SocketAddr, control: Arc<Control>) {
     let tls = control.current().server.admin_tls.clone();
     match tls {
-        None => serve(AgentIo::Plain(s), control).await,
+        None => serve(AgentIo::Plain(s), control, peer, false).await,
         Some(cfg) => match accept_tls(s, cfg, Duration::from_secs(10)).await {
-            Ok((io, _)) => serve(io, control).await,
+            Ok((io, _)) => serve(io, control, peer, true).await,
             Err(e) => tracing::info!(%peer, reason = %e, "admin TLS handshake failed"),
         },
     }
 }
 
-async fn serve(mut s: AgentIo, control: Arc<Control>) {
+async fn serve(mut s: AgentIo, control: Arc<Control>, peer: SocketAddr, tls: bool) {
     let mut buf = Vec::with_capacity(8192);
     let mut head = RequestHead::default();
     let limits = head::Limits {
@@ -97,12 +97,39 @@ async fn serve(mut s: AgentIo, control: Arc<Control>) {
         let reply = config_check(&mut s, &head, &mut buf, &control).await;
         return respond(&mut s, reply).await;
     }
+    // the web console (pages, assets, sign-in)
+    let t = head.target.get(&buf);
+    if t == b"/ui" || t.starts_with(b"/ui/") || t.starts_with(b"/ui?") {
+        return crate::server::console::handle(&mut s, &head, &mut buf, &control, peer.ip(), tls)
+            .await;
+    }
     let method = head.method.get(&buf);
     let target = head.target.get(&buf);
     let (path, query) = match memchr::memchr(b'?', target) {
         Some(i) => (&target[..i], &target[i + 1..]),
         None => (target, &b""[..]),
     };
+    // the live audit tail the console's Calls page follows (server-sent events)
+    if path == b"/v1/requests/tail" {
+        let allowed = authorized(&head, &buf, &control, Role::Viewer)
+            .and_then(|who| scoped_proxy(&who, query));
+        let reply = match (method, allowed) {
+            (b"GET", Ok(())) => {
+                let query = query.to_vec();
+                match crate::server::console::tail(&mut s, &control, &query).await {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            (b"GET", Err(r)) => r,
+            _ => Reply::error(
+                405,
+                "method_not_allowed",
+                "this admin endpoint does not take that method",
+            ),
+        };
+        return respond(&mut s, reply).await;
+    }
     let reply = match (method, path) {
         (b"GET", b"/healthz") => Reply::json(200, r#"{"status":"ok"}"#.to_string()),
         (b"GET", b"/readyz") if !control.is_ready() => {
@@ -283,6 +310,7 @@ async fn config_check(
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// An admin answer.
+#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
@@ -440,8 +468,8 @@ pub fn parse_query_string(
     Ok(out)
 }
 
-const PARAMS: [&str; 7] = [
-    "proxy", "agent", "status", "since", "until", "shadow", "limit",
+const PARAMS: [&str; 8] = [
+    "proxy", "agent", "status", "since", "until", "shadow", "limit", "decision",
 ];
 
 fn pct_decode(s: &[u8]) -> Option<String> {
@@ -461,6 +489,7 @@ pub fn requests_query(qs: &[u8], now_us: u64) -> Result<crate::observe::audit::Q
         match k {
             "proxy" => q.proxy = Some(v),
             "agent" => q.agent = Some(v),
+            "decision" => q.decision = Some(v),
             "status" => {
                 q.status = Some(
                     crate::observe::audit::StatusFilter::parse(&v)

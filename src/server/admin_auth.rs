@@ -4,6 +4,9 @@
 //! `server.admin_token` is an operator (it may not decide approvals: a decision names a
 //! person). `server.metrics_token` reads `GET /metrics` only ([`identify_metrics`]).
 //!
+//! A request without `Authorization` may instead carry a web console session (`console.rs`):
+//! it is then that admin, and a non-GET request must carry the session's CSRF token.
+//!
 //! No or a wrong credential: 401 `unauthenticated`; a role below the endpoint's: 403
 //! `forbidden`; neither `[[admins]]` nor `admin_token` configured: 403 `admin_disabled`.
 //! Every admin action is recorded in the audit trail naming the admin ([`audit`]).
@@ -94,7 +97,24 @@ pub fn identify<'c>(head: &RequestHead, buf: &[u8], cfg: &'c Compiled) -> Result
         ));
     }
     let Some(key) = bearer(head, buf) else {
-        return Err(unauthenticated());
+        // a web console session (cookie `pcs_session`; a non-GET request also carries the
+        // session's CSRF token, else 403 `csrf`) stands for its admin, with that admin's role
+        // and scope under the running config
+        let id = super::console::session_admin(head, buf, crate::util::clock::now())?
+            .ok_or_else(unauthenticated)?;
+        return match super::console::lookup(cfg, &id) {
+            Some((role, admin)) => Ok(Who {
+                id,
+                role,
+                proxies: admin.and_then(|a| a.proxies.clone()),
+                admin,
+            }),
+            None => Err(Reply::error(
+                401,
+                "unauthenticated",
+                "the session's admin identity is no longer configured",
+            )),
+        };
     };
     let h = crate::identity::key_sha256(key);
     // every identity compared (no early exit on a match position)

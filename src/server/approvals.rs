@@ -1,8 +1,9 @@
 //! The approvals API on the admin listener (issue 14), for named admin identities
 //! (`[[admins]]`, bearer key checked by its SHA-256):
 //!
-//! - `GET /v1/approvals?status=pending|approved|denied|expired&limit=N` (viewer and up;
-//!   scoped identities see their proxies only): newest first, without headers and body.
+//! - `GET /v1/approvals?status=pending|approved|denied|expired&limit=N&offset=M` (viewer and
+//!   up; scoped identities see their proxies only): newest first, without headers and body;
+//!   `more` says whether a next page exists.
 //! - `GET /v1/approvals/{id}`: the approval with the forwarded headers (credentials removed)
 //!   and the body as held (`body` when UTF-8, else `body_base64`).
 //! - `POST /v1/approvals/{id}/approve` and `/deny` with `{"reason": "...", "totp": "123456"}`
@@ -29,6 +30,8 @@ use std::time::Duration;
 const MAX_BODY: usize = 16 * 1024;
 /// Largest `limit`.
 const MAX_LIMIT: usize = 1000;
+/// Largest `offset` (paging through a long queue).
+const MAX_OFFSET: usize = 100_000;
 
 /// Handles `/v1/approvals…`; reads a request body when one is announced.
 pub async fn handle(
@@ -198,6 +201,7 @@ fn unavailable(e: impl std::fmt::Display) -> Reply {
 async fn list(store: &crate::state::Store, who: &Who<'_>, query: &[u8]) -> Reply {
     let mut status = None;
     let mut limit = 100;
+    let mut offset = 0;
     for (k, v) in crate::http::query::pairs(query) {
         match (k, std::str::from_utf8(v).ok()) {
             (b"status", Some(v)) if !v.is_empty() => match Status::parse(v) {
@@ -221,21 +225,34 @@ async fn list(store: &crate::state::Store, who: &Who<'_>, query: &[u8]) -> Reply
                     );
                 }
             },
+            // paging (the console's): skip the first `offset` of the list
+            (b"offset", Some(v)) => match v.parse::<usize>() {
+                Ok(n @ 0..=MAX_OFFSET) => offset = n,
+                _ => {
+                    return Reply::error(
+                        400,
+                        "bad_request",
+                        &format!("offset: expected 0 to {MAX_OFFSET}"),
+                    );
+                }
+            },
             _ => {
                 return Reply::error(
                     400,
                     "bad_request",
-                    "unknown parameter (expected status, limit)",
+                    "unknown parameter (expected status, limit, offset)",
                 );
             }
         }
     }
     let (reply, rx) = flume::bounded(1);
-    // a scoped identity's list is filtered after the limit is taken: ask for the most
+    // one more than the page tells whether there is a next page; a scoped identity's list is
+    // filtered after the store's limit is taken: ask for the most
+    let want = offset + limit + 1;
     let ask = if who.proxies.is_some() {
-        MAX_LIMIT * 10
+        want.max(MAX_LIMIT * 10)
     } else {
-        limit
+        want
     };
     if !store.send(Cmd::List {
         status,
@@ -246,13 +263,17 @@ async fn list(store: &crate::state::Store, who: &Who<'_>, query: &[u8]) -> Reply
     }
     match rx.recv_async().await {
         Ok(Ok(all)) => {
-            let items: Vec<_> = all
-                .iter()
-                .filter(|a| who.may_see(&a.proxy))
+            let mut visible = all.iter().filter(|a| who.may_see(&a.proxy)).skip(offset);
+            let items: Vec<_> = visible
+                .by_ref()
                 .take(limit)
                 .map(|a| summary(a, None))
                 .collect();
-            json(200, serde_json::json!({ "approvals": items }).to_string())
+            let more = visible.next().is_some();
+            json(
+                200,
+                serde_json::json!({ "approvals": items, "more": more }).to_string(),
+            )
         }
         Ok(Err(e)) => unavailable(e),
         Err(e) => unavailable(e),

@@ -5,6 +5,7 @@ pub mod admin_auth;
 pub mod agents_api;
 pub mod approvals;
 pub mod config_api;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod ops_metrics;

@@ -23,6 +23,7 @@ mod cli_ident;
 mod client_addr;
 mod configs;
 mod connect;
+mod console;
 mod forward;
 mod forwarding;
 mod hardening;

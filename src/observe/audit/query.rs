@@ -72,6 +72,8 @@ pub struct Query {
     pub proxy: Option<String>,
     pub agent: Option<String>,
     pub status: Option<StatusFilter>,
+    /// `allow`, `deny`, `approve`… (the record's `decision`).
+    pub decision: Option<String>,
     pub since: Option<u64>,
     pub until: Option<u64>,
     /// Only calls with a report-mode (shadow) rule hit.
@@ -85,6 +87,7 @@ impl Default for Query {
             proxy: None,
             agent: None,
             status: None,
+            decision: None,
             since: None,
             until: None,
             shadow: false,
@@ -114,6 +117,11 @@ impl Query {
         }
         if let Some(s) = self.status
             && !r.status.is_some_and(|st| s.matches(st))
+        {
+            return false;
+        }
+        if let Some(d) = &self.decision
+            && r.decision.as_deref() != Some(d.as_str())
         {
             return false;
         }
@@ -251,6 +259,9 @@ impl<'q, 'v> Scan<'q, 'v> {
         }
         if let Some(a) = &q.agent {
             needle("agent", a);
+        }
+        if let Some(d) = &q.decision {
+            needle("decision", d);
         }
         if q.shadow {
             needles.push(Finder::new(b",\"shadow\":{").into_owned());

@@ -32,6 +32,9 @@ pub struct Counts {
     /// `2xx` … `5xx` (and `none`: no status sent) → calls.
     pub status: BTreeMap<String, u64>,
     pub latency_us: Latency,
+    /// Refusal code (the records' `code`) → calls; absent when none was refused.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub refusals: BTreeMap<String, u64>,
     /// Budget name → units charged (the records' `metered`); absent when none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metered: BTreeMap<String, u64>,
@@ -81,6 +84,7 @@ struct Acc {
     decisions: BTreeMap<String, u64>,
     status: BTreeMap<String, u64>,
     lat: Vec<u64>,
+    refusals: BTreeMap<String, u64>,
     metered: BTreeMap<String, u64>,
 }
 
@@ -99,6 +103,14 @@ impl Acc {
         if let Some(t) = r.total_us {
             self.lat.push(t);
         }
+        if let Some(code) = r.code.as_deref() {
+            match self.refusals.get_mut(code) {
+                Some(n) => *n += 1,
+                None => {
+                    self.refusals.insert(code.to_string(), 1);
+                }
+            }
+        }
         for (k, v) in r.metered.iter().flatten() {
             let n = self.metered.entry(k.clone()).or_default();
             *n = n.saturating_add(*v);
@@ -112,6 +124,7 @@ impl Acc {
             decisions: self.decisions,
             status: self.status,
             latency_us: latency(&self.lat),
+            refusals: self.refusals,
             metered: self.metered,
         };
         (c, self.lat)
@@ -154,6 +167,9 @@ fn merge_counts(into: &mut Counts, c: &Counts) {
     for (k, v) in &c.status {
         *into.status.entry(k.clone()).or_default() += v;
     }
+    for (k, v) in &c.refusals {
+        *into.refusals.entry(k.clone()).or_default() += v;
+    }
     for (k, v) in &c.metered {
         let n = into.metered.entry(k.clone()).or_default();
         *n = n.saturating_add(*v);
@@ -172,6 +188,7 @@ pub fn compute(
         proxy: proxy.map(str::to_string),
         agent: None,
         status: None,
+        decision: None,
         since: Some(since),
         until: Some(until),
         shadow: false,

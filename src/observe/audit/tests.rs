@@ -720,6 +720,7 @@ fn query_large_log_matches_naive_filter() {
             proxy: Some("crm".into()),
             agent: Some("billing-bot".into()),
             status: StatusFilter::parse("4xx"),
+            decision: None,
             since: Some(BASE_TS + span / 3),
             until: Some(BASE_TS + span / 3 + 5_000_000),
             shadow: false,
@@ -738,6 +739,11 @@ fn query_large_log_matches_naive_filter() {
             status: match next() % 4 {
                 0 => Some(StatusFilter::Exact(STATUSES[(next() % 10) as usize])),
                 1 => Some(StatusFilter::Class((2 + next() % 4) as u8)),
+                _ => None,
+            },
+            decision: match next() % 4 {
+                0 => Some("deny".to_string()),
+                1 => Some("allow".to_string()),
                 _ => None,
             },
             since: next().is_multiple_of(2).then_some(since),
