@@ -115,6 +115,8 @@ pub struct CallLog<'w> {
     pub secret_reflected: u64,
     /// Budgets charged for the call (`metered`).
     pub metered: Option<Box<crate::observe::audit::record::Metered>>,
+    /// MCP calls: method, target, session (`mcp_method`, `tool`, ...).
+    pub mcp: Option<Box<crate::observe::audit::record::McpNote>>,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The TCP peer's address.
@@ -167,6 +169,7 @@ impl<'w> CallLog<'w> {
             redactions: 0,
             secret_reflected: 0,
             metered: None,
+            mcp: None,
             metrics_slot: None,
             client: None,
             forwarded_for: None,
@@ -306,6 +309,7 @@ impl<'w> CallLog<'w> {
             approval: pick(&mut self.approval, keep),
             trace_id: self.trace.trace_id,
             metered: pick(&mut self.metered, keep),
+            mcp: pick(&mut self.mcp, keep),
         }
     }
 }

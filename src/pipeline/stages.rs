@@ -234,6 +234,18 @@ pub(super) fn mcp_policy(
                 McpError::Header(_) => "Mcp-Method / Mcp-Name disagree with the body",
             })
         })?;
+    if log.detailed() {
+        log.mcp = Some(Box::new(mcp_note(
+            &body,
+            find_header(headers, src, b"mcp-session-id"),
+        )));
+    }
+    if log.detailed() {
+        log.mcp = Some(Box::new(mcp_note(
+            &body,
+            find_header(headers, src, b"mcp-session-id"),
+        )));
+    }
     let rest = route.rel_path(&s.path);
     let query = route.query_str(s.head.target.get(src));
     let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
@@ -299,6 +311,13 @@ pub(super) fn mcp_policy(
                     code,
                     format!("portcullis: {what} not allowed for agent {who} ({code})"),
                 )));
+                if first_refusal.is_none()
+                    && let Some(note) = log.mcp.as_deref_mut()
+                {
+                    // the record names the message that was refused
+                    note.method = name.to_string();
+                    note.target = target_of(target);
+                }
                 first_refusal.get_or_insert(refusal);
             }
         }
@@ -335,6 +354,42 @@ pub(super) fn mcp_policy(
         });
     }
     Err(refusal.into())
+}
+
+/// The audit record's MCP members: the first message that names a tool, resource or prompt
+/// (else the first request or notification), and the agent's `Mcp-Session-Id` (visible ASCII,
+/// at most 128 bytes; otherwise not recorded).
+fn mcp_note(
+    body: &crate::mcp::jsonrpc::Body,
+    session: Option<&[u8]>,
+) -> crate::observe::audit::record::McpNote {
+    let pick = body
+        .messages
+        .iter()
+        .find(|m| m.target().name().is_some())
+        .or_else(|| body.messages.iter().find(|m| m.method().is_some()));
+    crate::observe::audit::record::McpNote {
+        method: pick.and_then(|m| m.method()).unwrap_or("").to_string(),
+        target: pick.and_then(|m| target_of(m.target())),
+        session: session
+            .filter(|v| {
+                !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..0x7f).contains(b))
+            })
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        batch: body
+            .batch
+            .then(|| u32::try_from(body.messages.len()).unwrap_or(u32::MAX)),
+    }
+}
+
+fn target_of(t: &crate::mcp::jsonrpc::Target) -> Option<(&'static str, String)> {
+    use crate::mcp::jsonrpc::Target;
+    match t {
+        Target::None => None,
+        Target::Tool(n) => Some(("tool", n.clone())),
+        Target::Resource(u) => Some(("resource", u.clone())),
+        Target::Prompt(p) => Some(("prompt", p.clone())),
+    }
 }
 
 /// Most JSON-RPC messages one MCP POST may carry.

@@ -76,6 +76,10 @@ pub struct Query {
     pub until: Option<u64>,
     /// Only calls with a report-mode (shadow) rule hit.
     pub shadow: bool,
+    /// MCP: only calls that named this tool (or resource URI, or prompt name).
+    pub tool: Option<String>,
+    /// MCP: only calls with this JSON-RPC method (`tools/call`, ...).
+    pub mcp_method: Option<String>,
     pub limit: usize,
 }
 
@@ -88,6 +92,8 @@ impl Default for Query {
             since: None,
             until: None,
             shadow: false,
+            tool: None,
+            mcp_method: None,
             limit: DEFAULT_LIMIT,
         }
     }
@@ -114,6 +120,18 @@ impl Query {
         }
         if let Some(s) = self.status
             && !r.status.is_some_and(|st| s.matches(st))
+        {
+            return false;
+        }
+        if let Some(t) = &self.tool
+            && ![&r.tool, &r.resource, &r.prompt]
+                .iter()
+                .any(|v| v.as_deref() == Some(t.as_str()))
+        {
+            return false;
+        }
+        if let Some(m) = &self.mcp_method
+            && r.mcp_method.as_deref() != Some(m.as_str())
         {
             return false;
         }
@@ -252,8 +270,17 @@ impl<'q, 'v> Scan<'q, 'v> {
         if let Some(a) = &q.agent {
             needle("agent", a);
         }
+        if let Some(m) = &q.mcp_method {
+            needle("mcp_method", m);
+        }
         if q.shadow {
             needles.push(Finder::new(b",\"shadow\":{").into_owned());
+        }
+        if let Some(t) = &q.tool {
+            // `"tool":`, `"resource":` or `"prompt":` before it: the value alone pre-filters
+            let mut n = b"\":".to_vec();
+            record::push_json_str(&mut n, t);
+            needles.push(Finder::new(&n).into_owned());
         }
         if let Some(StatusFilter::Exact(s)) = q.status {
             needles.push(Finder::new(format!(",\"status\":{s},").as_bytes()).into_owned());
