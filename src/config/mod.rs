@@ -198,6 +198,8 @@ pub struct Proxy {
 pub struct McpProxy {
     /// `[[proxies.tools]]` tags by tool name.
     pub tags: std::collections::HashMap<Box<str>, Box<[Box<str>]>>,
+    /// `mcp_max_list`: the most bytes of one list answer held to filter it.
+    pub max_list: usize,
 }
 
 impl McpProxy {

@@ -108,8 +108,8 @@ pub enum Mode {
 pub struct ListFilter<'p> {
     policy: Box<dyn ListPolicy + 'p>,
     mode: Mode,
-    /// The list requests of the call: id (parsed) and kind.
-    lists: Vec<(Value, Id, ListKind)>,
+    /// The list requests of the call: id (as [`id_key`] reads it), id as sent, and kind.
+    lists: Vec<(String, Id, ListKind)>,
     /// The request was a batch (a JSON refusal is then an array).
     batch: bool,
     max: usize,
@@ -146,7 +146,7 @@ impl<'p> ListFilter<'p> {
                 .into_iter()
                 .map(|(id, k)| {
                     let v = serde_json::from_str(&id.0).unwrap_or(Value::Null);
-                    (v, id, k)
+                    (id_key(&v).unwrap_or_default(), id, k)
                 })
                 .collect(),
             batch,
@@ -337,20 +337,33 @@ impl<'p> ListFilter<'p> {
             Outcome::Unchanged => out.extend_from_slice(ev),
             Outcome::RefuseAll => self.refusal_events("answer unreadable", out),
             Outcome::Replace(new) => {
-                // the event's other lines as they were, then the new data, then the blank line
-                for (content, term) in lines(ev) {
-                    if content.is_empty() || data_value(content).is_some() {
+                // the event's other lines as they were, then the new data (in the event's line
+                // ending), then its blank line as it came
+                let all: Vec<(&[u8], &[u8])> = lines(ev).collect();
+                let nl: &[u8] = all
+                    .first()
+                    .map(|l| l.1)
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or(b"\n");
+                let blank = all.last().filter(|l| l.0.is_empty()).map(|l| l.1);
+                let body_lines = if blank.is_some() {
+                    &all[..all.len() - 1]
+                } else {
+                    &all[..]
+                };
+                for (content, term) in body_lines {
+                    if data_value(content).is_some() {
                         continue;
                     }
                     out.extend_from_slice(content);
-                    out.extend_from_slice(if term.is_empty() { b"\n" } else { term });
+                    out.extend_from_slice(if term.is_empty() { nl } else { term });
                 }
                 for seg in new.split(|&b| b == b'\n') {
                     out.extend_from_slice(b"data: ");
                     out.extend_from_slice(seg);
-                    out.push(b'\n');
+                    out.extend_from_slice(nl);
                 }
-                out.push(b'\n');
+                out.extend_from_slice(blank.unwrap_or(nl));
             }
         }
     }
@@ -393,8 +406,10 @@ impl<'p> ListFilter<'p> {
             if o.contains_key("method") {
                 continue;
             }
-            let Some(id) = o.get("id") else { continue };
-            let Some((_, id_text, kind)) = self.lists.iter().find(|(i, _, _)| i == id).cloned()
+            let Some(id) = o.get("id").and_then(id_key) else {
+                continue;
+            };
+            let Some((_, id_text, kind)) = self.lists.iter().find(|(i, _, _)| *i == id).cloned()
             else {
                 continue;
             };
@@ -533,6 +548,22 @@ impl<'p> ListFilter<'p> {
     }
 }
 
+/// An id as loosely as any client might match it: a string's text, a number's value (`7`,
+/// `7.0`, `7e0` and `"7"` are one id), so that no spelling of a list request's id escapes the
+/// filter.
+fn id_key(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(match n.as_f64() {
+            Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                format!("{}", f as i64)
+            }
+            _ => n.to_string(),
+        }),
+        _ => None,
+    }
+}
+
 /// The lines of an event: (content, terminator).
 fn lines(ev: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut pos = 0;
@@ -641,6 +672,12 @@ mod tests {
                 &[("1", T)],
                 r#"{"jsonrpc":"2.0","id":1,"result":{"t\u006fols":[{"name":"del_b"}]}}"#,
                 r#"{"jsonrpc":"2.0","id":1,"result":{"t\u006fols":[]}}"#,
+            ),
+            (
+                "another spelling of the id is the id",
+                &[("1", T)],
+                r#"[{"jsonrpc":"2.0","id":1.0,"result":{"tools":[{"name":"del_b"}]}},{"jsonrpc":"2.0","id":"1","result":{"tools":[{"name":"del_c"}]}},{"jsonrpc":"2.0","id":1e0,"result":{"tools":[{"name":"del_d"}]}}]"#,
+                r#"[{"jsonrpc":"2.0","id":1.0,"result":{"tools":[]}},{"jsonrpc":"2.0","id":"1","result":{"tools":[]}},{"jsonrpc":"2.0","id":1e0,"result":{"tools":[]}}]"#,
             ),
             (
                 "another id passes",

@@ -194,25 +194,25 @@ pub(super) fn authorize(
 /// (`initialize`, `ping`, notifications, the list methods) was admitted with the POST itself
 /// unless a rule names its method. A refused call is answered as JSON-RPC errors
 /// (`Scratch::mcp_refused`); `held` comes back true when an `approve` rule matched.
-pub(super) fn mcp_policy(
-    proxy: &Proxy,
+pub(super) fn mcp_policy<'v>(
+    proxy: &'v Proxy,
     s: &mut Scratch,
     route: &Route,
     caller: &Caller<'_>,
     log: &mut CallLog<'_>,
     held: bool,
-) -> Result<bool, Stop> {
+) -> Result<(bool, Option<ListReq<'v>>), Stop> {
     use crate::mcp::answer::Refused;
     use crate::mcp::jsonrpc::{self, McpError, Target};
     use crate::policy::authz::McpCall;
     let Some(mcp) = &proxy.mcp else {
-        return Ok(held);
+        return Ok((held, None));
     };
     let src = &s.rbuf;
     let method = s.head.method.get(src);
     if method != b"POST" {
         // the GET stream and DELETE (end of session): the HTTP decision stands
-        return Ok(held);
+        return Ok((held, None));
     }
     let headers = &s.head.headers;
     let body = jsonrpc::parse_body(&s.body, MCP_MAX_BATCH)
@@ -234,12 +234,6 @@ pub(super) fn mcp_policy(
                 McpError::Header(_) => "Mcp-Method / Mcp-Name disagree with the body",
             })
         })?;
-    if log.detailed() {
-        log.mcp = Some(Box::new(mcp_note(
-            &body,
-            find_header(headers, src, b"mcp-session-id"),
-        )));
-    }
     if log.detailed() {
         log.mcp = Some(Box::new(mcp_note(
             &body,
@@ -323,7 +317,39 @@ pub(super) fn mcp_policy(
         }
     }
     let Some(refusal) = first_refusal else {
-        return Ok(held);
+        // list requests: their answers are filtered per caller (`mcp::lists`), by the same
+        // rules, with what the request carried (the head is consumed before the answer comes)
+        let lists: Vec<_> = body
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                jsonrpc::Message::Request { id, method, .. } => {
+                    crate::mcp::lists::ListKind::of_method(method).map(|k| (id.clone(), k))
+                }
+                _ => None,
+            })
+            .collect();
+        if lists.is_empty() {
+            return Ok((held, None));
+        }
+        let head_len = s.head.head_len.min(src.len());
+        return Ok((
+            held,
+            Some(ListReq {
+                ctx: ListCtx {
+                    proxy,
+                    mcp,
+                    head: src[..head_len].to_vec(),
+                    headers: s.head.headers.clone(),
+                    rest: rest.to_string(),
+                    query: query.to_vec(),
+                    agent: agent.map(str::to_string),
+                    roles: caller.roles().to_vec(),
+                },
+                lists,
+                batch: body.batch,
+            }),
+        ));
     };
     // Answer every request of the call: the refused ones with their reason, the others (in a
     // batch) as not sent; notifications get no answer.
@@ -356,6 +382,66 @@ pub(super) fn mcp_policy(
     Err(refusal.into())
 }
 
+/// The list requests of an MCP call and what deciding their entries needs.
+pub(super) struct ListReq<'v> {
+    pub ctx: ListCtx<'v>,
+    pub lists: Vec<(crate::mcp::jsonrpc::Id, crate::mcp::lists::ListKind)>,
+    pub batch: bool,
+}
+
+/// Decides a list entry as a call to it would be decided: `tools/call` of the tool (with its
+/// tags), `resources/read` of the resource (or template), `prompts/get` of the prompt, by the
+/// same rules, caller and request. Allowed and approve-held entries stay listed.
+pub(super) struct ListCtx<'v> {
+    proxy: &'v Proxy,
+    mcp: &'v crate::config::McpProxy,
+    head: Vec<u8>,
+    headers: Vec<head::HeaderSpan>,
+    rest: String,
+    query: Vec<u8>,
+    agent: Option<String>,
+    roles: Vec<String>,
+}
+
+impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
+    fn keep(
+        &mut self,
+        kind: crate::mcp::lists::ListKind,
+        name: &str,
+        _entry: &serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        use crate::mcp::jsonrpc::Target;
+        use crate::mcp::lists::ListKind;
+        let (method, target) = match kind {
+            ListKind::Tools => ("tools/call", Target::Tool(name.to_string())),
+            ListKind::Resources | ListKind::ResourceTemplates => {
+                ("resources/read", Target::Resource(name.to_string()))
+            }
+            ListKind::Prompts => ("prompts/get", Target::Prompt(name.to_string())),
+        };
+        let tags = match kind {
+            ListKind::Tools => self.mcp.tags_of(name),
+            _ => &[],
+        };
+        let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+        let (head, headers) = (&self.head, &self.headers);
+        let d = self.proxy.rules.decide_mcp(
+            b"POST",
+            &self.rest,
+            self.agent.as_deref(),
+            &roles,
+            &self.query,
+            |n: &str| find_header(headers, head, n.as_bytes()),
+            &crate::policy::authz::McpCall {
+                method,
+                target: &target,
+                tags,
+            },
+        );
+        matches!(d.effect, Effect::Allow | Effect::Approve)
+    }
+}
+
 /// The audit record's MCP members: the first message that names a tool, resource or prompt
 /// (else the first request or notification), and the agent's `Mcp-Session-Id` (visible ASCII,
 /// at most 128 bytes; otherwise not recorded).
@@ -379,6 +465,8 @@ fn mcp_note(
         batch: body
             .batch
             .then(|| u32::try_from(body.messages.len()).unwrap_or(u32::MAX)),
+        hidden: 0,
+        list_refused: 0,
     }
 }
 

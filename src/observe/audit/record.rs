@@ -221,6 +221,10 @@ pub struct McpNote {
     pub session: Option<String>,
     /// Messages in the body when it was a batch (written as `mcp_batch`).
     pub batch: Option<u32>,
+    /// Entries removed from list answers (`mcp_hidden`, when not 0).
+    pub hidden: u32,
+    /// List answers replaced by a JSON-RPC error (`mcp_list_refused`, when not 0).
+    pub list_refused: u32,
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -587,6 +591,14 @@ fn push_mcp(out: &mut Vec<u8>, m: Option<&McpNote>) {
         out.extend_from_slice(b",\"mcp_batch\":");
         push_u64(out, n as u64);
     }
+    if m.hidden > 0 {
+        out.extend_from_slice(b",\"mcp_hidden\":");
+        push_u64(out, m.hidden as u64);
+    }
+    if m.list_refused > 0 {
+        out.extend_from_slice(b",\"mcp_list_refused\":");
+        push_u64(out, m.list_refused as u64);
+    }
 }
 
 /// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
@@ -896,6 +908,10 @@ pub struct StoredRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_batch: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_hidden: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_list_refused: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
@@ -1025,13 +1041,15 @@ mod tests {
             target: Some(("tool", "del\"ete".into())),
             session: Some("s-1".into()),
             batch: Some(2),
+            hidden: 3,
+            list_refused: 0,
         }));
         out.clear();
         encode_line(&mut out, &Entry::Call(&r), &GENESIS);
         let line = std::str::from_utf8(&out).unwrap();
         assert!(
             line.contains(
-                ",\"mcp_method\":\"tools/call\",\"tool\":\"del\\\"ete\",\"mcp_session\":\"s-1\",\"mcp_batch\":2,\"prev\""
+                ",\"mcp_method\":\"tools/call\",\"tool\":\"del\\\"ete\",\"mcp_session\":\"s-1\",\"mcp_batch\":2,\"mcp_hidden\":3,\"prev\""
             ),
             "{line}"
         );

@@ -80,6 +80,8 @@ fn rec(i: u64) -> AuditRecord {
                 }),
                 session: None,
                 batch: None,
+                hidden: 0,
+                list_refused: 0,
             })
         }),
     }
