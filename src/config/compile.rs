@@ -1266,6 +1266,14 @@ impl Cx<'_> {
                 );
                 return None;
             }
+            if let Some(m) = &p.tags_from_annotations {
+                self.err(
+                    m,
+                    format!("proxies[{i}].tags_from_annotations"),
+                    "tags_from_annotations reads MCP tool lists: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
             if let Some(m) = &p.mcp_max_list {
                 self.err(
                     m,
@@ -1293,6 +1301,10 @@ impl Cx<'_> {
                 crate::mcp::lists::DEFAULT_MAX_LIST as u64,
             ))
             .unwrap_or(usize::MAX),
+            tags_from_annotations: p
+                .tags_from_annotations
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
             ..Default::default()
         };
         for (j, t) in p.tools.iter().enumerate() {

@@ -391,6 +391,10 @@ pub struct RawProxy {
     /// to filter it; a larger one is refused with a JSON-RPC error (default 4 MiB).
     #[serde(default)]
     pub mcp_max_list: Option<Spanned<SizeOrInt>>,
+    /// MCP: tags from the tools' annotations (`readOnlyHint` → `read`, `destructiveHint` →
+    /// `destructive`), as their list entries said (the server's claim).
+    #[serde(default)]
+    pub tags_from_annotations: Option<Spanned<bool>>,
     /// `[[proxies.budgets]]`: meters on a value the response says (LLM tokens, cost).
     #[serde(default)]
     pub budgets: Vec<Spanned<RawBudget>>,

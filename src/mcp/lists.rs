@@ -78,10 +78,20 @@ impl ListKind {
     }
 }
 
-/// Decides each entry: `true` keeps it. `entry` is the whole entry object (description,
-/// schema, annotations), already checked to be an object with a valid, unique name.
+/// What the policy says of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    Yes,
+    /// The caller may not call it.
+    Hidden,
+    /// Its description matched a scanner (removed for every caller).
+    Screened,
+}
+
+/// Decides each entry. `entry` is the whole entry object (description, schema, annotations),
+/// already checked to be an object with a valid, unique name.
 pub trait ListPolicy {
-    fn keep(&mut self, kind: ListKind, name: &str, entry: &Map<String, Value>) -> bool;
+    fn keep(&mut self, kind: ListKind, name: &str, entry: &Map<String, Value>) -> Keep;
 }
 
 /// What the filter did, for the audit record and metrics.
@@ -91,6 +101,8 @@ pub struct ListStats {
     pub lists: u32,
     /// Entries the policy removed.
     pub hidden: u32,
+    /// Entries removed because a scanner matched their description.
+    pub screened: u32,
     /// Entries removed as malformed or ambiguous (no valid name, duplicate name).
     pub malformed: u32,
     /// List answers replaced by a JSON-RPC error (too large, unreadable).
@@ -499,11 +511,17 @@ impl<'p> ListFilter<'p> {
         for (e, n) in entries.iter().zip(&names) {
             let k = match (e.as_object(), n) {
                 (Some(o), Some(n)) if count.get(n.as_str()) == Some(&1) => {
-                    let k = self.policy.keep(kind, n, o);
-                    if !k {
-                        self.stats.hidden += 1;
+                    match self.policy.keep(kind, n, o) {
+                        Keep::Yes => true,
+                        Keep::Hidden => {
+                            self.stats.hidden += 1;
+                            false
+                        }
+                        Keep::Screened => {
+                            self.stats.screened += 1;
+                            false
+                        }
                     }
-                    k
                 }
                 _ => {
                     self.stats.malformed += 1;
@@ -613,8 +631,12 @@ mod tests {
     /// Keeps names starting with `get_` (or URIs/templates under `file:///ok/`).
     struct Allow;
     impl ListPolicy for Allow {
-        fn keep(&mut self, _: ListKind, name: &str, _: &Map<String, Value>) -> bool {
-            name.starts_with("get_") || name.starts_with("file:///ok/")
+        fn keep(&mut self, _: ListKind, name: &str, _: &Map<String, Value>) -> Keep {
+            if name.starts_with("get_") || name.starts_with("file:///ok/") {
+                Keep::Yes
+            } else {
+                Keep::Hidden
+            }
         }
     }
 

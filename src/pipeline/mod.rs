@@ -324,9 +324,15 @@ async fn call(
     if let Some(l) = &lists {
         let st = l.stats();
         if let Some(note) = log.mcp.as_deref_mut() {
-            note.hidden = st.hidden + st.malformed;
+            note.hidden = st.hidden + st.malformed + st.screened;
+            note.screened = st.screened;
             note.list_refused = st.refused;
         }
+        w.metrics.mcp_lists(
+            u64::from(st.hidden + st.malformed + st.screened),
+            u64::from(st.screened),
+            u64::from(st.refused),
+        );
         if st.malformed > 0 || st.refused > 0 {
             tracing::warn!(
                 proxy = %proxy.name,

@@ -255,13 +255,37 @@ pub(super) fn mcp_policy<'v>(
         };
         let target = m.target();
         let tags = match target {
-            Target::Tool(t) => mcp.tags_of(t),
-            _ => &[],
+            Target::Tool(t) => mcp.tags_for(t),
+            _ => Vec::new(),
         };
+        if let Target::Tool(t) = target
+            && let Some(scanner) = mcp.screened(t)
+        {
+            // its description matched a scanner in a list answer: refused for every caller
+            let refusal = Refusal::ToolScreened {
+                scanner: scanner.to_string(),
+            };
+            let code = refusal.code();
+            refused.push(Some((
+                code,
+                format!(
+                    "portcullis: tool {t} refused: its description matched scanner '{scanner}' ({code})"
+                ),
+            )));
+            if first_refusal.is_none()
+                && let Some(note) = log.mcp.as_deref_mut()
+            {
+                note.method = name.to_string();
+                note.target = target_of(target);
+            }
+            log.scanner = Some(Arc::from(&*scanner));
+            first_refusal.get_or_insert(refusal);
+            continue;
+        }
         let call = McpCall {
             method: name,
             target,
-            tags,
+            tags: &tags,
         };
         let d = proxy.rules.decide_mcp(
             method,
@@ -408,10 +432,18 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
         &mut self,
         kind: crate::mcp::lists::ListKind,
         name: &str,
-        _entry: &serde_json::Map<String, serde_json::Value>,
-    ) -> bool {
+        entry: &serde_json::Map<String, serde_json::Value>,
+    ) -> crate::mcp::lists::Keep {
         use crate::mcp::jsonrpc::Target;
-        use crate::mcp::lists::ListKind;
+        use crate::mcp::lists::{Keep, ListKind};
+        if kind == ListKind::Tools {
+            let learned = learn_tool(self.proxy, self.mcp, name, entry);
+            let screened = learned.screened.is_some();
+            self.mcp.learn(name, learned);
+            if screened {
+                return Keep::Screened;
+            }
+        }
         let (method, target) = match kind {
             ListKind::Tools => ("tools/call", Target::Tool(name.to_string())),
             ListKind::Resources | ListKind::ResourceTemplates => {
@@ -420,8 +452,8 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
             ListKind::Prompts => ("prompts/get", Target::Prompt(name.to_string())),
         };
         let tags = match kind {
-            ListKind::Tools => self.mcp.tags_of(name),
-            _ => &[],
+            ListKind::Tools => self.mcp.tags_for(name),
+            _ => Vec::new(),
         };
         let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
         let (head, headers) = (&self.head, &self.headers);
@@ -435,11 +467,65 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
             &crate::policy::authz::McpCall {
                 method,
                 target: &target,
-                tags,
+                tags: &tags,
             },
         );
-        matches!(d.effect, Effect::Allow | Effect::Approve)
+        if matches!(d.effect, Effect::Allow | Effect::Approve) {
+            Keep::Yes
+        } else {
+            Keep::Hidden
+        }
     }
+}
+
+/// What a tool's list entry tells: tags from its annotations (`tags_from_annotations`; the
+/// server's claim), and whether the proxy's scanners match its description or title (the
+/// unescaped text: an escape cannot hide a literal). A blocking hit screens the tool out; a
+/// report-mode hit is logged only.
+fn learn_tool(
+    proxy: &Proxy,
+    mcp: &crate::config::McpProxy,
+    name: &str,
+    entry: &serde_json::Map<String, serde_json::Value>,
+) -> crate::config::Learned {
+    let mut out = crate::config::Learned::default();
+    if mcp.tags_from_annotations
+        && let Some(a) = entry.get("annotations").and_then(|a| a.as_object())
+    {
+        if a.get("readOnlyHint") == Some(&serde_json::Value::Bool(true)) {
+            out.tags.push("read".into());
+        }
+        if a.get("destructiveHint") == Some(&serde_json::Value::Bool(true)) {
+            out.tags.push("destructive".into());
+        }
+    }
+    if let Some(scanners) = &proxy.scanners {
+        for key in ["description", "title"] {
+            let Some(text) = entry.get(key).and_then(|d| d.as_str()) else {
+                continue;
+            };
+            let o = scanners.scan(text.as_bytes());
+            if let Some(hit) = o.blocked {
+                tracing::warn!(
+                    proxy = %proxy.name,
+                    tool = name,
+                    scanner = hit.scanner,
+                    "MCP tool screened out: its {key} matched a scanner; removed from lists, calls refused"
+                );
+                out.screened = Some(hit.scanner.into());
+                break;
+            }
+            for r in &o.reports {
+                tracing::warn!(
+                    proxy = %proxy.name,
+                    tool = name,
+                    scanner = r.scanner,
+                    "MCP tool {key} matched a report-mode scanner"
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The audit record's MCP members: the first message that names a tool, resource or prompt
@@ -467,6 +553,7 @@ fn mcp_note(
             .then(|| u32::try_from(body.messages.len()).unwrap_or(u32::MAX)),
         hidden: 0,
         list_refused: 0,
+        screened: 0,
     }
 }
 

@@ -272,7 +272,7 @@ fn sdk_rules_per_tool_and_role(json: bool) {
     assert_eq!(lists.len(), 2, "{recs:?}");
     let mut hidden: Vec<u32> = lists.iter().map(|r| r.mcp_hidden.unwrap_or(0)).collect();
     hidden.sort();
-    assert_eq!(hidden, vec![2, 3], "support hides 2 of 4 tools, billing 3");
+    assert_eq!(hidden, vec![4, 5], "support hides 4 of 6 tools, billing 5");
     // `portcullis logs --tool` finds the calls that named the tool
     let out = run_portcullis(
         &[
@@ -613,4 +613,83 @@ fn hostile_agent_list_tricks() {
     // the header wire cannot say something else than the body
     let r = rpc(gw.port(), SUPPORT_KEY, LIST_REQ, "Mcp-Method: ping\r\n");
     assert_eq!(r.status, 400);
+}
+
+/// `tags_from_annotations` (the SDK server's `list_invoices` says `readOnlyHint`) and
+/// description screening (its `fetch_report` carries an injection), over the SDK.
+fn sdk_annotations_and_screening(json: bool) {
+    let server = McpServer::start(json);
+    let audit = tempfile::tempdir().unwrap();
+    let toml = config(server.port, audit.path())
+        .replace(
+            "protocol = \"mcp\"\n",
+            "protocol = \"mcp\"\ntags_from_annotations = true\n\n\
+             [[proxies.scanners]]\nname = \"injection\"\nliterals = [\"ignore previous instructions\"]\n",
+        )
+        + "\n[[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
+           tool_tags = [\"read\"]\nroles = [\"support\"]\n\n\
+           [[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
+           tools = [\"fetch_report\"]\n";
+    let gw = Gateway::start(&toml);
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+    let out = sdk_calls(
+        &url,
+        SUPPORT_KEY,
+        &[
+            ("list_invoices", r#"{"account": "a1"}"#),
+            ("fetch_report", r#"{"id": "r1"}"#),
+        ],
+    );
+    // read-only by its annotation: listed and callable; the poisoned tool: gone, refused
+    assert_eq!(
+        line(&out, "tools"),
+        "tools get_account,list_invoices,search",
+        "{out}"
+    );
+    assert!(
+        line(&out, "result list_invoices").contains("ok 2 invoices for a1"),
+        "{out}"
+    );
+    let fr = out.lines().find(|l| l.contains(" fetch_report")).unwrap();
+    assert!(
+        fr.contains("portcullis: tool fetch_report refused: its description matched scanner 'injection' (tool_screened)"),
+        "{out}"
+    );
+    // billing has no read rule: the annotation gives it nothing
+    let out = sdk_calls(
+        &url,
+        BILLING_KEY,
+        &[("list_invoices", r#"{"account": "a1"}"#)],
+    );
+    assert_eq!(line(&out, "tools"), "tools update_account", "{out}");
+    assert!(
+        out.contains("tool list_invoices not allowed for agent billing-bot"),
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["list_invoices"]);
+    drop(gw);
+    let recs = calls(audit.path());
+    let screened: Vec<_> = recs.iter().filter(|r| r.mcp_screened.is_some()).collect();
+    assert_eq!(
+        screened.len(),
+        2,
+        "both lists screened fetch_report: {recs:?}"
+    );
+    assert!(screened.iter().all(|r| r.mcp_screened == Some(1)));
+    let refused = recs
+        .iter()
+        .find(|r| r.code.as_deref() == Some("tool_screened"))
+        .expect("the screened call's record");
+    assert_eq!(refused.tool.as_deref(), Some("fetch_report"));
+    assert_eq!(refused.scanner.as_deref(), Some("injection"));
+}
+
+#[test]
+fn sdk_annotations_and_screening_json_answers() {
+    sdk_annotations_and_screening(true);
+}
+
+#[test]
+fn sdk_annotations_and_screening_sse_answers() {
+    sdk_annotations_and_screening(false);
 }

@@ -225,6 +225,8 @@ pub struct McpNote {
     pub hidden: u32,
     /// List answers replaced by a JSON-RPC error (`mcp_list_refused`, when not 0).
     pub list_refused: u32,
+    /// Of `hidden`, tools whose description a scanner matched (`mcp_screened`, when not 0).
+    pub screened: u32,
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -599,6 +601,10 @@ fn push_mcp(out: &mut Vec<u8>, m: Option<&McpNote>) {
         out.extend_from_slice(b",\"mcp_list_refused\":");
         push_u64(out, m.list_refused as u64);
     }
+    if m.screened > 0 {
+        out.extend_from_slice(b",\"mcp_screened\":");
+        push_u64(out, m.screened as u64);
+    }
 }
 
 /// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
@@ -912,6 +918,8 @@ pub struct StoredRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_list_refused: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_screened: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
@@ -1043,6 +1051,7 @@ mod tests {
             batch: Some(2),
             hidden: 3,
             list_refused: 0,
+            screened: 0,
         }));
         out.clear();
         encode_line(&mut out, &Entry::Call(&r), &GENESIS);

@@ -82,6 +82,7 @@ fn rec(i: u64) -> AuditRecord {
                 batch: None,
                 hidden: 0,
                 list_refused: 0,
+                screened: 0,
             })
         }),
     }
