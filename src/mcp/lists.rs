@@ -14,6 +14,9 @@
 //! the other members, the SSE `id:`/`event:` lines). Inside the array the kept entries are the
 //! server's own bytes, joined by the server's own first separator. Only answers whose `id` is
 //! one of the list requests' are touched — every such answer, however many the server sends.
+//! DLP: on a proxy with scanners, `tools/call` answers ([`ListKind::CallResult`]) go through
+//! the same per-message path; each string of `result.content[*].text` and of
+//! `result.structuredContent` is replaced by what [`ListPolicy::mask`] returns.
 //! Entries that are not objects, have no valid name (`name`, `uri` or `uriTemplate`: a string of
 //! 1..=1024 bytes without control characters) or share their name with another entry of the
 //! same list are removed too: a client could read either of two same-named tools.
@@ -36,6 +39,9 @@ pub enum ListKind {
     Resources,
     ResourceTemplates,
     Prompts,
+    /// Not a list: a `tools/call` answer, whose `result.content[*].text` and every string of
+    /// `result.structuredContent` go through [`ListPolicy::mask`] (DLP on tool results).
+    CallResult,
 }
 
 impl ListKind {
@@ -55,6 +61,7 @@ impl ListKind {
             ListKind::Resources => "resources/list",
             ListKind::ResourceTemplates => "resources/templates/list",
             ListKind::Prompts => "prompts/list",
+            ListKind::CallResult => "tools/call",
         }
     }
 
@@ -65,13 +72,14 @@ impl ListKind {
             ListKind::Resources => "resources",
             ListKind::ResourceTemplates => "resourceTemplates",
             ListKind::Prompts => "prompts",
+            ListKind::CallResult => "content",
         }
     }
 
     /// The member of an entry naming it.
     pub fn name_key(self) -> &'static str {
         match self {
-            ListKind::Tools | ListKind::Prompts => "name",
+            ListKind::Tools | ListKind::Prompts | ListKind::CallResult => "name",
             ListKind::Resources => "uri",
             ListKind::ResourceTemplates => "uriTemplate",
         }
@@ -92,6 +100,12 @@ pub enum Keep {
 /// already checked to be an object with a valid, unique name.
 pub trait ListPolicy {
     fn keep(&mut self, kind: ListKind, name: &str, entry: &Map<String, Value>) -> Keep;
+
+    /// A string of a tool result with its sensitive parts masked, and how many hits were
+    /// masked; `None` when nothing matched.
+    fn mask(&mut self, _text: &str) -> Option<(String, u32)> {
+        None
+    }
 }
 
 /// What the filter did, for the audit record and metrics.
@@ -107,6 +121,8 @@ pub struct ListStats {
     pub malformed: u32,
     /// List answers replaced by a JSON-RPC error (too large, unreadable).
     pub refused: u32,
+    /// Hits masked in tool results.
+    pub masked: u32,
 }
 
 /// How the response body is framed.
@@ -430,7 +446,12 @@ impl<'p> ListFilter<'p> {
                 continue;
             }
             let start = raw.get().as_ptr() as usize - base;
-            match self.filter_result(kind, o, raw, base) {
+            let res = if kind == ListKind::CallResult {
+                self.mask_result(raw, base, &mut edits).map(|()| None)
+            } else {
+                self.filter_result(kind, o, raw, base)
+            };
+            match res {
                 Ok(Some(edit)) => edits.push(edit),
                 Ok(None) => {}
                 Err(why) => {
@@ -468,6 +489,84 @@ impl<'p> ListFilter<'p> {
         }
         out.extend_from_slice(&text[at..]);
         Outcome::Replace(out)
+    }
+
+    /// DLP on a `tools/call` answer: each `result.content[*].text` and every string of
+    /// `result.structuredContent` masked by the policy (edits of those strings only).
+    fn mask_result(
+        &mut self,
+        raw: &RawValue,
+        base: usize,
+        edits: &mut Vec<(usize, usize, Vec<u8>)>,
+    ) -> Result<(), &'static str> {
+        let m: BTreeMap<String, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|_| "is unreadable")?;
+        let Some(result) = m.get("result") else {
+            return Ok(());
+        };
+        let Ok(r) = serde_json::from_str::<BTreeMap<String, &RawValue>>(result.get()) else {
+            // not an object: nothing of a tool result to mask (a client rejects it)
+            return Ok(());
+        };
+        if let Some(content) = r.get("content")
+            && let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(content.get())
+        {
+            for item in items {
+                if let Ok(o) = serde_json::from_str::<BTreeMap<String, &RawValue>>(item.get())
+                    && let Some(t) = o.get("text")
+                {
+                    self.mask_strings(t, base, edits, 0)?;
+                }
+            }
+        }
+        if let Some(sc) = r.get("structuredContent") {
+            self.mask_strings(sc, base, edits, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Masks every string in `raw` (any depth up to the parser's own limit).
+    fn mask_strings(
+        &mut self,
+        raw: &RawValue,
+        base: usize,
+        edits: &mut Vec<(usize, usize, Vec<u8>)>,
+        depth: usize,
+    ) -> Result<(), &'static str> {
+        if depth > 128 {
+            return Err("is nested too deeply");
+        }
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let s: String = serde_json::from_str(text).map_err(|_| "is unreadable")?;
+                if let Some((masked, n)) = self.policy.mask(&s) {
+                    self.stats.masked += n;
+                    let a = text.as_ptr() as usize - base;
+                    let json = serde_json::to_string(&masked).map_err(|_| "is unreadable")?;
+                    edits.push((a, a + text.len(), json.into_bytes()));
+                }
+            }
+            Some(b'[') => {
+                let items: Vec<&RawValue> =
+                    serde_json::from_str(text).map_err(|_| "is unreadable")?;
+                for i in items {
+                    self.mask_strings(i, base, edits, depth + 1)?;
+                }
+            }
+            Some(b'{') => {
+                let o: Vec<(String, &RawValue)> =
+                    serde_json::from_str::<BTreeMap<String, &RawValue>>(text)
+                        .map_err(|_| "is unreadable")?
+                        .into_iter()
+                        .collect();
+                for (_, v) in o {
+                    self.mask_strings(v, base, edits, depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The edit of one list answer's entries array (`None`: all kept).

@@ -323,6 +323,7 @@ async fn call(
     log.mark(Stage::Relay);
     if let Some(l) = &lists {
         let st = l.stats();
+        log.redactions += u64::from(st.masked);
         if let Some(note) = log.mcp.as_deref_mut() {
             note.hidden = st.hidden + st.malformed + st.screened;
             note.screened = st.screened;
@@ -344,7 +345,8 @@ async fn call(
         }
     }
     if let Some(r) = &plan.redactor {
-        log.redactions = r.redactions();
+        // `+=`: masks in MCP tool results were counted just before
+        log.redactions += r.redactions();
     }
     if let Some(m) = &masker
         && m.hits() > 0

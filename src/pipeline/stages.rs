@@ -343,12 +343,20 @@ pub(super) fn mcp_policy<'v>(
     let Some(refusal) = first_refusal else {
         // list requests: their answers are filtered per caller (`mcp::lists`), by the same
         // rules, with what the request carried (the head is consumed before the answer comes)
+        // tools/call answers too, when the proxy has scanners: their hits are masked (DLP)
+        let dlp = proxy.scanners.as_ref().is_some_and(|s| !s.is_empty());
         let lists: Vec<_> = body
             .messages
             .iter()
             .filter_map(|m| match m {
                 jsonrpc::Message::Request { id, method, .. } => {
-                    crate::mcp::lists::ListKind::of_method(method).map(|k| (id.clone(), k))
+                    match crate::mcp::lists::ListKind::of_method(method) {
+                        Some(k) => Some((id.clone(), k)),
+                        None if dlp && method == "tools/call" => {
+                            Some((id.clone(), crate::mcp::lists::ListKind::CallResult))
+                        }
+                        None => None,
+                    }
                 }
                 _ => None,
             })
@@ -450,6 +458,8 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
                 ("resources/read", Target::Resource(name.to_string()))
             }
             ListKind::Prompts => ("prompts/get", Target::Prompt(name.to_string())),
+            // a tool result is masked, never asked to keep entries
+            ListKind::CallResult => return Keep::Yes,
         };
         let tags = match kind {
             ListKind::Tools => self.mcp.tags_for(name),
@@ -476,6 +486,40 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
             Keep::Hidden
         }
     }
+
+    fn mask(&mut self, text: &str) -> Option<(String, u32)> {
+        mask_text(self.proxy.scanners.as_ref()?, text)
+    }
+}
+
+/// DLP on MCP tool results: every hit of the proxy's scanners (detectors and literals, either
+/// mode) in `text`, its ASCII bytes replaced by `*`, until none is left (bounded).
+fn mask_text(scanners: &crate::scan::ScanSet, text: &str) -> Option<(String, u32)> {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut hits = 0u32;
+    for _ in 0..1024 {
+        let o = scanners.scan(&bytes);
+        let mut changed = false;
+        for h in o.blocked.iter().chain(o.reports.iter()) {
+            let end = (h.offset + h.len).min(bytes.len());
+            let mut any = false;
+            for b in bytes.get_mut(h.offset..end).into_iter().flatten() {
+                if b.is_ascii() && *b != b'*' {
+                    *b = b'*';
+                    any = true;
+                }
+            }
+            if any {
+                hits += 1;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // only ASCII bytes were replaced by ASCII: still UTF-8
+    (hits > 0).then(|| (String::from_utf8_lossy(&bytes).into_owned(), hits))
 }
 
 /// What a tool's list entry tells: tags from its annotations (`tags_from_annotations`; the

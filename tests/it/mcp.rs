@@ -147,8 +147,11 @@ async def main():
         for name, args in [{steps}]:
             try:
                 r = await c.call_tool(name, args)
-                text = r.content[0].text if r.content else ""
+                text = r.content[0].text.replace("\n", " ") if r.content else ""
                 print("result", name, "error" if r.is_error else "ok", text)
+                if r.structured_content is not None:
+                    import json
+                    print("structured", name, json.dumps(r.structured_content, sort_keys=True))
             except Exception as e:
                 print("raised", name, type(e).__name__, str(e))
 
@@ -188,7 +191,7 @@ fn rpc(port: u16, key: &str, body: &str, extra: &str) -> Response {
 fn sdk_rules_per_tool_and_role(json: bool) {
     let server = McpServer::start(json);
     let audit = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&config(server.port, audit.path()));
+    let mut gw = Gateway::start(&config(server.port, audit.path()));
     let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
 
     let out = sdk_calls(
@@ -202,7 +205,11 @@ fn sdk_rules_per_tool_and_role(json: bool) {
         ],
     );
     // housekeeping (initialize, tools/list) passes, and the list shows what this role may call
-    assert_eq!(line(&out, "tools"), "tools get_account,search", "{out}");
+    assert_eq!(
+        line(&out, "tools"),
+        "tools get_account,get_contact,search",
+        "{out}"
+    );
     assert_eq!(
         line(&out, "result get_account"),
         "result get_account ok account a1: ACME Corp"
@@ -250,7 +257,7 @@ fn sdk_rules_per_tool_and_role(json: bool) {
         vec!["get_account", "search", "update_account"],
         "refused calls never reach the server"
     );
-    drop(gw);
+    crate::audit::stop(&mut gw);
     // the audit trail names the refusals
     let recs = calls(audit.path());
     let denied = recs
@@ -272,7 +279,7 @@ fn sdk_rules_per_tool_and_role(json: bool) {
     assert_eq!(lists.len(), 2, "{recs:?}");
     let mut hidden: Vec<u32> = lists.iter().map(|r| r.mcp_hidden.unwrap_or(0)).collect();
     hidden.sort();
-    assert_eq!(hidden, vec![4, 5], "support hides 4 of 6 tools, billing 5");
+    assert_eq!(hidden, vec![4, 6], "support hides 4 of 7 tools, billing 6");
     // `portcullis logs --tool` finds the calls that named the tool
     let out = run_portcullis(
         &[
@@ -630,7 +637,7 @@ fn sdk_annotations_and_screening(json: bool) {
            tool_tags = [\"read\"]\nroles = [\"support\"]\n\n\
            [[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
            tools = [\"fetch_report\"]\n";
-    let gw = Gateway::start(&toml);
+    let mut gw = Gateway::start(&toml);
     let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
     let out = sdk_calls(
         &url,
@@ -643,7 +650,7 @@ fn sdk_annotations_and_screening(json: bool) {
     // read-only by its annotation: listed and callable; the poisoned tool: gone, refused
     assert_eq!(
         line(&out, "tools"),
-        "tools get_account,list_invoices,search",
+        "tools get_account,get_contact,list_invoices,search",
         "{out}"
     );
     assert!(
@@ -667,7 +674,7 @@ fn sdk_annotations_and_screening(json: bool) {
         "{out}"
     );
     assert_eq!(server.seen(), vec!["list_invoices"]);
-    drop(gw);
+    crate::audit::stop(&mut gw);
     let recs = calls(audit.path());
     let screened: Vec<_> = recs.iter().filter(|r| r.mcp_screened.is_some()).collect();
     assert_eq!(
@@ -692,4 +699,101 @@ fn sdk_annotations_and_screening_json_answers() {
 #[test]
 fn sdk_annotations_and_screening_sse_answers() {
     sdk_annotations_and_screening(false);
+}
+
+/// DLP on tool results: the proxy's scanners mask hits in `result.content[*].text` and
+/// `structuredContent`, over the SDK (JSON and SSE answers).
+fn sdk_tool_results_masked(json: bool) {
+    let server = McpServer::start(json);
+    let audit = tempfile::tempdir().unwrap();
+    let toml = config(server.port, audit.path()).replace(
+        "protocol = \"mcp\"\n",
+        "protocol = \"mcp\"\n\n[[proxies.scanners]]\nname = \"pii\"\ndetectors = [\"email\", \"credit_card\"]\nmode = \"report\"\n",
+    );
+    let mut gw = Gateway::start(&toml);
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+    let out = sdk_calls(&url, SUPPORT_KEY, &[("get_contact", r#"{"id": "c1"}"#)]);
+    let r = line(&out, "result get_contact");
+    assert!(r.starts_with("result get_contact ok "), "{out}");
+    assert!(
+        !r.contains("jane.doe@example.com") && !r.contains("4111"),
+        "{out}"
+    );
+    assert!(r.contains("\"c1\""), "{out}");
+    assert!(r.contains("********************"), "{out}");
+    // the SDK's structured result, masked as well
+    assert_eq!(
+        line(&out, "structured get_contact"),
+        "structured get_contact {\"card\": \"*******************\", \"email\": \"********************\", \"id\": \"c1\"}",
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["get_contact"]);
+    crate::audit::stop(&mut gw);
+    let recs = calls(audit.path());
+    let rec = recs
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("get_contact"))
+        .unwrap();
+    // two hits in the text content, two in structuredContent
+    assert_eq!(rec.redactions, Some(4), "{rec:?}");
+}
+
+#[test]
+fn sdk_tool_results_masked_json_answers() {
+    sdk_tool_results_masked(true);
+}
+
+#[test]
+fn sdk_tool_results_masked_sse_answers() {
+    sdk_tool_results_masked(false);
+}
+
+#[test]
+fn tool_result_masking_bytes_and_hostile_results() {
+    let scanner =
+        "\n[[proxies.scanners]]\nname = \"pii\"\ndetectors = [\"email\"]\nmode = \"report\"\n";
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get_account","arguments":{"id":"a"}}}"#;
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "text and structuredContent masked, the rest kept",
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"mail a@b.example now"},{"type":"image","data":"a@b.example"}],"structuredContent":{"who":["x","a\u0040b.example"],"n":1},"isError":false}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"mail *********** now"},{"type":"image","data":"a@b.example"}],"structuredContent":{"who":["x","***********"],"n":1},"isError":false}}"#,
+        ),
+        (
+            "nothing to mask: unchanged",
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"clean"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"clean"}]}}"#,
+        ),
+    ];
+    for (name, body, want) in table {
+        let reply = Reply::with(
+            200,
+            "OK",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        let up = MockUpstream::start(move |_| reply.clone());
+        let audit = tempfile::tempdir().unwrap();
+        let gw = Gateway::start(&mock_config(up.port(), audit.path(), scanner));
+        let r = rpc(gw.port(), SUPPORT_KEY, call, "");
+        assert_eq!(r.body_str(), *want, "{name}");
+    }
+    // a repeated key in a tool result (a client might read the unmasked one): refused
+    let body = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"ok","text":"a@b.example"}]}}"#;
+    let reply = Reply::with(
+        200,
+        "OK",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let up = MockUpstream::start(move |_| reply.clone());
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mock_config(up.port(), audit.path(), scanner));
+    let r = rpc(gw.port(), SUPPORT_KEY, call, "");
+    assert!(!r.body_str().contains("a@b.example"), "{}", r.body_str());
+    assert!(
+        r.body_str().contains("mcp_list_refused"),
+        "{}",
+        r.body_str()
+    );
 }

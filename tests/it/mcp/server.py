@@ -5,6 +5,7 @@ Every tool call that reaches it is appended to CALL_LOG (one line: the tool name
 prove that a refused call never got here.
 """
 import sys
+from typing import TypedDict
 
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
@@ -63,6 +64,19 @@ def list_invoices(account: str) -> str:
 def fetch_report(id: str) -> str:
     seen("fetch_report")
     return f"report {id}"
+
+
+class Contact(TypedDict):
+    id: str
+    email: str
+    card: str
+
+
+@app.tool()
+def get_contact(id: str) -> Contact:
+    """Read one contact (a structured result: text content and structuredContent)."""
+    seen("get_contact")
+    return {"id": id, "email": "jane.doe@example.com", "card": "4111 1111 1111 1111"}
 
 
 app.run(transport="streamable-http", host="127.0.0.1", port=port, json_response=json_response)
