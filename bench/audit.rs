@@ -83,6 +83,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         approval: None,
         trace_id: [0x4b; 16],
         metered: None,
+        mcp: None,
     }
 }
 

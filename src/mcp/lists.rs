@@ -769,7 +769,8 @@ mod tests {
     #[test]
     fn json_lists_are_filtered_and_the_rest_kept_byte_for_byte() {
         // (name, lists, input, expected)
-        let table: &[(&str, &[(&str, ListKind)], &str, &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, ListKind)], &'a str, &'a str);
+        let table: &[Case<'_>] = &[
             (
                 "filtered, cursor kept",
                 &[("1", T)],
