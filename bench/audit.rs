@@ -86,6 +86,7 @@ fn rec(n: &Names, i: u64) -> AuditRecord {
         admin: None,
         auth: None,
         tunnel: None,
+        mcp: None,
     }
 }
 

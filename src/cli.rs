@@ -246,6 +246,12 @@ pub struct LogsArgs {
     /// Only calls a report-mode rule would have decided differently.
     #[arg(long)]
     pub shadow: bool,
+    /// MCP: only calls that named this tool (or resource URI, or prompt name).
+    #[arg(long)]
+    pub tool: Option<String>,
+    /// MCP: only calls with this JSON-RPC method (tools/call, resources/read, ...).
+    #[arg(long)]
+    pub mcp_method: Option<String>,
     /// At most this many records.
     #[arg(long, default_value_t = crate::observe::audit::query::DEFAULT_LIMIT)]
     pub limit: usize,
@@ -958,6 +964,8 @@ pub fn logs(a: LogsArgs) -> Result<bool> {
         since: time("since", &a.since)?,
         until: time("until", &a.until)?,
         shadow: a.shadow,
+        tool: a.tool,
+        mcp_method: a.mcp_method,
         limit: a.limit,
     };
     let res = crate::observe::audit::query(&dir, &q)?;

@@ -32,6 +32,9 @@ pub enum Refusal {
     ApprovalUnavailable,
     /// A scanner hit in the request body (names the scanner, never the content).
     PayloadBlocked { scanner: String },
+    /// MCP: a `tools/call` of a tool whose description a scanner matched in a list answer
+    /// (names the scanner).
+    ToolScreened { scanner: String },
     /// The first path segment names no proxy.
     UnknownProxy,
     /// An absolute-form request whose origin and base path fall under no proxy, or a
@@ -89,6 +92,7 @@ impl Refusal {
             | Refusal::ApprovalDenied { .. }
             | Refusal::ApprovalExpired { .. }
             | Refusal::PayloadBlocked { .. }
+            | Refusal::ToolScreened { .. }
             | Refusal::UnknownOrigin
             | Refusal::TunnelDenied
             | Refusal::SsrfBlocked => 403,
@@ -124,6 +128,7 @@ impl Refusal {
             Refusal::ApprovalQueueFull => "approval_queue_full",
             Refusal::ApprovalUnavailable => "approval_unavailable",
             Refusal::PayloadBlocked { .. } => "payload_blocked",
+            Refusal::ToolScreened { .. } => "tool_screened",
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
             Refusal::TunnelDenied => "tunnel_denied",
@@ -183,6 +188,9 @@ impl Refusal {
             Refusal::ApprovalUnavailable => "the approval store is unavailable; retry later".into(),
             Refusal::PayloadBlocked { scanner } => {
                 format!("the request body was blocked by scanner '{scanner}'")
+            }
+            Refusal::ToolScreened { scanner } => {
+                format!("the tool's description was screened out by scanner '{scanner}'")
             }
             Refusal::UnknownProxy => "no proxy with this name".into(),
             Refusal::UnknownOrigin => "no proxy is configured for this origin".into(),

@@ -71,6 +71,9 @@ pub mod internals {
                 decode_header_value, parse_body,
             };
         }
+        pub mod lists {
+            pub use crate::mcp::lists::{Keep, ListFilter, ListKind, ListPolicy, ListStats, Mode};
+        }
     }
     pub mod observe {
         pub mod audit {

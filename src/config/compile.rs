@@ -1270,6 +1270,22 @@ impl Cx<'_> {
                 );
                 return None;
             }
+            if let Some(m) = &p.tags_from_annotations {
+                self.err(
+                    m,
+                    format!("proxies[{i}].tags_from_annotations"),
+                    "tags_from_annotations reads MCP tool lists: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
+            if let Some(m) = &p.mcp_max_list {
+                self.err(
+                    m,
+                    format!("proxies[{i}].mcp_max_list"),
+                    "mcp_max_list bounds MCP list answers: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
             if rules.has_mcp_rules() {
                 self.err(
                     &p.name,
@@ -1281,8 +1297,20 @@ impl Cx<'_> {
             }
             return Some(None);
         }
-        let mut out = super::McpProxy::default();
         let before = self.errors.len();
+        let mut out = super::McpProxy {
+            max_list: usize::try_from(self.size(
+                &p.mcp_max_list,
+                &format!("proxies[{i}].mcp_max_list"),
+                crate::mcp::lists::DEFAULT_MAX_LIST as u64,
+            ))
+            .unwrap_or(usize::MAX),
+            tags_from_annotations: p
+                .tags_from_annotations
+                .as_ref()
+                .is_some_and(|v| *v.get_ref()),
+            ..Default::default()
+        };
         for (j, t) in p.tools.iter().enumerate() {
             let r = t.get_ref();
             if r.name.is_empty() || r.name.chars().any(char::is_control) {

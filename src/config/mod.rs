@@ -268,12 +268,61 @@ pub struct Proxy {
 pub struct McpProxy {
     /// `[[proxies.tools]]` tags by tool name.
     pub tags: std::collections::HashMap<Box<str>, Box<[Box<str>]>>,
+    /// `mcp_max_list`: the most bytes of one list answer held to filter it.
+    pub max_list: usize,
+    /// `tags_from_annotations`: a tool's `readOnlyHint` / `destructiveHint` (as its list entry
+    /// said) add the tags `read` / `destructive`.
+    pub tags_from_annotations: bool,
+    /// What the gateway learned of each tool from list answers (shared by the workers: one
+    /// `Compiled` serves them all; a reload starts afresh and the next list refills it).
+    pub learned: dashmap::DashMap<Box<str>, Learned>,
+}
+
+/// Most tools remembered per proxy from list answers (a screened tool is remembered even
+/// beyond it, so that its calls stay refused).
+pub const MAX_LEARNED_TOOLS: usize = 65_536;
+
+/// One tool as its last list entry described it.
+#[derive(Debug, Default, Clone)]
+pub struct Learned {
+    /// Tags from its annotations (`tags_from_annotations`).
+    pub tags: Vec<Box<str>>,
+    /// The scanner its description matched (its calls are refused: `tool_screened`).
+    pub screened: Option<Box<str>>,
 }
 
 impl McpProxy {
     /// The tags of `tool` (empty when it has none).
     pub fn tags_of(&self, tool: &str) -> &[Box<str>] {
         self.tags.get(tool).map(|t| &t[..]).unwrap_or(&[])
+    }
+
+    /// The tags of `tool`: `[[proxies.tools]]` ones, and (`tags_from_annotations`) those its
+    /// last list entry's annotations gave.
+    pub fn tags_for(&self, tool: &str) -> Vec<Box<str>> {
+        let mut t = self.tags_of(tool).to_vec();
+        if self.tags_from_annotations
+            && let Some(l) = self.learned.get(tool)
+        {
+            t.extend(l.tags.iter().cloned());
+        }
+        t
+    }
+
+    /// The scanner that screened `tool`'s description out, if one did.
+    pub fn screened(&self, tool: &str) -> Option<Box<str>> {
+        self.learned.get(tool).and_then(|l| l.screened.clone())
+    }
+
+    /// Notes what a list entry said of `tool`.
+    pub fn learn(&self, tool: &str, learned: Learned) {
+        if self.learned.len() >= MAX_LEARNED_TOOLS
+            && learned.screened.is_none()
+            && !self.learned.contains_key(tool)
+        {
+            return;
+        }
+        self.learned.insert(tool.into(), learned);
     }
 }
 

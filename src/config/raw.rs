@@ -418,6 +418,14 @@ pub struct RawProxy {
     /// `[[proxies.tools]]`: tags per MCP tool, for `tool_tags` rules.
     #[serde(default)]
     pub tools: Vec<Spanned<RawTool>>,
+    /// MCP: the most bytes of one list answer (a JSON body or one SSE event) the gateway holds
+    /// to filter it; a larger one is refused with a JSON-RPC error (default 4 MiB).
+    #[serde(default)]
+    pub mcp_max_list: Option<Spanned<SizeOrInt>>,
+    /// MCP: tags from the tools' annotations (`readOnlyHint` → `read`, `destructiveHint` →
+    /// `destructive`), as their list entries said (the server's claim).
+    #[serde(default)]
+    pub tags_from_annotations: Option<Spanned<bool>>,
     /// `[[proxies.budgets]]`: meters on a value the response says (LLM tokens, cost).
     #[serde(default)]
     pub budgets: Vec<Spanned<RawBudget>>,

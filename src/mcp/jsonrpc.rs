@@ -293,7 +293,7 @@ pub fn check_headers(
 }
 
 /// `serde_json` into a `Value`, refusing duplicate object keys at any depth.
-fn strict_parse(body: &[u8]) -> Result<Value, McpError> {
+pub(crate) fn strict_parse(body: &[u8]) -> Result<Value, McpError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let v = Strict
         .deserialize(&mut de)

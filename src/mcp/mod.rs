@@ -7,6 +7,8 @@
 //!   surrogates), and the `Mcp-Method` / `Mcp-Name` header wire checked against the body.
 //! - [`glob`] — the name patterns rules use (`get_*`, `file:///reports/**`).
 //! - [`answer`] — JSON-RPC error answers for refused messages.
+//! - [`lists`] — list answers (`tools/list`, ...) filtered per caller, JSON and SSE.
 pub mod answer;
 pub mod glob;
 pub mod jsonrpc;
+pub mod lists;

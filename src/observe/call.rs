@@ -115,6 +115,8 @@ pub struct CallLog<'w> {
     pub secret_reflected: u64,
     /// Budgets charged for the call (`metered`).
     pub metered: Option<Box<crate::observe::audit::record::Metered>>,
+    /// MCP calls: method, target, session (`mcp_method`, `tool`, ...).
+    pub mcp: Option<Box<crate::observe::audit::record::McpNote>>,
     /// The proxy's slot in the worker's metric shard (`pipeline::View::slots`).
     pub metrics_slot: Option<u16>,
     /// The TCP peer's address.
@@ -174,6 +176,7 @@ impl<'w> CallLog<'w> {
             redactions: 0,
             secret_reflected: 0,
             metered: None,
+            mcp: None,
             metrics_slot: None,
             client: None,
             forwarded_for: None,
@@ -319,6 +322,7 @@ impl<'w> CallLog<'w> {
             admin: None,
             auth: self.auth,
             tunnel: self.tunnel,
+            mcp: pick(&mut self.mcp, keep),
         }
     }
 }

@@ -40,6 +40,9 @@
 //!   `max_body_memory`) and `portcullis_body_memory_refused_total` (503 `overloaded`);
 //! - `portcullis_approvals_held_calls{worker}` (agent connections waiting on an approval) and
 //!   `portcullis_approvals_abandoned_total` (held calls whose agent went away);
+//! - `portcullis_mcp_list_hidden_total` (MCP list entries removed for the caller),
+//!   `portcullis_mcp_tools_screened_total` (tools removed because a scanner matched their
+//!   description) and `portcullis_mcp_lists_refused_total` (list answers replaced by an error);
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
 #![forbid(unsafe_code)]
 
@@ -227,6 +230,9 @@ pub struct Shard {
     held: AtomicU64,
     /// Held calls whose agent closed the connection while waiting.
     held_abandoned: AtomicU64,
+    mcp_hidden: AtomicU64,
+    mcp_screened: AtomicU64,
+    mcp_lists_refused: AtomicU64,
 }
 
 impl Shard {
@@ -241,6 +247,9 @@ impl Shard {
             body_refused: AtomicU64::new(0),
             held: AtomicU64::new(0),
             held_abandoned: AtomicU64::new(0),
+            mcp_hidden: AtomicU64::new(0),
+            mcp_screened: AtomicU64::new(0),
+            mcp_lists_refused: AtomicU64::new(0),
         }
     }
 }
@@ -342,6 +351,13 @@ impl WorkerMetrics {
     /// A held call whose agent went away.
     pub fn held_abandoned(&self) {
         bump(&self.shard.held_abandoned, 1);
+    }
+
+    /// An MCP list answer filtered: entries hidden, of them screened, answers refused.
+    pub fn mcp_lists(&self, hidden: u64, screened: u64, refused: u64) {
+        bump(&self.shard.mcp_hidden, hidden);
+        bump(&self.shard.mcp_screened, screened);
+        bump(&self.shard.mcp_lists_refused, refused);
     }
 }
 
@@ -623,6 +639,21 @@ impl Metrics {
                 "portcullis_approvals_abandoned_total",
                 "Held calls whose agent closed the connection before the approval was decided.",
                 |sh| &sh.held_abandoned,
+            ),
+            (
+                "portcullis_mcp_list_hidden_total",
+                "MCP list entries removed from an answer (not callable by the caller, malformed, or screened).",
+                |sh| &sh.mcp_hidden,
+            ),
+            (
+                "portcullis_mcp_tools_screened_total",
+                "MCP tools removed from a list answer because a scanner matched their description.",
+                |sh| &sh.mcp_screened,
+            ),
+            (
+                "portcullis_mcp_lists_refused_total",
+                "MCP list answers replaced by a JSON-RPC error (too large or unreadable to filter).",
+                |sh| &sh.mcp_lists_refused,
             ),
         ] {
             header(&mut o, name, "counter", help);

@@ -161,7 +161,7 @@ async fn call(
 
     // 7c. MCP: each JSON-RPC message decided by the rules that name MCP methods, tools,
     // resources or prompts (`protocol = "mcp"` proxies only)
-    let held = mcp_policy(proxy, s, &route, &caller, log, held)?;
+    let (held, list_req) = mcp_policy(proxy, s, &route, &caller, log, held)?;
     log.mark(Stage::BodyScan);
 
     // 7d. budgets: the call starts only while each of its budgets (those of the rule that
@@ -234,6 +234,7 @@ async fn call(
         method_is_head,
         version,
         masker.is_some(),
+        list_req.is_some(),
     )
     .inspect_err(|_| {
         tracing::warn!(proxy = %proxy.name, "upstream response has an encoding the gateway cannot undo");
@@ -279,6 +280,24 @@ async fn call(
             crate::policy::budget::Source::Body(_) => None,
         })
         .collect();
+    // MCP list answers (`tools/list`, ...): filtered per caller while they stream
+    let mut lists = list_req.and_then(|r| {
+        let mode = match response::header(&s.resp, &s.ubuf, b"content-type")
+            .and_then(crate::redact::response::body_type)?
+        {
+            crate::redact::response::BodyType::Json => crate::mcp::lists::Mode::Json,
+            crate::redact::response::BodyType::Sse => crate::mcp::lists::Mode::Sse,
+        };
+        let max = proxy.mcp.as_ref().map_or(0, |m| m.max_list);
+        Some(crate::mcp::lists::ListFilter::new(
+            Box::new(r.ctx),
+            mode,
+            r.lists,
+            r.batch,
+            max,
+            log.id.as_str(),
+        ))
+    });
     let resp_head_len = s.resp.head_len;
     let upstream_keep = s.resp.keep_alive;
     let io = StreamIo {
@@ -299,6 +318,7 @@ async fn call(
             redactor: plan.redactor.as_mut(),
             observe: plan.observe,
             readings: (!proxy.budgets.is_empty()).then_some(&mut readings),
+            lists: lists.as_mut(),
         },
         masker.as_mut(),
     )
@@ -315,8 +335,32 @@ async fn call(
         );
     }
     log.mark(Stage::Relay);
+    if let Some(l) = &lists {
+        let st = l.stats();
+        log.redactions += u64::from(st.masked);
+        if let Some(note) = log.mcp.as_deref_mut() {
+            note.hidden = st.hidden + st.malformed + st.screened;
+            note.screened = st.screened;
+            note.list_refused = st.refused;
+        }
+        w.metrics.mcp_lists(
+            u64::from(st.hidden + st.malformed + st.screened),
+            u64::from(st.screened),
+            u64::from(st.refused),
+        );
+        if st.malformed > 0 || st.refused > 0 {
+            tracing::warn!(
+                proxy = %proxy.name,
+                request_id = log.id.as_str(),
+                malformed = st.malformed,
+                refused = st.refused,
+                "MCP list answer: entries removed as malformed, or answers refused"
+            );
+        }
+    }
     if let Some(r) = &plan.redactor {
-        log.redactions = r.redactions();
+        // `+=`: masks in MCP tool results were counted just before
+        log.redactions += r.redactions();
     }
     if let Some(m) = &masker
         && m.hits() > 0

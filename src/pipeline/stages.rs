@@ -227,25 +227,25 @@ pub(super) fn authorize(
 /// (`initialize`, `ping`, notifications, the list methods) was admitted with the POST itself
 /// unless a rule names its method. A refused call is answered as JSON-RPC errors
 /// (`Scratch::mcp_refused`); `held` comes back true when an `approve` rule matched.
-pub(super) fn mcp_policy(
-    proxy: &Proxy,
+pub(super) fn mcp_policy<'v>(
+    proxy: &'v Proxy,
     s: &mut Scratch,
     route: &Route,
     caller: &Caller<'_>,
     log: &mut CallLog<'_>,
     held: bool,
-) -> Result<bool, Stop> {
+) -> Result<(bool, Option<ListReq<'v>>), Stop> {
     use crate::mcp::answer::Refused;
     use crate::mcp::jsonrpc::{self, McpError, Target};
     use crate::policy::authz::McpCall;
     let Some(mcp) = &proxy.mcp else {
-        return Ok(held);
+        return Ok((held, None));
     };
     let src = &s.rbuf;
     let method = s.head.method.get(src);
     if method != b"POST" {
         // the GET stream and DELETE (end of session): the HTTP decision stands
-        return Ok(held);
+        return Ok((held, None));
     }
     let headers = &s.head.headers;
     let body = jsonrpc::parse_body(&s.body, MCP_MAX_BATCH)
@@ -267,6 +267,12 @@ pub(super) fn mcp_policy(
                 McpError::Header(_) => "Mcp-Method / Mcp-Name disagree with the body",
             })
         })?;
+    if log.detailed() {
+        log.mcp = Some(Box::new(mcp_note(
+            &body,
+            find_header(headers, src, b"mcp-session-id"),
+        )));
+    }
     let rest = route.rel_path(&s.path);
     let query = route.query_str(s.head.target.get(src));
     let roles: Vec<&str> = caller.roles().iter().map(String::as_str).collect();
@@ -282,13 +288,37 @@ pub(super) fn mcp_policy(
         };
         let target = m.target();
         let tags = match target {
-            Target::Tool(t) => mcp.tags_of(t),
-            _ => &[],
+            Target::Tool(t) => mcp.tags_for(t),
+            _ => Vec::new(),
         };
+        if let Target::Tool(t) = target
+            && let Some(scanner) = mcp.screened(t)
+        {
+            // its description matched a scanner in a list answer: refused for every caller
+            let refusal = Refusal::ToolScreened {
+                scanner: scanner.to_string(),
+            };
+            let code = refusal.code();
+            refused.push(Some((
+                code,
+                format!(
+                    "portcullis: tool {t} refused: its description matched scanner '{scanner}' ({code})"
+                ),
+            )));
+            if first_refusal.is_none()
+                && let Some(note) = log.mcp.as_deref_mut()
+            {
+                note.method = name.to_string();
+                note.target = target_of(target);
+            }
+            log.scanner = Some(Arc::from(&*scanner));
+            first_refusal.get_or_insert(refusal);
+            continue;
+        }
         let call = McpCall {
             method: name,
             target,
-            tags,
+            tags: &tags,
         };
         let d = proxy.rules.decide_mcp(
             method,
@@ -332,12 +362,59 @@ pub(super) fn mcp_policy(
                     code,
                     format!("portcullis: {what} not allowed for agent {who} ({code})"),
                 )));
+                if first_refusal.is_none()
+                    && let Some(note) = log.mcp.as_deref_mut()
+                {
+                    // the record names the message that was refused
+                    note.method = name.to_string();
+                    note.target = target_of(target);
+                }
                 first_refusal.get_or_insert(refusal);
             }
         }
     }
     let Some(refusal) = first_refusal else {
-        return Ok(held);
+        // list requests: their answers are filtered per caller (`mcp::lists`), by the same
+        // rules, with what the request carried (the head is consumed before the answer comes)
+        // tools/call answers too, when the proxy has scanners: their hits are masked (DLP)
+        let dlp = proxy.scanners.as_ref().is_some_and(|s| !s.is_empty());
+        let lists: Vec<_> = body
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                jsonrpc::Message::Request { id, method, .. } => {
+                    match crate::mcp::lists::ListKind::of_method(method) {
+                        Some(k) => Some((id.clone(), k)),
+                        None if dlp && method == "tools/call" => {
+                            Some((id.clone(), crate::mcp::lists::ListKind::CallResult))
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        if lists.is_empty() {
+            return Ok((held, None));
+        }
+        let head_len = s.head.head_len.min(src.len());
+        return Ok((
+            held,
+            Some(ListReq {
+                ctx: ListCtx {
+                    proxy,
+                    mcp,
+                    head: src[..head_len].to_vec(),
+                    headers: s.head.headers.clone(),
+                    rest: rest.to_string(),
+                    query: query.to_vec(),
+                    agent: agent.map(str::to_string),
+                    roles: caller.roles().to_vec(),
+                },
+                lists,
+                batch: body.batch,
+            }),
+        ));
     };
     // Answer every request of the call: the refused ones with their reason, the others (in a
     // batch) as not sent; notifications get no answer.
@@ -368,6 +445,203 @@ pub(super) fn mcp_policy(
         });
     }
     Err(refusal.into())
+}
+
+/// The list requests of an MCP call and what deciding their entries needs.
+pub(super) struct ListReq<'v> {
+    pub ctx: ListCtx<'v>,
+    pub lists: Vec<(crate::mcp::jsonrpc::Id, crate::mcp::lists::ListKind)>,
+    pub batch: bool,
+}
+
+/// Decides a list entry as a call to it would be decided: `tools/call` of the tool (with its
+/// tags), `resources/read` of the resource (or template), `prompts/get` of the prompt, by the
+/// same rules, caller and request. Allowed and approve-held entries stay listed.
+pub(super) struct ListCtx<'v> {
+    proxy: &'v Proxy,
+    mcp: &'v crate::config::McpProxy,
+    head: Vec<u8>,
+    headers: Vec<head::HeaderSpan>,
+    rest: String,
+    query: Vec<u8>,
+    agent: Option<String>,
+    roles: Vec<String>,
+}
+
+impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
+    fn keep(
+        &mut self,
+        kind: crate::mcp::lists::ListKind,
+        name: &str,
+        entry: &serde_json::Map<String, serde_json::Value>,
+    ) -> crate::mcp::lists::Keep {
+        use crate::mcp::jsonrpc::Target;
+        use crate::mcp::lists::{Keep, ListKind};
+        if kind == ListKind::Tools {
+            let learned = learn_tool(self.proxy, self.mcp, name, entry);
+            let screened = learned.screened.is_some();
+            self.mcp.learn(name, learned);
+            if screened {
+                return Keep::Screened;
+            }
+        }
+        let (method, target) = match kind {
+            ListKind::Tools => ("tools/call", Target::Tool(name.to_string())),
+            ListKind::Resources | ListKind::ResourceTemplates => {
+                ("resources/read", Target::Resource(name.to_string()))
+            }
+            ListKind::Prompts => ("prompts/get", Target::Prompt(name.to_string())),
+            // a tool result is masked, never asked to keep entries
+            ListKind::CallResult => return Keep::Yes,
+        };
+        let tags = match kind {
+            ListKind::Tools => self.mcp.tags_for(name),
+            _ => Vec::new(),
+        };
+        let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+        let (head, headers) = (&self.head, &self.headers);
+        let d = self.proxy.rules.decide_mcp(
+            b"POST",
+            &self.rest,
+            self.agent.as_deref(),
+            &roles,
+            &self.query,
+            |n: &str| find_header(headers, head, n.as_bytes()),
+            &crate::policy::authz::McpCall {
+                method,
+                target: &target,
+                tags: &tags,
+            },
+        );
+        if matches!(d.effect, Effect::Allow | Effect::Approve) {
+            Keep::Yes
+        } else {
+            Keep::Hidden
+        }
+    }
+
+    fn mask(&mut self, text: &str) -> Option<(String, u32)> {
+        mask_text(self.proxy.scanners.as_ref()?, text)
+    }
+}
+
+/// DLP on MCP tool results: every hit of the proxy's scanners (detectors and literals, either
+/// mode) in `text`, its ASCII bytes replaced by `*`, until none is left (bounded).
+fn mask_text(scanners: &crate::scan::ScanSet, text: &str) -> Option<(String, u32)> {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut hits = 0u32;
+    for _ in 0..1024 {
+        let o = scanners.scan(&bytes);
+        let mut changed = false;
+        for h in o.blocked.iter().chain(o.reports.iter()) {
+            let end = (h.offset + h.len).min(bytes.len());
+            let mut any = false;
+            for b in bytes.get_mut(h.offset..end).into_iter().flatten() {
+                if b.is_ascii() && *b != b'*' {
+                    *b = b'*';
+                    any = true;
+                }
+            }
+            if any {
+                hits += 1;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    // only ASCII bytes were replaced by ASCII: still UTF-8
+    (hits > 0).then(|| (String::from_utf8_lossy(&bytes).into_owned(), hits))
+}
+
+/// What a tool's list entry tells: tags from its annotations (`tags_from_annotations`; the
+/// server's claim), and whether the proxy's scanners match its description or title (the
+/// unescaped text: an escape cannot hide a literal). A blocking hit screens the tool out; a
+/// report-mode hit is logged only.
+fn learn_tool(
+    proxy: &Proxy,
+    mcp: &crate::config::McpProxy,
+    name: &str,
+    entry: &serde_json::Map<String, serde_json::Value>,
+) -> crate::config::Learned {
+    let mut out = crate::config::Learned::default();
+    if mcp.tags_from_annotations
+        && let Some(a) = entry.get("annotations").and_then(|a| a.as_object())
+    {
+        if a.get("readOnlyHint") == Some(&serde_json::Value::Bool(true)) {
+            out.tags.push("read".into());
+        }
+        if a.get("destructiveHint") == Some(&serde_json::Value::Bool(true)) {
+            out.tags.push("destructive".into());
+        }
+    }
+    if let Some(scanners) = &proxy.scanners {
+        for key in ["description", "title"] {
+            let Some(text) = entry.get(key).and_then(|d| d.as_str()) else {
+                continue;
+            };
+            let o = scanners.scan(text.as_bytes());
+            if let Some(hit) = o.blocked {
+                tracing::warn!(
+                    proxy = %proxy.name,
+                    tool = name,
+                    scanner = hit.scanner,
+                    "MCP tool screened out: its {key} matched a scanner; removed from lists, calls refused"
+                );
+                out.screened = Some(hit.scanner.into());
+                break;
+            }
+            for r in &o.reports {
+                tracing::warn!(
+                    proxy = %proxy.name,
+                    tool = name,
+                    scanner = r.scanner,
+                    "MCP tool {key} matched a report-mode scanner"
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The audit record's MCP members: the first message that names a tool, resource or prompt
+/// (else the first request or notification), and the agent's `Mcp-Session-Id` (visible ASCII,
+/// at most 128 bytes; otherwise not recorded).
+fn mcp_note(
+    body: &crate::mcp::jsonrpc::Body,
+    session: Option<&[u8]>,
+) -> crate::observe::audit::record::McpNote {
+    let pick = body
+        .messages
+        .iter()
+        .find(|m| m.target().name().is_some())
+        .or_else(|| body.messages.iter().find(|m| m.method().is_some()));
+    crate::observe::audit::record::McpNote {
+        method: pick.and_then(|m| m.method()).unwrap_or("").to_string(),
+        target: pick.and_then(|m| target_of(m.target())),
+        session: session
+            .filter(|v| {
+                !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..0x7f).contains(b))
+            })
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        batch: body
+            .batch
+            .then(|| u32::try_from(body.messages.len()).unwrap_or(u32::MAX)),
+        hidden: 0,
+        list_refused: 0,
+        screened: 0,
+    }
+}
+
+fn target_of(t: &crate::mcp::jsonrpc::Target) -> Option<(&'static str, String)> {
+    use crate::mcp::jsonrpc::Target;
+    match t {
+        Target::None => None,
+        Target::Tool(n) => Some(("tool", n.clone())),
+        Target::Resource(u) => Some(("resource", u.clone())),
+        Target::Prompt(p) => Some(("prompt", p.clone())),
+    }
 }
 
 /// Most JSON-RPC messages one MCP POST may carry.

@@ -468,8 +468,17 @@ pub fn parse_query_string(
     Ok(out)
 }
 
-const PARAMS: [&str; 8] = [
-    "proxy", "agent", "status", "since", "until", "shadow", "limit", "decision",
+const PARAMS: [&str; 10] = [
+    "proxy",
+    "agent",
+    "status",
+    "since",
+    "until",
+    "shadow",
+    "limit",
+    "decision",
+    "tool",
+    "mcp_method",
 ];
 
 fn pct_decode(s: &[u8]) -> Option<String> {
@@ -490,6 +499,8 @@ pub fn requests_query(qs: &[u8], now_us: u64) -> Result<crate::observe::audit::Q
             "proxy" => q.proxy = Some(v),
             "agent" => q.agent = Some(v),
             "decision" => q.decision = Some(v),
+            "tool" => q.tool = Some(v),
+            "mcp_method" => q.mcp_method = Some(v),
             "status" => {
                 q.status = Some(
                     crate::observe::audit::StatusFilter::parse(&v)
@@ -600,6 +611,10 @@ mod tests {
         assert_eq!(q.proxy.as_deref(), Some("crm"));
         assert_eq!(q.agent.as_deref(), Some("support-bot"));
         assert_eq!(q.status, Some(StatusFilter::Class(4)));
+        let m = requests_query(b"tool=delete%5Faccount&mcp_method=tools%2Fcall", NOW).unwrap();
+        assert_eq!(m.tool.as_deref(), Some("delete_account"));
+        assert_eq!(m.mcp_method.as_deref(), Some("tools/call"));
+        assert!(requests_query(b"tool=a&tool=b", NOW).is_err());
         assert_eq!(
             q.since,
             crate::observe::audit::record::parse_rfc3339("2026-11-24T09:00:00Z")

@@ -10,6 +10,7 @@ use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK};
 use crate::http::head::{BodyKind, Limits, ResponseHead, Version, find_header, parse_response};
 use crate::http::io::{IoFail, read_append, write_all, write_range};
 use crate::http::write::{Framing, push_chunk};
+use crate::mcp::lists::ListFilter;
 use crate::net::agent_io::AgentIo;
 use crate::redact::mask::Masker;
 use crate::redact::usage::Readings;
@@ -144,6 +145,7 @@ pub fn plan<'p>(
     method_is_head: bool,
     version: Version,
     masking: bool,
+    filtering: bool,
 ) -> Result<Plan<'p>, Refusal> {
     let status = resp.status;
     let no_body = method_is_head || status == 204 || status == 304;
@@ -175,6 +177,11 @@ pub fn plan<'p>(
         }
     }
     let rewriting = redactor.is_some() && !observe;
+    if filtering && !no_body && !rewriting && coding != Coding::Identity {
+        return Err(Refusal::UpstreamUnreachable(
+            "the MCP list answer is content-encoded although identity was asked for; it cannot be filtered",
+        ));
+    }
     if masking && !no_body && !rewriting && coding != Coding::Identity {
         return Err(Refusal::UpstreamUnreachable(
             "the upstream response is content-encoded although identity was asked for; it cannot be checked for the injected secret",
@@ -182,7 +189,7 @@ pub fn plan<'p>(
     }
     let framing = framing(
         if no_body { None } else { Some(resp.body) },
-        rewriting,
+        rewriting || filtering,
         version,
         || {
             (status != 204)
@@ -287,11 +294,28 @@ struct Sink<'a, 'r> {
     masker: Option<&'a mut Masker<'r>>,
     /// The masker's output for one piece (chunked framing only).
     masked: Vec<u8>,
+    /// MCP list answers filtered per caller (after the redactor, before the masker).
+    lists: Option<&'a mut ListFilter<'r>>,
+    /// The list filter's output for one piece.
+    listed: Vec<u8>,
 }
 
 impl Sink<'_, '_> {
-    /// Frames `data` into `out`, through the masker if any.
+    /// Frames `data` into `out`, through the list filter and the masker if any.
     fn frame(&mut self, data: &[u8]) {
+        if let Some(l) = self.lists.as_deref_mut() {
+            let mut listed = std::mem::take(&mut self.listed);
+            listed.clear();
+            l.feed(data, &mut listed);
+            self.frame_out(&listed);
+            self.listed = listed;
+            return;
+        }
+        self.frame_out(data);
+    }
+
+    /// Frames `data` into `out`, through the masker if any.
+    fn frame_out(&mut self, data: &[u8]) {
         match self.masker.as_deref_mut() {
             None if self.chunked => push_chunk(self.out, data),
             None => self.out.extend_from_slice(data),
@@ -411,6 +435,7 @@ impl Sink<'_, '_> {
         }
         if (self.redactor.is_none() || self.observe)
             && self.masker.is_none()
+            && self.lists.is_none()
             && !self.chunked
             && self.out.is_empty()
         {
@@ -439,6 +464,14 @@ impl Sink<'_, '_> {
             self.frame(&red);
             self.red = red;
             self.drain();
+        }
+        if let Some(l) = self.lists.as_deref_mut() {
+            // what the list filter held (a JSON answer is held whole)
+            let mut listed = std::mem::take(&mut self.listed);
+            listed.clear();
+            l.finish(&mut listed);
+            self.frame_out(&listed);
+            self.listed = listed;
         }
         if let Some(m) = self.masker.as_deref_mut() {
             // what the masker held back (a possible secret start that never completed)
@@ -473,6 +506,8 @@ pub struct BodyRead<'a, 'r> {
     pub redactor: Option<&'a mut ResponseRedactor<'r>>,
     pub observe: bool,
     pub readings: Option<&'a mut Readings<'r>>,
+    /// MCP list answers filtered per caller.
+    pub lists: Option<&'a mut ListFilter<'r>>,
 }
 
 pub async fn relay<'r>(
@@ -487,6 +522,7 @@ pub async fn relay<'r>(
         redactor,
         observe,
         readings,
+        lists,
     } = body;
     let StreamIo {
         conn,
@@ -509,6 +545,8 @@ pub async fn relay<'r>(
         readings,
         masked: Vec::new(),
         masker,
+        lists,
+        listed: Vec::new(),
     };
     match relay_body(conn, ubuf, head_len, kind, read_timeout, &mut sink).await {
         Ok(end) | Err(end) => end,

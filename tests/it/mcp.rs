@@ -147,8 +147,11 @@ async def main():
         for name, args in [{steps}]:
             try:
                 r = await c.call_tool(name, args)
-                text = r.content[0].text if r.content else ""
+                text = r.content[0].text.replace("\n", " ") if r.content else ""
                 print("result", name, "error" if r.is_error else "ok", text)
+                if r.structured_content is not None:
+                    import json
+                    print("structured", name, json.dumps(r.structured_content, sort_keys=True))
             except Exception as e:
                 print("raised", name, type(e).__name__, str(e))
 
@@ -188,7 +191,7 @@ fn rpc(port: u16, key: &str, body: &str, extra: &str) -> Response {
 fn sdk_rules_per_tool_and_role(json: bool) {
     let server = McpServer::start(json);
     let audit = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&config(server.port, audit.path()));
+    let mut gw = Gateway::start(&config(server.port, audit.path()));
     let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
 
     let out = sdk_calls(
@@ -201,9 +204,11 @@ fn sdk_rules_per_tool_and_role(json: bool) {
             ("update_account", r#"{"id": "a1", "name": "x"}"#),
         ],
     );
-    assert!(
-        line(&out, "tools").contains("get_account"),
-        "housekeeping (initialize, tools/list) passes: {out}"
+    // housekeeping (initialize, tools/list) passes, and the list shows what this role may call
+    assert_eq!(
+        line(&out, "tools"),
+        "tools get_account,get_contact,search",
+        "{out}"
     );
     assert_eq!(
         line(&out, "result get_account"),
@@ -238,6 +243,7 @@ fn sdk_rules_per_tool_and_role(json: bool) {
             ("get_account", r#"{"id": "a2"}"#),
         ],
     );
+    assert_eq!(line(&out, "tools"), "tools update_account", "{out}");
     assert!(line(&out, "result update_account").contains("ok renamed a2 to y"));
     let get = out.lines().find(|l| l.contains(" get_account")).unwrap();
     assert!(
@@ -251,7 +257,7 @@ fn sdk_rules_per_tool_and_role(json: bool) {
         vec!["get_account", "search", "update_account"],
         "refused calls never reach the server"
     );
-    drop(gw);
+    crate::audit::stop(&mut gw);
     // the audit trail names the refusals
     let recs = calls(audit.path());
     let denied = recs
@@ -259,6 +265,51 @@ fn sdk_rules_per_tool_and_role(json: bool) {
         .filter(|r| r.code.as_deref() == Some("denied_by_rule"))
         .count();
     assert_eq!(denied, 1, "{recs:?}");
+    // MCP members: the method, the tool; lists say how much they hid
+    let del = recs
+        .iter()
+        .find(|r| r.code.as_deref() == Some("denied_by_rule"))
+        .unwrap();
+    assert_eq!(del.mcp_method.as_deref(), Some("tools/call"));
+    assert_eq!(del.tool.as_deref(), Some("delete_account"));
+    let lists: Vec<_> = recs
+        .iter()
+        .filter(|r| r.mcp_method.as_deref() == Some("tools/list"))
+        .collect();
+    assert_eq!(lists.len(), 2, "{recs:?}");
+    let mut hidden: Vec<u32> = lists.iter().map(|r| r.mcp_hidden.unwrap_or(0)).collect();
+    hidden.sort();
+    assert_eq!(hidden, vec![4, 6], "support hides 4 of 7 tools, billing 6");
+    // `portcullis logs --tool` finds the calls that named the tool
+    let out = run_portcullis(
+        &[
+            "logs",
+            "--dir",
+            audit.path().to_str().unwrap(),
+            "--tool",
+            "delete_account",
+            "--json",
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"tool\":\"delete_account\""), "{text}");
+    let out = run_portcullis(
+        &[
+            "logs",
+            "--dir",
+            audit.path().to_str().unwrap(),
+            "--mcp-method",
+            "tools/call",
+            "--json",
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 6, "{text}");
 }
 
 #[test]
@@ -380,5 +431,369 @@ fn mcp_rules_need_an_mcp_proxy() {
     assert!(
         err.contains("proxies[0].rules") && err.contains("protocol = \"mcp\""),
         "{err}"
+    );
+}
+
+/// A config for a mock MCP upstream (byte-exact list answers); `extra` goes on the proxy.
+fn mock_config(upstream_port: u16, audit: &Path, extra: &str) -> String {
+    config(upstream_port, audit).replace(
+        "protocol = \"mcp\"\n",
+        &format!("protocol = \"mcp\"\n{extra}"),
+    )
+}
+
+const LIST_REQ: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":"c1"}}"#;
+
+/// What the upstream lists: allowed, denied, unknown, an escaped allowed name, a duplicated name.
+const LIST_JSON: &str = r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"get_account","inputSchema":{"type":"object"}}, {"name":"delete_account","description":"Delete one account."}, {"name":"update_account"}, {"name":"sea\u0072ch","annotations":{"readOnlyHint":true}}, {"name":"get_twice"}, {"name":"get_twice","description":"the other one"}],"nextCursor":"c2","_meta":{"k":1}}}"#;
+const LIST_JSON_SUPPORT: &str = r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"get_account","inputSchema":{"type":"object"}}, {"name":"sea\u0072ch","annotations":{"readOnlyHint":true}}],"nextCursor":"c2","_meta":{"k":1}}}"#;
+
+fn list_over(
+    content_type: &str,
+    body: &str,
+    extra_proxy: &str,
+    extra_req: &str,
+) -> (
+    Response,
+    Vec<portcullis::internals::observe::audit::StoredRecord>,
+    usize,
+) {
+    let reply = Reply::with(
+        200,
+        "OK",
+        &[("Content-Type", content_type)],
+        body.as_bytes(),
+    );
+    let up = MockUpstream::start(move |_| reply.clone());
+    let audit = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&mock_config(up.port(), audit.path(), extra_proxy));
+    let r = rpc(gw.port(), SUPPORT_KEY, LIST_REQ, extra_req);
+    crate::audit::stop(&mut gw);
+    let n = up.requests().len();
+    (r, calls(audit.path()), n)
+}
+
+#[test]
+fn json_list_filtered_per_role_cursor_and_bytes_kept() {
+    for wire in [
+        "Mcp-Session-Id: sess-42\r\n",
+        "Mcp-Session-Id: sess-42\r\nMcp-Method: tools/list\r\n",
+    ] {
+        let (r, recs, n) = list_over("application/json", LIST_JSON, "", wire);
+        assert_eq!(n, 1, "the list request went upstream");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), LIST_JSON_SUPPORT, "wire {wire:?}");
+        assert_eq!(r.header("content-length"), None, "re-framed: chunked");
+        let rec = recs.last().unwrap();
+        assert_eq!(rec.mcp_method.as_deref(), Some("tools/list"));
+        assert_eq!(rec.mcp_hidden, Some(4), "{rec:?}");
+        assert_eq!(rec.mcp_session.as_deref(), Some("sess-42"));
+    }
+}
+
+#[test]
+fn sse_list_filtered_and_notifications_pass() {
+    let body = format!(
+        "event: message\r\nid: 1\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}}\r\n\r\n\
+         event: message\r\nid: 2\r\ndata: {LIST_JSON}\r\n\r\n"
+    );
+    let want = format!(
+        "event: message\r\nid: 1\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}}\r\n\r\n\
+         event: message\r\nid: 2\r\ndata: {LIST_JSON_SUPPORT}\r\n\r\n"
+    );
+    for wire in ["", "Mcp-Method: tools/list\r\n"] {
+        let (r, _, _) = list_over("text/event-stream", &body, "", wire);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), want, "wire {wire:?}");
+    }
+}
+
+#[test]
+fn hostile_list_answers_are_refused_never_passed() {
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"result":{{"tools":[{}{{"name":"delete_account"}}]}}}}"#,
+        r#"{"name":"get_x","description":"padding padding padding padding padding"},"#.repeat(2000)
+    );
+    let table: &[(&str, &str, String, &str)] = &[
+        ("json over mcp_max_list", "application/json", huge.clone(), "mcp_max_list = \"64KiB\"\n"),
+        (
+            "sse event over mcp_max_list",
+            "text/event-stream",
+            format!("data: {huge}\n\n"),
+            "mcp_max_list = \"64KiB\"\n",
+        ),
+        (
+            "tools is not an array",
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":7,"result":{"tools":{"name":"delete_account"}}}"#.into(),
+            "",
+        ),
+        (
+            "a repeated key (a client may read the second)",
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"get_account"}],"tools":[{"name":"delete_account"}]}}"#.into(),
+            "",
+        ),
+        (
+            "a repeated name key in an entry",
+            "text/event-stream",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"tools\":[{\"name\":\"get_account\",\"name\":\"delete_account\"}]}}\n\n".into(),
+            "",
+        ),
+        (
+            "truncated JSON",
+            "application/json",
+            r#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"delete_account"}"#.into(),
+            "",
+        ),
+    ];
+    for (name, ct, body, extra) in table {
+        let (r, recs, _) = list_over(ct, body, extra, "");
+        assert_eq!(r.status, 200, "{name}");
+        let text = r.body_str();
+        assert!(!text.contains("delete_account"), "{name}: {text}");
+        let json = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap_or(&text);
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}: {text}"));
+        assert_eq!(v["id"], 7, "{name}");
+        assert_eq!(v["error"]["code"], -32001, "{name}");
+        assert_eq!(v["error"]["data"]["code"], "mcp_list_refused", "{name}");
+        assert_eq!(recs.last().unwrap().mcp_list_refused, Some(1), "{name}");
+    }
+    // a compressed answer cannot be filtered: refused rather than passed
+    let reply = Reply::with(
+        200,
+        "OK",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "br"),
+        ],
+        b"\x0b\x02\x80{}\x03",
+    );
+    let up = MockUpstream::start(move |_| reply.clone());
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mock_config(up.port(), audit.path(), ""));
+    let r = rpc(gw.port(), SUPPORT_KEY, LIST_REQ, "");
+    assert_eq!(r.status, 502, "{}", r.body_str());
+}
+
+#[test]
+fn hostile_agent_list_tricks() {
+    // a list request in a batch with a call the rules refuse: refused whole, nothing upstream
+    let reply = Reply::with(
+        200,
+        "OK",
+        &[("Content-Type", "application/json")],
+        LIST_JSON.as_bytes(),
+    );
+    let up = MockUpstream::start(move |_| reply.clone());
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mock_config(up.port(), audit.path(), ""));
+    let r = rpc(
+        gw.port(),
+        SUPPORT_KEY,
+        r#"[{"jsonrpc":"2.0","id":7,"method":"tools/list"},{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_account"}}]"#,
+        "",
+    );
+    assert!(r.body_str().contains("denied_by_rule"), "{}", r.body_str());
+    assert!(up.requests().is_empty());
+    // the list under an escaped method name is still a list, and filtered
+    let r = rpc(
+        gw.port(),
+        SUPPORT_KEY,
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools\/l\u0069st","params":{"cursor":"c1"}}"#,
+        "",
+    );
+    assert_eq!(r.body_str(), LIST_JSON_SUPPORT);
+    // a list request whose id is the string "7": the server's number 7 is matched too (a
+    // client might), so no spelling of the id escapes the filter
+    let r = rpc(
+        gw.port(),
+        SUPPORT_KEY,
+        r#"{"jsonrpc":"2.0","id":"7","method":"tools/list"}"#,
+        "",
+    );
+    assert_eq!(r.body_str(), LIST_JSON_SUPPORT);
+    // the header wire cannot say something else than the body
+    let r = rpc(gw.port(), SUPPORT_KEY, LIST_REQ, "Mcp-Method: ping\r\n");
+    assert_eq!(r.status, 400);
+}
+
+/// `tags_from_annotations` (the SDK server's `list_invoices` says `readOnlyHint`) and
+/// description screening (its `fetch_report` carries an injection), over the SDK.
+fn sdk_annotations_and_screening(json: bool) {
+    let server = McpServer::start(json);
+    let audit = tempfile::tempdir().unwrap();
+    let toml = config(server.port, audit.path())
+        .replace(
+            "protocol = \"mcp\"\n",
+            "protocol = \"mcp\"\ntags_from_annotations = true\n\n\
+             [[proxies.scanners]]\nname = \"injection\"\nliterals = [\"ignore previous instructions\"]\n",
+        )
+        + "\n[[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
+           tool_tags = [\"read\"]\nroles = [\"support\"]\n\n\
+           [[proxies.rules]]\neffect = \"allow\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
+           tools = [\"fetch_report\"]\n";
+    let mut gw = Gateway::start(&toml);
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+    let out = sdk_calls(
+        &url,
+        SUPPORT_KEY,
+        &[
+            ("list_invoices", r#"{"account": "a1"}"#),
+            ("fetch_report", r#"{"id": "r1"}"#),
+        ],
+    );
+    // read-only by its annotation: listed and callable; the poisoned tool: gone, refused
+    assert_eq!(
+        line(&out, "tools"),
+        "tools get_account,get_contact,list_invoices,search",
+        "{out}"
+    );
+    assert!(
+        line(&out, "result list_invoices").contains("ok 2 invoices for a1"),
+        "{out}"
+    );
+    let fr = out.lines().find(|l| l.contains(" fetch_report")).unwrap();
+    assert!(
+        fr.contains("portcullis: tool fetch_report refused: its description matched scanner 'injection' (tool_screened)"),
+        "{out}"
+    );
+    // billing has no read rule: the annotation gives it nothing
+    let out = sdk_calls(
+        &url,
+        BILLING_KEY,
+        &[("list_invoices", r#"{"account": "a1"}"#)],
+    );
+    assert_eq!(line(&out, "tools"), "tools update_account", "{out}");
+    assert!(
+        out.contains("tool list_invoices not allowed for agent billing-bot"),
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["list_invoices"]);
+    crate::audit::stop(&mut gw);
+    let recs = calls(audit.path());
+    let screened: Vec<_> = recs.iter().filter(|r| r.mcp_screened.is_some()).collect();
+    assert_eq!(
+        screened.len(),
+        2,
+        "both lists screened fetch_report: {recs:?}"
+    );
+    assert!(screened.iter().all(|r| r.mcp_screened == Some(1)));
+    let refused = recs
+        .iter()
+        .find(|r| r.code.as_deref() == Some("tool_screened"))
+        .expect("the screened call's record");
+    assert_eq!(refused.tool.as_deref(), Some("fetch_report"));
+    assert_eq!(refused.scanner.as_deref(), Some("injection"));
+}
+
+#[test]
+fn sdk_annotations_and_screening_json_answers() {
+    sdk_annotations_and_screening(true);
+}
+
+#[test]
+fn sdk_annotations_and_screening_sse_answers() {
+    sdk_annotations_and_screening(false);
+}
+
+/// DLP on tool results: the proxy's scanners mask hits in `result.content[*].text` and
+/// `structuredContent`, over the SDK (JSON and SSE answers).
+fn sdk_tool_results_masked(json: bool) {
+    let server = McpServer::start(json);
+    let audit = tempfile::tempdir().unwrap();
+    let toml = config(server.port, audit.path()).replace(
+        "protocol = \"mcp\"\n",
+        "protocol = \"mcp\"\n\n[[proxies.scanners]]\nname = \"pii\"\ndetectors = [\"email\", \"credit_card\"]\nmode = \"report\"\n",
+    );
+    let mut gw = Gateway::start(&toml);
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+    let out = sdk_calls(&url, SUPPORT_KEY, &[("get_contact", r#"{"id": "c1"}"#)]);
+    let r = line(&out, "result get_contact");
+    assert!(r.starts_with("result get_contact ok "), "{out}");
+    assert!(
+        !r.contains("jane.doe@example.com") && !r.contains("4111"),
+        "{out}"
+    );
+    assert!(r.contains("\"c1\""), "{out}");
+    assert!(r.contains("********************"), "{out}");
+    // the SDK's structured result, masked as well
+    assert_eq!(
+        line(&out, "structured get_contact"),
+        "structured get_contact {\"card\": \"*******************\", \"email\": \"********************\", \"id\": \"c1\"}",
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["get_contact"]);
+    crate::audit::stop(&mut gw);
+    let recs = calls(audit.path());
+    let rec = recs
+        .iter()
+        .find(|r| r.tool.as_deref() == Some("get_contact"))
+        .unwrap();
+    // two hits in the text content, two in structuredContent
+    assert_eq!(rec.redactions, Some(4), "{rec:?}");
+}
+
+#[test]
+fn sdk_tool_results_masked_json_answers() {
+    sdk_tool_results_masked(true);
+}
+
+#[test]
+fn sdk_tool_results_masked_sse_answers() {
+    sdk_tool_results_masked(false);
+}
+
+#[test]
+fn tool_result_masking_bytes_and_hostile_results() {
+    let scanner =
+        "\n[[proxies.scanners]]\nname = \"pii\"\ndetectors = [\"email\"]\nmode = \"report\"\n";
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"get_account","arguments":{"id":"a"}}}"#;
+    let table: &[(&str, &str, &str)] = &[
+        (
+            "text and structuredContent masked, the rest kept",
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"mail a@b.example now"},{"type":"image","data":"a@b.example"}],"structuredContent":{"who":["x","a\u0040b.example"],"n":1},"isError":false}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"mail *********** now"},{"type":"image","data":"a@b.example"}],"structuredContent":{"who":["x","***********"],"n":1},"isError":false}}"#,
+        ),
+        (
+            "nothing to mask: unchanged",
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"clean"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"clean"}]}}"#,
+        ),
+    ];
+    for (name, body, want) in table {
+        let reply = Reply::with(
+            200,
+            "OK",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        let up = MockUpstream::start(move |_| reply.clone());
+        let audit = tempfile::tempdir().unwrap();
+        let gw = Gateway::start(&mock_config(up.port(), audit.path(), scanner));
+        let r = rpc(gw.port(), SUPPORT_KEY, call, "");
+        assert_eq!(r.body_str(), *want, "{name}");
+    }
+    // a repeated key in a tool result (a client might read the unmasked one): refused
+    let body = r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"ok","text":"a@b.example"}]}}"#;
+    let reply = Reply::with(
+        200,
+        "OK",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    let up = MockUpstream::start(move |_| reply.clone());
+    let audit = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&mock_config(up.port(), audit.path(), scanner));
+    let r = rpc(gw.port(), SUPPORT_KEY, call, "");
+    assert!(!r.body_str().contains("a@b.example"), "{}", r.body_str());
+    assert!(
+        r.body_str().contains("mcp_list_refused"),
+        "{}",
+        r.body_str()
     );
 }

@@ -78,6 +78,10 @@ pub struct Query {
     pub until: Option<u64>,
     /// Only calls with a report-mode (shadow) rule hit.
     pub shadow: bool,
+    /// MCP: only calls that named this tool (or resource URI, or prompt name).
+    pub tool: Option<String>,
+    /// MCP: only calls with this JSON-RPC method (`tools/call`, ...).
+    pub mcp_method: Option<String>,
     pub limit: usize,
 }
 
@@ -91,6 +95,8 @@ impl Default for Query {
             since: None,
             until: None,
             shadow: false,
+            tool: None,
+            mcp_method: None,
             limit: DEFAULT_LIMIT,
         }
     }
@@ -122,6 +128,18 @@ impl Query {
         }
         if let Some(d) = &self.decision
             && r.decision.as_deref() != Some(d.as_str())
+        {
+            return false;
+        }
+        if let Some(t) = &self.tool
+            && ![&r.tool, &r.resource, &r.prompt]
+                .iter()
+                .any(|v| v.as_deref() == Some(t.as_str()))
+        {
+            return false;
+        }
+        if let Some(m) = &self.mcp_method
+            && r.mcp_method.as_deref() != Some(m.as_str())
         {
             return false;
         }
@@ -263,8 +281,17 @@ impl<'q, 'v> Scan<'q, 'v> {
         if let Some(d) = &q.decision {
             needle("decision", d);
         }
+        if let Some(m) = &q.mcp_method {
+            needle("mcp_method", m);
+        }
         if q.shadow {
             needles.push(Finder::new(b",\"shadow\":{").into_owned());
+        }
+        if let Some(t) = &q.tool {
+            // `"tool":`, `"resource":` or `"prompt":` before it: the value alone pre-filters
+            let mut n = b"\":".to_vec();
+            record::push_json_str(&mut n, t);
+            needles.push(Finder::new(&n).into_owned());
         }
         if let Some(StatusFilter::Exact(s)) = q.status {
             needles.push(Finder::new(format!(",\"status\":{s},").as_bytes()).into_owned());

@@ -207,6 +207,9 @@ pub struct AuditRecord {
     /// intercepted tunnel, `blind` for a blind tunnel's one record (its `path` is `host:port`,
     /// `bytes_in`/`bytes_out` the bytes up/down, `total_us` its duration).
     pub tunnel: Option<TunnelKind>,
+    /// MCP calls (`protocol = "mcp"` proxies): the JSON-RPC method, what it named and the
+    /// session. Behind one pointer, set only on MCP POSTs.
+    pub mcp: Option<Box<McpNote>>,
 }
 
 /// An admin action (see [`AuditRecord::admin`]); the record's `status` is the answer's.
@@ -265,6 +268,28 @@ impl TunnelKind {
 
 /// `metered`: each budget's name and the units it charged for the call.
 pub type Metered = Vec<(Arc<str>, u64)>;
+
+/// The MCP side of a call (see [`AuditRecord::mcp`]): written as `mcp_method`, then `tool`,
+/// `resource` or `prompt` (the name or URI the message acted on), then `mcp_session`, each
+/// only when known.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct McpNote {
+    /// The JSON-RPC method of the message recorded (a batch: the one that decided, else the
+    /// first that names something, else the first).
+    pub method: String,
+    /// `tool` | `resource` | `prompt` with its name or URI.
+    pub target: Option<(&'static str, String)>,
+    /// The `Mcp-Session-Id` the agent sent.
+    pub session: Option<String>,
+    /// Messages in the body when it was a batch (written as `mcp_batch`).
+    pub batch: Option<u32>,
+    /// Entries removed from list answers (`mcp_hidden`, when not 0).
+    pub hidden: u32,
+    /// List answers replaced by a JSON-RPC error (`mcp_list_refused`, when not 0).
+    pub list_refused: u32,
+    /// Of `hidden`, tools whose description a scanner matched (`mcp_screened`, when not 0).
+    pub screened: u32,
+}
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -639,6 +664,41 @@ fn encode_call(out: &mut Vec<u8>, r: &AuditRecord) {
         out.extend_from_slice(b",\"approval_id\":");
         push_json_str(out, &n.id);
     }
+    push_mcp(out, r.mcp.as_deref());
+}
+
+/// `,"mcp_method":M[,"tool"|"resource"|"prompt":N][,"mcp_session":S][,"mcp_batch":N]`, only on
+/// MCP calls.
+fn push_mcp(out: &mut Vec<u8>, m: Option<&McpNote>) {
+    let Some(m) = m else { return };
+    out.extend_from_slice(b",\"mcp_method\":");
+    push_json_str(out, &m.method);
+    if let Some((kind, name)) = &m.target {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\":");
+        push_json_str(out, name);
+    }
+    if let Some(sid) = &m.session {
+        out.extend_from_slice(b",\"mcp_session\":");
+        push_json_str(out, sid);
+    }
+    if let Some(n) = m.batch {
+        out.extend_from_slice(b",\"mcp_batch\":");
+        push_u64(out, n as u64);
+    }
+    if m.hidden > 0 {
+        out.extend_from_slice(b",\"mcp_hidden\":");
+        push_u64(out, m.hidden as u64);
+    }
+    if m.list_refused > 0 {
+        out.extend_from_slice(b",\"mcp_list_refused\":");
+        push_u64(out, m.list_refused as u64);
+    }
+    if m.screened > 0 {
+        out.extend_from_slice(b",\"mcp_screened\":");
+        push_u64(out, m.screened as u64);
+    }
 }
 
 /// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
@@ -939,6 +999,26 @@ pub struct StoredRecord {
     /// Units each budget charged for the call; absent when none read a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metered: Option<std::collections::BTreeMap<String, u64>>,
+    /// MCP calls: the JSON-RPC method, the tool / resource / prompt it named, the session and
+    /// the batch size; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_batch: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_hidden: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_list_refused: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_screened: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1065,6 +1145,7 @@ mod tests {
             admin: None,
             auth: None,
             tunnel: None,
+            mcp: None,
         }
     }
 
@@ -1107,6 +1188,39 @@ mod tests {
             assert_eq!(back.auth.as_deref(), Some(a));
             assert_eq!(back.tunnel.as_deref(), Some(t));
         }
+    }
+
+    /// The MCP members: written only on MCP calls, after everything else, and read back.
+    #[test]
+    fn mcp_members_are_written_and_read_back() {
+        let mut r = sample();
+        let mut out = Vec::new();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        assert!(!std::str::from_utf8(&out).unwrap().contains("mcp_method"));
+        r.mcp = Some(Box::new(McpNote {
+            method: "tools/call".into(),
+            target: Some(("tool", "del\"ete".into())),
+            session: Some("s-1".into()),
+            batch: Some(2),
+            hidden: 3,
+            list_refused: 0,
+            screened: 0,
+        }));
+        out.clear();
+        encode_line(&mut out, &Entry::Call(&r), &GENESIS);
+        let line = std::str::from_utf8(&out).unwrap();
+        assert!(
+            line.contains(
+                ",\"mcp_method\":\"tools/call\",\"tool\":\"del\\\"ete\",\"mcp_session\":\"s-1\",\"mcp_batch\":2,\"mcp_hidden\":3,\"prev\""
+            ),
+            "{line}"
+        );
+        let s = StoredRecord::parse(line.trim_end().as_bytes()).unwrap();
+        assert_eq!(s.mcp_method.as_deref(), Some("tools/call"));
+        assert_eq!(s.tool.as_deref(), Some("del\"ete"));
+        assert_eq!(s.mcp_session.as_deref(), Some("s-1"));
+        assert_eq!(s.mcp_batch, Some(2));
+        assert_eq!(s.resource, None);
     }
 
     /// `metered`: written only when set (call and completion lines), after `redactions` and

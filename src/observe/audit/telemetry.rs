@@ -193,6 +193,7 @@ pub fn compute(
         until: Some(until),
         shadow: false,
         limit: max_records,
+        ..Query::default()
     };
     let mut groups: BTreeMap<(Option<String>, Option<String>), Acc> = BTreeMap::new();
     let mut oldest: Option<String> = None;

@@ -68,8 +68,31 @@ fn rec(i: u64) -> AuditRecord {
         admin: None,
         auth: None,
         tunnel: None,
+        mcp: i.is_multiple_of(4).then(|| {
+            Box::new(crate::observe::audit::record::McpNote {
+                method: if i.is_multiple_of(8) {
+                    "tools/call"
+                } else {
+                    "resources/read"
+                }
+                .into(),
+                target: Some(if i.is_multiple_of(8) {
+                    ("tool", MCP_NAMES[(i / 4 % 3) as usize].to_string())
+                } else {
+                    ("resource", MCP_NAMES[(i / 4 % 3) as usize].to_string())
+                }),
+                session: None,
+                batch: None,
+                hidden: 0,
+                list_refused: 0,
+                screened: 0,
+            })
+        }),
     }
 }
+
+/// MCP tool names / resource URIs of the generated records (one also appears as a path).
+const MCP_NAMES: [&str; 3] = ["get_account", "delete\"account", "file:///r/1"];
 
 fn cfg(dir: &Path) -> AuditConfig {
     let mut c = AuditConfig::new(dir);
@@ -725,6 +748,18 @@ fn query_large_log_matches_naive_filter() {
             until: Some(BASE_TS + span / 3 + 5_000_000),
             shadow: false,
             limit: 10_000,
+            ..Query::default()
+        },
+        Query {
+            tool: Some("delete\"account".into()),
+            limit: 10_000,
+            ..Query::default()
+        },
+        Query {
+            tool: Some("file:///r/1".into()),
+            mcp_method: Some("resources/read".into()),
+            limit: 10_000,
+            ..Query::default()
         },
     ];
     for _ in 0..40 {
@@ -751,6 +786,10 @@ fn query_large_log_matches_naive_filter() {
                 .is_multiple_of(2)
                 .then(|| since + next() % (span / 4)),
             shadow: next().is_multiple_of(5),
+            tool: next()
+                .is_multiple_of(4)
+                .then(|| MCP_NAMES[(next() % 3) as usize].to_string()),
+            mcp_method: next().is_multiple_of(6).then(|| "tools/call".to_string()),
             limit: [1, 10, 100, 5000][(next() % 4) as usize],
         });
     }
