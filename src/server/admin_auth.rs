@@ -100,9 +100,9 @@ pub fn identify<'c>(head: &RequestHead, buf: &[u8], cfg: &'c Compiled) -> Result
         // a web console session (cookie `pcs_session`; a non-GET request also carries the
         // session's CSRF token, else 403 `csrf`) stands for its admin, with that admin's role
         // and scope under the running config
-        let id = super::console::session_admin(head, buf, crate::util::clock::now())?
+        let (id, key) = super::console::session_admin(head, buf, crate::util::clock::now())?
             .ok_or_else(unauthenticated)?;
-        return match super::console::lookup(cfg, &id) {
+        return match super::console::lookup(cfg, &id, &key) {
             Some((role, admin)) => Ok(Who {
                 id,
                 role,
@@ -112,7 +112,7 @@ pub fn identify<'c>(head: &RequestHead, buf: &[u8], cfg: &'c Compiled) -> Result
             None => Err(Reply::error(
                 401,
                 "unauthenticated",
-                "the session's admin identity is no longer configured",
+                "the session's admin identity or its key is no longer configured: sign in again",
             )),
         };
     };

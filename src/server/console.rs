@@ -72,6 +72,8 @@ const HTML: &str = "text/html; charset=utf-8";
 
 struct Session {
     admin: String,
+    /// SHA-256 of the key signed in with: the session ends when that admin's key changes.
+    key: [u8; 32],
     csrf: String,
     created: Instant,
     last: Instant,
@@ -156,39 +158,45 @@ fn csrf_refused() -> Reply {
     )
 }
 
-/// The admin id a request's session cookie names (`"admin_token"` for the shared token), or
-/// `None` without a live session. A non-GET request with a session must carry the session's
+/// The admin id a request's session cookie names (`"admin_token"` for the shared token) and
+/// the SHA-256 of the key it signed in with (for [`lookup`]), or `None` without a live session. A non-GET request with a session must carry the session's
 /// CSRF token in `X-CSRF-Token`, else `Err(403 csrf)`.
 pub fn session_admin(
     head: &RequestHead,
     buf: &[u8],
     now: Instant,
-) -> Result<Option<String>, Reply> {
+) -> Result<Option<(String, [u8; 32])>, Reply> {
     let safe = is_safe(head.method.get(buf));
     let given = header(head, buf, b"x-csrf-token");
     match with_session(head, buf, now, |s| {
         let ok = safe || given.is_some_and(|g| ct_eq(g, s.csrf.as_bytes()));
-        (s.admin.clone(), ok)
+        ((s.admin.clone(), s.key), ok)
     }) {
         None => Ok(None),
         Some((_, false)) => Err(csrf_refused()),
-        Some((id, true)) => Ok(Some(id)),
+        Some((who, true)) => Ok(Some(who)),
     }
 }
 
 /// The role and identity of a session's admin id under the running config; `None` when the
-/// identity is gone (removed from the config, or the admin token unset).
-pub fn lookup<'c>(cfg: &'c Compiled, id: &str) -> Option<(Role, Option<&'c Admin>)> {
+/// identity is gone (removed from the config, the admin token unset) or its key is no longer
+/// the one the session signed in with (`key`: its SHA-256).
+pub fn lookup<'c>(
+    cfg: &'c Compiled,
+    id: &str,
+    key: &[u8; 32],
+) -> Option<(Role, Option<&'c Admin>)> {
     if id == "admin_token" {
         return cfg
             .server
             .admin_token
             .as_ref()
+            .filter(|t| ct_eq(&crate::identity::key_sha256(t.expose()), key))
             .map(|_| (Role::Operator, None));
     }
     cfg.admins
         .iter()
-        .find(|a| a.id == id)
+        .find(|a| a.id == id && ct_eq(&a.key_sha256, key))
         .map(|a| (a.role, Some(a)))
 }
 
@@ -317,8 +325,8 @@ async fn route(
         None => target.to_vec(),
     };
     let cfg = control.current();
-    let live = with_session(head, buf, now, |s| (s.admin.clone(), s.csrf.clone()))
-        .filter(|(id, _)| lookup(&cfg, id).is_some());
+    let live = with_session(head, buf, now, |s| (s.admin.clone(), s.csrf.clone(), s.key))
+        .filter(|(id, _, key)| lookup(&cfg, id, key).is_some());
     match (method.as_slice(), path.as_slice()) {
         (b"GET", b"/ui") => Page::redirect("/ui/"),
         (b"GET", b"/ui/") => match live {
@@ -331,7 +339,7 @@ async fn route(
         },
         (b"POST", b"/ui/login") => sign_in(s, head, buf, &cfg, peer, tls, now).await,
         (b"POST", b"/ui/logout") => {
-            let Some((id, csrf)) = live else {
+            let Some((id, csrf, _)) = live else {
                 return Page::redirect("/ui/login");
             };
             let form = match read_form(s, head, buf).await {
@@ -353,8 +361,8 @@ async fn route(
         }
         (b"GET", b"/ui/session") => match live {
             None => Page::from_reply(Reply::error(401, "unauthenticated", "sign in at /ui/login")),
-            Some((id, csrf)) => {
-                let (role, admin) = lookup(&cfg, &id).unwrap_or((Role::Viewer, None));
+            Some((id, csrf, key)) => {
+                let (role, admin) = lookup(&cfg, &id, &key).unwrap_or((Role::Viewer, None));
                 let v = serde_json::json!({
                     "id": id,
                     "role": role_name(role),
@@ -575,6 +583,7 @@ async fn sign_in(
             crate::identity::key_sha256(token.as_bytes()),
             Session {
                 admin: id.clone(),
+                key: crate::identity::key_sha256(key),
                 csrf: random_token(),
                 created: now,
                 last: now,
@@ -728,6 +737,7 @@ mod tests {
                 crate::identity::key_sha256(token.as_bytes()),
                 Session {
                     admin: admin.into(),
+                    key: [0; 32],
                     csrf: csrf.into(),
                     created,
                     last: created,
@@ -748,7 +758,10 @@ mod tests {
         // among other cookies
         let (h, b) =
             parsed(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; pcs_session=tok-a; b=2\r\n\r\n");
-        assert_eq!(session_admin(&h, &b, t0).unwrap().as_deref(), Some("alice"));
+        assert_eq!(
+            session_admin(&h, &b, t0).unwrap().map(|w| w.0).as_deref(),
+            Some("alice")
+        );
         // unsafe method: the CSRF token, exactly
         let (h, b) = parsed(b"POST /x HTTP/1.1\r\nHost: x\r\nCookie: pcs_session=tok-a\r\n\r\n");
         assert_eq!(session_admin(&h, &b, t0).unwrap_err().status, 403);
@@ -759,7 +772,10 @@ mod tests {
         let (h, b) = parsed(
             b"DELETE /x HTTP/1.1\r\nHost: x\r\nCookie: pcs_session=tok-a\r\nX-CSRF-Token: csrf-a\r\n\r\n",
         );
-        assert_eq!(session_admin(&h, &b, t0).unwrap().as_deref(), Some("alice"));
+        assert_eq!(
+            session_admin(&h, &b, t0).unwrap().map(|w| w.0).as_deref(),
+            Some("alice")
+        );
         // idle expiry (touching resets it), then gone for good
         let (h, b) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\nCookie: pcs_session=tok-a\r\n\r\n");
         let t1 = t0 + IDLE - Duration::from_secs(1);

@@ -1088,3 +1088,50 @@ fn the_call_log_pages_with_a_time_cursor() {
     let want: Vec<String> = (0..7).rev().map(|i| format!("/other/page-{i}")).collect();
     assert_eq!(paths, want);
 }
+
+/// A session is bound to the key it signed in with: once a reload changes that admin's key
+/// (a rotation after a leak), the session is refused and the new key must sign in again.
+#[test]
+fn a_session_ends_when_its_admins_key_changes() {
+    let mock = MockUpstream::start(|_| Reply::ok("ok"));
+    let rig = start(&mock);
+    let p = rig.admin;
+    let (alice, _, _) = sign_in(p, ALICE);
+    let (carol, _, _) = sign_in(p, CAROL);
+    let ck = format!("Cookie: pcs_session={alice}");
+    let ckc = format!("Cookie: pcs_session={carol}");
+    assert_eq!(admin_req(p, "GET", "/v1/approvals", &[&ck], "").status, 200);
+    const NEW_ALICE: &str = "pca_alice-console-approver-02";
+    let old = sha256_hex(ALICE.as_bytes());
+    let cfg = config(p, &mock.url()).replace(&old, &sha256_hex(NEW_ALICE.as_bytes()));
+    assert_ne!(cfg, config(p, &mock.url()), "alice's key is in the config");
+    rig.gw.write_config(&cfg);
+    let r = admin_req(
+        p,
+        "POST",
+        "/v1/reload",
+        &["Authorization: Bearer console-admin-token-0001"],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", show(&r.raw));
+    assert_admin_error(
+        &admin_req(p, "GET", "/v1/approvals", &[&ck], ""),
+        401,
+        "unauthenticated",
+    );
+    assert_eq!(admin_req(p, "GET", "/ui/session", &[&ck], "").status, 401);
+    // another admin's session is untouched, and the new key signs in
+    assert_eq!(
+        admin_req(p, "GET", "/v1/approvals", &[&ckc], "").status,
+        200
+    );
+    let (again, _, _) = sign_in(p, NEW_ALICE);
+    let r = admin_req(
+        p,
+        "GET",
+        "/ui/session",
+        &[&format!("Cookie: pcs_session={again}")],
+        "",
+    );
+    assert_eq!(json(&r)["id"], "alice");
+}
