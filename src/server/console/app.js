@@ -152,6 +152,7 @@
     return {
       proxy: $("f-proxy").value.trim(), agent: $("f-agent").value.trim(),
       status: $("f-status").value.trim(), decision: $("f-decision").value,
+      tool: $("f-tool").value.trim(),
     };
   }
   async function loadCalls(older) {
