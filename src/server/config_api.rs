@@ -1,7 +1,7 @@
 //! `GET /v1/config` (viewer and up): the running config as JSON, secrets only as the references
 //! the file names (`vault:…`, `env:…`, `file:…`, `kv:…`); a value that is not a reference
 //! under a secret-bearing key (`*token*`, `*secret*`, `*password*`, `key`, `*_key`) shows as
-//! `"<redacted>"`. Nothing is resolved for it: the answer is built from the text the running
+//! `"<redacted>"`, and so does the password of any URL (`redis://:PASSWORD@host`). Nothing is resolved for it: the answer is built from the text the running
 //! config was compiled from, never from the compiled secrets.
 //!
 //! `POST /v1/config/check` (operator; body: candidate TOML): the same `compile()` that `check`,
@@ -65,6 +65,11 @@ fn redact(v: &mut serde_json::Value, secret: bool) {
         serde_json::Value::String(s) if secret && !is_reference(s) => {
             *s = "<redacted>".to_string();
         }
+        serde_json::Value::String(s) => {
+            if let Some(masked) = mask_url_password(s) {
+                *s = masked;
+            }
+        }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, secret)),
         serde_json::Value::Object(m) => {
             for (k, x) in m.iter_mut() {
@@ -73,6 +78,23 @@ fn redact(v: &mut serde_json::Value, secret: bool) {
         }
         _ => {}
     }
+}
+
+/// A URL's password (`redis://:pw@host`, `https://user:pw@host/…`) as `<redacted>`, wherever
+/// the URL stands (a Redis or sink URL is not under a secret-bearing key); `None` when the
+/// string has no `scheme://user:password@` part.
+fn mask_url_password(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let rest = &s[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some(format!(
+        "{}{}:<redacted>{}",
+        &s[..start],
+        &rest[..colon],
+        &rest[at..]
+    ))
 }
 
 /// `POST /v1/config/check` with the candidate's bytes.
@@ -127,5 +149,27 @@ mod tests {
         assert_eq!(v["vault"]["path"], "/v");
         assert_eq!(v["audit"]["signing_key"], "<redacted>");
         assert_eq!(v["agents"][0]["key_sha256"], "ab");
+    }
+
+    #[test]
+    fn url_passwords_are_masked_wherever_they_stand() {
+        let mut v = serde_json::json!({
+            "state": {"redis": "redis://:hunter2@10.0.0.5:6379/0"},
+            "meters": {"redis": "redis://app:p%40ss@r:6379"},
+            "sink": {"url": "https://u:pw@siem.example/path@x?q=a:b@c"},
+            "plain": ["https://api.example.com/v1", "redis://r:6379", "user@example.com",
+                      "https://user@host/x"],
+        });
+        redact(&mut v, false);
+        assert_eq!(v["state"]["redis"], "redis://:<redacted>@10.0.0.5:6379/0");
+        assert_eq!(v["meters"]["redis"], "redis://app:<redacted>@r:6379");
+        assert_eq!(
+            v["sink"]["url"],
+            "https://u:<redacted>@siem.example/path@x?q=a:b@c"
+        );
+        assert_eq!(v["plain"][0], "https://api.example.com/v1");
+        assert_eq!(v["plain"][1], "redis://r:6379");
+        assert_eq!(v["plain"][2], "user@example.com");
+        assert_eq!(v["plain"][3], "https://user@host/x");
     }
 }
