@@ -214,7 +214,9 @@ async fn serve(
                         return;
                     };
                     let timeout = w.view().cfg.limits.head_timeout;
-                    match accept_intercept(carrier, config, timeout, &early).await {
+                    // boxed, like the call: an idle connection's task keeps only this loop's
+                    // state, not the handshake's or the splice's
+                    match Box::pin(accept_intercept(carrier, config, timeout, &early)).await {
                         Ok(io) => {
                             stream = io;
                             tunnel = Some(t);
@@ -231,7 +233,7 @@ async fn serve(
                 }
                 pipeline::connect::Upgrade::Blind(b) => {
                     let idle = w.view().cfg.limits.idle_timeout;
-                    pipeline::connect::splice(&w, stream, b, idle).await;
+                    Box::pin(pipeline::connect::splice(&w, stream, b, idle)).await;
                     return;
                 }
             }
