@@ -148,7 +148,8 @@ async fn serve_tls(
     peer: std::net::SocketAddr,
 ) {
     let timeout = w.view().cfg.limits.head_timeout;
-    match accept_tls(stream, tls, timeout).await {
+    // boxed: the handshake's state is freed once it ends, the connection's task keeps the loop's
+    match Box::pin(accept_tls(stream, tls, timeout)).await {
         Ok((io, tls_peer)) => serve(io, w, peer, Some(Rc::new(tls_peer))).await,
         // a connection closed before a ClientHello (a port probe) is not worth a log line
         Err(HandshakeFail::Closed) => {
