@@ -117,6 +117,8 @@ impl PinTable {
                 return true; // the common case: a read lock only
             }
         }
+        // (before the entry: `len` read-locks every shard, the entry write-locks one)
+        let full = self.map.len() >= MAX_PINS;
         let mut e = self.map.entry(k);
         let (ok, changed) = match &mut e {
             dashmap::Entry::Occupied(o) => {
@@ -156,7 +158,7 @@ impl PinTable {
                     (false, None)
                 }
             }
-            dashmap::Entry::Vacant(_) if self.map.len() >= MAX_PINS => {
+            dashmap::Entry::Vacant(_) if full => {
                 tracing::warn!(proxy, tool, "MCP tool not pinned: the pin table is full");
                 return true;
             }
@@ -198,9 +200,6 @@ impl PinTable {
 
     /// A `tools/call` of `tool` on `proxy` must be refused: its definition changed.
     pub fn changed(&self, proxy: &str, tool: &str) -> bool {
-        if self.map.is_empty() {
-            return false;
-        }
         self.map
             .get(&key(proxy, tool))
             .is_some_and(|p| p.pending.is_some())
