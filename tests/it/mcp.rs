@@ -1041,7 +1041,7 @@ fn sdk_pinned_tool_definitions_changed_accepted_and_kept_across_restart() {
         })
         .collect();
     assert!(
-        accepts.contains(&("ops".into(), "crm/search".into(), 200)),
+        accepts.contains(&("ops".into(), "crm/search".into(), Some(200))),
         "{accepts:?}"
     );
 
@@ -1082,7 +1082,7 @@ fn config_pins_catch_a_mismatch_from_the_first_list() {
     let path = dir.path().join("p.toml");
     std::fs::write(&path, toml.replace("{PORT}", "0")).unwrap();
     let out = run_portcullis(
-        &["check", path.to_str().unwrap()],
+        &["check", "-c", path.to_str().unwrap()],
         &[],
         Duration::from_secs(20),
     );
@@ -1096,7 +1096,7 @@ fn config_pins_catch_a_mismatch_from_the_first_list() {
     let bad = toml.replace(&wrong, "sha256:1234");
     std::fs::write(&path, bad.replace("{PORT}", "0")).unwrap();
     let out = run_portcullis(
-        &["check", path.to_str().unwrap()],
+        &["check", "-c", path.to_str().unwrap()],
         &[],
         Duration::from_secs(20),
     );
