@@ -186,13 +186,13 @@ impl PinTable {
                 (p.pending.is_none(), Some(p))
             }
         };
-        let stored = changed.map(|p| {
+        if let Some(p) = changed {
             if let dashmap::Entry::Vacant(v) = e {
                 v.insert(p.clone());
+            } else {
+                drop(e);
             }
-            p
-        });
-        if let Some(p) = stored {
+            // the shard lock is released: the store queue is another lock
             self.persist(proxy, tool, &p);
         }
         ok
