@@ -1147,3 +1147,81 @@ fn config_pins_catch_a_mismatch_from_the_first_list() {
     assert_eq!(st, 409, "{v}");
     assert_eq!(v["error"]["code"], "pinned_in_config");
 }
+
+const PIN_APPROVER: &str = "pca_pins-approver-key-0003";
+
+/// An `approve` rule on a tool: the SDK's `tools/call` is held, an approver approves it through
+/// `/v1/approvals/{id}/approve`, and the held call completes with the server's answer.
+#[test]
+fn sdk_tool_call_held_by_an_approve_rule_completes_once_approved() {
+    let server = McpServer::start(true);
+    let audit = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let admin = free_port();
+    let extra = format!(
+        "[state]\ndir = \"{}\"\n\n[approvals]\n\n[[admins]]\nid = \"alice\"\nkey_sha256 = \"{}\"\nrole = \"approver\"\n",
+        state.path().display(),
+        key_sha256_hex(PIN_APPROVER),
+    );
+    let rule = "[[proxies.rules]]\neffect = \"approve\"\nmethods = [\"POST\"]\npath = \"/mcp\"\n\
+                tools = [\"update_account\"]\nroles = [\"support\"]\nhold = \"30s\"\n\n";
+    let toml = pin_config(server.port, audit.path(), admin, &extra).replacen(
+        "[[proxies.rules]]\neffect = \"deny\"",
+        &format!("{rule}[[proxies.rules]]\neffect = \"deny\""),
+        1,
+    );
+    let gw = Gateway::start(&toml);
+    wait_admin(admin);
+    let url = format!("http://127.0.0.1:{}/crm/mcp", gw.port());
+    let agent = std::thread::spawn(move || {
+        sdk_calls(
+            &url,
+            SUPPORT_KEY,
+            &[("update_account", r#"{"id": "a7", "name": "held"}"#)],
+        )
+    });
+    // the call waits for a human: nothing reached the server yet
+    let id = poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        let (st, v) = admin_req(admin, "GET", "/v1/approvals?status=pending", PIN_APPROVER);
+        assert_eq!(st, 200, "{v}");
+        v["approvals"].as_array()?.first()?["id"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .expect("the held tools/call never showed up as a pending approval");
+    assert!(server.seen().is_empty(), "a held call reached the server");
+    let (st, v) = admin_req(admin, "GET", &format!("/v1/approvals/{id}"), PIN_APPROVER);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["approval"]["proxy"], "crm");
+    assert!(
+        v["approval"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("update_account"),
+        "{v}"
+    );
+    // a viewer cannot approve; the approver can
+    let (st, _) = admin_req(
+        admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        PIN_VIEW,
+    );
+    assert_eq!(st, 403);
+    let (st, v) = admin_req(
+        admin,
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        PIN_APPROVER,
+    );
+    assert_eq!(st, 200, "{v}");
+    let out = agent.join().unwrap();
+    // the list showed the approve-held tool, and the held call completed with the server's answer
+    assert!(line(&out, "tools").contains("update_account"), "{out}");
+    assert_eq!(
+        line(&out, "result update_account"),
+        "result update_account ok renamed a7 to held",
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["update_account"], "executed once");
+}
