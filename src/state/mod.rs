@@ -524,16 +524,14 @@ impl Engine {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::PinPut(p) => match self.backend.put_pin(&p) {
-                // our own write moved the shared generation: not re-read for it
-                Ok(()) => {
-                    if let Ok(g) = self.backend.pins_generation() {
-                        self.pins_gen = g;
-                    }
+            // (our own write moves the shared generation too: the next poll re-reads the pins
+            // once, so that another replica's write in between is never skipped)
+            Cmd::PinPut(p) => {
+                if let Err(e) = self.backend.put_pin(&p) {
+                    tracing::error!(error = %e, proxy = %p.proxy, tool = %p.tool,
+                        "state: cannot store a tool pin (kept in memory)");
                 }
-                Err(e) => tracing::error!(error = %e, proxy = %p.proxy, tool = %p.tool,
-                    "state: cannot store a tool pin (kept in memory)"),
-            },
+            }
             Cmd::AgentCreate { agent, reply } => {
                 let r = self.agent_create(agent);
                 self.defer(move || {

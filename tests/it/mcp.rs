@@ -1225,3 +1225,71 @@ fn sdk_tool_call_held_by_an_approve_rule_completes_once_approved() {
     );
     assert_eq!(server.seen(), vec!["update_account"], "executed once");
 }
+
+/// Two gateways sharing `[state] redis`: a pin, a changed definition and an accept made on one
+/// are honoured by the other within a second.
+#[test]
+fn pins_are_shared_by_replicas_through_redis() {
+    let redis = crate::meter_redis::Redis::start();
+    let mcp_port = free_port();
+    let server = McpServer::start_with(true, mcp_port, None);
+    let audit_a = tempfile::tempdir().unwrap();
+    let audit_b = tempfile::tempdir().unwrap();
+    let state = format!(
+        "[state]\nredis = \"{}\"\nkey_prefix = \"pins-test:\"\n",
+        redis.url()
+    );
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let a = Gateway::start(&pin_config(mcp_port, audit_a.path(), admin_a, &state));
+    let b = Gateway::start(&pin_config(mcp_port, audit_b.path(), admin_b, &state));
+    wait_admin(admin_a);
+    wait_admin(admin_b);
+    let url_a = format!("http://127.0.0.1:{}/crm/mcp", a.port());
+    let url_b = format!("http://127.0.0.1:{}/crm/mcp", b.port());
+    let search_on = |admin: u16| {
+        let (_, v) = admin_req(admin, "GET", "/v1/mcp/pins?proxy=crm", PIN_VIEW);
+        v["pins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["tool"] == "search").cloned())
+    };
+    // A pins on first sight; B has the pin without having seen the tool
+    let out = sdk_calls(&url_a, SUPPORT_KEY, &[]);
+    assert!(line(&out, "tools").contains("search"), "{out}");
+    let pinned = poll_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        search_on(admin_b)
+    })
+    .expect("B never got A's pin");
+    assert_eq!(pinned["sha256"], search_on(admin_a).unwrap()["sha256"]);
+
+    // the definition changes; A sees it: B refuses the tool too, within a second
+    drop(server);
+    let server = McpServer::start_with(true, mcp_port, Some(CHANGED_DESC));
+    let out = sdk_calls(&url_a, SUPPORT_KEY, &[]);
+    assert!(!line(&out, "tools").contains("search"), "{out}");
+    let t0 = Instant::now();
+    let pending = poll_until(Duration::from_secs(3), Duration::from_millis(10), || {
+        search_on(admin_b).and_then(|p| p["pending_sha256"].as_str().map(str::to_string))
+    })
+    .expect("B never learned of the change");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let out = sdk_calls(&url_b, SUPPORT_KEY, &[("search", r#"{"q": "x"}"#)]);
+    assert!(line(&out, "raised search").contains(CHANGED_MSG), "{out}");
+
+    // accepted through B: A lists and calls it again within a second
+    let (st, v) = admin_req(admin_b, "POST", "/v1/mcp/pins/crm/search/accept", PIN_OPS);
+    assert_eq!(st, 200, "{v}");
+    let t0 = Instant::now();
+    let ok = poll_until(Duration::from_secs(3), Duration::from_millis(10), || {
+        search_on(admin_a)
+            .filter(|p| p["pending_sha256"].is_null() && p["sha256"] == pending.as_str())
+    });
+    assert!(ok.is_some(), "A never took B's accept");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let out = sdk_calls(&url_a, SUPPORT_KEY, &[("search", r#"{"q": "x"}"#)]);
+    assert!(line(&out, "tools").contains("search"), "{out}");
+    assert!(
+        line(&out, "result search").contains("ok found 2 accounts"),
+        "{out}"
+    );
+    assert_eq!(server.seen(), vec!["search"]);
+}
