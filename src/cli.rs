@@ -1,5 +1,6 @@
 //! Command-line front-ends. No data-plane logic here.
 pub mod approvals;
+pub mod mcp;
 use crate::identity::{self, valid_agent_id};
 use crate::secrets::vault_file::{Vault, VaultKey};
 pub use crate::server::control::Source;
@@ -70,6 +71,11 @@ pub enum Command {
     Approvals {
         #[command(subcommand)]
         command: approvals::ApprovalsCommand,
+    },
+    /// MCP pinned tool definitions (rug-pull protection), through a running gateway's admin API.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
     },
     /// The interception CA for forward-proxy mode (`[forward] ca`).
     Ca {

@@ -35,6 +35,9 @@ pub enum Refusal {
     /// MCP: a `tools/call` of a tool whose description a scanner matched in a list answer
     /// (names the scanner).
     ToolScreened { scanner: String },
+    /// MCP: a `tools/call` of a tool whose definition changed since it was pinned (rug-pull
+    /// protection), until an operator accepts the new definition.
+    ToolChanged { tool: String },
     /// The first path segment names no proxy.
     UnknownProxy,
     /// An absolute-form request whose origin and base path fall under no proxy, or a
@@ -93,6 +96,7 @@ impl Refusal {
             | Refusal::ApprovalExpired { .. }
             | Refusal::PayloadBlocked { .. }
             | Refusal::ToolScreened { .. }
+            | Refusal::ToolChanged { .. }
             | Refusal::UnknownOrigin
             | Refusal::TunnelDenied
             | Refusal::SsrfBlocked => 403,
@@ -129,6 +133,7 @@ impl Refusal {
             Refusal::ApprovalUnavailable => "approval_unavailable",
             Refusal::PayloadBlocked { .. } => "payload_blocked",
             Refusal::ToolScreened { .. } => "tool_screened",
+            Refusal::ToolChanged { .. } => "tool_changed",
             Refusal::UnknownProxy => "unknown_proxy",
             Refusal::UnknownOrigin => "unknown_origin",
             Refusal::TunnelDenied => "tunnel_denied",
@@ -192,6 +197,9 @@ impl Refusal {
             Refusal::ToolScreened { scanner } => {
                 format!("the tool's description was screened out by scanner '{scanner}'")
             }
+            Refusal::ToolChanged { tool } => format!(
+                "the definition of tool {tool} changed since it was pinned; an operator must accept it"
+            ),
             Refusal::UnknownProxy => "no proxy with this name".into(),
             Refusal::UnknownOrigin => "no proxy is configured for this origin".into(),
             Refusal::TunnelDenied => "this agent may not open a tunnel to this origin".into(),

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => cli::logs(args),
         Command::Audit { command } => cli::audit(command),
         Command::Approvals { command } => cli::approvals::run(command),
+        Command::Mcp { command } => cli::mcp::run(command),
         Command::Ca { command } => cli::ca(command),
     };
     match result {

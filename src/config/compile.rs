@@ -958,6 +958,19 @@ impl Cx<'_> {
             ));
         }
         let forward = self.forward(&raw, &mut proxies, &mut warnings);
+        if st.location.is_none() {
+            for p in proxies
+                .iter()
+                .filter(|p| p.mcp.as_ref().is_some_and(|m| m.pin_tools))
+            {
+                warnings.push(format!(
+                    "{}: proxy {:?}: MCP tool pins (pin_tools) live in memory only without [state] \
+                     dir or redis: they do not survive a restart, and a definition changed while \
+                     the gateway was down is pinned afresh",
+                    self.file, p.name
+                ));
+            }
+        }
         let mut server = server?;
         warnings.extend(posture_warnings(self.file, &server, &identity, &proxies));
         // the same finding twice (two proxies sharing a cause) is printed once
@@ -1278,6 +1291,14 @@ impl Cx<'_> {
                 );
                 return None;
             }
+            if let Some(m) = &p.pin_tools {
+                self.err(
+                    m,
+                    format!("proxies[{i}].pin_tools"),
+                    "pin_tools pins MCP tool definitions: set protocol = \"mcp\" on this proxy",
+                );
+                return None;
+            }
             if let Some(m) = &p.mcp_max_list {
                 self.err(
                     m,
@@ -1309,6 +1330,7 @@ impl Cx<'_> {
                 .tags_from_annotations
                 .as_ref()
                 .is_some_and(|v| *v.get_ref()),
+            pin_tools: p.pin_tools.as_ref().is_none_or(|v| *v.get_ref()),
             ..Default::default()
         };
         for (j, t) in p.tools.iter().enumerate() {
@@ -1324,6 +1346,21 @@ impl Cx<'_> {
             if r.tags.iter().any(|x| x.is_empty()) {
                 self.err(t, format!("proxies[{i}].tools[{j}].tags"), "empty tag");
                 continue;
+            }
+            if let Some(pin) = &r.pin {
+                match crate::mcp::pins::parse_pin(pin) {
+                    Some(hex) => {
+                        out.pins.insert(r.name.as_str().into(), hex.into());
+                    }
+                    None => {
+                        self.err(
+                            t,
+                            format!("proxies[{i}].tools[{j}].pin"),
+                            "a pin is \"sha256:\" and 64 hex digits (the digest `portcullis mcp pins` shows)",
+                        );
+                        continue;
+                    }
+                }
             }
             let tags: Box<[Box<str>]> = r.tags.iter().map(|x| x.as_str().into()).collect();
             if out.tags.insert(r.name.as_str().into(), tags).is_some() {

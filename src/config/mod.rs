@@ -273,6 +273,10 @@ pub struct McpProxy {
     /// `tags_from_annotations`: a tool's `readOnlyHint` / `destructiveHint` (as its list entry
     /// said) add the tags `read` / `destructive`.
     pub tags_from_annotations: bool,
+    /// `pin_tools` (default true): tool definitions are pinned (`state::pins`).
+    pub pin_tools: bool,
+    /// `[[proxies.tools]] pin`: config pins (lowercase hex SHA-256) by tool name.
+    pub pins: std::collections::HashMap<Box<str>, Box<str>>,
     /// What the gateway learned of each tool from list answers (shared by the workers: one
     /// `Compiled` serves them all; a reload starts afresh and the next list refills it).
     pub learned: dashmap::DashMap<Box<str>, Learned>,

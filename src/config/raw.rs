@@ -426,6 +426,10 @@ pub struct RawProxy {
     /// `destructive`), as their list entries said (the server's claim).
     #[serde(default)]
     pub tags_from_annotations: Option<Spanned<bool>>,
+    /// MCP: pin each tool's definition when first listed and hide/refuse it once it changes
+    /// (rug-pull protection; default true on an MCP proxy).
+    #[serde(default)]
+    pub pin_tools: Option<Spanned<bool>>,
     /// `[[proxies.budgets]]`: meters on a value the response says (LLM tokens, cost).
     #[serde(default)]
     pub budgets: Vec<Spanned<RawBudget>>,
@@ -464,6 +468,10 @@ pub struct RawTool {
     pub name: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `"sha256:<64 hex>"`: the tool's definition digest, pinned by config (takes precedence
+    /// over the pin recorded at first sight).
+    #[serde(default)]
+    pub pin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

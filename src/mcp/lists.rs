@@ -94,6 +94,8 @@ pub enum Keep {
     Hidden,
     /// Its description matched a scanner (removed for every caller).
     Screened,
+    /// Its definition changed since it was pinned (removed for every caller until accepted).
+    Changed,
 }
 
 /// Decides each entry. `entry` is the whole entry object (description, schema, annotations),
@@ -117,6 +119,8 @@ pub struct ListStats {
     pub hidden: u32,
     /// Entries removed because a scanner matched their description.
     pub screened: u32,
+    /// Tools removed because their definition changed since it was pinned.
+    pub changed: u32,
     /// Entries removed as malformed or ambiguous (no valid name, duplicate name).
     pub malformed: u32,
     /// List answers replaced by a JSON-RPC error (too large, unreadable).
@@ -618,6 +622,10 @@ impl<'p> ListFilter<'p> {
                         }
                         Keep::Screened => {
                             self.stats.screened += 1;
+                            false
+                        }
+                        Keep::Changed => {
+                            self.stats.changed += 1;
                             false
                         }
                     }

@@ -8,7 +8,9 @@
 //! - [`glob`] — the name patterns rules use (`get_*`, `file:///reports/**`).
 //! - [`answer`] — JSON-RPC error answers for refused messages.
 //! - [`lists`] — list answers (`tools/list`, ...) filtered per caller, JSON and SSE.
+//! - [`pins`] — the digest of a tool's definition (rug-pull protection).
 pub mod answer;
 pub mod glob;
 pub mod jsonrpc;
 pub mod lists;
+pub mod pins;

@@ -42,7 +42,8 @@
 //!   `portcullis_approvals_abandoned_total` (held calls whose agent went away);
 //! - `portcullis_mcp_list_hidden_total` (MCP list entries removed for the caller),
 //!   `portcullis_mcp_tools_screened_total` (tools removed because a scanner matched their
-//!   description) and `portcullis_mcp_lists_refused_total` (list answers replaced by an error);
+//!   description), `portcullis_mcp_tools_changed_total` (tools removed because their
+//!   definition changed since it was pinned) and `portcullis_mcp_lists_refused_total` (list answers replaced by an error);
 //! - `portcullis_audit_*` — from the audit writer's [`StatsSnapshot`](crate::observe::audit::StatsSnapshot).
 #![forbid(unsafe_code)]
 
@@ -232,6 +233,7 @@ pub struct Shard {
     held_abandoned: AtomicU64,
     mcp_hidden: AtomicU64,
     mcp_screened: AtomicU64,
+    mcp_changed: AtomicU64,
     mcp_lists_refused: AtomicU64,
 }
 
@@ -249,6 +251,7 @@ impl Shard {
             held_abandoned: AtomicU64::new(0),
             mcp_hidden: AtomicU64::new(0),
             mcp_screened: AtomicU64::new(0),
+            mcp_changed: AtomicU64::new(0),
             mcp_lists_refused: AtomicU64::new(0),
         }
     }
@@ -353,10 +356,12 @@ impl WorkerMetrics {
         bump(&self.shard.held_abandoned, 1);
     }
 
-    /// An MCP list answer filtered: entries hidden, of them screened, answers refused.
-    pub fn mcp_lists(&self, hidden: u64, screened: u64, refused: u64) {
+    /// An MCP list answer filtered: entries hidden, of them screened and changed (pinned
+    /// definition moved), answers refused.
+    pub fn mcp_lists(&self, hidden: u64, screened: u64, changed: u64, refused: u64) {
         bump(&self.shard.mcp_hidden, hidden);
         bump(&self.shard.mcp_screened, screened);
+        bump(&self.shard.mcp_changed, changed);
         bump(&self.shard.mcp_lists_refused, refused);
     }
 }
@@ -649,6 +654,11 @@ impl Metrics {
                 "portcullis_mcp_tools_screened_total",
                 "MCP tools removed from a list answer because a scanner matched their description.",
                 |sh| &sh.mcp_screened,
+            ),
+            (
+                "portcullis_mcp_tools_changed_total",
+                "MCP tools removed from a list answer because their definition changed since it was pinned.",
+                |sh| &sh.mcp_changed,
             ),
             (
                 "portcullis_mcp_lists_refused_total",

@@ -339,13 +339,15 @@ async fn call(
         let st = l.stats();
         log.redactions += u64::from(st.masked);
         if let Some(note) = log.mcp.as_deref_mut() {
-            note.hidden = st.hidden + st.malformed + st.screened;
+            note.hidden = st.hidden + st.malformed + st.screened + st.changed;
             note.screened = st.screened;
+            note.changed = st.changed;
             note.list_refused = st.refused;
         }
         w.metrics.mcp_lists(
-            u64::from(st.hidden + st.malformed + st.screened),
+            u64::from(st.hidden + st.malformed + st.screened + st.changed),
             u64::from(st.screened),
+            u64::from(st.changed),
             u64::from(st.refused),
         );
         if st.malformed > 0 || st.refused > 0 {

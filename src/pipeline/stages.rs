@@ -315,6 +315,30 @@ pub(super) fn mcp_policy<'v>(
             first_refusal.get_or_insert(refusal);
             continue;
         }
+        if let Target::Tool(t) = target
+            && mcp.pin_tools
+            && crate::state::pins::registry().changed(&proxy.name, t)
+        {
+            // its definition changed since it was pinned: refused until an operator accepts it
+            let refusal = Refusal::ToolChanged {
+                tool: t.to_string(),
+            };
+            let code = refusal.code();
+            refused.push(Some((
+                code,
+                format!(
+                    "portcullis: tool {t} refused: its definition changed since it was pinned; an operator must accept it ({code})"
+                ),
+            )));
+            if first_refusal.is_none()
+                && let Some(note) = log.mcp.as_deref_mut()
+            {
+                note.method = name.to_string();
+                note.target = target_of(target);
+            }
+            first_refusal.get_or_insert(refusal);
+            continue;
+        }
         let call = McpCall {
             method: name,
             target,
@@ -484,6 +508,14 @@ impl crate::mcp::lists::ListPolicy for ListCtx<'_> {
             if screened {
                 return Keep::Screened;
             }
+            if self.mcp.pin_tools {
+                let digest = crate::mcp::pins::definition_sha256(entry);
+                let config = self.mcp.pins.get(name).map(|p| &**p);
+                if !crate::state::pins::registry().observe(&self.proxy.name, name, &digest, config)
+                {
+                    return Keep::Changed;
+                }
+            }
         }
         let (method, target) = match kind {
             ListKind::Tools => ("tools/call", Target::Tool(name.to_string())),
@@ -631,6 +663,7 @@ fn mcp_note(
         hidden: 0,
         list_refused: 0,
         screened: 0,
+        changed: 0,
     }
 }
 

@@ -93,6 +93,10 @@ async fn serve(mut s: AgentIo, control: Arc<Control>, peer: SocketAddr, tls: boo
         let reply = crate::server::agents_api::handle(&mut s, &head, &mut buf, &control).await;
         return respond(&mut s, reply).await;
     }
+    if head.target.get(&buf).starts_with(b"/v1/mcp/pins") {
+        let reply = crate::server::pins_api::handle(&head, &buf, &control);
+        return respond(&mut s, reply).await;
+    }
     if head.target.get(&buf) == b"/v1/config/check" && head.method.get(&buf) == b"POST" {
         let reply = config_check(&mut s, &head, &mut buf, &control).await;
         return respond(&mut s, reply).await;

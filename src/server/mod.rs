@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod demo;
 pub mod ops_metrics;
+pub mod pins_api;
 pub mod refresher;
 pub mod start;
 pub mod worker;

@@ -9,6 +9,7 @@
 //! nothing. SQL would buy nothing here: every access is by key or a scan of a small table.
 // Control plane: this file runs on the store thread only.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+use super::schema::ToolPin;
 use super::schema::{Approval, Binding, ManagedAgent, SCHEMA_VERSION};
 use super::{Backend, StoreError};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
@@ -23,7 +24,7 @@ const TOTP: TableDefinition<&str, u64> = TableDefinition::new("totp_steps");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const AGENT_SEEN: TableDefinition<&str, u64> = TableDefinition::new("agent_seen");
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocations");
-/// Reserved (issue 15): pinned MCP tool definitions.
+/// Pinned MCP tool definitions (issue 15, `state::pins`).
 const TOOL_PINS: TableDefinition<&str, &[u8]> = TableDefinition::new("tool_pins");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -328,6 +329,38 @@ impl Backend for Embedded {
                 out.insert(k.value().to_string(), v.value());
             }
             Ok(out)
+        })
+    }
+
+    fn pins(&mut self) -> Result<Vec<ToolPin>, StoreError> {
+        let rows = self.run(false, |tx| {
+            let t = tx.open_table(TOOL_PINS).map_err(e)?;
+            let mut rows = Vec::new();
+            for row in t.iter().map_err(e)? {
+                let (_, v) = row.map_err(e)?;
+                rows.push(v.value().to_vec());
+            }
+            Ok(rows)
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for v in rows {
+            match serde_json::from_slice(&v) {
+                Ok(p) => out.push(p),
+                Err(x) => tracing::warn!(error = %x, "state: skipping an unreadable tool pin"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_pin(&mut self, p: &ToolPin) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(p).map_err(|x| StoreError(x.to_string()))?;
+        let k = format!("{}\0{}", p.proxy, p.tool);
+        self.run(true, |tx| {
+            tx.open_table(TOOL_PINS)
+                .map_err(e)?
+                .insert(k.as_str(), &json[..])
+                .map_err(e)?;
+            Ok(())
         })
     }
 

@@ -25,6 +25,7 @@
 pub mod agents;
 pub mod embedded;
 pub mod notify;
+pub mod pins;
 pub mod redis;
 pub mod schema;
 pub mod stats;
@@ -141,6 +142,14 @@ pub trait Backend: Send {
     /// Raises the stored "last seen" of each agent to at least the given time.
     fn put_agents_seen(&mut self, seen: &[(String, u64)]) -> Result<(), StoreError>;
     /// Group commit: the writes until [`Backend::end_batch`] may be made durable together.
+    /// Every stored tool pin (issue 15).
+    fn pins(&mut self) -> Result<Vec<schema::ToolPin>, StoreError>;
+    /// Writes a tool pin (Redis: and moves the shared pins generation).
+    fn put_pin(&mut self, p: &schema::ToolPin) -> Result<(), StoreError>;
+    /// The shared pins generation (Redis; embedded: 0).
+    fn pins_generation(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     fn begin_batch(&mut self) {}
     /// Makes every write since [`Backend::begin_batch`] durable (one fsync for the batch).
     fn end_batch(&mut self) -> Result<(), StoreError> {
@@ -225,6 +234,8 @@ pub type AgentListing = (ManagedAgent, Option<u64>);
 
 /// What the workers and the admin API ask of the store.
 pub enum Cmd {
+    /// A tool pin as the pin table now holds it (`state::pins`, write-through).
+    PinPut(schema::ToolPin),
     /// A new managed agent (its key hash in the record).
     AgentCreate {
         agent: ManagedAgent,
@@ -319,6 +330,7 @@ impl Store {
             agents: shared.clone(),
             agent_list: Vec::new(),
             agents_gen: 0,
+            pins_gen: 0,
             seen_written: HashMap::new(),
             outbox: Vec::new(),
             stats: stats.clone(),
@@ -335,10 +347,13 @@ impl Store {
         eng.agents_gen = eng.backend.agents_generation()?;
         eng.agent_list = eng.backend.agents()?;
         eng.agents.publish(&eng.agent_list);
+        eng.pins_gen = eng.backend.pins_generation()?;
+        pins::registry().load(eng.backend.pins()?);
         std::thread::Builder::new()
             .name("portcullis-state".into())
             .spawn(move || eng.run(rx))
             .map_err(|e| StoreError(format!("cannot start the store thread: {e}")))?;
+        pins::registry().attach(tx.clone());
         Ok(Store {
             tx,
             stats,
@@ -385,6 +400,8 @@ struct Engine {
     agents: Arc<agents::Shared>,
     agent_list: Vec<ManagedAgent>,
     agents_gen: u64,
+    /// The shared pins generation the tool pins were last read at (Redis).
+    pins_gen: u64,
     seen_written: HashMap<String, u64>,
     /// Answers and wake-ups waiting for the batch's commit.
     outbox: Vec<Box<dyn FnOnce() + Send>>,
@@ -485,6 +502,7 @@ impl Engine {
             if self.poll && last_poll.elapsed() >= AGENTS_POLL {
                 last_poll = clock::now();
                 self.poll_agents();
+                self.poll_pins();
             }
             if last_seen.elapsed() >= SEEN_WRITE {
                 last_seen = clock::now();
@@ -506,6 +524,14 @@ impl Engine {
 
     fn handle(&mut self, cmd: Cmd) {
         match cmd {
+            // (our own write moves the shared generation too: the next poll re-reads the pins
+            // once, so that another replica's write in between is never skipped)
+            Cmd::PinPut(p) => {
+                if let Err(e) = self.backend.put_pin(&p) {
+                    tracing::error!(error = %e, proxy = %p.proxy, tool = %p.tool,
+                        "state: cannot store a tool pin (kept in memory)");
+                }
+            }
             Cmd::AgentCreate { agent, reply } => {
                 let r = self.agent_create(agent);
                 self.defer(move || {
@@ -627,6 +653,21 @@ impl Engine {
             },
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "state: cannot read the agents generation"),
+        }
+    }
+
+    /// Redis: re-reads the tool pins when another replica moved the shared generation.
+    fn poll_pins(&mut self) {
+        match self.backend.pins_generation() {
+            Ok(g) if g != self.pins_gen => match self.backend.pins() {
+                Ok(list) => {
+                    pins::registry().load(list);
+                    self.pins_gen = g;
+                }
+                Err(e) => tracing::warn!(error = %e, "state: cannot read the tool pins"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "state: cannot read the pins generation"),
         }
     }
 

@@ -7,15 +7,16 @@
 //! `aprbody:{id}` (the body), `aprbind:{hex}` (binding → id), `aprs` (a set of ids),
 //! `totp:{admin}` (last TOTP step); managed agents (issue 16): `agents` (a hash: id → the
 //! record as JSON), `agents_gen` (a counter every agent write moves; each replica polls it)
-//! and `agent_seen` (a hash: id → last seen, unix seconds); reserved for issues 16 and 15:
-//! `revoked:{key_sha256}`, `pin:{proxy}:{tool}`.
+//! and `agent_seen` (a hash: id → last seen, unix seconds); tool pins (issue 15): `pins` (a
+//! hash: `proxy` NUL `tool` → the pin as JSON) and `pins_gen` (a counter every pin write
+//! moves); reserved for issue 16: `revoked:{key_sha256}`.
 //!
 //! A write that follows a read (claiming, deciding, expiring) is a compare-and-set in one Lua
 //! script: it lands only if the record is still what this gateway read, so two gateways can
 //! never both execute one approval or both decide it.
 // Control plane: the store thread only.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
-use super::schema::{Approval, Binding, ManagedAgent};
+use super::schema::{Approval, Binding, ManagedAgent, ToolPin};
 use super::{Backend, StoreError};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -269,6 +270,51 @@ return 1
     fn agents_seen(&mut self) -> Result<HashMap<String, u64>, StoreError> {
         let key = format!("{}agent_seen", self.prefix);
         self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))
+    }
+
+    fn pins(&mut self) -> Result<Vec<ToolPin>, StoreError> {
+        let key = format!("{}pins", self.prefix);
+        let all: HashMap<String, Vec<u8>> =
+            self.with(|c| redis::cmd("HGETALL").arg(&key).query(c))?;
+        let mut out = Vec::with_capacity(all.len());
+        for v in all.values() {
+            match serde_json::from_slice(v) {
+                Ok(p) => out.push(p),
+                Err(x) => tracing::warn!(error = %x, "state: skipping an unreadable tool pin"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_pin(&mut self, p: &ToolPin) -> Result<(), StoreError> {
+        // the write and the generation move together (one script)
+        const PUT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"#;
+        let json = serde_json::to_vec(p).map_err(|x| StoreError(x.to_string()))?;
+        let keys = [
+            format!("{}pins", self.prefix),
+            format!("{}pins_gen", self.prefix),
+        ];
+        let field = format!("{}\0{}", p.proxy, p.tool);
+        self.with(|c| {
+            redis::cmd("EVAL")
+                .arg(PUT)
+                .arg(2)
+                .arg(&keys[..])
+                .arg(&field)
+                .arg(&json)
+                .query::<i64>(c)
+                .map(|_| ())
+        })
+    }
+
+    fn pins_generation(&mut self) -> Result<u64, StoreError> {
+        let key = format!("{}pins_gen", self.prefix);
+        let v: Option<u64> = self.with(|c| redis::cmd("GET").arg(&key).query(c))?;
+        Ok(v.unwrap_or(0))
     }
 
     fn put_agents_seen(&mut self, seen: &[(String, u64)]) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@
 //! | `agents` | agent id | [`ManagedAgent`] (JSON) | the management API (issue 16): agents issued at run time |
 //! | `agent_seen` | agent id | last time a managed agent's key was used (unix seconds, coarse) | the store thread, batched |
 //! | `revocations` | key SHA-256 (hex) | [`Revocation`] (JSON) | reserved (a revoked agent is its `agents` record with `revoked_us`) |
-//! | `tool_pins` | `proxy` NUL `tool` | [`ToolPin`] (JSON) | reserved: pinned MCP tool definitions (issue 15) |
+//! | `tool_pins` | `proxy` NUL `tool` | [`ToolPin`] (JSON) | the pin table (`pins.rs`): pinned MCP tool definitions (issue 15) |
 //! | `meta` | `"schema"` | schema version (u64) | the store at open |
 //!
 //! The reserved keyspaces exist (their tables are created at open, so a later version adds
@@ -129,8 +129,7 @@ pub struct Revocation {
     pub effective_us: u64,
 }
 
-/// Reserved for issue 15: the pinned digest of an MCP tool definition.
-#[allow(dead_code)] // reserved: no code reads or writes it yet (see the table above)
+/// The pinned digest of an MCP tool definition (issue 15, `state::pins`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolPin {
     pub proxy: String,

@@ -289,6 +289,9 @@ pub struct McpNote {
     pub list_refused: u32,
     /// Of `hidden`, tools whose description a scanner matched (`mcp_screened`, when not 0).
     pub screened: u32,
+    /// Of `hidden`, tools whose definition changed since it was pinned (`mcp_changed`, when
+    /// not 0).
+    pub changed: u32,
 }
 
 /// An approval named by an audit record (see [`AuditRecord::approval`]).
@@ -699,6 +702,10 @@ fn push_mcp(out: &mut Vec<u8>, m: Option<&McpNote>) {
         out.extend_from_slice(b",\"mcp_screened\":");
         push_u64(out, m.screened as u64);
     }
+    if m.changed > 0 {
+        out.extend_from_slice(b",\"mcp_changed\":");
+        push_u64(out, m.changed as u64);
+    }
 }
 
 /// `,"secret_reflected":N` after `redactions`, only when an injected secret was masked.
@@ -1020,6 +1027,8 @@ pub struct StoredRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_screened: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_changed: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
@@ -1205,6 +1214,7 @@ mod tests {
             hidden: 3,
             list_refused: 0,
             screened: 0,
+            changed: 0,
         }));
         out.clear();
         encode_line(&mut out, &Entry::Call(&r), &GENESIS);

@@ -86,6 +86,7 @@ fn rec(i: u64) -> AuditRecord {
                 hidden: 0,
                 list_refused: 0,
                 screened: 0,
+                changed: 0,
             })
         }),
     }

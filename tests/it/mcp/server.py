@@ -2,8 +2,10 @@
 
 Usage: server.py PORT json|sse CALL_LOG
 Every tool call that reaches it is appended to CALL_LOG (one line: the tool name), so a test can
-prove that a refused call never got here.
+prove that a refused call never got here. MCP_SEARCH_DESC, when set, replaces the description of
+the `search` tool (a changed tool definition between runs: the pinning tests).
 """
+import os
 import sys
 from typing import TypedDict
 
@@ -29,9 +31,8 @@ def get_account(id: str) -> str:
     return f"account {id}: ACME Corp"
 
 
-@app.tool()
+@app.tool(description=os.environ.get("MCP_SEARCH_DESC", "Search accounts."))
 def search(q: str) -> str:
-    """Search accounts."""
     seen("search")
     return f"found 2 accounts for {q}"
 
