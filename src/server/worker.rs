@@ -234,7 +234,12 @@ async fn serve(
                 }
                 pipeline::connect::Upgrade::Blind(b) => {
                     let idle = w.view().cfg.limits.idle_timeout;
+                    // a blind tunnel counts as in flight: a drain waits for it (up to
+                    // `drain_timeout`, after which the process exits and closes it)
+                    w.inflight.set(w.inflight.get() + 1);
+                    let guard = InFlight(&w.inflight);
                     Box::pin(pipeline::connect::splice(&w, stream, b, idle)).await;
+                    drop(guard);
                     return;
                 }
             }

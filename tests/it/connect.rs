@@ -835,3 +835,41 @@ fn client_hello_sent_with_the_connect_head() {
         "GET /v1/eager HTTP/1.1"
     );
 }
+
+/// A blind tunnel counts as in flight: after SIGTERM the gateway stops accepting but keeps
+/// splicing the open tunnel until it ends, then exits.
+#[test]
+fn a_drain_waits_for_an_open_blind_tunnel() {
+    let (echo, _accepted) = echo_server();
+    let mut env = start(
+        |_| Reply::ok("unused"),
+        move |_| format!("tunnel = [{{ host = \"127.0.0.1:{echo}\", allow_private = true }}]"),
+        "",
+    );
+    let (mut s, r) = raw_connect(
+        env.gw.port(),
+        &format!("127.0.0.1:{echo}"),
+        Some(&format!("bot:{BOT_KEY}")),
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    s.write_all(b"before ").unwrap();
+    env.gw.signal("TERM");
+    // the drain has begun: new connections are refused, the tunnel still carries bytes
+    let refused = poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        TcpStream::connect(("127.0.0.1", env.gw.port())).err()
+    });
+    assert!(
+        refused.is_some(),
+        "the listener still accepts after SIGTERM"
+    );
+    assert!(
+        env.gw.wait_exit(Duration::from_millis(300)).is_none(),
+        "exited with a tunnel open"
+    );
+    s.write_all(b"after the signal").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let got = read_to_end_bounded(&mut s);
+    assert_eq!(got, b"before after the signal<eof>", "{}", show(&got));
+    let st = env.gw.wait_exit(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+}
